@@ -1,0 +1,472 @@
+"""Seal and open messages: S/MIME signed-then-enveloped (RFC 8551 §3.7).
+
+``seal`` signs the inner MIME entity (CMS SignedData, SHA-256, RFC 5652 §5),
+wraps it as ``application/pkcs7-mime; smime-type=signed-data`` and encrypts
+that (CMS EnvelopedData, AES-256-CBC, RSA key transport, RFC 5652 §6) for
+every recipient and for the sender, so that Sent items stay readable.
+
+``open_envelope`` decrypts, then accepts the two signed forms S/MIME agents
+write (opaque ``application/pkcs7-mime`` and ``multipart/signed``), verifies
+the signature (pyHanko's CMS integrity check: content type, message digest,
+signature over the signed attributes; pyHanko's key-usage constraints:
+digitalSignature and emailProtection), validates the signer's path and its
+revocation (:mod:`pli.crypto.trust`) and checks that the signer is the
+message's From or Sender. Every failure is a typed :class:`CryptoError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptographyUnsupported
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.serialization import pkcs7
+from pyhanko.sign.general import ValueErrorWithMessage
+from pyhanko.sign.validation.generic_cms import validate_sig_integrity
+from pyhanko.sign.validation.settings import KeyUsageConstraints
+from pyhanko_certvalidator.errors import InvalidCertificateError
+
+from pli.crypto.errors import (
+    EnvelopeCorrupted,
+    MalformedEnvelope,
+    NotARecipient,
+    SenderMismatch,
+    SignatureInvalid,
+    SignatureMissing,
+    SignerCertificateMismatch,
+    SignerUsageInvalid,
+    UnsupportedAlgorithm,
+)
+from pli.crypto.keys import (
+    Certificate,
+    Decrypter,
+    Signer,
+    as_private_key,
+    certificate_common_name,
+    certificate_emails,
+    certificate_fingerprint,
+    certificate_national_id,
+    check_peer_public_key,
+    load_certificate,
+    unique_certificates,
+)
+from pli.crypto.trust import TrustStore
+
+#: pyHanko's generic CMS validation rejects valid e-mail signatures unless told
+#: which usages an S/MIME signer needs (RFC 8550 §4.4.2 and §4.4.4).
+SMIME_KEY_USAGE = KeyUsageConstraints(
+    key_usage={"digital_signature"}, extd_key_usage={"email_protection"}
+)
+_ACCEPTED_DIGESTS = {"sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
+_ACCEPTED_CONTENT_CIPHERS = {"aes128_cbc", "aes192_cbc", "aes256_cbc"}
+_SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+_SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+#: Header block of a MIME entity we parse ourselves (envelope wrappers): bounded.
+_MAX_HEADER_BLOCK = 64 * 1024
+
+
+# --- helpers -------------------------------------------------------------------------------
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def canonical_crlf(data: bytes) -> bytes:
+    """RFC 5751 §3.1.1: signed MIME content is canonical, lines end with CRLF."""
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+def _base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
+
+
+def _split_entity(entity: bytes) -> tuple[Message, bytes]:
+    """Headers and body of a MIME entity; the blank line may be CRLF or LF."""
+    match = re.search(rb"\r?\n\r?\n", entity[: _MAX_HEADER_BLOCK + 4])
+    if match is None:
+        raise MalformedEnvelope("no end of headers found")
+    headers = BytesHeaderParser().parsebytes(entity[: match.start()] + b"\r\n\r\n")
+    return headers, entity[match.end() :]
+
+
+def _decode_base64(body: bytes) -> bytes:
+    try:
+        return base64.b64decode(re.sub(rb"\s+", b"", body), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelope("bad base64 content") from None
+
+
+# --- seal ------------------------------------------------------------------------------------
+def sign_entity(inner_mime: bytes, signer: Signer, chain: Sequence[Certificate] = ()) -> bytes:
+    """The opaque signed entity: ``application/pkcs7-mime; smime-type=signed-data``."""
+    builder = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(canonical_crlf(inner_mime))
+        .add_signer(signer.certificate, as_private_key(signer), hashes.SHA256())
+    )
+    for certificate in chain:
+        builder = builder.add_certificate(certificate)
+    signed = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    return (
+        b'Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
+        b"\r\n" + _base64_lines(signed)
+    )
+
+
+def seal(
+    inner_mime: bytes,
+    signer: Signer,
+    recipients: Sequence[Certificate],
+    *,
+    chain: Sequence[Certificate] = (),
+) -> bytes:
+    """Sign then encrypt ``inner_mime`` for ``recipients`` and the signer; CMS DER."""
+    if not recipients:
+        raise NotARecipient("a sealed message needs at least one recipient")
+    everyone = unique_certificates([*recipients, signer.certificate])
+    for certificate in everyone:
+        check_peer_public_key(certificate)
+    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(sign_entity(inner_mime, signer, chain))
+    for certificate in everyone:
+        builder = builder.add_recipient(certificate)
+    return builder.set_content_encryption_algorithm(algorithms.AES256).encrypt(
+        serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]
+    )
+
+
+def envelope_to_smime(envelope_der: bytes) -> bytes:
+    """The S/MIME entity (RFC 8551 §3.3) carrying an EnvelopedData, for SMTP."""
+    return (
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
+        b"\r\n" + _base64_lines(envelope_der)
+    )
+
+
+# --- open ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SignerIdentity:
+    emails: list[str]
+    common_name: str | None
+    national_id: str | None
+    certificate: Certificate
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ValidationDetails:
+    chain: list[str]
+    revocation_checked: bool
+    digest_algorithm: str
+    content_encryption: str
+    signed_form: str
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """A message whose envelope opened and whose signature is genuine."""
+
+    mime: bytes
+    signer: SignerIdentity
+    signed_at: dt.datetime | None
+    details: ValidationDetails
+    warnings: list[str] = field(default_factory=list)
+
+
+def envelope_bytes(data: bytes) -> bytes:
+    """The CMS bytes of an envelope given as DER/BER, PEM (PKCS7 or CMS) or S/MIME."""
+    stripped = data.lstrip()
+    if stripped[:1] == b"\x30":
+        return stripped
+    if stripped.startswith(b"-----BEGIN"):
+        # OpenSSL writes "-----BEGIN CMS-----", cryptography "-----BEGIN PKCS7-----".
+        match = re.search(rb"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END [A-Z0-9 ]+-----", stripped, re.S)
+        if match is None:
+            raise MalformedEnvelope("unterminated PEM block")
+        return _decode_base64(match.group(1))
+    headers, body = _split_entity(data)
+    if headers.get_content_type() not in _SMIME_TYPES:
+        raise MalformedEnvelope(f"not an S/MIME envelope: {headers.get_content_type()}")
+    if (headers.get("Content-Transfer-Encoding") or "base64").strip().lower() != "base64":
+        raise MalformedEnvelope("an S/MIME envelope must be base64-encoded")
+    return _decode_base64(body)
+
+
+def _matches(rid: asn1_cms.RecipientIdentifier, certificate: asn1_x509.Certificate) -> bool:
+    if rid.name == "issuer_and_serial_number":
+        chosen = rid.chosen
+        return bool(
+            chosen["issuer"] == certificate.issuer
+            and chosen["serial_number"].native == certificate.serial_number
+        )
+    if rid.name == "subject_key_identifier":
+        return bool(rid.chosen.native == certificate.key_identifier)
+    return False
+
+
+def _inspect_envelope(der: bytes, recipient: asn1_x509.Certificate) -> str:
+    """Check structure and algorithms before decrypting; the content cipher's name."""
+    try:
+        info = asn1_cms.ContentInfo.load(der)
+        content_type = info["content_type"].native
+        if content_type == "authenticated_enveloped_data":
+            raise UnsupportedAlgorithm("AuthEnvelopedData (AES-GCM, RFC 5083) is not supported")
+        if content_type != "enveloped_data":
+            raise MalformedEnvelope(f"expected enveloped data, found {content_type}")
+        enveloped = info["content"]
+        cipher = enveloped["encrypted_content_info"]["content_encryption_algorithm"][
+            "algorithm"
+        ].native
+        if cipher not in _ACCEPTED_CONTENT_CIPHERS:
+            raise UnsupportedAlgorithm(f"content encryption {cipher} is not accepted")
+        for recipient_info in enveloped["recipient_infos"]:
+            if recipient_info.name != "ktri":
+                continue
+            ktri = recipient_info.chosen
+            if not _matches(ktri["rid"], recipient):
+                continue
+            algorithm = ktri["key_encryption_algorithm"]["algorithm"].native
+            if algorithm != "rsaes_pkcs1v15":
+                raise UnsupportedAlgorithm(f"key transport {algorithm} is not supported")
+            return str(cipher)
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise MalformedEnvelope(f"unreadable CMS structure: {error}") from None
+    raise NotARecipient("this envelope was not sealed for this certificate")
+
+
+def _to_der(der: bytes) -> bytes:
+    """Re-encode BER (indefinite lengths, as ``openssl cms -stream`` writes) as DER."""
+    try:
+        return bytes(asn1_cms.ContentInfo.load(der).dump(force=True))
+    except (ValueError, TypeError) as error:
+        raise MalformedEnvelope(f"unreadable CMS structure: {error}") from None
+
+
+def decrypt_envelope(data: bytes, decrypter: Decrypter) -> tuple[bytes, str]:
+    """The decrypted content of an EnvelopedData, and the content cipher used."""
+    der = envelope_bytes(data)
+    recipient = asn1_x509.Certificate.load(
+        decrypter.certificate.public_bytes(serialization.Encoding.DER)
+    )
+    cipher = _inspect_envelope(der, recipient)
+    key = as_private_key(decrypter)
+    try:
+        try:
+            return pkcs7.pkcs7_decrypt_der(der, decrypter.certificate, key, []), cipher
+        except ValueError:
+            # cryptography reads DER only; BER from streaming agents gets one retry.
+            reencoded = _to_der(der)
+            if reencoded == der:
+                raise
+            return pkcs7.pkcs7_decrypt_der(reencoded, decrypter.certificate, key, []), cipher
+    except _CryptographyUnsupported as error:
+        raise UnsupportedAlgorithm(str(error)) from None
+    except ValueError:
+        raise EnvelopeCorrupted("the envelope does not decrypt to a readable message") from None
+
+
+@dataclass(frozen=True)
+class _SignedParts:
+    content: bytes
+    signed_data: asn1_cms.SignedData
+    form: str
+
+
+def _unwrap_signed(entity: bytes) -> _SignedParts:
+    if entity[:1] == b"\x30":
+        return _opaque(entity, "der")
+    headers, body = _split_entity(entity)
+    content_type = headers.get_content_type()
+    if content_type in _SMIME_TYPES:
+        smime_type = (headers.get_param("smime-type") or "signed-data")
+        if str(smime_type).lower() != "signed-data":
+            raise SignatureMissing(f"expected signed data, found {smime_type}")
+        return _opaque(_decode_base64(body), "opaque")
+    if content_type == "multipart/signed":
+        protocol = str(headers.get_param("protocol") or "").lower()
+        if protocol not in _SIGNATURE_TYPES:
+            raise SignatureMissing(f"unknown multipart/signed protocol {protocol!r}")
+        boundary = headers.get_boundary()
+        if not boundary:
+            raise MalformedEnvelope("multipart/signed without boundary")
+        return _detached(body, boundary.encode())
+    raise SignatureMissing("the message is not signed")
+
+
+def _load_signed_data(der: bytes) -> asn1_cms.SignedData:
+    try:
+        info = asn1_cms.ContentInfo.load(der)
+        if info["content_type"].native != "signed_data":
+            raise SignatureMissing("the signed part holds no SignedData")
+        signed_data = info["content"]
+        signed_data["signer_infos"].native  # noqa: B018 - forces the parse of what we will use
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise MalformedEnvelope(f"unreadable SignedData: {error}") from None
+    return signed_data
+
+
+def _opaque(der: bytes, form: str) -> _SignedParts:
+    signed_data = _load_signed_data(der)
+    content = signed_data["encap_content_info"]["content"].native
+    if content is None:
+        raise SignatureMissing("detached signature without content")
+    return _SignedParts(bytes(content), signed_data, form)
+
+
+def _detached(body: bytes, boundary: bytes) -> _SignedParts:
+    # RFC 2046 §5.1.1: the CRLF before a delimiter belongs to the delimiter.
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*\r?\n?")
+    positions = list(delimiter.finditer(body))
+    if len(positions) < 3 or positions[2].group(1) is None:
+        raise MalformedEnvelope("multipart/signed must have exactly two parts")
+    signed_content = body[positions[0].end() : positions[1].start()]
+    signature_entity = body[positions[1].end() : positions[2].start()]
+    headers, signature_body = _split_entity(signature_entity)
+    if headers.get_content_type() not in _SIGNATURE_TYPES:
+        raise SignatureMissing("the second part of multipart/signed is not a signature")
+    signed_data = _load_signed_data(_decode_base64(signature_body))
+    return _SignedParts(canonical_crlf(signed_content), signed_data, "multipart/signed")
+
+
+def _signer_certificate(
+    signed_data: asn1_cms.SignedData, signer_info: asn1_cms.SignerInfo
+) -> tuple[asn1_x509.Certificate, list[asn1_x509.Certificate]]:
+    sid = signer_info["sid"]
+    found = None
+    others = []
+    for choice in signed_data["certificates"] or []:
+        if choice.name != "certificate":
+            continue
+        certificate = choice.chosen
+        if found is None and _matches(sid, certificate):
+            found = certificate
+        else:
+            others.append(certificate)
+    if found is None:
+        raise SignerCertificateMismatch("no embedded certificate matches the signer identifier")
+    return found, others
+
+
+def _signing_time(signer_info: asn1_cms.SignerInfo) -> dt.datetime | None:
+    for attribute in signer_info["signed_attrs"] or []:
+        if attribute["type"].native == "signing_time":
+            value = attribute["values"][0].native
+            return value if isinstance(value, dt.datetime) else None
+    return None
+
+
+def _from_and_sender(mime: bytes) -> set[str]:
+    match = re.search(rb"\r?\n\r?\n", mime[: _MAX_HEADER_BLOCK + 4])
+    block = mime if match is None else mime[: match.start()]
+    headers = BytesHeaderParser().parsebytes(block + b"\r\n\r\n")
+    values = [str(v) for name in ("From", "Sender") for v in headers.get_all(name, [])]
+    return {address.lower() for _, address in getaddresses(values) if address}
+
+
+def verify_signed_entity(
+    entity: bytes,
+    trust: TrustStore,
+    *,
+    at: dt.datetime | None = None,
+    check_sender: bool = True,
+) -> tuple[bytes, SignerIdentity, dt.datetime | None, list[str], bool, str, str]:
+    """Verify a signed MIME entity; what it signed, who signed it and how."""
+    parts = _unwrap_signed(entity)
+    signer_infos = parts.signed_data["signer_infos"]
+    if len(signer_infos) != 1:
+        raise SignatureInvalid(f"expected one signer, found {len(signer_infos)}")
+    signer_info = signer_infos[0]
+    digest_name = signer_info["digest_algorithm"]["algorithm"].native
+    if digest_name not in _ACCEPTED_DIGESTS:
+        raise UnsupportedAlgorithm(f"digest {digest_name} is not accepted")
+    certificate_asn1, others = _signer_certificate(parts.signed_data, signer_info)
+    digest = hashlib.new(_ACCEPTED_DIGESTS[digest_name], parts.content).digest()
+    try:
+        intact, valid = validate_sig_integrity(
+            signer_info, certificate_asn1, expected_content_type="data", actual_digest=digest
+        )
+    except ValueErrorWithMessage as error:
+        raise SignatureInvalid(str(error)) from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise SignatureInvalid(f"unreadable signer information: {error}") from None
+    if not (intact and valid):
+        raise SignatureInvalid(
+            "the content was altered" if valid else "the signature does not verify"
+        )
+    try:
+        SMIME_KEY_USAGE.validate(certificate_asn1)
+    except InvalidCertificateError as error:
+        raise SignerUsageInvalid(str(error)) from None
+    certificate = load_certificate(certificate_asn1.dump())
+    intermediates = [load_certificate(other.dump()) for other in others]
+    result = trust.verify_signer(certificate, intermediates, at=at)
+    emails = certificate_emails(certificate)
+    if check_sender:
+        claimed = _from_and_sender(parts.content)
+        if not claimed.intersection(emails):
+            raise SenderMismatch(
+                "the signer's certificate is for "
+                + (", ".join(emails) or "no address")
+                + ", not for the message's From or Sender"
+            )
+    identity = SignerIdentity(
+        emails=emails,
+        common_name=certificate_common_name(certificate),
+        national_id=certificate_national_id(certificate),
+        certificate=certificate,
+        fingerprint=certificate_fingerprint(certificate),
+    )
+    chain = [c.subject.rfc4514_string() for c in result.chain]
+    return (
+        parts.content,
+        identity,
+        _signing_time(signer_info),
+        chain,
+        result.revocation_checked,
+        digest_name,
+        parts.form,
+    )
+
+
+def open_envelope(
+    data: bytes,
+    decrypter: Decrypter,
+    trust: TrustStore,
+    *,
+    at: dt.datetime | None = None,
+    check_sender: bool = True,
+) -> OpenedMessage:
+    """Decrypt and verify a sealed message; raise a typed error unless it is genuine."""
+    entity, cipher = decrypt_envelope(data, decrypter)
+    mime, identity, signed_at, chain, checked, digest_name, form = verify_signed_entity(
+        entity, trust, at=at, check_sender=check_sender
+    )
+    warnings = [] if checked else ["revocation_not_checked"]
+    return OpenedMessage(
+        mime=mime,
+        signer=identity,
+        signed_at=signed_at,
+        details=ValidationDetails(
+            chain=chain,
+            revocation_checked=checked,
+            digest_algorithm=digest_name,
+            content_encryption=cipher,
+            signed_form=form,
+        ),
+        warnings=warnings,
+    )

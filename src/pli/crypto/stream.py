@@ -1,0 +1,216 @@
+"""Streamed encryption of large content: AES-256-GCM in RFC 8188 records.
+
+``cryptography``'s CMS API holds the whole payload in memory (about 5x its
+size), so content above a threshold is not put inside the CMS: it is
+encrypted here, as a stream, under a fresh key; the key and the SHA-256 of
+the ciphertext travel inside the sealed (signed, encrypted) message.
+
+Layout (RFC 8188 §2): a header ``salt (16) | rs (uint32) | idlen (1) | keyid``
+then records of ``rs`` bytes (the last one shorter), each the AES-GCM
+encryption of ``data || delimiter`` (0x01, or 0x02 for the last record).
+The content key and base nonce are derived with HKDF-SHA-256 from the fresh
+input key and the salt, as in RFC 8188 §2.2-2.3; the ``info`` strings name
+AES-256-GCM instead of the RFC's AES-128-GCM. The record nonce is the base
+nonce XOR the record's sequence number (§2.3), which, with the delimiter,
+makes reordering, truncation and extension fail.
+
+Peak memory is a few records, whatever the size: one thread encrypts (or
+decrypts) while another hashes and writes; both libraries release the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pli.crypto.errors import BlobCorrupted
+
+#: Default record size: large records amortise the per-record cost (1 MiB).
+DEFAULT_RECORD_SIZE = 1024 * 1024
+MIN_RECORD_SIZE = 18  # RFC 8188 §2: rs > 17 (16-byte tag plus one delimiter)
+MAX_RECORD_SIZE = 16 * 1024 * 1024
+_TAG = 16
+_HEADER = struct.Struct(">16sIB")
+_KEY_INFO = b"Content-Encoding: pli-aes256gcm\x00"
+_NONCE_INFO = b"Content-Encoding: nonce\x00"
+_PIPELINE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class StreamSeal:
+    """What the sealed message must carry to find, check and decrypt a stream."""
+
+    key: bytes
+    sha256: str  # of the whole ciphertext, header included
+    size: int  # ciphertext bytes
+    plaintext_size: int
+    record_size: int
+
+
+def new_stream_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def _derive(key: bytes, salt: bytes) -> tuple[AESGCM, int]:
+    content_key = HKDF(hashes.SHA256(), 32, salt, _KEY_INFO).derive(key)
+    nonce = HKDF(hashes.SHA256(), 12, salt, _NONCE_INFO).derive(key)
+    return AESGCM(content_key), int.from_bytes(nonce, "big")
+
+
+def _nonce(base: int, sequence: int) -> bytes:
+    return (base ^ sequence).to_bytes(12, "big")
+
+
+class _Sink:
+    """Hashes and writes in a second thread, a bounded queue in between."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._write = write
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPELINE_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pli-stream-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self.digest.update(chunk)
+                self.size += len(chunk)
+                self._write(chunk)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the producer thread
+                self._error = error
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            self.close()
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def encrypt_stream(
+    source: BinaryIO,
+    destination: BinaryIO,
+    *,
+    key: bytes | None = None,
+    record_size: int = DEFAULT_RECORD_SIZE,
+) -> StreamSeal:
+    """Encrypt ``source`` into ``destination``; the returned seal opens it."""
+    if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
+        raise ValueError(f"record size must be between {MIN_RECORD_SIZE} and {MAX_RECORD_SIZE}")
+    key = key or new_stream_key()
+    salt = os.urandom(16)
+    aead, base = _derive(key, salt)
+    chunk_size = record_size - _TAG - 1
+    sink = _Sink(destination.write)
+    plaintext_size = 0
+    try:
+        sink.put(_HEADER.pack(salt, record_size, 0))
+        current = source.read(chunk_size)
+        sequence = 0
+        while True:
+            following = source.read(chunk_size) if len(current) == chunk_size else b""
+            last = not following
+            plaintext_size += len(current)
+            record = current + (b"\x02" if last else b"\x01")
+            sink.put(aead.encrypt(_nonce(base, sequence), record, None))
+            if last:
+                break
+            current = following
+            sequence += 1
+    finally:
+        sink.close()
+    return StreamSeal(
+        key=key,
+        sha256=sink.digest.hexdigest(),
+        size=sink.size,
+        plaintext_size=plaintext_size,
+        record_size=record_size,
+    )
+
+
+class _Hasher:
+    """Hashes what is read, in a second thread."""
+
+    def __init__(self) -> None:
+        self.sink = _Sink(lambda chunk: None)
+
+    def read(self, source: BinaryIO, size: int) -> bytes:
+        chunk = source.read(size)
+        if chunk:
+            self.sink.put(chunk)
+        return chunk
+
+
+def decrypt_stream(
+    source: BinaryIO,
+    destination: BinaryIO,
+    *,
+    key: bytes,
+    sha256: str,
+    size: int | None = None,
+) -> int:
+    """Decrypt and check a stream written by :func:`encrypt_stream`; plaintext bytes written.
+
+    The digest is known only at the end: a caller writes ``destination`` to
+    a temporary place and keeps it only when this returns.
+    """
+    hasher = _Hasher()
+    written = 0
+    try:
+        header = hasher.read(source, _HEADER.size)
+        if len(header) != _HEADER.size:
+            raise BlobCorrupted("truncated header")
+        salt, record_size, id_length = _HEADER.unpack(header)
+        if id_length:
+            hasher.read(source, id_length)
+        if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
+            raise BlobCorrupted("bad record size")
+        aead, base = _derive(key, salt)
+        sequence = 0
+        while True:
+            record = hasher.read(source, record_size)
+            if not record:
+                raise BlobCorrupted("truncated: the last record is missing")
+            try:
+                plain = aead.decrypt(_nonce(base, sequence), record, None)
+            except InvalidTag:
+                raise BlobCorrupted(f"record {sequence} fails authentication") from None
+            data, delimiter = plain[:-1], plain[-1:]
+            if delimiter == b"\x02":
+                if hasher.read(source, 1):
+                    raise BlobCorrupted("data after the last record")
+                destination.write(data)
+                written += len(data)
+                break
+            if delimiter != b"\x01" or len(record) != record_size:
+                raise BlobCorrupted(f"record {sequence} is badly framed")
+            destination.write(data)
+            written += len(data)
+            sequence += 1
+    finally:
+        hasher.sink.close()
+    if hasher.sink.digest.hexdigest() != sha256.lower():
+        raise BlobCorrupted("the ciphertext digest does not match the sealed message")
+    if size is not None and hasher.sink.size != size:
+        raise BlobCorrupted("the ciphertext size does not match the sealed message")
+    return written

@@ -1,0 +1,164 @@
+"""Trust anchors, certificate paths and revocation for S/MIME signers.
+
+Path building and validation use ``cryptography.x509.verification`` with an
+end-entity policy that requires emailProtection (RFC 8550 §4.4.4) instead of
+the TLS client default (clientAuth). Revocation is checked against CRLs
+(RFC 5280 §6.3) whose signature was verified against the issuing certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from cryptography import x509
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from pli.crypto.errors import (
+    InvalidCertificate,
+    RevocationUnknown,
+    SignerExpired,
+    SignerRevoked,
+    SignerUntrusted,
+    SignerUsageInvalid,
+)
+from pli.crypto.keys import Certificate, CertificateRevocationList, check_peer_public_key
+
+
+class RevocationPolicy(StrEnum):
+    #: Every certificate below the anchor must be covered by a current CRL (fail closed).
+    REQUIRE = "require"
+    #: Check where a CRL is known; a certificate without one passes, reported as unchecked.
+    IF_AVAILABLE = "if_available"
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    chain: list[Certificate]
+    revocation_checked: bool
+
+
+def _require_email_protection(
+    policy: verification.Policy, certificate: Certificate, eku: x509.ExtendedKeyUsage | None
+) -> None:
+    if eku is None or ExtendedKeyUsageOID.EMAIL_PROTECTION not in list(eku):
+        raise ValueError("extendedKeyUsage must contain emailProtection")
+
+
+def _require_digital_signature(
+    policy: verification.Policy, certificate: Certificate, usage: x509.KeyUsage | None
+) -> None:
+    if usage is not None and not usage.digital_signature:
+        raise ValueError("keyUsage must allow digitalSignature")
+
+
+def _allow_anything(
+    policy: verification.Policy, certificate: Certificate, value: x509.ExtensionType | None
+) -> None:
+    return None
+
+
+@dataclass
+class TrustStore:
+    """What a relying party trusts: anchors, and the CRLs of their issuers."""
+
+    anchors: Sequence[Certificate]
+    crls: Sequence[CertificateRevocationList] = ()
+    revocation: RevocationPolicy = RevocationPolicy.REQUIRE
+    _store: verification.Store = field(init=False, repr=False)
+    _usable_crls: list[CertificateRevocationList] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.anchors:
+            raise InvalidCertificate("at least one trust anchor is needed")
+        self._store = verification.Store(list(self.anchors))
+        self._usable_crls = []
+        for crl in self.crls:
+            issuer = self._find_anchor(crl.issuer)
+            # A CRL whose signature we cannot check against an anchor is ignored,
+            # which under REQUIRE makes the chain fail: never trust it blindly.
+            if issuer is not None and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+                self._usable_crls.append(crl)
+
+    def _find_anchor(self, name: x509.Name) -> Certificate | None:
+        for anchor in self.anchors:
+            if anchor.subject == name:
+                return anchor
+        return None
+
+    def _crl_for(self, issuer: Certificate, at: dt.datetime) -> CertificateRevocationList | None:
+        for crl in self._usable_crls:
+            if crl.issuer != issuer.subject:
+                continue
+            next_update = crl.next_update_utc
+            if next_update is not None and next_update < at:
+                continue  # stale: as good as none (RFC 5280 §6.3.3 (a))
+            return crl
+        return None
+
+    def verify_signer(
+        self,
+        certificate: Certificate,
+        intermediates: Sequence[Certificate] = (),
+        *,
+        at: dt.datetime | None = None,
+    ) -> ChainResult:
+        """Validate the S/MIME signer's path to an anchor at ``at``, then its revocation."""
+        at = at or dt.datetime.now(dt.UTC)
+        check_peer_public_key(certificate)
+        if at > certificate.not_valid_after_utc:
+            raise SignerExpired(f"the certificate expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
+        if at < certificate.not_valid_before_utc:
+            raise SignerExpired("the certificate is not valid yet")
+        ee_policy = (
+            verification.ExtensionPolicy.permit_all()
+            .require_present(
+                x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, _require_email_protection
+            )
+            .may_be_present(
+                x509.KeyUsage, verification.Criticality.AGNOSTIC, _require_digital_signature
+            )
+        )
+        verifier = (
+            verification.PolicyBuilder()
+            .store(self._store)
+            .time(at)
+            .extension_policies(
+                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+            )
+            .build_client_verifier()
+        )
+        try:
+            verified = verifier.verify(certificate, list(intermediates))
+        except verification.VerificationError as error:
+            message = str(error)
+            if "emailProtection" in message or "digitalSignature" in message:
+                raise SignerUsageInvalid(message) from None
+            raise SignerUntrusted(f"no valid path to a trust anchor: {message}") from None
+        chain = list(verified.chain)
+        checked = self._check_revocation(chain, at)
+        return ChainResult(chain=chain, revocation_checked=checked)
+
+    def _check_revocation(self, chain: list[Certificate], at: dt.datetime) -> bool:
+        all_checked = True
+        # The last certificate is the anchor: trusted by configuration, not by CRL.
+        for child, issuer in zip(chain, chain[1:], strict=False):
+            crl = self._crl_for(issuer, at)
+            if crl is None:
+                if self.revocation is RevocationPolicy.REQUIRE:
+                    raise RevocationUnknown(
+                        "no current CRL from the issuer of the certificate"
+                        f" serial {child.serial_number:x}"
+                    )
+                all_checked = False
+                continue
+            entry = crl.get_revoked_certificate_by_serial_number(child.serial_number)
+            if entry is not None and entry.revocation_date_utc <= at:
+                raise SignerRevoked(
+                    f"certificate serial {child.serial_number:x} revoked on"
+                    f" {entry.revocation_date_utc:%Y-%m-%d}"
+                )
+        return all_checked
