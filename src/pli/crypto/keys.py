@@ -266,3 +266,7 @@ def unique_certificates(certificates: Iterable[Certificate]) -> list[Certificate
             seen.add(fingerprint)
             result.append(certificate)
     return result
+
+
+def crl_pem(crl: CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)

@@ -1,0 +1,1 @@
+"""The workstation side of end-to-end encryption: CA directory, sealing, the `pli` CLI."""

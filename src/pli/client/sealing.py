@@ -1,0 +1,179 @@
+"""Sealing and opening whole messages, large attachments included.
+
+Content above :data:`LARGE_CONTENT_THRESHOLD` never enters the CMS
+envelope: it is stream-encrypted (``pli.crypto.stream``) into a blob named by
+the SHA-256 of its ciphertext, and the inner message carries a
+``message/external-body`` part with that digest and the blob's key. The
+blob is thus covered by the signature (its digest is signed) and readable
+only by the envelope's recipients (its key is inside the envelope).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pli.client.castore import write_atomically
+from pli.crypto import (
+    Certificate,
+    Decrypter,
+    OpenedMessage,
+    Signer,
+    TrustStore,
+    decrypt_stream,
+    encrypt_stream,
+    open_envelope,
+    seal,
+)
+from pli.mime import (
+    Attachment,
+    ExternalPart,
+    InnerMessage,
+    MimeError,
+    complete_message,
+    parse_inner_message,
+)
+
+#: cryptography's CMS API needs about 5x the payload in memory: above this, stream it.
+LARGE_CONTENT_THRESHOLD = 10 * 1024 * 1024
+
+
+def _safe_filename(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name.strip().lstrip(".")
+    return base or "attachment"
+
+
+def store_blob(source_path: Path | None, data: bytes | None, blob_dir: Path, **meta: str) -> ExternalPart:
+    """Stream-encrypt a file (or bytes) into ``blob_dir``; the part that references it."""
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=blob_dir, prefix=".blob-")
+    try:
+        with os.fdopen(fd, "wb") as destination:
+            if source_path is not None:
+                with source_path.open("rb") as source:
+                    sealed = encrypt_stream(source, destination)
+            else:
+                import io
+
+                sealed = encrypt_stream(io.BytesIO(data or b""), destination)
+        Path(temporary).replace(blob_dir / sealed.sha256)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return ExternalPart(
+        filename=meta["filename"],
+        content_type=meta["content_type"],
+        blob_id=sealed.sha256,
+        key=sealed.key,
+        size=sealed.size,
+        plaintext_size=sealed.plaintext_size,
+        record_size=sealed.record_size,
+    )
+
+
+def seal_file_message(
+    eml: bytes,
+    signer: Signer,
+    recipients: Sequence[Certificate],
+    *,
+    attach: Sequence[Path] = (),
+    blob_dir: Path,
+    threshold: int = LARGE_CONTENT_THRESHOLD,
+    chain: Sequence[Certificate] = (),
+) -> bytes:
+    """Seal a user's ``.eml`` with extra files; large content goes to ``blob_dir``."""
+    attachments: list[Attachment] = []
+    external: list[ExternalPart] = []
+    for path in attach:
+        content_type = _guess_type(path)
+        if path.stat().st_size > threshold:
+            external.append(
+                store_blob(
+                    path, None, blob_dir, filename=_safe_filename(path.name), content_type=content_type
+                )
+            )
+        else:
+            attachments.append(Attachment(_safe_filename(path.name), content_type, path.read_bytes()))
+
+    def externalise(attachment: Attachment) -> ExternalPart:
+        return store_blob(
+            None,
+            attachment.data,
+            blob_dir,
+            filename=_safe_filename(attachment.filename),
+            content_type=attachment.content_type,
+        )
+
+    inner = complete_message(
+        eml,
+        attachments=attachments,
+        external_parts=external,
+        externalise=externalise,
+        threshold=threshold,
+    )
+    return seal(inner, signer, recipients, chain=chain)
+
+
+def _guess_type(path: Path) -> str:
+    import mimetypes
+
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class OpenedFileMessage:
+    opened: OpenedMessage
+    message: InnerMessage
+    extracted: list[Path]
+
+
+def open_file_message(
+    data: bytes,
+    decrypter: Decrypter,
+    trust: TrustStore,
+    *,
+    blob_dir: Path | None = None,
+    attachments_dir: Path | None = None,
+) -> OpenedFileMessage:
+    """Open, verify and parse; decrypt external parts into ``attachments_dir`` if given."""
+    opened = open_envelope(data, decrypter, trust)
+    message = parse_inner_message(opened.mime)
+    extracted: list[Path] = []
+    if message.external_parts and attachments_dir is not None:
+        if blob_dir is None:
+            raise MimeError("blob_missing", "the message references external content: give --blobs")
+        attachments_dir.mkdir(parents=True, exist_ok=True)
+        for part in message.external_parts:
+            extracted.append(_extract(part, blob_dir, attachments_dir))
+    return OpenedFileMessage(opened, message, extracted)
+
+
+def _extract(part: ExternalPart, blob_dir: Path, attachments_dir: Path) -> Path:
+    source_path = blob_dir / part.blob_id
+    if not source_path.is_file():
+        raise MimeError("blob_missing", f"external content {part.blob_id[:12]}… not found")
+    target = attachments_dir / _safe_filename(part.filename)
+    fd, temporary = tempfile.mkstemp(dir=attachments_dir, prefix=".part-")
+    try:
+        with source_path.open("rb") as source, os.fdopen(fd, "wb") as destination:
+            decrypt_stream(source, destination, key=part.key, sha256=part.blob_id, size=part.size)
+        # Only content whose digest matched the signed message is kept.
+        Path(temporary).replace(target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+__all__ = [
+    "LARGE_CONTENT_THRESHOLD",
+    "OpenedFileMessage",
+    "open_file_message",
+    "seal_file_message",
+    "store_blob",
+    "write_atomically",
+]
