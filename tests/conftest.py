@@ -1,0 +1,82 @@
+"""Shared fixtures: one test PKI per session (RSA key generation is the slow part)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+
+import pytest
+
+from pli.crypto import (
+    CertificateRevocationList,
+    PrivateKey,
+    Revocation,
+    SoftwareKey,
+    TrustStore,
+    build_crl,
+    generate_private_key,
+)
+from tests.pki import Authority, issue_without_email_protection, make_authority
+
+ALICE = "alice.martin@pli.test"
+BOB = "bob.durand@pli.test"
+CAROL = "carol.petit@pli.test"
+#: A valid RPPS (Luhn) in the ANS national form 8 + RPPS.
+ALICE_IDNPS = "810100000016"
+
+
+@dataclass(frozen=True)
+class Pki:
+    authority: Authority
+    foreign: Authority
+    alice: SoftwareKey
+    bob: SoftwareKey
+    carol: SoftwareKey
+    alice_expired: SoftwareKey
+    alice_revoked: SoftwareKey
+    alice_tls_only: SoftwareKey
+    alice_foreign: SoftwareKey
+    crl: CertificateRevocationList
+    keys: dict[str, PrivateKey]
+
+    def trust(self, *, crl: bool = True) -> TrustStore:
+        return TrustStore([self.authority.certificate], [self.crl] if crl else [])
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    authority = make_authority("Pli Test Operator")
+    foreign = make_authority("Somebody Else's CA")
+    keys = {name: generate_private_key() for name in ("alice", "bob", "carol")}
+    alice = authority.issue(keys["alice"], ALICE, "Dr Alice Martin", national_id=ALICE_IDNPS)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    expired = authority.issue(keys["alice"], ALICE, "Dr Alice Martin", now=past, days=30)
+    revoked = authority.issue(keys["alice"], ALICE, "Dr Alice Martin")
+    crl = build_crl(
+        authority.key,
+        authority.certificate,
+        [Revocation(revoked.certificate.serial_number, dt.datetime.now(dt.UTC), "key_compromise")],
+        number=1,
+    )
+    return Pki(
+        authority=authority,
+        foreign=foreign,
+        alice=alice,
+        bob=authority.issue(keys["bob"], BOB, "Dr Bob Durand"),
+        carol=authority.issue(keys["carol"], CAROL, "Carol Petit"),
+        alice_expired=expired,
+        alice_revoked=revoked,
+        alice_tls_only=issue_without_email_protection(authority, keys["alice"], ALICE),
+        alice_foreign=foreign.issue(keys["alice"], ALICE, "Dr Alice Martin"),
+        crl=crl,
+        keys=keys,
+    )
+
+
+@pytest.fixture(scope="session")
+def openssl() -> str:
+    path = shutil.which("openssl")
+    if path is None:  # pragma: no cover - ./run installs it
+        pytest.fail("the openssl binary is required (./run installs it)")
+    return path
