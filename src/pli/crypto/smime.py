@@ -91,12 +91,27 @@ def _base64_lines(data: bytes) -> bytes:
     return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
 
 
+# RFC 5322 §2.2 / RFC 2045: header fields are printable US-ASCII, "name: value",
+# folded lines start with white space.
+_HEADER_LINE = re.compile(rb"(?:[!-9;-~]+:[ \t]*|[ \t]+)[ -~\t]*")
+
+
 def _split_entity(entity: bytes) -> tuple[Message, bytes]:
-    """Headers and body of a MIME entity; the blank line may be CRLF or LF."""
+    """Headers and body of a MIME entity; the blank line may be CRLF or LF.
+
+    The headers of S/MIME wrapper entities are not covered by any signature,
+    so they are read strictly: anything but well-formed header lines is refused.
+    """
     match = re.search(rb"\r?\n\r?\n", entity[: _MAX_HEADER_BLOCK + 4])
     if match is None:
         raise MalformedEnvelope("no end of headers found")
-    headers = BytesHeaderParser().parsebytes(entity[: match.start()] + b"\r\n\r\n")
+    block = entity[: match.start()]
+    for line in re.split(rb"\r?\n", block):
+        if not _HEADER_LINE.fullmatch(line):
+            raise MalformedEnvelope("malformed header line")
+    headers = BytesHeaderParser().parsebytes(block + b"\r\n\r\n")
+    if headers.defects:
+        raise MalformedEnvelope("malformed headers")
     return headers, entity[match.end() :]
 
 
@@ -219,6 +234,21 @@ def _matches(rid: asn1_cms.RecipientIdentifier, certificate: asn1_x509.Certifica
     return False
 
 
+def _check_versions(enveloped: asn1_cms.EnvelopedData) -> None:
+    """RFC 5652 §6.1: the version follows from the structure; a mismatch is tampering."""
+    simple = (
+        enveloped["originator_info"].native is None
+        and enveloped["unprotected_attrs"].native is None
+        and all(
+            ri.name == "ktri" and ri.chosen["version"].native == "v0"
+            for ri in enveloped["recipient_infos"]
+        )
+    )
+    version = enveloped["version"].native
+    if (version == "v0") != simple:
+        raise MalformedEnvelope(f"EnvelopedData version {version} does not match its content")
+
+
 def _inspect_envelope(der: bytes, recipient: asn1_x509.Certificate) -> str:
     """Check structure and algorithms before decrypting; the content cipher's name."""
     try:
@@ -229,9 +259,11 @@ def _inspect_envelope(der: bytes, recipient: asn1_x509.Certificate) -> str:
         if content_type != "enveloped_data":
             raise MalformedEnvelope(f"expected enveloped data, found {content_type}")
         enveloped = info["content"]
-        cipher = enveloped["encrypted_content_info"]["content_encryption_algorithm"][
-            "algorithm"
-        ].native
+        _check_versions(enveloped)
+        encrypted_content_info = enveloped["encrypted_content_info"]
+        if encrypted_content_info["content_type"].native != "data":
+            raise MalformedEnvelope("S/MIME content must be of type data")
+        cipher = encrypted_content_info["content_encryption_algorithm"]["algorithm"].native
         if cipher not in _ACCEPTED_CONTENT_CIPHERS:
             raise UnsupportedAlgorithm(f"content encryption {cipher} is not accepted")
         for recipient_info in enveloped["recipient_infos"]:
@@ -240,6 +272,9 @@ def _inspect_envelope(der: bytes, recipient: asn1_x509.Certificate) -> str:
             ktri = recipient_info.chosen
             if not _matches(ktri["rid"], recipient):
                 continue
+            expected = "v0" if ktri["rid"].name == "issuer_and_serial_number" else "v2"
+            if ktri["version"].native != expected:  # RFC 5652 §6.2.1
+                raise MalformedEnvelope("KeyTransRecipientInfo version does not match its rid")
             algorithm = ktri["key_encryption_algorithm"]["algorithm"].native
             if algorithm != "rsaes_pkcs1v15":
                 raise UnsupportedAlgorithm(f"key transport {algorithm} is not supported")

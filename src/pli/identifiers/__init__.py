@@ -302,7 +302,7 @@ def find_identifiers(text: str) -> list[FoundIdentifier]:
 
     Looks at every run of digit groups and every contiguous slice of groups
     in it, so that two numbers written next to each other are both found.
-    Longer readings win over shorter ones that overlap them.
+    For a subject-line check, a rare false positive is better than a miss.
     """
     found: list[FoundIdentifier] = []
     for run in _GROUP_RUN.finditer(text):
@@ -322,9 +322,15 @@ def find_identifiers(text: str) -> list[FoundIdentifier]:
                         continue
                     candidates.append(FoundIdentifier(identifier, start, end))
                     break
-        taken: list[FoundIdentifier] = []
-        for candidate in sorted(candidates, key=lambda c: (c.start - c.end, c.start)):
-            if all(candidate.end <= t.start or candidate.start >= t.end for t in taken):
-                taken.append(candidate)
-        found.extend(taken)
+        # A reading inside a longer one (an 11-digit slice of a NIR) is dropped;
+        # readings that only overlap are all kept: a 15-digit slice straddling
+        # two numbers may check by chance (1 in 97), and must not hide them.
+        found.extend(
+            c
+            for c in candidates
+            if not any(
+                o is not c and o.start <= c.start and c.end <= o.end and o.end - o.start > c.end - c.start
+                for o in candidates
+            )
+        )
     return sorted(found, key=lambda f: f.start)
