@@ -299,7 +299,8 @@ def _decode_text(part: Message) -> str:
         raise MimeError("malformed_message", "a text part has no content")
     charset = part.get_content_charset() or "us-ascii"
     try:
-        return payload.decode(charset)
+        # Canonical CRLF is a transport form (RFC 2046 §4.1.1); text is given back with LF.
+        return payload.decode(charset).replace("\r\n", "\n")
     except (LookupError, UnicodeDecodeError):
         raise MimeError("bad_charset", f"text part is not valid {charset}") from None
 
