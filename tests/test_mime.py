@@ -65,7 +65,7 @@ def test_round_trip_of_every_header_and_part() -> None:
         date=date,
         message_id="<m1@pli.test>",
         body_text="Bonjour,\nci-joint le compte rendu.\n",
-        body_html="<p>Bonjour</p>",
+        body_html="<p>Bonjour</p>\n",  # set_content ends text with a newline
         patient_id="nir:185057800608491",
         in_reply_to="<a1@pli.test>",
         references=["<a0@pli.test>", "<a1@pli.test>"],
