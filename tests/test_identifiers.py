@@ -833,48 +833,109 @@ def test_every_reported_span_holds_a_valid_number(text: str) -> None:
         assert parse_identifier(text[result.start : result.end], result.identifier.kind) == (
             result.identifier
         )
-    for first, second in itertools.pairwise(results):
-        assert first.end <= second.start
+    assert [result.start for result in results] == sorted(result.start for result in results)
+    # A reading strictly inside a longer reported one (an 11-digit slice of a NIR) is dropped.
+    for inner, outer in itertools.permutations(results, 2):
+        assert not (
+            outer.start <= inner.start
+            and inner.end <= outer.end
+            and outer.end - outer.start > inner.end - inner.start
+        ), (inner, outer)
+
+
+def covers(result: FoundIdentifier, start: int, end: int) -> bool:
+    return result.start <= start and end <= result.end
+
+
+@subject
+@settings(max_examples=100)
+@given(
+    data=st.data(),
+    values=st.lists(nir_numbers() | niss_numbers() | rpps_numbers(), min_size=2, max_size=3),
+    joint=st.sampled_from([" ", " ", "-", ".", ", ", " et "]),
+)
+def test_numbers_written_next_to_each_other_are_all_caught(
+    data: st.DataObject, values: list[str], joint: str
+) -> None:
+    written = [data.draw(written_in_groups(value), label="written") for value in values]
+    text = "Patients " + joint.join(written) + " vus"
+    results = find_identifiers(text)
+    position = len("Patients ")
+    for value, form in zip(values, written, strict=True):
+        start, end = position, position + len(form)
+        position = end + len(joint)
+        exact = [r for r in results if (r.start, r.end, r.identifier.value) == (start, end, value)]
+        # Either reported itself, or inside a longer reading that checks by chance (a
+        # reading straddling two numbers): its characters are flagged all the same.
+        assert exact or any(covers(r, start, end) for r in results), (value, form, results)
+
+
+@subject
+def test_straddling_reading_is_kept_beside_the_numbers_it_overlaps() -> None:
+    # "458.22 2 87 09 64 949" straddles the NISS and the NIR and checks as a NIR by chance.
+    text = "49.02.22-458.22 2 87 09 64 949 043 72"
+    assert found(text) == [
+        (IdentifierKind.NISS, "49022245822", "49.02.22-458.22"),
+        (IdentifierKind.NIR, "458222870964949", "458.22 2 87 09 64 949"),
+        (IdentifierKind.NIR, "287096494904372", "2 87 09 64 949 043 72"),
+    ]
+
+
+@subject
+def test_eleven_digit_slice_of_a_nir_is_not_reported() -> None:
+    assert parse_rpps("17707948398").value == "17707948398"
+    assert found("NIR 17707948398 1369.") == [
+        (IdentifierKind.NIR, "177079483981369", "17707948398 1369")
+    ]
+
+
+STRADDLED = [
+    pytest.param(
+        "71.01.15-771.83 05.08.07-403.33",
+        [
+            (IdentifierKind.NISS, "71011577183", "71.01.15-771.83"),
+            (IdentifierKind.NISS, "05080740333", "05.08.07-403.33"),
+        ],
+        id="niss-niss",
+    ),
+    pytest.param(
+        "10198042318 30.03.03-265.05",
+        [
+            (IdentifierKind.RPPS, "10198042318", "10198042318"),
+            (IdentifierKind.NISS, "30030326505", "30.03.03-265.05"),
+        ],
+        id="rpps-niss",
+    ),
+]
+
+
+@subject
+@pytest.mark.parametrize(("text", "numbers"), STRADDLED)
+def test_number_swallowed_by_a_straddling_reading_is_still_covered(
+    text: str, numbers: list[tuple[IdentifierKind, str, str]]
+) -> None:
+    for kind, value, form in numbers:
+        assert parse_identifier(form, kind).value == value
+    results = find_identifiers(text)
+    for _, _, form in numbers:
+        start = text.index(form)
+        assert any(covers(result, start, start + len(form)) for result in results)
 
 
 @subject
 @pytest.mark.xfail(
     strict=True,
-    reason="suspected bug: a 15-digit slice straddling two adjacent numbers can be a valid NIR "
-    "(about 1 in 97), and as the longest reading it hides both real numbers",
+    reason="suspected bug: the first number lies inside a 15-digit reading that straddles both "
+    "numbers and checks as a NIR by chance (1 in 97); being inside a longer reading, it is "
+    "dropped, so it is not reported although the docstring says both numbers are found",
 )
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "71.01.15-771.83 05.08.07-403.33",
-            [
-                (IdentifierKind.NISS, "71011577183", "71.01.15-771.83"),
-                (IdentifierKind.NISS, "05080740333", "05.08.07-403.33"),
-            ],
-        ),
-        (
-            "10198042318 30.03.03-265.05",
-            [
-                (IdentifierKind.RPPS, "10198042318", "10198042318"),
-                (IdentifierKind.NISS, "30030326505", "30.03.03-265.05"),
-            ],
-        ),
-        (
-            "49.02.22-458.22 2 87 09 64 949 043 72",
-            [
-                (IdentifierKind.NISS, "49022245822", "49.02.22-458.22"),
-                (IdentifierKind.NIR, "287096494904372", "2 87 09 64 949 043 72"),
-            ],
-        ),
-    ],
-)
-def test_adjacent_numbers_are_not_hidden_by_a_straddling_reading(
-    text: str, expected: list[tuple[IdentifierKind, str, str]]
+@pytest.mark.parametrize(("text", "numbers"), STRADDLED)
+def test_number_swallowed_by_a_straddling_reading_is_reported_itself(
+    text: str, numbers: list[tuple[IdentifierKind, str, str]]
 ) -> None:
-    for _, value, _ in expected:
-        assert any(error(value) is None for error in (rpps_error, nir_error, niss_error))
-    assert found(text) == expected
+    reported = found(text)
+    for number in numbers:
+        assert number in reported
 
 
 # --- pli id check -----------------------------------------------------------------------------
