@@ -3,7 +3,7 @@
 
 Prints one JSON document on stdout (progress goes to stderr). Every measured
 case runs in a fresh child process (``--child CASE``) that reports its own
-timings and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``), so that the
+timings and its own peak RSS (``VmHWM``, see :func:`peak_rss_mb`), so that the
 peak of one case never hides in another.
 
 Sizes up to :data:`pli.client.sealing.LARGE_CONTENT_THRESHOLD` travel inside

@@ -52,7 +52,9 @@ def make_authority(name: str, key: PrivateKey | None = None) -> Authority:
     return Authority(key, create_root(key, name))
 
 
-def issue_without_email_protection(authority: Authority, key: PrivateKey, email: str) -> SoftwareKey:
+def issue_without_email_protection(
+    authority: Authority, key: PrivateKey, email: str
+) -> SoftwareKey:
     """A certificate for TLS clients only: must never be accepted for S/MIME."""
     now = dt.datetime.now(UTC)
     certificate = (

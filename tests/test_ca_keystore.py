@@ -99,7 +99,9 @@ def test_crl_lists_revocations_with_reason(pki: Pki) -> None:
 
 @pytest.mark.requirement("REQ-AT-REST")
 def test_pkcs12_uses_pbes2_aes256_and_opens_with_the_passphrase(pki: Pki) -> None:
-    data = dump_pkcs12(pki.alice.private_key, pki.alice.certificate, "s3cret passphrase", iterations=2000)
+    data = dump_pkcs12(
+        pki.alice.private_key, pki.alice.certificate, "s3cret passphrase", iterations=2000
+    )
     # PBES2 (1.2.840.113549.1.5.13) with AES-256-CBC (2.16.840.1.101.3.4.1.42), DER-encoded OIDs.
     assert bytes.fromhex("2a864886f70d01050d") in data
     assert bytes.fromhex("060960864801650304012a") in data

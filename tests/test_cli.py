@@ -66,8 +66,10 @@ def test_open_without_crl_fails_closed_unless_asked(world: Path) -> None:
         "seal", "--identity", d / "alice.martin.p12", "--to", d / "bob.durand.pem",
         "--in", d / "inner.eml", "--out", d / "m2.p7m", "--smime",
     )  # fmt: skip
-    base = ["open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",
-            "--in", d / "m2.p7m", "--out", d / "m2.eml"]  # fmt: skip
+    base: list[str | Path] = [
+        "open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",
+        "--in", d / "m2.p7m", "--out", d / "m2.eml",
+    ]  # fmt: skip
     refused = pli(*base, ok=False)
     assert refused.exit_code == 1
     assert "pli: error: revocation_unknown:" in refused.output
@@ -81,10 +83,29 @@ def test_revoked_signer_is_refused_after_a_new_crl(world: Path, tmp_path: Path) 
     # A second identity for Alice, revoked: the first stays usable for other tests.
     pli("keys", "new", "--email", "alice.martin@pli.test", "--out", tmp_path / "old.p12",
         "--csr", tmp_path / "old.csr")  # fmt: skip
-    pli("ca", "issue", "--dir", d / "ca", "--csr", tmp_path / "old.csr", "--out", tmp_path / "old.pem")
+    pli(
+        "ca",
+        "issue",
+        "--dir",
+        d / "ca",
+        "--csr",
+        tmp_path / "old.csr",
+        "--out",
+        tmp_path / "old.pem",
+    )
     pli("seal", "--identity", tmp_path / "old.p12", "--cert", tmp_path / "old.pem",
-        "--to", d / "bob.durand.pem", "--in", d / "inner.eml", "--out", tmp_path / "m.p7m")  # fmt: skip
-    pli("ca", "revoke", "--dir", d / "ca", "--cert", tmp_path / "old.pem", "--reason", "key_compromise")
+        "--to", d / "bob.durand.pem", "--in", d / "inner.eml",
+        "--out", tmp_path / "m.p7m")  # fmt: skip
+    pli(
+        "ca",
+        "revoke",
+        "--dir",
+        d / "ca",
+        "--cert",
+        tmp_path / "old.pem",
+        "--reason",
+        "key_compromise",
+    )
     pli("ca", "crl", "--dir", d / "ca", "--out", tmp_path / "crl.pem")
     refused = pli(
         "open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",
@@ -168,7 +189,10 @@ def test_installed_console_script_and_debug_flag(world: Path) -> None:
     pli_path = Path(sys.executable).with_name("pli")
     env = {**os.environ, "PLI_PASSPHRASE": PASSPHRASE}
     ok = subprocess.run(
-        [str(pli_path), "id", "check", "1 85 05 78 006 084 91"], capture_output=True, check=False, env=env
+        [str(pli_path), "id", "check", "1 85 05 78 006 084 91"],
+        capture_output=True,
+        check=False,
+        env=env,
     )
     assert ok.returncode == 0
     assert b"nir 185057800608491" in ok.stdout
@@ -179,7 +203,10 @@ def test_installed_console_script_and_debug_flag(world: Path) -> None:
     assert quiet.returncode == 1
     assert b"pli: error: ca_error:" in quiet.stderr and b"Traceback" not in quiet.stderr
     loud = subprocess.run(
-        [str(pli_path), "--debug", "ca", "crl", "--dir", missing], capture_output=True, check=False, env=env
+        [str(pli_path), "--debug", "ca", "crl", "--dir", missing],
+        capture_output=True,
+        check=False,
+        env=env,
     )
     assert loud.returncode == 1
     assert b"Traceback" in loud.stderr

@@ -712,6 +712,10 @@ def found(text: str) -> list[tuple[IdentifierKind, str, str]]:
             [(IdentifierKind.NIR, "185057800608491", "1 85 05 78 006 084 91")],
         ),
         (
+            "Corse 255082a01234592.",
+            [(IdentifierKind.NIR, "255082A01234592", "255082a01234592")],
+        ),
+        (
             "Patient 185057800608491 vu ce jour",
             [(IdentifierKind.NIR, "185057800608491", "185057800608491")],
         ),

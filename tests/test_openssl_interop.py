@@ -70,7 +70,9 @@ def files(tmp_path: Path, pki: Pki) -> dict[str, Path]:
     }
 
 
-def openssl_decrypt_and_verify(openssl: str, files: dict[str, Path], envelope: Path, inform: str) -> bytes:
+def openssl_decrypt_and_verify(
+    openssl: str, files: dict[str, Path], envelope: Path, inform: str
+) -> bytes:
     signed = run_openssl(
         openssl, "cms", "-decrypt", "-inform", inform, "-in", envelope,
         "-recip", files["bob_cert"], "-inkey", files["bob_key"],
@@ -109,7 +111,9 @@ def test_openssl_reads_pli_seal_command_output_der_and_smime(
     monkeypatch.setenv("PLI_PASSPHRASE", "correct horse battery")
     identity = files["dir"] / "alice.p12"
     identity.write_bytes(
-        dump_pkcs12(pki.alice.private_key, pki.alice.certificate, "correct horse battery", iterations=1000)
+        dump_pkcs12(
+            pki.alice.private_key, pki.alice.certificate, "correct horse battery", iterations=1000
+        )
     )
     runner = CliRunner()
     for form, extra in (("DER", []), ("SMIME", ["--smime"])):

@@ -132,7 +132,7 @@ def test_seal_needs_a_recipient(pki: Pki) -> None:
 
 
 def test_ca_refuses_a_weak_key(pki: Pki) -> None:
-    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - must be refused
     csr = build_certificate_request(weak_key, email="weak@pli.test", common_name="Weak")
     with pytest.raises(WeakKey):
         issue_certificate(pki.authority.key, pki.authority.certificate, csr)
@@ -142,4 +142,6 @@ def test_validation_happens_at_opening_time(pki: Pki) -> None:
     envelope = seal(letter(), pki.alice, [pki.bob.certificate])
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=5000)
     with pytest.raises(SignerExpired):
-        open_envelope(envelope, pki.bob, TrustStore([pki.authority.certificate], [pki.crl]), at=later)
+        open_envelope(
+            envelope, pki.bob, TrustStore([pki.authority.certificate], [pki.crl]), at=later
+        )

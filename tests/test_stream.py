@@ -81,7 +81,9 @@ def records(blob: bytes) -> tuple[bytes, list[bytes]]:
         pytest.param(lambda h, r: h + b"".join([r[1], r[0], *r[2:]]), id="records-swapped"),
         pytest.param(lambda h, r: h + b"".join([*r, r[-1]]), id="record-appended"),
         pytest.param(lambda h, r: h + b"".join(r)[:-5], id="truncated"),
-        pytest.param(lambda h, r: h[:16] + b"\x00\x00\x00\x20" + h[20:] + b"".join(r), id="rs-changed"),
+        pytest.param(
+            lambda h, r: h[:16] + b"\x00\x00\x00\x20" + h[20:] + b"".join(r), id="rs-changed"
+        ),
         pytest.param(lambda h, r: h[:10], id="header-truncated"),
     ],
 )

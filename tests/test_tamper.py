@@ -1,4 +1,7 @@
-"""Tampering and bad signers: each gives its own typed error, never a silent pass (REQ-SIGNATURE)."""
+"""Tampering and bad signers: each gives its own typed error, never a silent pass.
+
+REQ-SIGNATURE: a message is shown as genuine only when everything checks.
+"""
 
 from __future__ import annotations
 
@@ -106,7 +109,9 @@ def test_altered_signed_content_is_detected(pki: Pki) -> None:
 
 def test_swapped_signer_certificate_is_detected(pki: Pki) -> None:
     info = signed_data_of(sign_entity(letter(), pki.alice))
-    carol = asn1_x509.Certificate.load(pki.carol.certificate.public_bytes(serialization.Encoding.DER))
+    carol = asn1_x509.Certificate.load(
+        pki.carol.certificate.public_bytes(serialization.Encoding.DER)
+    )
     info["content"]["certificates"] = [carol]
     envelope = envelope_of(entity_of(info), pki.bob.certificate)
     with pytest.raises(SignerCertificateMismatch) as caught:
@@ -119,7 +124,9 @@ def test_look_alike_certificate_with_the_same_serial_fails_the_signature(pki: Pk
     forger = make_authority(pki.authority.certificate.subject.rfc4514_string(), pki.foreign.key)
     look_alike = forger.issue(pki.keys["carol"], ALICE, "Dr Alice Martin")
     info = signed_data_of(sign_entity(letter(), pki.alice))
-    fake = asn1_x509.Certificate.load(look_alike.certificate.public_bytes(serialization.Encoding.DER))
+    fake = asn1_x509.Certificate.load(
+        look_alike.certificate.public_bytes(serialization.Encoding.DER)
+    )
     tbs = fake["tbs_certificate"]
     tbs["serial_number"] = pki.alice.certificate.serial_number
     tbs["issuer"] = asn1_x509.Name.load(pki.authority.certificate.subject.public_bytes())
@@ -184,7 +191,9 @@ def test_revocation_unknown_without_crl_fails_closed(pki: Pki) -> None:
 def test_stale_or_foreign_crl_does_not_count(pki: Pki) -> None:
     envelope = seal(letter(), pki.alice, [pki.bob.certificate])
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    stale = build_crl(pki.authority.key, pki.authority.certificate, [], number=9, days=7, now=long_ago)
+    stale = build_crl(
+        pki.authority.key, pki.authority.certificate, [], number=9, days=7, now=long_ago
+    )
     foreign = build_crl(pki.foreign.key, pki.foreign.certificate, [], number=1)
     for crl in (stale, foreign):
         with pytest.raises(RevocationUnknown):

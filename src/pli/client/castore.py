@@ -69,7 +69,9 @@ class CaDirectory:
             raise CertificateAuthorityError(f"a CA already exists in {path}")
         key = generate_private_key()
         certificate = create_root(key, name, days=days)
-        write_atomically(path / "ca.p12", dump_pkcs12(key, certificate, passphrase, name="ca"), 0o600)
+        write_atomically(
+            path / "ca.p12", dump_pkcs12(key, certificate, passphrase, name="ca"), 0o600
+        )
         write_atomically(path / "ca.pem", certificate_pem(certificate))
         ca = CaDirectory(path, key, certificate)
         ca._save_index({"next_crl_number": 1, "issued": {}, "revoked": {}})

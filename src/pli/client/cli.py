@@ -17,6 +17,7 @@ import click
 
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
+from pli.client.demo import run_demo
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
     open_file_message,
@@ -29,6 +30,7 @@ from pli.crypto import (
     TrustStore,
     build_certificate_request,
     certificate_pem,
+    check_certificate_request,
     crl_pem,
     csr_pem,
     dump_pkcs12,
@@ -110,7 +112,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-# --- identifiers ---------------------------------------------------------------------------
+# --- identifiers ---------------------------------------------------------------------------------
 @main.group("id")
 def id_group() -> None:
     """National identifiers (RPPS, ADELI, FINESS, NIR/INS, NISS, NIHII)."""
@@ -131,15 +133,15 @@ def id_check(value: str, kind: str | None) -> None:
     else:
         found, errors = parse_any(value)
         if not found:
-            for error in errors:
-                click.echo(f"invalid {error.kind}: {error.code}: {error.detail}", err=True)
+            for reason in errors:
+                click.echo(f"invalid {reason.kind}: {reason.code}: {reason.detail}", err=True)
             sys.exit(1)
     for identifier in found:
         national = f" (national id {identifier.national_id})" if identifier.national_id else ""
         click.echo(f"{identifier.kind.value} {identifier.value}{national}")
 
 
-# --- certificate authority -------------------------------------------------------------------
+# --- certificate authority -----------------------------------------------------------------------
 @main.group("ca")
 def ca_group() -> None:
     """The operator's certificate authority, kept in a directory."""
@@ -208,10 +210,12 @@ def ca_crl(ca_dir: Path, out: Path | None, days: int, passphrase_file: Path | No
     crl = ca.publish_crl(days=days)
     if out is not None:
         write_atomically(out, crl_pem(crl))
-    click.echo(f"CRL with {len(list(crl))} revoked certificate(s) written to {out or ca_dir / 'crl.pem'}")
+    click.echo(
+        f"CRL with {len(list(crl))} revoked certificate(s) written to {out or ca_dir / 'crl.pem'}"
+    )
 
 
-# --- keys ---------------------------------------------------------------------------------------
+# --- keys ----------------------------------------------------------------------------------------
 @main.group("keys")
 def keys_group() -> None:
     """Personal keys, kept on the workstation in an encrypted PKCS#12 file."""
@@ -241,8 +245,6 @@ def keys_new(
         key, email=email, common_name=common_name or email, national_id=national_id
     )
     # The CA checks it too; checking here gives the error before a file is written.
-    from pli.crypto import check_certificate_request
-
     check_certificate_request(request)
     write_atomically(out, dump_pkcs12(key, None, passphrase, name=email), 0o600)
     write_atomically(csr, csr_pem(request))
@@ -250,23 +252,31 @@ def keys_new(
 
 
 @keys_group.command("install")
-@click.option("--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--chain", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @passphrase_option
-def keys_install(identity: Path, cert: Path, chain: Path | None, passphrase_file: Path | None) -> None:
+def keys_install(
+    identity: Path, cert: Path, chain: Path | None, passphrase_file: Path | None
+) -> None:
     """Put the issued certificate (and chain) into the identity file."""
     passphrase = _read_passphrase(passphrase_file)
     contents = load_pkcs12(identity.read_bytes(), passphrase)
     certificate = load_certificate(cert.read_bytes())
     contents.software_key(certificate)  # checks that the certificate is this key's
     extra = load_certificates(chain.read_bytes()) if chain else []
-    write_atomically(identity, dump_pkcs12(contents.key, certificate, passphrase, chain=extra), 0o600)
+    write_atomically(
+        identity, dump_pkcs12(contents.key, certificate, passphrase, chain=extra), 0o600
+    )
     click.echo(f"certificate installed in {identity}")
 
 
-# --- seal and open ----------------------------------------------------------------------------------
-def _identity(identity: Path, cert: Path | None, passphrase_file: Path | None) -> tuple[SoftwareKey, list[Any]]:
+# --- seal and open -------------------------------------------------------------------------------
+def _identity(
+    identity: Path, cert: Path | None, passphrase_file: Path | None
+) -> tuple[SoftwareKey, list[Any]]:
     contents = load_pkcs12(identity.read_bytes(), _read_passphrase(passphrase_file))
     certificate = load_certificate(cert.read_bytes()) if cert else None
     if certificate is None and contents.certificate is None:
@@ -275,15 +285,35 @@ def _identity(identity: Path, cert: Path | None, passphrase_file: Path | None) -
 
 
 @main.command("seal")
-@click.option("--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Signer's certificate.")
-@click.option("--to", "to", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Signer's certificate.",
+)
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--smime", is_flag=True, help="Write S/MIME text (for SMTP) instead of DER.")
-@click.option("--threshold", default=LARGE_CONTENT_THRESHOLD, show_default=True,
-              help="Content above this many bytes travels outside the CMS, stream-encrypted.")
+@click.option(
+    "--threshold",
+    default=LARGE_CONTENT_THRESHOLD,
+    show_default=True,
+    help="Content above this many bytes travels outside the CMS, stream-encrypted.",
+)
 @passphrase_option
 def seal_command(
     identity: Path,
@@ -301,8 +331,13 @@ def seal_command(
     recipients = [load_certificate(path.read_bytes()) for path in to]
     blob_dir = out.with_name(out.name + ".blobs")
     envelope = seal_file_message(
-        source.read_bytes(), signer, recipients, attach=attach, blob_dir=blob_dir,
-        threshold=threshold, chain=chain,
+        source.read_bytes(),
+        signer,
+        recipients,
+        attach=attach,
+        blob_dir=blob_dir,
+        threshold=threshold,
+        chain=chain,
     )
     write_atomically(out, envelope_to_smime(envelope) if smime else envelope)
     click.echo(f"sealed for {len(recipients)} recipient(s) and yourself: {out}")
@@ -311,18 +346,40 @@ def seal_command(
 
 
 @main.command("open")
-@click.option("--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Your certificate.")
-@click.option("--trust", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Your certificate."
+)
+@click.option(
+    "--trust",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.option("--crl", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--no-revocation-check", is_flag=True,
-              help="Accept signers no CRL covers (reported, never silent).")
-@click.option("--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--no-revocation-check",
+    is_flag=True,
+    help="Accept signers no CRL covers (reported, never silent).",
+)
+@click.option(
+    "--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--blobs", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the stream-encrypted content is (default: IN.blobs).")
-@click.option("--attachments", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Decrypt stream-encrypted content into this directory.")
+@click.option(
+    "--blobs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the stream-encrypted content is (default: IN.blobs).",
+)
+@click.option(
+    "--attachments",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Decrypt stream-encrypted content into this directory.",
+)
 @passphrase_option
 def open_command(
     identity: Path,
@@ -345,8 +402,11 @@ def open_command(
         RevocationPolicy.IF_AVAILABLE if no_revocation_check else RevocationPolicy.REQUIRE,
     )
     result = open_file_message(
-        source.read_bytes(), decrypter, store,
-        blob_dir=blobs or source.with_name(source.name + ".blobs"), attachments_dir=attachments,
+        source.read_bytes(),
+        decrypter,
+        store,
+        blob_dir=blobs or source.with_name(source.name + ".blobs"),
+        attachments_dir=attachments,
     )
     write_atomically(out, result.opened.mime, 0o600)
     signer = result.opened.signer
@@ -363,10 +423,13 @@ def open_command(
 
 
 @main.command("demo")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the demo files here (default: a temporary directory).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the demo files here (default: a temporary directory).",
+)
 def demo_command(directory: Path | None) -> None:
     """A sealed round trip between two demo professionals."""
-    from pli.client.demo import run_demo
-
     run_demo(directory)

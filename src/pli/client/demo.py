@@ -35,9 +35,7 @@ def complete_luhn(stem: str) -> str:
     return next(stem + d for d in "0123456789" if luhn_is_valid(stem + d))
 
 
-def _professional(
-    ca: CaDirectory, email: str, name: str, rpps: str
-) -> SoftwareKey:
+def _professional(ca: CaDirectory, email: str, name: str, rpps: str) -> SoftwareKey:
     key = generate_private_key()
     csr = build_certificate_request(key, email=email, common_name=name, national_id="8" + rpps)
     return SoftwareKey(key, ca.issue(csr))
@@ -58,12 +56,18 @@ def run_demo(directory: Path | None) -> None:
     )
     echo(f"1. Autorité de certification de l'opérateur : {ca_dir / 'ca.pem'}")
 
-    martin = _professional(ca, "claire.martin@demo.pli.test", "Dr Claire Martin", complete_luhn("1010000001"))
-    durand = _professional(ca, "paul.durand@demo.pli.test", "Dr Paul Durand", complete_luhn("1010000002"))
+    martin = _professional(
+        ca, "claire.martin@demo.pli.test", "Dr Claire Martin", complete_luhn("1010000001")
+    )
+    durand = _professional(
+        ca, "paul.durand@demo.pli.test", "Dr Paul Durand", complete_luhn("1010000002")
+    )
     for who in (martin, durand):
         name = who.certificate.subject.rfc4514_string()
         echo(f"2. Professionnel : {name}")
-        write_atomically(directory / f"{who.certificate.serial_number:x}.pem", certificate_pem(who.certificate))
+        write_atomically(
+            directory / f"{who.certificate.serial_number:x}.pem", certificate_pem(who.certificate)
+        )
     crl = ca.publish_crl()
 
     draft = Draft(
@@ -93,8 +97,10 @@ def run_demo(directory: Path | None) -> None:
     message = parse_inner_message(opened.mime)
     echo("\n4. Ouvert par le destinataire :")
     echo(f"   signature valide, signée par {opened.signer.common_name} <{opened.signer.emails[0]}>")
-    echo(f"   identifiant national {opened.signer.national_id}, révocation vérifiée : "
-         f"{'oui' if opened.details.revocation_checked else 'non'}")
+    echo(
+        f"   identifiant national {opened.signer.national_id}, révocation vérifiée : "
+        f"{'oui' if opened.details.revocation_checked else 'non'}"
+    )
     echo(f"   objet réel : {message.subject}")
     echo(f"   patient : {message.patient_id}")
     echo(f"\nFichiers de la démonstration : {directory}")

@@ -10,6 +10,8 @@ only by the envelope's recipients (its key is inside the envelope).
 
 from __future__ import annotations
 
+import io
+import mimetypes
 import os
 import tempfile
 from collections.abc import Sequence
@@ -46,7 +48,9 @@ def _safe_filename(name: str) -> str:
     return base or "attachment"
 
 
-def store_blob(source_path: Path | None, data: bytes | None, blob_dir: Path, **meta: str) -> ExternalPart:
+def store_blob(
+    source_path: Path | None, data: bytes | None, blob_dir: Path, **meta: str
+) -> ExternalPart:
     """Stream-encrypt a file (or bytes) into ``blob_dir``; the part that references it."""
     blob_dir.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=blob_dir, prefix=".blob-")
@@ -56,8 +60,6 @@ def store_blob(source_path: Path | None, data: bytes | None, blob_dir: Path, **m
                 with source_path.open("rb") as source:
                     sealed = encrypt_stream(source, destination)
             else:
-                import io
-
                 sealed = encrypt_stream(io.BytesIO(data or b""), destination)
         Path(temporary).replace(blob_dir / sealed.sha256)
     except BaseException:
@@ -92,11 +94,17 @@ def seal_file_message(
         if path.stat().st_size > threshold:
             external.append(
                 store_blob(
-                    path, None, blob_dir, filename=_safe_filename(path.name), content_type=content_type
+                    path,
+                    None,
+                    blob_dir,
+                    filename=_safe_filename(path.name),
+                    content_type=content_type,
                 )
             )
         else:
-            attachments.append(Attachment(_safe_filename(path.name), content_type, path.read_bytes()))
+            attachments.append(
+                Attachment(_safe_filename(path.name), content_type, path.read_bytes())
+            )
 
     def externalise(attachment: Attachment) -> ExternalPart:
         return store_blob(
@@ -118,8 +126,6 @@ def seal_file_message(
 
 
 def _guess_type(path: Path) -> str:
-    import mimetypes
-
     guessed, _ = mimetypes.guess_type(path.name)
     return guessed or "application/octet-stream"
 

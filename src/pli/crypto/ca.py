@@ -174,9 +174,7 @@ def issue_certificate(
         .add_extension(
             x509.SubjectAlternativeName([x509.RFC822Name(profile.email)]), critical=False
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -234,7 +232,9 @@ def build_crl(
             .serial_number(revocation.serial_number)
             .revocation_date(revocation.revoked_at)
             .add_extension(
-                x509.CRLReason(REVOCATION_REASONS.get(revocation.reason, x509.ReasonFlags.unspecified)),
+                x509.CRLReason(
+                    REVOCATION_REASONS.get(revocation.reason, x509.ReasonFlags.unspecified)
+                ),
                 critical=False,
             )
             .build()

@@ -22,7 +22,7 @@ class CryptoError(Exception):
         return f"{self.code}: {self.detail}" if self.detail else self.code
 
 
-# --- envelopes -------------------------------------------------------------------------------
+# --- envelopes -----------------------------------------------------------------------------------
 class MalformedEnvelope(CryptoError):
     """The input is not a CMS / S/MIME structure we can read."""
 
@@ -51,7 +51,7 @@ class EnvelopeCorrupted(CryptoError):
     code = "envelope_corrupted"
 
 
-# --- signatures --------------------------------------------------------------------------------
+# --- signatures ----------------------------------------------------------------------------------
 class SignatureError(CryptoError):
     """Base of every reason why a message is not shown as genuine (REQ-SIGNATURE)."""
 
@@ -104,7 +104,7 @@ class SenderMismatch(SignatureError):
     code = "sender_mismatch"
 
 
-# --- keys, certificates, stores -----------------------------------------------------------------
+# --- keys, certificates, stores ------------------------------------------------------------------
 class WrongPassphrase(CryptoError):
     code = "wrong_passphrase"
 
@@ -133,7 +133,7 @@ class UnknownCertificate(CertificateAuthorityError):
     code = "unknown_certificate"
 
 
-# --- streamed content ------------------------------------------------------------------------------
+# --- streamed content ----------------------------------------------------------------------------
 class BlobCorrupted(CryptoError):
     """An externally stored encrypted part fails its digest, its tags or its framing."""
 

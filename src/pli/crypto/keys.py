@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
+from cryptography.x509.oid import NameOID
 
 from pli.crypto.errors import InvalidCertificate, WeakKey
 
@@ -59,7 +59,7 @@ class Decrypter(Protocol):
 
 @dataclass(frozen=True)
 class SoftwareKey:
-    """A key held in memory, with its certificate: both a :class:`Signer` and a :class:`Decrypter`."""
+    """A key in memory with its certificate: a :class:`Signer` and a :class:`Decrypter`."""
 
     private_key: PrivateKey
     certificate: Certificate
@@ -89,7 +89,7 @@ class _DelegatingKey(rsa.RSAPrivateKey):
         self,
         data: bytes,
         padding: padding.AsymmetricPadding,
-        algorithm: Prehashed | hashes.HashAlgorithm,
+        algorithm: Prehashed | hashes.HashAlgorithm | NoDigestInfo,
     ) -> bytes:
         if not isinstance(self._delegate, Signer):
             raise TypeError("this key cannot sign")
@@ -198,7 +198,7 @@ def certificate_der(certificate: Certificate) -> bytes:
 def certificate_emails(certificate: Certificate) -> list[str]:
     """The rfc822Name addresses of the subjectAltName (RFC 8550 §3), lower-cased."""
     try:
-        san = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return [name.lower() for name in san.value.get_values_for_type(x509.RFC822Name)]

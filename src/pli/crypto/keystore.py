@@ -173,9 +173,7 @@ def vault_parameters(record: bytes) -> VaultParameters:
     return _read_vault(record)[1]
 
 
-def vault_needs_upgrade(
-    record: bytes, wanted: VaultParameters = DEFAULT_VAULT_PARAMETERS
-) -> bool:
+def vault_needs_upgrade(record: bytes, wanted: VaultParameters = DEFAULT_VAULT_PARAMETERS) -> bool:
     """True when the record was sealed with weaker Argon2id costs than ``wanted``."""
     return vault_parameters(record).weaker_than(wanted)
 

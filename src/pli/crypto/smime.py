@@ -210,7 +210,9 @@ def envelope_bytes(data: bytes) -> bytes:
         return stripped
     if stripped.startswith(b"-----BEGIN"):
         # OpenSSL writes "-----BEGIN CMS-----", cryptography "-----BEGIN PKCS7-----".
-        match = re.search(rb"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END [A-Z0-9 ]+-----", stripped, re.S)
+        match = re.search(
+            rb"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END [A-Z0-9 ]+-----", stripped, re.S
+        )
         if match is None:
             raise MalformedEnvelope("unterminated PEM block")
         return _decode_base64(match.group(1))
@@ -328,7 +330,7 @@ def _unwrap_signed(entity: bytes) -> _SignedParts:
     headers, body = _split_entity(entity)
     content_type = headers.get_content_type()
     if content_type in _SMIME_TYPES:
-        smime_type = (headers.get_param("smime-type") or "signed-data")
+        smime_type = headers.get_param("smime-type") or "signed-data"
         if str(smime_type).lower() != "signed-data":
             raise SignatureMissing(f"expected signed data, found {smime_type}")
         return _opaque(_decode_base64(body), "opaque")

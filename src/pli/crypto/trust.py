@@ -9,6 +9,7 @@ the TLS client default (clientAuth). Revocation is checked against CRLs
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -110,7 +111,9 @@ class TrustStore:
         at = at or dt.datetime.now(dt.UTC)
         check_peer_public_key(certificate)
         if at > certificate.not_valid_after_utc:
-            raise SignerExpired(f"the certificate expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
+            raise SignerExpired(
+                f"the certificate expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
+            )
         if at < certificate.not_valid_before_utc:
             raise SignerExpired("the certificate is not valid yet")
         ee_policy = (
@@ -145,7 +148,7 @@ class TrustStore:
     def _check_revocation(self, chain: list[Certificate], at: dt.datetime) -> bool:
         all_checked = True
         # The last certificate is the anchor: trusted by configuration, not by CRL.
-        for child, issuer in zip(chain, chain[1:], strict=False):
+        for child, issuer in itertools.pairwise(chain):
             crl = self._crl_for(issuer, at)
             if crl is None:
                 if self.revocation is RevocationPolicy.REQUIRE:

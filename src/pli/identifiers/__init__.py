@@ -329,7 +329,10 @@ def find_identifiers(text: str) -> list[FoundIdentifier]:
             c
             for c in candidates
             if not any(
-                o is not c and o.start <= c.start and c.end <= o.end and o.end - o.start > c.end - c.start
+                o is not c
+                and o.start <= c.start
+                and c.end <= o.end
+                and o.end - o.start > c.end - c.start
                 for o in candidates
             )
         )

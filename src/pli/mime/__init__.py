@@ -264,7 +264,7 @@ def _check_structure(message: Message, limits: MimeLimits) -> None:
         _check_defects(part)
         payload = part.get_payload()
         if isinstance(payload, list):
-            stack.extend((child, depth + 1) for child in payload)
+            stack.extend((child, depth + 1) for child in payload if isinstance(child, Message))
 
 
 def _header(message: Message, name: str, *, required: bool = True) -> str | None:
@@ -312,6 +312,8 @@ def _read_external(part: Message) -> ExternalPart:
     if not isinstance(payload, list) or len(payload) != 1:
         raise MimeError("malformed_message", "message/external-body without its headers")
     phantom = payload[0]
+    if not isinstance(phantom, Message):
+        raise MimeError("malformed_message", "message/external-body without its headers")
     try:
         blob_id = str(part.get_param("blob-id"))
         if not re.fullmatch(r"[0-9a-f]{64}", blob_id):
@@ -330,6 +332,39 @@ def _read_external(part: Message) -> ExternalPart:
         )
     except (ValueError, TypeError) as error:
         raise MimeError("malformed_message", f"bad external part: {error}") from None
+
+
+def _collect_parts(
+    message: Message,
+) -> tuple[str | None, str | None, list[Attachment], list[ExternalPart]]:
+    """The first text and HTML bodies, the attachments and the external parts."""
+    body_text: str | None = None
+    body_html: str | None = None
+    attachments: list[Attachment] = []
+    external_parts: list[ExternalPart] = []
+    for part in message.walk():
+        content_type = part.get_content_type()
+        if content_type == "message/external-body":
+            external_parts.append(_read_external(part))
+            continue
+        if part.is_multipart() or (part.get_content_maintype() == "message"):
+            continue
+        if part.get_content_disposition() == "attachment" or part.get_filename():
+            if _inside_external(message, part):
+                continue
+            data_bytes = part.get_payload(decode=True)
+            attachments.append(
+                Attachment(
+                    filename=str(part.get_filename() or "attachment"),
+                    content_type=content_type,
+                    data=data_bytes if isinstance(data_bytes, bytes) else b"",
+                )
+            )
+        elif content_type == "text/plain" and body_text is None:
+            body_text = _decode_text(part)
+        elif content_type == "text/html" and body_html is None:
+            body_html = _decode_text(part)
+    return body_text, body_html, attachments, external_parts
 
 
 def parse_inner_message(data: bytes, limits: MimeLimits | None = None) -> InnerMessage:
@@ -361,32 +396,7 @@ def parse_inner_message(data: bytes, limits: MimeLimits | None = None) -> InnerM
         references = (_header(message, "References", required=False) or "").split()
         patient = _header(message, PATIENT_HEADER, required=False)
         patient_id = normalise_patient_id(patient) if patient else None
-        body_text: str | None = None
-        body_html: str | None = None
-        attachments: list[Attachment] = []
-        external_parts: list[ExternalPart] = []
-        for part in message.walk():
-            content_type = part.get_content_type()
-            if content_type == "message/external-body":
-                external_parts.append(_read_external(part))
-                continue
-            if part.is_multipart() or (part.get_content_maintype() == "message"):
-                continue
-            if part.get_content_disposition() == "attachment" or part.get_filename():
-                if _inside_external(message, part):
-                    continue
-                data_bytes = part.get_payload(decode=True)
-                attachments.append(
-                    Attachment(
-                        filename=str(part.get_filename() or "attachment"),
-                        content_type=content_type,
-                        data=data_bytes if isinstance(data_bytes, bytes) else b"",
-                    )
-                )
-            elif content_type == "text/plain" and body_text is None:
-                body_text = _decode_text(part)
-            elif content_type == "text/html" and body_html is None:
-                body_html = _decode_text(part)
+        body_text, body_html, attachments, external_parts = _collect_parts(message)
     except MimeError:
         raise
     except (ValueError, TypeError, IndexError, AttributeError, HeaderParseError) as error:
