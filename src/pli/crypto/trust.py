@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -40,6 +41,10 @@ class RevocationPolicy(StrEnum):
 class ChainResult:
     chain: list[Certificate]
     revocation_checked: bool
+
+
+#: How many validated paths a trust store remembers (one per recent signer).
+_CACHE_SIZE = 1024
 
 
 def _require_email_protection(
@@ -71,11 +76,34 @@ class TrustStore:
     revocation: RevocationPolicy = RevocationPolicy.REQUIRE
     _store: verification.Store = field(init=False, repr=False)
     _usable_crls: list[CertificateRevocationList] = field(init=False, repr=False)
+    _builder: verification.PolicyBuilder = field(init=False, repr=False)
+    # A validated path stays valid while the time is inside its window: the
+    # anchors and CRLs of a store never change (a new CRL makes a new store).
+    _cache: dict[tuple[bytes, ...], tuple[ChainResult, dt.datetime, dt.datetime]] = field(
+        init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not self.anchors:
             raise InvalidCertificate("at least one trust anchor is needed")
         self._store = verification.Store(list(self.anchors))
+        self._cache = {}
+        ee_policy = (
+            verification.ExtensionPolicy.permit_all()
+            .require_present(
+                x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, _require_email_protection
+            )
+            .may_be_present(
+                x509.KeyUsage, verification.Criticality.AGNOSTIC, _require_digital_signature
+            )
+        )
+        self._builder = (
+            verification.PolicyBuilder()
+            .store(self._store)
+            .extension_policies(
+                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+            )
+        )
         self._usable_crls = []
         for crl in self.crls:
             issuer = self._find_anchor(crl.issuer)
@@ -116,24 +144,11 @@ class TrustStore:
             )
         if at < certificate.not_valid_before_utc:
             raise SignerExpired("the certificate is not valid yet")
-        ee_policy = (
-            verification.ExtensionPolicy.permit_all()
-            .require_present(
-                x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, _require_email_protection
-            )
-            .may_be_present(
-                x509.KeyUsage, verification.Criticality.AGNOSTIC, _require_digital_signature
-            )
-        )
-        verifier = (
-            verification.PolicyBuilder()
-            .store(self._store)
-            .time(at)
-            .extension_policies(
-                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-            )
-            .build_client_verifier()
-        )
+        key = tuple(c.public_bytes(Encoding.DER) for c in (certificate, *intermediates))
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] <= at <= cached[2]:
+            return cached[0]
+        verifier = self._builder.time(at).build_client_verifier()
         try:
             verified = verifier.verify(certificate, list(intermediates))
         except verification.VerificationError as error:
@@ -142,11 +157,23 @@ class TrustStore:
                 raise SignerUsageInvalid(message) from None
             raise SignerUntrusted(f"no valid path to a trust anchor: {message}") from None
         chain = list(verified.chain)
-        checked = self._check_revocation(chain, at)
-        return ChainResult(chain=chain, revocation_checked=checked)
+        checked, crl_until, listed = self._check_revocation(chain, at)
+        result = ChainResult(chain=chain, revocation_checked=checked)
+        if not listed:
+            since = max(c.not_valid_before_utc for c in chain)
+            until = min([c.not_valid_after_utc for c in chain] + crl_until)
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = (result, since, until)
+        return result
 
-    def _check_revocation(self, chain: list[Certificate], at: dt.datetime) -> bool:
+    def _check_revocation(
+        self, chain: list[Certificate], at: dt.datetime
+    ) -> tuple[bool, list[dt.datetime], bool]:
+        """Whether every link was checked, until when the CRLs hold, whether any lists a link."""
         all_checked = True
+        until: list[dt.datetime] = []
+        listed = False
         # The last certificate is the anchor: trusted by configuration, not by CRL.
         for child, issuer in itertools.pairwise(chain):
             crl = self._crl_for(issuer, at)
@@ -158,10 +185,14 @@ class TrustStore:
                     )
                 all_checked = False
                 continue
+            if crl.next_update_utc is not None:
+                until.append(crl.next_update_utc)
             entry = crl.get_revoked_certificate_by_serial_number(child.serial_number)
-            if entry is not None and entry.revocation_date_utc <= at:
-                raise SignerRevoked(
-                    f"certificate serial {child.serial_number:x} revoked on"
-                    f" {entry.revocation_date_utc:%Y-%m-%d}"
-                )
-        return all_checked
+            if entry is not None:
+                listed = True
+                if entry.revocation_date_utc <= at:
+                    raise SignerRevoked(
+                        f"certificate serial {child.serial_number:x} revoked on"
+                        f" {entry.revocation_date_utc:%Y-%m-%d}"
+                    )
+        return all_checked, until, listed

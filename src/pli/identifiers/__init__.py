@@ -105,7 +105,9 @@ _SEPARATORS = re.compile(r"[ .\-\u00a0\u202f]")
 
 
 def _compact(text: str) -> str:
-    return _SEPARATORS.sub("", text.strip()).upper()
+    compact = _SEPARATORS.sub("", text.strip())
+    # upper() may change the length of non-ASCII text ("ß" -> "SS"): leave it to fail as is.
+    return compact.upper() if compact.isascii() else compact
 
 
 def luhn_is_valid(digits: str) -> bool:
@@ -256,6 +258,10 @@ def parse_national_id(text: str) -> Identifier:
     if not compact:
         raise IdentifierError("empty", None, "no value given")
     prefix, rest = compact[0], compact[1:]
+    if not rest:
+        raise IdentifierError(
+            "wrong_length", None, "a national identifier has a prefix and a number"
+        )
     for kind, kind_prefix in NATIONAL_PREFIX.items():
         if prefix == kind_prefix:
             return PARSERS[kind](rest)
@@ -287,10 +293,13 @@ class FoundIdentifier:
 
 # Groups of digits (and the letters of Corsican department codes) separated
 # by at most one separator: "1 85 05 78 006 084 36", "85.07.30-033.28".
+# A group is digits, where a Corsican department may add an A or a B ("2A"),
+# even when the 2 and the letter are written apart ("2 A").
+_GROUP_PATTERN = r"(?:[0-9]+(?:[AaBb][0-9]*)?|(?<=2[ .\-\u00a0\u202f])[AaBb][0-9]*)"
 _GROUP_RUN = re.compile(
-    r"(?<![0-9A-Za-z])[0-9AaBb]+(?:[ .\-\u00a0\u202f][0-9AaBb]+)*(?![0-9A-Za-z])"
+    rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}(?:[ .\-\u00a0\u202f]{_GROUP_PATTERN})*(?![0-9A-Za-z])"
 )
-_GROUP = re.compile(r"[0-9AaBb]+")
+_GROUP = re.compile(_GROUP_PATTERN)
 _FIND_KINDS: dict[int, tuple[IdentifierKind, ...]] = {
     15: (IdentifierKind.NIR,),
     11: (IdentifierKind.NISS, IdentifierKind.RPPS),
@@ -322,18 +331,14 @@ def find_identifiers(text: str) -> list[FoundIdentifier]:
                         continue
                     candidates.append(FoundIdentifier(identifier, start, end))
                     break
-        # A reading inside a longer one (an 11-digit slice of a NIR) is dropped;
-        # readings that only overlap are all kept: a 15-digit slice straddling
-        # two numbers may check by chance (1 in 97), and must not hide them.
+        # A reading inside a longer one that spans the whole run (an 11-digit
+        # slice of a NIR written alone) is dropped. Every other reading is kept:
+        # a 15-digit slice straddling two numbers may check by chance (1 in 97)
+        # and must not hide them.
+        whole = [c for c in candidates if (c.start, c.end) == (run.start(), run.end())]
         found.extend(
             c
             for c in candidates
-            if not any(
-                o is not c
-                and o.start <= c.start
-                and c.end <= o.end
-                and o.end - o.start > c.end - c.start
-                for o in candidates
-            )
+            if not any(o is not c and o.start <= c.start and c.end <= o.end for o in whole)
         )
     return sorted(found, key=lambda f: f.start)
