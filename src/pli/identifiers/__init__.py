@@ -295,7 +295,10 @@ class FoundIdentifier:
 # by at most one separator: "1 85 05 78 006 084 36", "85.07.30-033.28".
 # A group is digits, where a Corsican department may add an A or a B ("2A"),
 # even when the 2 and the letter are written apart ("2 A").
-_GROUP_PATTERN = r"(?:[0-9]+(?:[AaBb][0-9]*)?|(?<=2[ .\-\u00a0\u202f])[AaBb][0-9]*)"
+_GROUP_PATTERN = (
+    r"(?:[0-9]+(?:[AaBb][0-9]*)?"
+    r"|(?<=2[ .\-\u00a0\u202f])[AaBb](?=[0-9]|[ .\-\u00a0\u202f][0-9])[0-9]*)"
+)
 _GROUP_RUN = re.compile(
     rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}(?:[ .\-\u00a0\u202f]{_GROUP_PATTERN})*(?![0-9A-Za-z])"
 )
