@@ -14,8 +14,8 @@ AES-256-GCM instead of the RFC's AES-128-GCM. The record nonce is the base
 nonce XOR the record's sequence number (§2.3), which, with the delimiter,
 makes reordering, truncation and extension fail.
 
-Peak memory is a few records, whatever the size: one thread encrypts (or
-decrypts) while another hashes and writes; both libraries release the GIL.
+Peak memory is a few records, whatever the size: the calling thread
+encrypts (or decrypts) while one thread hashes and another writes.
 """
 
 from __future__ import annotations
@@ -72,16 +72,14 @@ def _nonce(base: int, sequence: int) -> bytes:
     return (base ^ sequence).to_bytes(12, "big")
 
 
-class _Sink:
-    """Hashes and writes in a second thread, a bounded queue in between."""
+class _Worker:
+    """Runs ``consume`` on every chunk in a second thread, a bounded queue in between."""
 
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._write = write
+    def __init__(self, consume: Callable[[bytes], object], name: str) -> None:
+        self._consume = consume
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPELINE_DEPTH)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pli-stream-sink", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -89,9 +87,7 @@ class _Sink:
             if self._error is not None:
                 continue
             try:
-                self.digest.update(chunk)
-                self.size += len(chunk)
-                self._write(chunk)
+                self._consume(chunk)
             except BaseException as error:  # noqa: BLE001 - re-raised in the producer thread
                 self._error = error
 
@@ -101,10 +97,39 @@ class _Sink:
         self._queue.put(chunk)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+class _Digest:
+    """SHA-256 and length of everything it is given."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        self.size += len(chunk)
+
+
+class _Pipeline:
+    """One thread hashes the ciphertext, another writes the output: with the
+    cipher in the calling thread, the three overlap (both libraries release the GIL)."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self.digest = _Digest()
+        self.hasher = _Worker(self.digest.update, "pli-stream-hash")
+        self.writer = _Worker(write, "pli-stream-write")
+
+    def close(self) -> None:
+        try:
+            self.hasher.close()
+        finally:
+            self.writer.close()
 
 
 def encrypt_stream(
@@ -121,10 +146,15 @@ def encrypt_stream(
     salt = os.urandom(16)
     aead, base = _derive(key, salt)
     chunk_size = record_size - _TAG - 1
-    sink = _Sink(destination.write)
+    pipeline = _Pipeline(destination.write)
     plaintext_size = 0
+
+    def emit(chunk: bytes) -> None:
+        pipeline.hasher.put(chunk)
+        pipeline.writer.put(chunk)
+
     try:
-        sink.put(_HEADER.pack(salt, record_size, 0))
+        emit(_HEADER.pack(salt, record_size, 0))
         current = source.read(chunk_size)
         sequence = 0
         while True:
@@ -132,33 +162,20 @@ def encrypt_stream(
             last = not following
             plaintext_size += len(current)
             record = current + (b"\x02" if last else b"\x01")
-            sink.put(aead.encrypt(_nonce(base, sequence), record, None))
+            emit(aead.encrypt(_nonce(base, sequence), record, None))
             if last:
                 break
             current = following
             sequence += 1
     finally:
-        sink.close()
+        pipeline.close()
     return StreamSeal(
         key=key,
-        sha256=sink.digest.hexdigest(),
-        size=sink.size,
+        sha256=pipeline.digest.hash.hexdigest(),
+        size=pipeline.digest.size,
         plaintext_size=plaintext_size,
         record_size=record_size,
     )
-
-
-class _Hasher:
-    """Hashes what is read, in a second thread."""
-
-    def __init__(self) -> None:
-        self.sink = _Sink(lambda chunk: None)
-
-    def read(self, source: BinaryIO, size: int) -> bytes:
-        chunk = source.read(size)
-        if chunk:
-            self.sink.put(chunk)
-        return chunk
 
 
 def decrypt_stream(
@@ -174,21 +191,28 @@ def decrypt_stream(
     The digest is known only at the end: a caller writes ``destination`` to
     a temporary place and keeps it only when this returns.
     """
-    hasher = _Hasher()
+    pipeline = _Pipeline(destination.write)
+
+    def read(size: int) -> bytes:
+        chunk = source.read(size)
+        if chunk:
+            pipeline.hasher.put(chunk)
+        return chunk
+
     written = 0
     try:
-        header = hasher.read(source, _HEADER.size)
+        header = read(_HEADER.size)
         if len(header) != _HEADER.size:
             raise BlobCorrupted("truncated header")
         salt, record_size, id_length = _HEADER.unpack(header)
         if id_length:
-            hasher.read(source, id_length)
+            read(id_length)
         if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
             raise BlobCorrupted("bad record size")
         aead, base = _derive(key, salt)
         sequence = 0
         while True:
-            record = hasher.read(source, record_size)
+            record = read(record_size)
             if not record:
                 raise BlobCorrupted("truncated: the last record is missing")
             try:
@@ -197,20 +221,20 @@ def decrypt_stream(
                 raise BlobCorrupted(f"record {sequence} fails authentication") from None
             data, delimiter = plain[:-1], plain[-1:]
             if delimiter == b"\x02":
-                if hasher.read(source, 1):
+                if read(1):
                     raise BlobCorrupted("data after the last record")
-                destination.write(data)
+                pipeline.writer.put(data)
                 written += len(data)
                 break
             if delimiter != b"\x01" or len(record) != record_size:
                 raise BlobCorrupted(f"record {sequence} is badly framed")
-            destination.write(data)
+            pipeline.writer.put(data)
             written += len(data)
             sequence += 1
     finally:
-        hasher.sink.close()
-    if hasher.sink.digest.hexdigest() != sha256.lower():
+        pipeline.close()
+    if pipeline.digest.hash.hexdigest() != sha256.lower():
         raise BlobCorrupted("the ciphertext digest does not match the sealed message")
-    if size is not None and hasher.sink.size != size:
+    if size is not None and pipeline.digest.size != size:
         raise BlobCorrupted("the ciphertext size does not match the sealed message")
     return written
