@@ -23,6 +23,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import getaddresses
@@ -52,6 +53,7 @@ from pli.crypto.errors import (
 from pli.crypto.keys import (
     Certificate,
     Decrypter,
+    PrivateKey,
     Signer,
     as_private_key,
     certificate_common_name,
@@ -315,27 +317,49 @@ def _to_der(der: bytes) -> bytes:
         raise MalformedEnvelope(f"unreadable CMS structure: {error}") from None
 
 
+#: Runs the structural inspection of envelopes beside the RSA decryption.
+_INSPECTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pli-envelope")
+
+
+def _decrypt_der(der: bytes, certificate: Certificate, key: PrivateKey) -> bytes:
+    try:
+        return pkcs7.pkcs7_decrypt_der(der, certificate, key, [])
+    except ValueError:
+        # cryptography reads DER only; BER from streaming agents gets one retry.
+        reencoded = _to_der(der)
+        if reencoded == der:
+            raise
+        return pkcs7.pkcs7_decrypt_der(reencoded, certificate, key, [])
+
+
 def decrypt_envelope(data: bytes, decrypter: Decrypter) -> tuple[bytes, str]:
-    """The decrypted content of an EnvelopedData, and the content cipher used."""
+    """The decrypted content of an EnvelopedData, and the content cipher used.
+
+    The inspection (pure Python, asn1crypto) runs in a helper thread while
+    this thread decrypts: RSA releases the GIL, so the two overlap. Key
+    operations never leave the calling thread (a card session may be bound
+    to it). The inspection's verdict wins over a decryption failure, so the
+    error names the real reason (unsupported algorithm, not a recipient).
+    """
     der = envelope_bytes(data)
     recipient = asn1_x509.Certificate.load(
         decrypter.certificate.public_bytes(serialization.Encoding.DER)
     )
-    cipher = _inspect_envelope(der, recipient)
-    key = as_private_key(decrypter)
+    inspection = _INSPECTOR.submit(_inspect_envelope, der, recipient)
+    content: bytes | None = None
+    failure: Exception | None = None
     try:
-        try:
-            return pkcs7.pkcs7_decrypt_der(der, decrypter.certificate, key, []), cipher
-        except ValueError:
-            # cryptography reads DER only; BER from streaming agents gets one retry.
-            reencoded = _to_der(der)
-            if reencoded == der:
-                raise
-            return pkcs7.pkcs7_decrypt_der(reencoded, decrypter.certificate, key, []), cipher
-    except _CryptographyUnsupported as error:
-        raise UnsupportedAlgorithm(str(error)) from None
-    except ValueError:
-        raise EnvelopeCorrupted("the envelope does not decrypt to a readable message") from None
+        content = _decrypt_der(der, decrypter.certificate, as_private_key(decrypter))
+    except (ValueError, _CryptographyUnsupported, MalformedEnvelope) as error:
+        failure = error
+    cipher = inspection.result()
+    if content is not None:
+        return content, cipher
+    if isinstance(failure, _CryptographyUnsupported):
+        raise UnsupportedAlgorithm(str(failure))
+    if isinstance(failure, MalformedEnvelope):
+        raise failure
+    raise EnvelopeCorrupted("the envelope does not decrypt to a readable message")
 
 
 @dataclass(frozen=True)
@@ -434,6 +458,24 @@ def _checked_signer_certificate(der: bytes) -> Certificate:
     return load_certificate(der)
 
 
+@functools.lru_cache(maxsize=1024)
+def _identity_fields(
+    certificate: Certificate,
+) -> tuple[tuple[str, ...], str | None, str | None, str]:
+    return (
+        tuple(certificate_emails(certificate)),
+        certificate_common_name(certificate),
+        certificate_national_id(certificate),
+        certificate_fingerprint(certificate),
+    )
+
+
+def _signer_identity(certificate: Certificate) -> SignerIdentity:
+    """Who signed: read from the certificate once, a fresh object each time."""
+    emails, common_name, national_id, fingerprint = _identity_fields(certificate)
+    return SignerIdentity(list(emails), common_name, national_id, certificate, fingerprint)
+
+
 def _signing_time(signer_info: asn1_cms.SignerInfo) -> dt.datetime | None:
     for attribute in signer_info["signed_attrs"] or []:
         if attribute["type"].native == "signing_time":
@@ -489,7 +531,7 @@ def verify_signed_entity(
     certificate = _checked_signer_certificate(certificate_asn1.dump())
     intermediates = [load_certificate(other.dump()) for other in others]
     result = trust.verify_signer(certificate, intermediates, at=at)
-    emails = certificate_emails(certificate)
+    emails = _signer_identity(certificate).emails
     if check_sender:
         claimed = _from_and_sender(parts.content)
         if not claimed.intersection(emails):
@@ -498,14 +540,8 @@ def verify_signed_entity(
                 + (", ".join(emails) or "no address")
                 + ", not for the message's From or Sender"
             )
-    identity = SignerIdentity(
-        emails=emails,
-        common_name=certificate_common_name(certificate),
-        national_id=certificate_national_id(certificate),
-        certificate=certificate,
-        fingerprint=certificate_fingerprint(certificate),
-    )
-    chain = [c.subject.rfc4514_string() for c in result.chain]
+    identity = _signer_identity(certificate)
+    chain = result.chain_names
     return (
         parts.content,
         identity,

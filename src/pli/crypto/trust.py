@@ -9,6 +9,7 @@ the TLS client default (clientAuth). Revocation is checked against CRLs
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ class RevocationPolicy(StrEnum):
 class ChainResult:
     chain: list[Certificate]
     revocation_checked: bool
+
+    @functools.cached_property
+    def chain_names(self) -> list[str]:
+        """Subjects of the path, end entity first (RFC 4514 strings)."""
+        return [certificate.subject.rfc4514_string() for certificate in self.chain]
 
 
 #: How many validated paths a trust store remembers (one per recent signer).
