@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,16 @@ class PliGroup(click.Group):
             ctx.exit(1)
 
 
+def _printable(text: str) -> str:
+    """Text from a certificate or a message, without control or bidi characters."""
+    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+
+
 def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
     if passphrase_file is not None:
         text = passphrase_file.read_text(encoding="utf-8")
-        passphrase = text.splitlines()[0] if text else ""
+        # The first line, without its line ending; other separators are part of it.
+        passphrase = text.split("\n", 1)[0].removesuffix("\r")
     elif os.environ.get("PLI_PASSPHRASE"):
         passphrase = os.environ["PLI_PASSPHRASE"]
     elif sys.stdin.isatty():
@@ -411,12 +418,20 @@ def open_command(
     write_atomically(out, result.opened.mime, 0o600)
     signer = result.opened.signer
     click.echo(f"signature: valid, signed by {', '.join(signer.emails)}")
-    click.echo(f"signer: {signer.common_name} national id {signer.national_id or '-'}")
+    click.echo(
+        f"signer: {_printable(signer.common_name or '-')} national id {signer.national_id or '-'}"
+    )
     click.echo(f"certificate sha256: {signer.fingerprint}")
     if result.opened.signed_at:
         click.echo(f"signed at: {result.opened.signed_at.isoformat()}")
     if not result.opened.details.revocation_checked:
         click.echo("warning: revocation_not_checked: no CRL covers the signer", err=True)
+    if "not_addressed_to_you" in result.opened.warnings:
+        click.echo(
+            "warning: not_addressed_to_you: genuine, but neither To nor Cc names you"
+            " (forwarded by someone else?)",
+            err=True,
+        )
     for path in result.extracted:
         click.echo(f"attachment: {path}")
     click.echo(f"message written to {out}")

@@ -14,6 +14,7 @@ import io
 import mimetypes
 import os
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pli.crypto import (
     OpenedMessage,
     Signer,
     TrustStore,
+    certificate_emails,
     decrypt_stream,
     encrypt_stream,
     open_envelope,
@@ -44,8 +46,26 @@ LARGE_CONTENT_THRESHOLD = 10 * 1024 * 1024
 
 
 def _safe_filename(name: str) -> str:
-    base = Path(name.replace("\\", "/")).name.strip().lstrip(".")
-    return base or "attachment"
+    """A plain file name: no directories, no hidden file, no control or bidi characters."""
+    base = Path(name.replace("\\", "/")).name
+    base = "".join(
+        char for char in base if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp")
+    )
+    base = base.strip().lstrip(".")
+    return base[:200] or "attachment"
+
+
+def _claim_path(directory: Path, name: str) -> Path:
+    """``directory/name``, or ``name (2)``… when taken: extraction never overwrites."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for number in range(1, 1000):
+        candidate = directory / (name if number == 1 else f"{stem} ({number}){suffix}")
+        try:
+            candidate.touch(mode=0o600, exist_ok=False)
+        except FileExistsError:
+            continue
+        return candidate
+    raise MimeError("file_exists", f"too many files named {name} in {directory}")
 
 
 def store_blob(
@@ -148,6 +168,13 @@ def open_file_message(
     """Open, verify and parse; decrypt external parts into ``attachments_dir`` if given."""
     opened = open_envelope(data, decrypter, trust)
     message = parse_inner_message(opened.mime)
+    # A signed message re-encrypted by a recipient for someone else ("surreptitious
+    # forwarding", RFC 8551 §3.7 discussion): genuine, but not addressed to you.
+    addressed = {a.lower() for a in [*message.to, *message.cc, message.from_address]}
+    if message.sender:
+        addressed.add(message.sender.lower())
+    if not addressed.intersection(certificate_emails(decrypter.certificate)):
+        opened.warnings.append("not_addressed_to_you")
     extracted: list[Path] = []
     if message.external_parts and attachments_dir is not None:
         if blob_dir is None:
@@ -162,7 +189,7 @@ def _extract(part: ExternalPart, blob_dir: Path, attachments_dir: Path) -> Path:
     source_path = blob_dir / part.blob_id
     if not source_path.is_file():
         raise MimeError("blob_missing", f"external content {part.blob_id[:12]}… not found")
-    target = attachments_dir / _safe_filename(part.filename)
+    target = _claim_path(attachments_dir, _safe_filename(part.filename))
     fd, temporary = tempfile.mkstemp(dir=attachments_dir, prefix=".part-")
     try:
         with source_path.open("rb") as source, os.fdopen(fd, "wb") as destination:
@@ -171,6 +198,7 @@ def _extract(part: ExternalPart, blob_dir: Path, attachments_dir: Path) -> Path:
         Path(temporary).replace(target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
         raise
     return target
 

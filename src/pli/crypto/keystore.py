@@ -107,6 +107,10 @@ class VaultParameters:
 
 
 DEFAULT_VAULT_PARAMETERS = VaultParameters()
+#: Upper bounds accepted when reading a record (RFC 9106 §4 costs are far below).
+MAX_VAULT_MEMORY_KIB = 1024 * 1024
+MAX_VAULT_ITERATIONS = 16
+MAX_VAULT_LANES = 16
 _VAULT_FORMAT = "pli-vault-1"
 
 
@@ -166,6 +170,16 @@ def _read_vault(record: bytes) -> tuple[bytes, VaultParameters, bytes, bytes, by
         ciphertext = base64.b64decode(outer["ciphertext"], validate=True)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise KeyStoreCorrupted(f"unreadable vault record: {error}") from None
+    # The header is authenticated only after the key is derived from it: bound
+    # the costs first, so that an edited record cannot exhaust memory or time.
+    if not (
+        8 * params.lanes <= params.memory_kib <= MAX_VAULT_MEMORY_KIB
+        and 1 <= params.iterations <= MAX_VAULT_ITERATIONS
+        and 1 <= params.lanes <= MAX_VAULT_LANES
+        and len(salt) >= 16
+        and len(nonce) == 12
+    ):
+        raise KeyStoreCorrupted("vault parameters out of bounds")
     return header_bytes, params, salt, nonce, ciphertext
 
 

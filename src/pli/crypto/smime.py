@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
-from email.utils import getaddresses
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
@@ -65,6 +64,7 @@ from pli.crypto.keys import (
     unique_certificates,
 )
 from pli.crypto.trust import TrustStore
+from pli.mime import MimeError, originators
 
 #: pyHanko's generic CMS validation rejects valid e-mail signatures unless told
 #: which usages an S/MIME signer needs (RFC 8550 §4.4.2 and §4.4.4).
@@ -444,6 +444,30 @@ def _signer_certificate(
     return found, others
 
 
+def _check_signature_algorithm(signer_info: asn1_cms.SignerInfo, digest_name: str) -> None:
+    """RSA with the SignerInfo's own SHA-2 digest, nothing else (no MD5 / SHA-1 signatures).
+
+    pyHanko hashes the signed attributes with the hash the signature algorithm
+    names: a weak one there would bypass the digest check above.
+    """
+    algorithm = signer_info["signature_algorithm"]
+    name = algorithm["algorithm"].native
+    if name == "rsassa_pkcs1v15":  # rsaEncryption, as OpenSSL writes: the digest applies
+        return
+    if name in ("sha256_rsa", "sha384_rsa", "sha512_rsa"):
+        if name.split("_")[0] != digest_name:
+            raise UnsupportedAlgorithm(f"signature algorithm {name} does not match {digest_name}")
+        return
+    if name == "rsassa_pss":
+        try:
+            pss_hash = algorithm["parameters"]["hash_algorithm"]["algorithm"].native
+        except (KeyError, TypeError, ValueError):
+            pss_hash = None
+        if pss_hash == digest_name:
+            return
+    raise UnsupportedAlgorithm(f"signature algorithm {name} is not accepted")
+
+
 @functools.lru_cache(maxsize=1024)
 def _checked_signer_certificate(der: bytes) -> Certificate:
     """A signer certificate, its S/MIME usages checked by pyHanko; once per certificate.
@@ -484,18 +508,15 @@ def _signing_time(signer_info: asn1_cms.SignerInfo) -> dt.datetime | None:
     return None
 
 
-_FROM_OR_SENDER = re.compile(rb"^(?:From|Sender)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
-
-
 def _from_and_sender(mime: bytes) -> set[str]:
-    """Addresses of the From and Sender header fields of the signed message."""
-    match = re.search(rb"\r?\n\r?\n", mime[: _MAX_HEADER_BLOCK + 4])
-    block = mime if match is None else mime[: match.start()]
-    values = [
-        re.sub(r"\r?\n[ \t]", " ", m.group(1).decode("utf-8", "replace"))
-        for m in _FROM_OR_SENDER.finditer(block)
-    ]
-    return {address.lower() for _, address in getaddresses(values) if address}
+    """From and Sender of the signed message, read as ``pli.mime`` reads them for display."""
+    try:
+        from_address, sender = originators(mime)
+    except MimeError as error:
+        raise SenderMismatch(
+            f"the signed message's From / Sender cannot be read: {error.detail}"
+        ) from None
+    return {address.lower() for address in (from_address, sender) if address}
 
 
 def verify_signed_entity(
@@ -506,7 +527,16 @@ def verify_signed_entity(
     check_sender: bool = True,
 ) -> tuple[bytes, SignerIdentity, dt.datetime | None, list[str], bool, str, str]:
     """Verify a signed MIME entity; what it signed, who signed it and how."""
-    parts = _unwrap_signed(entity)
+    return _verify_parts(_unwrap_signed(entity), trust, at=at, check_sender=check_sender)
+
+
+def _verify_parts(
+    parts: _SignedParts,
+    trust: TrustStore,
+    *,
+    at: dt.datetime | None,
+    check_sender: bool,
+) -> tuple[bytes, SignerIdentity, dt.datetime | None, list[str], bool, str, str]:
     signer_infos = parts.signed_data["signer_infos"]
     if len(signer_infos) != 1:
         raise SignatureInvalid(f"expected one signer, found {len(signer_infos)}")
@@ -514,6 +544,7 @@ def verify_signed_entity(
     digest_name = signer_info["digest_algorithm"]["algorithm"].native
     if digest_name not in _ACCEPTED_DIGESTS:
         raise UnsupportedAlgorithm(f"digest {digest_name} is not accepted")
+    _check_signature_algorithm(signer_info, digest_name)
     certificate_asn1, others = _signer_certificate(parts.signed_data, signer_info)
     digest = hashlib.new(_ACCEPTED_DIGESTS[digest_name], parts.content).digest()
     try:
@@ -563,8 +594,14 @@ def open_envelope(
 ) -> OpenedMessage:
     """Decrypt and verify a sealed message; raise a typed error unless it is genuine."""
     entity, cipher = decrypt_envelope(data, decrypter)
-    mime, identity, signed_at, chain, checked, digest_name, form = verify_signed_entity(
-        entity, trust, at=at, check_sender=check_sender
+    try:
+        parts = _unwrap_signed(entity)
+    except MalformedEnvelope:
+        # After an unauthenticated CBC decryption, "unreadable" must look like
+        # "bad padding": one code, or the answer is a padding oracle.
+        raise EnvelopeCorrupted("the envelope does not decrypt to a readable message") from None
+    mime, identity, signed_at, chain, checked, digest_name, form = _verify_parts(
+        parts, trust, at=at, check_sender=check_sender
     )
     warnings = [] if checked else ["revocation_not_checked"]
     return OpenedMessage(

@@ -73,6 +73,23 @@ def _allow_anything(
     return None
 
 
+def _crl_number(crl: CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return -1
+
+
+def _is_complete_crl(crl: CertificateRevocationList) -> bool:
+    """Only full CRLs for every reason count: no delta CRL, no partitioned one (RFC 5280 §5.2)."""
+    for extension in crl.extensions:
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            return False
+        if isinstance(extension.value, x509.IssuingDistributionPoint) and extension.critical:
+            return False
+    return True
+
+
 @dataclass
 class TrustStore:
     """What a relying party trusts: anchors, and the CRLs of their issuers."""
@@ -115,7 +132,11 @@ class TrustStore:
             issuer = self._find_anchor(crl.issuer)
             # A CRL whose signature we cannot check against an anchor is ignored,
             # which under REQUIRE makes the chain fail: never trust it blindly.
-            if issuer is not None and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            if (
+                issuer is not None
+                and _is_complete_crl(crl)
+                and crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+            ):
                 self._usable_crls.append(crl)
 
     def _find_anchor(self, name: x509.Name) -> Certificate | None:
@@ -125,14 +146,18 @@ class TrustStore:
         return None
 
     def _crl_for(self, issuer: Certificate, at: dt.datetime) -> CertificateRevocationList | None:
-        for crl in self._usable_crls:
-            if crl.issuer != issuer.subject:
-                continue
-            next_update = crl.next_update_utc
-            if next_update is not None and next_update < at:
-                continue  # stale: as good as none (RFC 5280 §6.3.3 (a))
-            return crl
-        return None
+        """The newest current CRL of ``issuer``: an older one must not hide a revocation."""
+        current = [
+            crl
+            for crl in self._usable_crls
+            if crl.issuer == issuer.subject
+            # stale: as good as none (RFC 5280 §6.3.3 (a))
+            and (crl.next_update_utc is None or crl.next_update_utc >= at)
+            and crl.last_update_utc <= at
+        ]
+        if not current:
+            return None
+        return max(current, key=lambda crl: (_crl_number(crl), crl.last_update_utc))
 
     def verify_signer(
         self,

@@ -22,7 +22,7 @@ from email.errors import HeaderParseError, MessageDefect
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_datetime
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 
 from pli.identifiers import IdentifierError, IdentifierKind, parse_nir, parse_niss
 
@@ -38,6 +38,7 @@ __all__ = [
     "build_inner_message",
     "build_outer_message",
     "complete_message",
+    "originators",
     "parse_inner_message",
     "parse_outer_message",
 ]
@@ -282,15 +283,64 @@ def _header(message: Message, name: str, *, required: bool = True) -> str | None
 
 
 def _addresses(message: Message, name: str, *, required: bool = False) -> list[str]:
-    value = _header(message, name, required=required)
-    if value is None:
+    """The addresses of an address header, read by the header registry (RFC 5322 §3.4).
+
+    A header the registry reads only with defects (stray addresses after the
+    first, unbalanced brackets, obsolete syntax) is refused, so that no two
+    readers of the same bytes can see different addresses.
+    """
+    values = message.get_all(name)
+    if not values:
+        if required:
+            raise MimeError("missing_header", f"{name} is missing")
         return []
-    result = []
-    for _, address in getaddresses([value]):
-        result.append(_address(address, name).addr_spec)
+    if len(values) > 1:
+        raise MimeError("duplicate_header", f"{name} appears more than once")
+    header = values[0]
+    defects: tuple[object, ...] = tuple(getattr(header, "defects", ()))
+    if not hasattr(header, "addresses") or defects:
+        raise MimeError("bad_address", f"{name} cannot be read unambiguously")
+    result = [_address(address.addr_spec, name).addr_spec for address in header.addresses]
     if required and not result:
         raise MimeError("missing_header", f"{name} holds no address")
     return result
+
+
+# RFC 5322 §2.2: "name:" with no space before the colon, folded lines start with
+# white space; no control characters (a bare CR ends headers for some readers).
+_STRICT_HEADER_LINE = re.compile(rb"(?:[!-9;-~]+:|[ \t])[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def _header_block(data: bytes, limits: MimeLimits) -> bytes:
+    match = re.search(rb"\r?\n\r?\n", data[: limits.max_headers * limits.max_header_bytes])
+    if match is None:
+        raise MimeError("malformed_message", "no end of headers within the limits")
+    block = data[: match.start()]
+    for line in re.split(rb"\r?\n", block):
+        if not _STRICT_HEADER_LINE.fullmatch(line):
+            raise MimeError("malformed_message", "a header line is not well formed")
+    return block
+
+
+def originators(data: bytes, limits: MimeLimits | None = None) -> tuple[str, str | None]:
+    """From (exactly one mailbox) and Sender (at most one) of a message, read strictly.
+
+    The signature check (``pli.crypto``) and the display (``parse_inner_message``)
+    both use this reading, so a signer cannot be matched on one address while
+    another is shown.
+    """
+    limits = limits or MimeLimits()
+    block = _header_block(data, limits)
+    headers = BytesParser(policy=policy.default).parsebytes(block + b"\r\n\r\n", headersonly=True)
+    if headers.defects:
+        raise MimeError("malformed_message", "the headers cannot be read unambiguously")
+    from_addresses = _addresses(headers, "From", required=True)
+    if len(from_addresses) != 1:
+        raise MimeError("bad_address", "From must hold exactly one address")
+    sender = _addresses(headers, "Sender")
+    if len(sender) > 1:
+        raise MimeError("bad_address", "Sender must hold exactly one address")
+    return from_addresses[0], (sender[0] if sender else None)
 
 
 def _decode_text(part: Message) -> str:
@@ -375,10 +425,7 @@ def parse_inner_message(data: bytes, limits: MimeLimits | None = None) -> InnerM
     try:
         message = BytesParser(policy=policy.default).parsebytes(data)
         _check_structure(message, limits)
-        from_addresses = _addresses(message, "From", required=True)
-        if len(from_addresses) != 1:
-            raise MimeError("bad_address", "From must hold exactly one address")
-        sender = _addresses(message, "Sender")
+        from_address, sender_address = originators(data, limits)
         to = _addresses(message, "To")
         cc = _addresses(message, "Cc")
         if not to and not cc:
@@ -402,8 +449,8 @@ def parse_inner_message(data: bytes, limits: MimeLimits | None = None) -> InnerM
     except (ValueError, TypeError, IndexError, AttributeError, HeaderParseError) as error:
         raise MimeError("malformed_message", f"cannot parse the message: {error}") from None
     return InnerMessage(
-        from_address=from_addresses[0],
-        sender=sender[0] if sender else None,
+        from_address=from_address,
+        sender=sender_address,
         to=to,
         cc=cc,
         subject=subject,
