@@ -164,3 +164,17 @@ def test_vault_with_default_parameters(pki: Pki) -> None:
 def test_unreadable_vault_record(record: bytes) -> None:
     with pytest.raises(KeyStoreCorrupted):
         unwrap_private_key(record, "mailbox passphrase")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("memory_kib", 2**31), ("iterations", 10**6), ("lanes", 4096), ("memory_kib", 1)],
+)
+def test_edited_vault_costs_are_refused_before_deriving(pki: Pki, field: str, value: int) -> None:
+    record = wrap_private_key(pki.alice.private_key, "mailbox passphrase", FAST_VAULT)
+    outer = json.loads(record)
+    header = json.loads(outer["header"])
+    header[field] = value
+    outer["header"] = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    with pytest.raises(KeyStoreCorrupted, match="out of bounds"):
+        unwrap_private_key(json.dumps(outer).encode(), "mailbox passphrase")

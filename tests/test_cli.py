@@ -137,6 +137,13 @@ def test_large_attachment_travels_outside_the_cms(world: Path, tmp_path: Path) -
     )  # fmt: skip
     assert (tmp_path / "files" / "scan.pdf").read_bytes() == big.read_bytes()
     assert "attachment:" in result.output
+    # Opening again never overwrites what is there.
+    pli(
+        "open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",
+        "--crl", d / "ca" / "crl.pem", "--in", tmp_path / "m.p7m", "--out", tmp_path / "m.eml",
+        "--attachments", tmp_path / "files",
+    )  # fmt: skip
+    assert (tmp_path / "files" / "scan (2).pdf").read_bytes() == big.read_bytes()
     # A corrupted blob is refused and nothing is left behind.
     blob = blobs[0]
     data = bytearray(blob.read_bytes())

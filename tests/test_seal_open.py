@@ -145,3 +145,29 @@ def test_validation_happens_at_opening_time(pki: Pki) -> None:
         open_envelope(
             envelope, pki.bob, TrustStore([pki.authority.certificate], [pki.crl]), at=later
         )
+
+
+def test_forwarded_signed_message_is_flagged_as_not_addressed(pki: Pki) -> None:
+    # Bob re-encrypts Alice's signed letter for Carol: genuine, but not to Carol.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers import algorithms
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    from pli.client.sealing import open_file_message
+    from pli.crypto.smime import sign_entity
+
+    entity = sign_entity(letter(), pki.alice)
+    forwarded = (
+        pkcs7.PKCS7EnvelopeBuilder()
+        .set_data(entity)
+        .add_recipient(pki.carol.certificate)
+        .set_content_encryption_algorithm(algorithms.AES256)
+        .encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )
+    result = open_file_message(forwarded, pki.carol, pki.trust())
+    assert result.opened.signer.emails == [ALICE]
+    assert "not_addressed_to_you" in result.opened.warnings
+    direct = open_file_message(
+        seal(letter(), pki.alice, [pki.bob.certificate]), pki.bob, pki.trust()
+    )
+    assert direct.opened.warnings == []

@@ -11,7 +11,8 @@ import datetime as dt
 import pytest
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
@@ -30,6 +31,7 @@ from pli.crypto import (
     SignerUntrusted,
     SignerUsageInvalid,
     TrustStore,
+    UnsupportedAlgorithm,
     build_crl,
     open_envelope,
     seal,
@@ -214,3 +216,88 @@ def test_unsigned_content_is_not_shown_as_genuine(pki: Pki) -> None:
 def test_garbage_is_malformed(pki: Pki, data: bytes) -> None:
     with pytest.raises(MalformedEnvelope):
         open_envelope(data, pki.bob, pki.trust())
+
+
+# --- regressions from the security review of 2026-11-22 ---------------------------------------
+SPOOFED_HEADERS = [
+    b"From: Dr Alice Martin <alice.martin@pli.test> <carol.petit@pli.test>\r\n",
+    b"From: <alice.martin@pli.test>\t<carol.petit@pli.test>\r\n",
+    b"From: alice.martin@pli.test;carol.petit@pli.test\r\n",
+    b"From: alice.martin@pli.test)<carol.petit@pli.test>\r\n",
+    b"From: <alice.martin@pli.test>carol.petit@pli.test\r\n",
+    b"From: alice.martin@pli.test\r\nFrom : carol.petit@pli.test\r\n",
+    b"From: alice.martin@pli.test\r\n\r\r\nSender: carol.petit@pli.test\r\n",
+    b"From: alice.martin@pli.test\r\nFrom: carol.petit@pli.test\r\n",
+]
+
+
+@pytest.mark.parametrize("from_lines", SPOOFED_HEADERS)
+def test_carol_cannot_pass_as_alice(pki: Pki, from_lines: bytes) -> None:
+    inner = (
+        from_lines + b"To: bob.durand@pli.test\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+        b"Message-ID: <s@pli.test>\r\nSubject: s\r\n\r\nhello\r\n"
+    )
+    envelope = seal(inner, pki.carol, [pki.bob.certificate])
+    with pytest.raises(SenderMismatch):
+        open_envelope(envelope, pki.bob, pki.trust())
+
+
+def test_sender_line_hidden_past_the_header_limit_does_not_count(pki: Pki) -> None:
+    padding_headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 900) for i in range(100))
+    inner = (
+        b"From: alice.martin@pli.test\r\nTo: bob.durand@pli.test\r\n" + padding_headers
+        + b"\r\nSender: carol.petit@pli.test\r\n"
+    )  # fmt: skip
+    envelope = seal(inner, pki.carol, [pki.bob.certificate])
+    with pytest.raises(SenderMismatch):
+        open_envelope(envelope, pki.bob, pki.trust())
+
+
+def test_an_older_crl_does_not_hide_a_newer_revocation(pki: Pki) -> None:
+    envelope = seal(letter(), pki.alice_revoked, [pki.bob.certificate])
+    older = build_crl(pki.authority.key, pki.authority.certificate, [], number=0)
+    for crls in ([older, pki.crl], [pki.crl, older]):
+        with pytest.raises(SignerRevoked):
+            open_envelope(envelope, pki.bob, TrustStore([pki.authority.certificate], crls))
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hash_"),
+    [
+        ("sha1_rsa", hashes.SHA1()),  # noqa: S303 - the weak hash an attacker would use
+        ("md5_rsa", hashes.MD5()),  # noqa: S303 - the weak hash an attacker would use
+    ],
+)
+def test_weak_signature_algorithms_are_refused(
+    pki: Pki, algorithm: str, hash_: hashes.HashAlgorithm
+) -> None:
+    info = signed_data_of(sign_entity(letter(), pki.alice))
+    signer_info = asn1_cms.SignerInfo.load(info["content"]["signer_infos"][0].dump())
+    signer_info["signature_algorithm"] = {"algorithm": algorithm}
+    to_be_signed = signer_info["signed_attrs"].untag().dump()
+    signer_info["signature"] = pki.alice.private_key.sign(
+        to_be_signed, asym_padding.PKCS1v15(), hash_
+    )
+    info["content"]["signer_infos"] = [signer_info]
+    envelope = envelope_of(entity_of(info), pki.bob.certificate)
+    with pytest.raises(UnsupportedAlgorithm):
+        open_envelope(envelope, pki.bob, pki.trust())
+
+
+def test_no_padding_oracle_after_decryption(pki: Pki) -> None:
+    # Vaudenay's probe: vary the last byte of the second-to-last ciphertext block.
+    envelope = seal(letter(), pki.alice, [pki.bob.certificate])
+    codes: set[str] = set()
+    for value in range(256):
+        info = asn1_cms.ContentInfo.load(envelope)
+        encrypted = info["content"]["encrypted_content_info"]
+        ciphertext = bytearray(encrypted["encrypted_content"].native)
+        if ciphertext[-17] == value:
+            continue
+        ciphertext[-17] = value
+        encrypted["encrypted_content"] = bytes(ciphertext)
+        try:
+            open_envelope(info.dump(force=True), pki.bob, pki.trust())
+        except CryptoError as error:
+            codes.add(error.code)
+    assert codes == {"envelope_corrupted"}
