@@ -29,7 +29,9 @@ from pli.crypto.keys import Certificate, PrivateKey, SoftwareKey
 
 #: PBKDF2 iterations for PKCS#12 files (OWASP 2023 guidance for PBKDF2-HMAC-SHA256: 600 000).
 PKCS12_ITERATIONS = 600_000
-MIN_PASSPHRASE_LENGTH = 8
+#: The PKCS#12 MAC is computed with only 2048 iterations by cryptography (see
+#: docs/decisions/0004-key-stores.md): a long passphrase is the defence.
+MIN_PASSPHRASE_LENGTH = 12
 
 
 def _check_passphrase(passphrase: str) -> bytes:
