@@ -322,22 +322,49 @@ def _header_block(data: bytes, limits: MimeLimits) -> bytes:
     return block
 
 
+def _address_field(name: str, values: list[str], *, required: bool) -> list[str]:
+    if not values:
+        if required:
+            raise MimeError("missing_header", f"{name} is missing")
+        return []
+    if len(values) > 1:
+        raise MimeError("duplicate_header", f"{name} appears more than once")
+    try:
+        header = policy.default.header_factory(name, values[0])
+    except (HeaderParseError, ValueError, IndexError):
+        raise MimeError("bad_address", f"{name} cannot be read unambiguously") from None
+    addresses = getattr(header, "addresses", None)
+    if addresses is None or header.defects:
+        raise MimeError("bad_address", f"{name} cannot be read unambiguously")
+    return [_address(address.addr_spec, name).addr_spec for address in addresses]
+
+
 def originators(data: bytes, limits: MimeLimits | None = None) -> tuple[str, str | None]:
     """From (exactly one mailbox) and Sender (at most one) of a message, read strictly.
 
     The signature check (``pli.crypto``) and the display (``parse_inner_message``)
     both use this reading, so a signer cannot be matched on one address while
-    another is shown.
+    another is shown. Every header line is checked first (:func:`_header_block`),
+    then only the two fields are read, with the same header registry as the parser.
     """
     limits = limits or MimeLimits()
     block = _header_block(data, limits)
-    headers = BytesParser(policy=policy.default).parsebytes(block + b"\r\n\r\n", headersonly=True)
-    if headers.defects:
-        raise MimeError("malformed_message", "the headers cannot be read unambiguously")
-    from_addresses = _addresses(headers, "From", required=True)
+    fields: dict[str, list[str]] = {"from": [], "sender": []}
+    current: list[str] | None = None
+    for line in re.split(rb"\r?\n", block):
+        text = line.decode("utf-8", "replace")  # RFC 6532 allows UTF-8 in headers
+        if text[:1] in (" ", "\t"):
+            if current is not None:
+                current[-1] += text
+            continue
+        name, _, value = text.partition(":")
+        current = fields.get(name.lower())
+        if current is not None:
+            current.append(value.strip())
+    from_addresses = _address_field("From", fields["from"], required=True)
     if len(from_addresses) != 1:
         raise MimeError("bad_address", "From must hold exactly one address")
-    sender = _addresses(headers, "Sender")
+    sender = _address_field("Sender", fields["sender"], required=False)
     if len(sender) > 1:
         raise MimeError("bad_address", "Sender must hold exactly one address")
     return from_addresses[0], (sender[0] if sender else None)
