@@ -45,6 +45,7 @@ from pli.crypto import (
 )
 from pli.identifiers import IdentifierError, IdentifierKind, parse_any, parse_identifier
 from pli.mime import MimeError
+from pli.server.commands import SERVER_COMMANDS
 
 
 class CliError(Exception):
@@ -57,10 +58,12 @@ class CliError(Exception):
 
 
 def _error_line(error: BaseException) -> str:
-    if isinstance(error, CryptoError):
+    if isinstance(error, CryptoError | IdentifierError | MimeError | CliError):
         return f"{error.code}: {error.detail}"
-    if isinstance(error, IdentifierError | MimeError | CliError):
-        return f"{error.code}: {error.detail}"
+    code = getattr(error, "code", None)
+    if isinstance(code, str) and code.isidentifier():
+        # Other domain errors (configuration, imports) carry a stable code too.
+        return f"{code}: {getattr(error, 'detail', None) or error}"
     if isinstance(error, OSError):
         return f"io_error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
     return "internal_error: unexpected failure (run with --debug for details)"
@@ -435,6 +438,10 @@ def open_command(
     for path in result.extracted:
         click.echo(f"attachment: {path}")
     click.echo(f"message written to {out}")
+
+
+for _command in SERVER_COMMANDS:
+    main.add_command(_command)
 
 
 @main.command("demo")

@@ -1,0 +1,133 @@
+"""Server-side `pli` commands: init, serve, manage, directory import.
+
+Django is configured only when one of these runs, so that the workstation
+commands (seal, open, keys) never need server settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pli.server.config import data_dir, setting
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pli.server.settings")
+    import django  # noqa: PLC0415 - configured only for server commands
+
+    django.setup()
+
+
+def ensure_data_dir() -> Path:
+    """The data directory, with a secret key made once (0600) if none is configured."""
+    directory = data_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / "secret_key"
+    if not setting("SECRET_KEY") and not setting("SECRET_KEY_FILE") and not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return directory
+
+
+def prepare_database() -> None:
+    """Apply migrations and gather static files: what a start needs, idempotent."""
+    from django.core.management import call_command  # noqa: PLC0415
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
+def run_server(bind: str, workers: int) -> None:
+    """gunicorn, in this process (never Django's development server)."""
+    from gunicorn.app.base import BaseApplication  # noqa: PLC0415
+
+    from pli.server.wsgi import application  # noqa: PLC0415
+
+    class PliApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", "-")
+            # Query strings can hold search terms: log the path only.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+
+        def load(self) -> Any:
+            return application
+
+    PliApplication().run()
+
+
+@click.command("init")
+def init_command() -> None:
+    """Create the data directory, its secret key and the database."""
+    directory = ensure_data_dir()
+    setup_django()
+    prepare_database()
+    click.echo(f"data directory ready: {directory}")
+
+
+@click.command("serve")
+@click.option(
+    "--bind", default=None, help="Address to listen on (PLI_BIND, default 127.0.0.1:8000)."
+)
+@click.option(
+    "--workers", default=None, type=int, help="Worker processes (PLI_WORKERS, default 2)."
+)
+def serve_command(bind: str | None, workers: int | None) -> None:
+    """Apply migrations, then serve Pli with gunicorn."""
+    ensure_data_dir()
+    setup_django()
+    prepare_database()
+    run_server(
+        bind or setting("BIND", "127.0.0.1:8000") or "",
+        workers or int(setting("WORKERS", "2") or 2),
+    )
+
+
+@click.command("manage", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def manage_command(args: tuple[str, ...]) -> None:
+    """Django's management commands (createsuperuser, migrate, ...)."""
+    ensure_data_dir()
+    setup_django()
+    from django.core.management import execute_from_command_line  # noqa: PLC0415
+
+    execute_from_command_line(["pli manage", *args])
+
+
+@click.group("directory")
+def directory_group() -> None:
+    """The professionals' directory."""
+
+
+@directory_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the rejected lines (default: FILE.rejects.txt).",
+)
+def directory_import_command(file: Path, rejects: Path | None) -> None:
+    """Import an RPPS (personne-activité) or MSSanté correspondence extraction, or its zip."""
+    ensure_data_dir()
+    setup_django()
+    prepare_database()
+    from pli.server.directory.importing import import_extraction  # noqa: PLC0415
+
+    summary = import_extraction(file, rejects_path=rejects, progress=sys.stderr.isatty())
+    click.echo(summary.describe())
+    if summary.rejected:
+        click.echo(f"rejected lines: {summary.rejects_file}")
+
+
+SERVER_COMMANDS = [init_command, serve_command, manage_command, directory_group]

@@ -1,0 +1,7 @@
+"""Directory API: search and certificate discovery."""
+
+from __future__ import annotations
+
+from ninja import Router
+
+router = Router(tags=["directory"])

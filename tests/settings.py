@@ -1,0 +1,15 @@
+"""Settings for the test suite: Pli's own, with a throw-away data directory and secret.
+
+``PLI_DATABASE_URL`` is left to the caller: ``./run test`` runs the suite on
+SQLite, then the database tests again on PostgreSQL.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("PLI_DATA_DIR", tempfile.mkdtemp(prefix="pli-test-"))
+os.environ.setdefault("PLI_SECRET_KEY", "test-secret-key-" + "x" * 32)
+
+from pli.server.settings import *  # noqa: F403
+
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise wants it to exist
