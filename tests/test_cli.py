@@ -220,7 +220,7 @@ def test_installed_console_script_and_debug_flag(world: Path) -> None:
 
 
 def test_demo_runs(tmp_path: Path) -> None:
-    result = pli("demo", "--dir", tmp_path / "demo")
+    result = pli("demo", "--seal-only", "--dir", tmp_path / "demo")
     assert "signature valide" in result.output
     assert "Message s" in result.output
     assert (tmp_path / "demo" / "ca" / "ca.pem").exists()

@@ -45,7 +45,7 @@ from pli.crypto import (
 )
 from pli.identifiers import IdentifierError, IdentifierKind, parse_any, parse_identifier
 from pli.mime import MimeError
-from pli.server.commands import SERVER_COMMANDS
+from pli.server.commands import SERVER_COMMANDS, demo_server
 
 
 class CliError(Exception):
@@ -445,13 +445,23 @@ for _command in SERVER_COMMANDS:
 
 
 @main.command("demo")
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--no-serve", is_flag=True, help="Create the demo operator, then stop.")
+@click.option(
+    "--seal-only",
+    is_flag=True,
+    help="Only a sealed round trip between two demo professionals, without the server.",
+)
 @click.option(
     "--dir",
     "directory",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Keep the demo files here (default: a temporary directory).",
+    help="With --seal-only: keep the files here (default: a temporary directory).",
 )
-def demo_command(directory: Path | None) -> None:
-    """A sealed round trip between two demo professionals."""
-    run_demo(directory)
+def demo_command(bind: str, no_serve: bool, seal_only: bool, directory: Path | None) -> None:
+    """A demo operator with a sample directory, served on http://127.0.0.1:8000."""
+    if seal_only:
+        run_demo(directory)
+        return
+    demo_server(bind, serve=not no_serve)

@@ -27,7 +27,8 @@ def setup_django() -> None:
 def ensure_data_dir() -> Path:
     """The data directory, with a secret key made once (0600) if none is configured."""
     directory = data_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    # Owner-only: the database, the keys and the blobs live here.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_file = directory / "secret_key"
     if not setting("SECRET_KEY") and not setting("SECRET_KEY_FILE") and not key_file.exists():
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -128,6 +129,19 @@ def directory_import_command(file: Path, rejects: Path | None) -> None:
     click.echo(summary.describe())
     if summary.rejected:
         click.echo(f"rejected lines: {summary.rejects_file}")
+
+
+def demo_server(bind: str, *, serve: bool = True) -> None:
+    """``pli demo``: the demo operator (made once), then the server."""
+    directory = ensure_data_dir()
+    setup_django()
+    prepare_database()
+    from pli.server.demo import create_demo, print_welcome  # noqa: PLC0415
+
+    info = create_demo(directory)
+    print_welcome(info, directory, bind)
+    if serve:
+        run_server(bind, int(setting("WORKERS", "2") or 2))
 
 
 SERVER_COMMANDS = [init_command, serve_command, manage_command, directory_group]
