@@ -1,7 +1,108 @@
-"""Certificate discovery: the currently valid certificates of a mailbox (being written)."""
+"""Certificate discovery: the currently valid certificates of a mailbox (REQ-LPS, REQ-E2E).
+
+``GET /api/directory/certificates?address=`` is what a client (the ``pli`` SDK, a
+practice software) calls before sealing a message: it encrypts to every
+certificate listed (RFC 8551 §3.3, one RecipientInfo each).
+
+A red-listed mailbox is answered only to an authenticated member, who asks by its
+exact address (REQ-DIRECTORY: red-listed mailboxes are resolvable only that way); to
+anyone else it does not exist, with the same 404 as an unknown address, so that the
+answer does not reveal it.
+"""
 
 from __future__ import annotations
 
-from ninja import Router
+import datetime as dt
+
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from ninja import Router, Schema, Status
+from pydantic import ConfigDict
+
+from pli.server.directory.actions import BadAddress, normalise_address
+from pli.server.directory.models import Mailbox, MailboxCertificate
 
 router = Router(tags=["directory"])
+
+
+class _Strict(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class MailboxCertificateOut(_Strict):
+    pem: str
+    #: Hexadecimal, as ``openssl x509 -serial`` prints it (lower case).
+    serial: str
+    #: SHA-256 of the DER certificate, hexadecimal.
+    fingerprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+class MailboxCertificatesOut(_Strict):
+    address: str
+    certificates: list[MailboxCertificateOut]
+
+
+class ErrorOut(_Strict):
+    code: str
+    message: str
+
+
+def _find_mailbox(request: HttpRequest, typed: str, normalised: str) -> Mailbox | None:
+    # Through the unique index, as typed and in lower case (how imports store addresses):
+    # a case-insensitive scan of every mailbox on each send would cost too much.
+    spellings = {typed, normalised}
+    found = {m.address: m for m in Mailbox.objects.filter(address__in=spellings)}
+    mailbox = found.get(typed) or found.get(normalised)
+    if mailbox is None or not mailbox.active:
+        return None
+    if mailbox.red_list and not request.user.is_authenticated:
+        return None
+    return mailbox
+
+
+@router.get(
+    "/certificates",
+    response={200: MailboxCertificatesOut, 404: ErrorOut, 422: ErrorOut},
+    summary="Certificats valides d'une boîte aux lettres",
+    operation_id="directory_certificates",
+)
+def mailbox_certificates(
+    request: HttpRequest, address: str = ""
+) -> Status[MailboxCertificatesOut] | Status[ErrorOut]:
+    """The certificates to seal a message for ``address``: not revoked, valid now."""
+    try:
+        normalised = normalise_address(address)
+    except BadAddress as error:
+        return Status(422, ErrorOut(code=error.code, message=error.message))
+    mailbox = _find_mailbox(request, address.strip(), normalised)
+    if mailbox is None:
+        return Status(
+            404,
+            ErrorOut(
+                code="mailbox_not_found",
+                message=_("Aucune boîte aux lettres de l'annuaire ne correspond à cette adresse."),
+            ),
+        )
+    now = timezone.now()
+    certificates = MailboxCertificate.objects.filter(
+        mailbox=mailbox, revoked_at__isnull=True, not_before__lte=now, not_after__gte=now
+    ).order_by("-not_after", "pk")
+    return Status(
+        200,
+        MailboxCertificatesOut(
+            address=mailbox.address,
+            certificates=[
+                MailboxCertificateOut(
+                    pem=c.pem,
+                    serial=c.serial,
+                    fingerprint=c.fingerprint,
+                    not_before=c.not_before,
+                    not_after=c.not_after,
+                )
+                for c in certificates
+            ],
+        ),
+    )
