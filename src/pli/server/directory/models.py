@@ -98,6 +98,11 @@ class Professional(models.Model):
     class Meta:
         verbose_name = _("professionnel")
         verbose_name_plural = _("professionnels")
+        indexes = [
+            # Search by identifier (REQ-DIRECTORY-NATIONAL): RPPS, ADELI, NIHII or local.
+            # The name-word indexes of the search are in migration 0002 (see queries.py).
+            models.Index(fields=["identifier"], name="directory_pro_identifier_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name} ({self.national_id})".strip()
