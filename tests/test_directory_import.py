@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from pli.client.cli import main
 from pli.identifiers import parse_national_id
+from pli.server.directory import importing
 from pli.server.directory.importing import ImportFailed, ImportSummary, import_extraction
 from pli.server.directory.models import (
     Activity,
@@ -261,11 +263,14 @@ def test_rejects_path_can_be_chosen(tmp_path: Path) -> None:
     assert len(read_rejects(chosen)) == summary.rejected + summary.corrected
 
 
-def test_large_file_goes_through_several_batches_and_transactions(tmp_path: Path) -> None:
-    path = write_rpps_extraction(tmp_path, lines=45_000, seed=7, bad_every=1000)
+def test_large_file_goes_through_several_batches_and_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importing, "TRANSACTION_SECONDS", 0.0)  # one batch per transaction
+    path = write_rpps_extraction(tmp_path, lines=12_000, seed=7, bad_every=500)
     summary = import_extraction(path)
-    sample = list(rpps_sample_lines(lines=45_000, seed=7, bad_every=1000))
-    assert summary.lines == 45_000
+    sample = list(rpps_sample_lines(lines=12_000, seed=7, bad_every=500))
+    assert summary.lines == 12_000
     assert summary.imported == sum(line.imported for line in sample)
     assert read_rejects(summary.rejects_file) == expected_rejects(sample)
     assert Activity.objects.count() == summary.imported
@@ -461,6 +466,32 @@ def test_newer_extraction_deactivates_who_left_and_reactivates_who_returns(
     )
     assert Professional.objects.filter(national_id__in=left, active=True).count() == 2
     assert not Activity.objects.filter(professional__national_id__in=left, active=False).exists()
+
+
+def test_read_error_half_way_fails_the_run_and_deactivates_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_extraction(write_rpps_extraction(tmp_path, lines=12_000, seed=15))
+    newer = write_rpps_extraction(
+        tmp_path / rpps_file_name("202612010000"), lines=12_000, seed=15, skip_persons=range(100)
+    )
+    real_batches = importing._line_batches
+
+    def failing_disk(source: object, batch_lines: int) -> Iterator[tuple[list[bytes | None], int]]:
+        batches = real_batches(source, batch_lines)  # type: ignore[arg-type]
+        yield next(batches)
+        raise OSError(5, "Input/output error")  # the disk, half-way through
+
+    monkeypatch.setattr(importing, "_line_batches", failing_disk)
+    monkeypatch.setattr(importing, "TRANSACTION_SECONDS", 0.0)
+
+    with pytest.raises(ImportFailed) as failed:
+        import_extraction(newer)
+
+    assert failed.value.code == "read_error"
+    run = ImportRun.objects.order_by("-pk").first()
+    assert run is not None and (run.status, run.error_code) == ("failed", "read_error")
+    assert not Professional.objects.filter(active=False).exists()
 
 
 def test_file_of_only_bad_lines_deactivates_nobody(tmp_path: Path) -> None:
