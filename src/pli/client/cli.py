@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from pli.client.demo import run_demo
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
     open_file_message,
+    printable,
     seal_file_message,
 )
 from pli.crypto import (
@@ -82,11 +82,6 @@ class PliGroup(click.Group):
                 raise
             click.echo(f"pli: error: {_error_line(error)}", err=True)
             ctx.exit(1)
-
-
-def _printable(text: str) -> str:
-    """Text from a certificate or a message, without control or bidi characters."""
-    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
 
 
 def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
@@ -422,7 +417,7 @@ def open_command(
     signer = result.opened.signer
     click.echo(f"signature: valid, signed by {', '.join(signer.emails)}")
     click.echo(
-        f"signer: {_printable(signer.common_name or '-')} national id {signer.national_id or '-'}"
+        f"signer: {printable(signer.common_name or '-')} national id {signer.national_id or '-'}"
     )
     click.echo(f"certificate sha256: {signer.fingerprint}")
     if result.opened.signed_at:

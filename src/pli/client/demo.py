@@ -24,15 +24,10 @@ from pli.crypto import (
     open_envelope,
     seal,
 )
-from pli.identifiers import luhn_is_valid
+from pli.identifiers import luhn_complete
 from pli.mime import Draft, build_inner_message, build_outer_message, parse_inner_message
 
 DEMO_PASSPHRASE = "demo-passphrase-not-secret"  # noqa: S105 - demo data, printed to the user
-
-
-def complete_luhn(stem: str) -> str:
-    """``stem`` followed by the digit that makes the Luhn check pass."""
-    return next(stem + d for d in "0123456789" if luhn_is_valid(stem + d))
 
 
 def _professional(ca: CaDirectory, email: str, name: str, rpps: str) -> SoftwareKey:
@@ -57,10 +52,10 @@ def run_demo(directory: Path | None) -> None:
     echo(f"1. Autorité de certification de l'opérateur : {ca_dir / 'ca.pem'}")
 
     martin = _professional(
-        ca, "claire.martin@demo.pli.test", "Dr Claire Martin", complete_luhn("1010000001")
+        ca, "claire.martin@demo.pli.test", "Dr Claire Martin", luhn_complete("1010000001")
     )
     durand = _professional(
-        ca, "paul.durand@demo.pli.test", "Dr Paul Durand", complete_luhn("1010000002")
+        ca, "paul.durand@demo.pli.test", "Dr Paul Durand", luhn_complete("1010000002")
     )
     for who in (martin, durand):
         name = who.certificate.subject.rfc4514_string()

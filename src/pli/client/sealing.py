@@ -45,13 +45,14 @@ from pli.mime import (
 LARGE_CONTENT_THRESHOLD = 10 * 1024 * 1024
 
 
+def printable(text: str) -> str:
+    """Text from a certificate or a message, without control, format (bidi) or line characters."""
+    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+
+
 def _safe_filename(name: str) -> str:
     """A plain file name: no directories, no hidden file, no control or bidi characters."""
-    base = Path(name.replace("\\", "/")).name
-    base = "".join(
-        char for char in base if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp")
-    )
-    base = base.strip().lstrip(".")
+    base = printable(Path(name.replace("\\", "/")).name).strip().lstrip(".")
     return base[:200] or "attachment"
 
 

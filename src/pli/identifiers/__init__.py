@@ -33,6 +33,7 @@ __all__ = [
     "IdentifierError",
     "IdentifierKind",
     "find_identifiers",
+    "luhn_complete",
     "luhn_is_valid",
     "parse_adeli",
     "parse_any",
@@ -121,6 +122,11 @@ def luhn_is_valid(digits: str) -> bool:
                 digit -= 9
         total += digit
     return total % 10 == 0
+
+
+def luhn_complete(stem: str) -> str:
+    """``stem`` followed by the digit that makes the Luhn check pass (to make valid numbers)."""
+    return next(stem + digit for digit in "0123456789" if luhn_is_valid(stem + digit))
 
 
 def _require(kind: IdentifierKind, compact: str, length: int) -> None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pli.identifiers import luhn_complete
+
 __all__ = [
     "MSSANTE_BAD_KINDS",
     "MSSANTE_COLUMNS",
@@ -339,32 +341,17 @@ _PHARMACY_RESIDUES = (11, 12, 13)
 _HOSPITAL_SHARE = 50  # 1 structure in 50 is a hospital (at most 1,500 of them)
 
 
-_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: 2d, minus 9 when over 9
-
-
-def complete_luhn(stem: str) -> str:
-    """``stem`` followed by the digit that makes the Luhn check pass."""
-    # Once the check digit is appended, the stem's last digit is doubled.
-    total = 0
-    double = True
-    for char in reversed(stem):
-        digit = ord(char) - 48
-        total += _DOUBLED[digit] if double else digit
-        double = not double
-    return stem + str(-total % 10)
-
-
 def _finess(department: str, number: int) -> str:
     # FINESS: 2-character department, 6 digits, Luhn (Corsica 2A/2B computed as 21/22).
     department = department[:2]
     stem = f"{department}{number % 1_000_000:06d}"
     numeric = {"2A": "21", "2B": "22"}.get(department, department) + stem[2:]
-    return stem + complete_luhn(numeric)[-1]
+    return stem + luhn_complete(numeric)[-1]
 
 
 def _siret(number: int) -> tuple[str, str]:
-    siren = complete_luhn(f"{(number * 7_919 + 31_337) % 100_000_000:08d}")
-    return complete_luhn(f"{siren}0001"), siren
+    siren = luhn_complete(f"{(number * 7_919 + 31_337) % 100_000_000:08d}")
+    return luhn_complete(f"{siren}0001"), siren
 
 
 def _ascii_slug(text: str) -> str:
@@ -495,8 +482,8 @@ def _person_identifier(id_type: str, number: int) -> str:
     # A bijection of the person number (7_919 is prime to 10^8): unique, scattered.
     scrambled = (number * 7_919 + 12_345) % 100_000_000
     if id_type == "8":
-        return complete_luhn(f"10{scrambled:08d}")
-    return complete_luhn(f"{scrambled:08d}")
+        return luhn_complete(f"10{scrambled:08d}")
+    return luhn_complete(f"{scrambled:08d}")
 
 
 def _corrupt_rpps(kind: str, fields: list[str], rng: random.Random) -> bytes:
@@ -768,11 +755,11 @@ def _corrupt_mssante(kind: str, fields: list[str], rng: random.Random) -> bytes:
     if kind == "wrong_field_count":
         return "|".join(fields[:20]).encode() + b"|"
     if kind == "bad_check_digit":
-        identifier = fields[3] or complete_luhn("1099999999")
+        identifier = fields[3] or luhn_complete("1099999999")
         wrong = identifier[:-1] + str((int(identifier[-1]) + 1 + rng.randrange(9)) % 10)
         fields[2], fields[3], fields[4] = fields[2] or "8", wrong, (fields[2] or "8") + wrong
     elif kind == "unknown_professional":
-        stranger = complete_luhn(f"19{rng.randrange(10**8):08d}")  # never generated above
+        stranger = luhn_complete(f"19{rng.randrange(10**8):08d}")  # never generated above
         fields[2], fields[3], fields[4] = "8", stranger, "8" + stranger
     elif kind == "unknown_identifier_type":
         fields[2], fields[4] = "7", "7" + fields[3]
