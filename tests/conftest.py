@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -80,3 +81,25 @@ def openssl() -> str:
     if path is None:  # pragma: no cover - ./run installs it
         pytest.fail("the openssl binary is required (./run installs it)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _force_login_registers_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client.force_login`` gives a session as after Pli's full login flow.
+
+    Pli refuses Django sessions that its login flow did not register
+    (pli.server.accounts.sessions.SessionGuardMiddleware) and sends users to the
+    charter until they acknowledge it: tests that only need "a signed-in member"
+    get both done here. tests/test_accounts_auth.py proves the refusal itself.
+    """
+    from django.test import Client
+
+    original = Client.force_login
+
+    def force_login(self: Client, user: Any, backend: str | None = None) -> None:
+        original(self, user, backend)
+        from tests.accounts_support import register_session
+
+        register_session(self, user)
+
+    monkeypatch.setattr(Client, "force_login", force_login)

@@ -8,6 +8,10 @@ import os
 import tempfile
 
 os.environ.setdefault("PLI_DATA_DIR", tempfile.mkdtemp(prefix="pli-test-"))
+# Argon2id stays the algorithm, with a cost fit for hundreds of test logins.
+os.environ.setdefault("PLI_ARGON2_MEMORY_KIB", "1024")
+os.environ.setdefault("PLI_ARGON2_TIME", "1")
+os.environ.setdefault("PLI_ARGON2_PARALLELISM", "1")
 os.environ.setdefault("PLI_SECRET_KEY", "test-secret-key-" + "x" * 32)
 
 from pli.server.settings import *  # noqa: F403

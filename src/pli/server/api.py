@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from ninja import NinjaAPI
+from django.http import HttpRequest
+from ninja import NinjaAPI, Schema
 
+from pli.server.accounts.api import router as accounts_router
 from pli.server.directory.api import router as directory_router
 from pli.server.directory.api_certificates import router as certificates_router
 
-api = NinjaAPI(title="Pli", version="0.1.0", urls_namespace="api")
+# Every endpoint requires an authenticated session (with CSRF on unsafe methods)
+# unless it opts out explicitly, like the health check (issue "accounts", item 4).
+api = NinjaAPI(title="Pli", version="0.1.0", urls_namespace="api")  # DEFERRED-AUTH
+
+
+class HealthOut(Schema):
+    status: str
+
+
+@api.get("/health", auth=None, response=HealthOut, tags=["health"])
+def health(request: HttpRequest) -> HealthOut:
+    """Liveness for load balancers: no data, no authentication."""
+    return HealthOut(status="ok")
+
+
 api.add_router("/directory/", directory_router)
 api.add_router("/directory/", certificates_router)
+api.add_router("/accounts/", accounts_router)

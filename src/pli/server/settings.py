@@ -40,12 +40,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "pli.server.accounts.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "pli.server.accounts.sessions.SessionGuardMiddleware",
+    "pli.server.accounts.middleware.EnrolmentGateMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -73,8 +76,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
 # Argon2id first (DESIGN: passwords); older hashes are upgraded at the next login.
+PLI_ARGON2_MEMORY_KIB = int(setting("ARGON2_MEMORY_KIB", "65536") or 65536)
+PLI_ARGON2_TIME = int(setting("ARGON2_TIME", "3") or 3)
+PLI_ARGON2_PARALLELISM = int(setting("ARGON2_PARALLELISM", "4") or 4)
+if PLI_ARGON2_MEMORY_KIB < 8 * PLI_ARGON2_PARALLELISM or PLI_ARGON2_TIME < 1:
+    raise ConfigurationError("PLI_ARGON2_MEMORY_KIB / PLI_ARGON2_TIME are too small")
 PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "pli.server.accounts.hashers.PliArgon2Hasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
 
@@ -108,6 +116,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Lax, not Strict: the OpenID Connect provider sends the browser back with a
+# top-level GET that must carry the session (state, nonce); Lax still keeps
+# the cookie off every cross-site POST and sub-request.
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = HTTPS
@@ -124,6 +135,34 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": setting("LOG_LEVEL", "INFO")},
 }
+
+# Outgoing e-mail (activation codes, inactivity warnings): SMTP in production,
+# files in the data directory's outbox for the demo and the tests.
+EMAIL_MODE = setting("EMAIL", "file")
+if EMAIL_MODE == "smtp":
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = setting("SMTP_HOST", "127.0.0.1") or ""
+    EMAIL_PORT = int(setting("SMTP_PORT", "587") or 587)
+    EMAIL_HOST_USER = setting("SMTP_USER", "") or ""
+    EMAIL_HOST_PASSWORD = secret("SMTP_PASSWORD") if EMAIL_HOST_USER else ""
+    EMAIL_USE_TLS = flag("SMTP_STARTTLS", True)
+elif EMAIL_MODE == "file":
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = str(DATA_DIR / "outbox")
+else:
+    raise ConfigurationError("PLI_EMAIL must be smtp or file")
+DEFAULT_FROM_EMAIL = setting("FROM_EMAIL", "pli@localhost") or "pli@localhost"
+#: The address users reach Pli at (links in e-mails, WebAuthn origin).
+PLI_BASE_URL = (setting("BASE_URL", "http://127.0.0.1:8000") or "").rstrip("/")
+
+# Sessions (issue "accounts"): idle and absolute timeouts, enforced by
+# pli.server.accounts.sessions.SessionGuardMiddleware.
+PLI_SESSION_IDLE_MINUTES = int(setting("SESSION_IDLE_MINUTES", "15") or 15)
+PLI_SESSION_MAX_HOURS = int(setting("SESSION_MAX_HOURS", "12") or 12)
+SESSION_COOKIE_AGE = PLI_SESSION_MAX_HOURS * 3600
+SESSION_COOKIE_NAME = "pli_session"
+CSRF_COOKIE_HTTPONLY = True
+LOGIN_URL = "accounts:login"
 
 #: Page size of directory searches.
 DIRECTORY_PAGE_SIZE = 20

@@ -1,11 +1,18 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, reverse_lazy
+from django.views.generic import RedirectView
 
 from pli.server.api import api
 from pli.server.directory import views as directory_views
 
+# The console has no login of its own: it goes through Pli's (passphrase + second
+# factor, REQ-AUTH-STRONG), never Django's single-factor admin login form.
+admin.site.login = RedirectView.as_view(url=reverse_lazy("accounts:login"))  # type: ignore[method-assign]
+admin.site.site_header = "Pli — console d'administration"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("compte/", include("pli.server.accounts.urls")),
     path("api/", api.urls),
     path("fhir/", include("pli.server.directory.fhir_urls")),
     path("", directory_views.home, name="home"),

@@ -1,0 +1,167 @@
+"""Login sessions: completion of a login, the session registry, timeouts.
+
+REQ-AUTH-STRONG and the issue's session rules: a session exists only after
+every required factor; its Django key is rotated at login; it is recorded
+(hashed) so its owner can list and revoke it; it ends after an idle period
+(``PLI_SESSION_IDLE_MINUTES``, default 15) and an absolute lifetime
+(``PLI_SESSION_MAX_HOURS``, default 12). Sensitive actions need a recent
+authentication (``REAUTH_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib.auth import login, logout
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+
+from pli.server.accounts import throttle
+from pli.server.accounts.models import User, UserSession
+from pli.server.accounts.tokens import session_key_hash
+from pli.server.audit.actions import do_record_event
+
+#: Session keys (in Django's signed, server-side session).
+PENDING = "pli_pending"  # first factor passed: {"user": id, "at": epoch, "method": str}
+ENROLLING = "pli_enrolling"  # activation code accepted, enrolment in progress: user id
+AUTH_AT = "pli_auth_at"  # epoch of the last full authentication (re-authentication)
+
+#: How long a passed first factor waits for the second one.
+PENDING_SECONDS = 300
+#: Sensitive actions (changing factors, exporting keys) need an authentication this recent.
+REAUTH_SECONDS = 300
+#: last_seen_at is written at most this often (one write per minute, not per request).
+_SEEN_RESOLUTION = dt.timedelta(seconds=60)
+
+
+def client_address(request: HttpRequest) -> str | None:
+    # Only the socket peer: a reverse proxy's X-Forwarded-For is not trusted here.
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def begin_second_factor(request: HttpRequest, user: User, method: str) -> None:
+    request.session.cycle_key()
+    request.session[PENDING] = {"user": user.pk, "at": int(time.time()), "method": method}
+
+
+def pending_user(request: HttpRequest) -> tuple[User, str] | None:
+    """The user who passed the first factor, if that was recent enough."""
+    pending = request.session.get(PENDING)
+    if not isinstance(pending, dict) or time.time() - pending.get("at", 0) > PENDING_SECONDS:
+        return None
+    user = User.objects.filter(pk=int(pending.get("user") or 0), is_active=True).first()
+    return (user, str(pending.get("method", ""))) if user else None
+
+
+@transaction.atomic
+def complete_login(request: HttpRequest, user: User, method: str) -> UserSession:
+    """Every factor is passed: open the session, register it, audit it."""
+    request.session.pop(PENDING, None)
+    request.session.pop(ENROLLING, None)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    request.session[AUTH_AT] = int(time.time())
+    request.session.save()  # the key exists from here on
+    now = timezone.now()
+    user.last_authenticated_at = now
+    user.inactivity_warned_at = None
+    user.save(update_fields=["last_authenticated_at", "inactivity_warned_at", "last_login"])
+    throttle.clear(throttle.account_key(user.username))
+    session_key = request.session.session_key or ""
+    record = UserSession.objects.create(
+        user=user,
+        key_hash=session_key_hash(session_key),
+        method=method,
+        created_at=now,
+        last_seen_at=now,
+        source_address=client_address(request),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:255],
+    )
+    do_record_event(
+        "auth.login",
+        actor=user,
+        request=request,
+        target=f"session:{record.pk}",
+        detail={"method": method},
+    )
+    return record
+
+
+def mark_reauthenticated(request: HttpRequest) -> None:
+    request.session[AUTH_AT] = int(time.time())
+
+
+def recently_authenticated(request: HttpRequest) -> bool:
+    return time.time() - float(request.session.get(AUTH_AT, 0)) <= REAUTH_SECONDS
+
+
+def idle_timeout() -> dt.timedelta:
+    return dt.timedelta(minutes=settings.PLI_SESSION_IDLE_MINUTES)
+
+
+def absolute_timeout() -> dt.timedelta:
+    return dt.timedelta(hours=settings.PLI_SESSION_MAX_HOURS)
+
+
+def current_record(request: HttpRequest) -> UserSession | None:
+    key = request.session.session_key
+    if not key:
+        return None
+    return UserSession.objects.filter(key_hash=session_key_hash(key)).first()
+
+
+@transaction.atomic
+def do_revoke_session(user: User, session_id: int, request: HttpRequest | None) -> bool:
+    """Revoke one of *user*'s sessions; False when it is not one of theirs (or is gone)."""
+    record = (
+        UserSession.objects.select_for_update()
+        .filter(pk=session_id, user=user, revoked_at__isnull=True)
+        .first()
+    )
+    if record is None:
+        return False
+    record.revoked_at = timezone.now()
+    record.save(update_fields=["revoked_at"])
+    # The Django session row is keyed by the raw key, which is not kept: the
+    # guard middleware refuses the revoked record on its next request and flushes it.
+    do_record_event(
+        "accounts.session_revoked", actor=user, request=request, target=f"session:{record.pk}"
+    )
+    return True
+
+
+class SessionGuardMiddleware:
+    """Ends sessions that are revoked, idle or too old (runs after AuthenticationMiddleware)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            ended = self._check(request)
+            if ended is not None:
+                logout(request)
+                if request.path.startswith("/api/"):
+                    from django.http import JsonResponse  # noqa: PLC0415
+
+                    return JsonResponse({"code": "session_ended", "detail": str(ended)}, status=401)
+                return HttpResponseRedirect(reverse("accounts:login") + f"?ended={ended}")
+        return self.get_response(request)
+
+    def _check(self, request: HttpRequest) -> str | None:
+        record = current_record(request)
+        if record is None or record.revoked_at is not None:
+            return "revoked"
+        now = timezone.now()
+        if now - record.created_at > absolute_timeout():
+            return "expired"
+        if now - record.last_seen_at > idle_timeout():
+            return "idle"
+        if now - record.last_seen_at > _SEEN_RESOLUTION:
+            UserSession.objects.filter(pk=record.pk).update(last_seen_at=now)
+        return None

@@ -1,0 +1,363 @@
+"""State changes of the audit trail: appending an event, checkpoints, export, purge.
+
+Every other app records what it does with :func:`do_record_event`, inside its
+own transaction, so that an action and its event commit together or not at
+all (DESIGN: actions are transactions; REQ-TRACE). Appends are serialised so
+the chain never forks: on PostgreSQL by a transaction-level advisory lock, on
+SQLite by the write lock that ``BEGIN IMMEDIATE`` takes (pli.server.config);
+the chain position is also the primary key, so a fork could not be written
+anyway. The lock is held until the caller's transaction ends: record the
+event at the end of the action, after any slow work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import IO, TYPE_CHECKING
+
+from django.db import connection, transaction
+from django.db.models import Max, Min
+from django.http import HttpRequest
+from django.utils import timezone
+
+from pli.server.audit.chain import (
+    EPOCH,
+    MICROSECOND,
+    canonical_detail,
+    check_outcome,
+    check_target,
+    checkpoint_message,
+    clean_user_agent,
+    event_hash,
+    micros,
+    source_address,
+)
+from pli.server.audit.errors import AuditError, UnknownAuditAction
+from pli.server.audit.keys import operator_signing_key
+from pli.server.audit.models import AuditAction, AuditCheckpoint, AuditEvent
+from pli.server.config import ConfigurationError, setting
+
+if TYPE_CHECKING:
+    from pli.server.accounts.models import User
+
+logger = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+#: The PostgreSQL advisory lock that serialises appends: "pli.audi" in ASCII.
+CHAIN_LOCK = 0x706C_692E_6175_6469
+#: REQ-TRACE-RETENTION: one year. Shorter is refused (the database triggers refuse it too).
+MIN_RETENTION_DAYS = 365
+
+
+@cache
+def _head_query() -> str:
+    """The chain's head and its last checkpoint, in one round trip."""
+    event = connection.ops.quote_name(AuditEvent._meta.db_table)
+    checkpoint = connection.ops.quote_name(AuditCheckpoint._meta.db_table)
+    return (
+        "SELECT e.seq, e.hash, c.event_seq, c.signed_at FROM (SELECT 1 AS one) AS o"  # noqa: S608 - our table names
+        f" LEFT JOIN (SELECT seq, hash FROM {event} ORDER BY seq DESC LIMIT 1) AS e ON 1 = 1"
+        f" LEFT JOIN (SELECT event_seq, signed_at FROM {checkpoint}"
+        " ORDER BY event_seq DESC LIMIT 1) AS c ON 1 = 1"
+    )
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _whole_number(name: str, default: int, minimum: int) -> int:
+    raw = setting(name, str(default)) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"PLI_{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def checkpoint_every_events() -> int:
+    return _whole_number("AUDIT_CHECKPOINT_EVENTS", 1000, 1)
+
+
+def checkpoint_every_minutes() -> int:
+    return _whole_number("AUDIT_CHECKPOINT_MINUTES", 10, 1)
+
+
+def retention_days() -> int:
+    return _whole_number("AUDIT_RETENTION_DAYS", MIN_RETENTION_DAYS, MIN_RETENTION_DAYS)
+
+
+# --------------------------------------------------------------------------- appending
+
+
+def _lock_head() -> tuple[int, str, int | None, int | None]:
+    """Take the chain (until the transaction ends); its last seq and hash, last checkpoint."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
+        cursor.execute(_head_query())
+        row = cursor.fetchone()
+    seq, hash_, checkpoint_seq, signed_at = row if row is not None else (None, None, None, None)
+    return (
+        seq or 0,
+        hash_ or GENESIS,
+        checkpoint_seq,
+        None if signed_at is None else micros(signed_at),
+    )
+
+
+def do_record_event(
+    action: str,
+    *,
+    actor: User | None = None,
+    request: HttpRequest | None = None,
+    target: str = "",
+    outcome: str = "success",
+    detail: Mapping[str, str | int] | None = None,
+) -> AuditEvent:
+    """Append one event to the trail, in the caller's transaction (REQ-TRACE).
+
+    ``action`` is a code of :class:`AuditAction` (anything else is refused, so
+    that a typo cannot slip through); ``target`` an identifier such as
+    ``"user:12"``; ``detail`` at most 8 codes and counts. Never health data, a
+    subject, a file name or content: values that could hold them are refused
+    (:class:`~pli.server.audit.errors.AuditValueRefused`). The actor is copied
+    as plain values, the source address is REMOTE_ADDR (never a header the
+    client chooses), the user agent is truncated.
+    """
+    try:
+        action = AuditAction(action).value
+    except ValueError:
+        raise UnknownAuditAction(f"unknown audit action {action!r} (see AuditAction)") from None
+    target = check_target(str(target))
+    outcome = check_outcome(outcome)
+    detail_text = canonical_detail(detail)
+    actor_id: int | None = None
+    username = role = ""
+    if actor is not None and actor.is_authenticated:
+        actor_id, username, role = actor.pk, actor.get_username(), getattr(actor, "role", "")
+    address = agent = ""
+    if request is not None:
+        address = source_address(request.META.get("REMOTE_ADDR"))
+        agent = clean_user_agent(request.META.get("HTTP_USER_AGENT"))
+
+    with transaction.atomic(savepoint=False):
+        last_seq, last_hash, checkpoint_seq, checkpoint_us = _lock_head()
+        now = timezone.now()
+        now_us = (now - EPOCH) // MICROSECOND
+        seq = last_seq + 1
+        hash_ = event_hash(
+            seq,
+            now_us,
+            actor_id,
+            username,
+            role,
+            action,
+            target,
+            address,
+            agent,
+            outcome,
+            detail_text,
+            last_hash,
+        )
+        event = AuditEvent(
+            seq=seq,
+            occurred_at=now,
+            actor_id=actor_id,
+            actor_username=username,
+            actor_role=role,
+            action=action,
+            target=target,
+            source_address=address,
+            user_agent=agent,
+            outcome=outcome,
+            detail=detail_text,
+            prev_hash=last_hash,
+            hash=hash_,
+        )
+        event.save(force_insert=True)
+        if (
+            checkpoint_seq is None
+            or checkpoint_us is None
+            or seq - checkpoint_seq >= checkpoint_every_events()
+            or now_us - checkpoint_us >= checkpoint_every_minutes() * 60_000_000
+        ):
+            _write_checkpoint(seq, hash_, now)
+    return event
+
+
+def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint | None:
+    """Sign (position, hash, time) of the head with the operator audit key.
+
+    A key that cannot be read must not stop the action being recorded: the
+    event is chained all the same, the failure is logged, and the next append
+    tries again (the checkpoint is still due). ``pli audit verify`` reports
+    how many events follow the last checkpoint.
+    """
+    try:
+        key = operator_signing_key()
+    except AuditError as error:
+        logger.exception("audit checkpoint not written: %s: %s", error.code, error.detail)
+        return None
+    fingerprint = key.verifying_key().fingerprint
+    message = checkpoint_message(seq, hash_, micros(now), fingerprint)
+    checkpoint = AuditCheckpoint.objects.create(
+        event_seq=seq,
+        event_hash=hash_,
+        signed_at=now,
+        key_fingerprint=fingerprint,
+        signature=key.sign(message).hex(),
+    )
+    # The log is a second copy, outside the database, of what the chain must reach.
+    logger.info("audit checkpoint: event #%d hash %s", seq, hash_)
+    return checkpoint
+
+
+def do_write_checkpoint() -> AuditCheckpoint | None:
+    """Sign the current head now if it has no checkpoint yet (for a scheduled job)."""
+    with transaction.atomic():
+        last_seq, last_hash, checkpoint_seq, _ = _lock_head()
+        if last_seq in (0, checkpoint_seq):
+            return None
+        return _write_checkpoint(last_seq, last_hash, timezone.now())
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    events: int
+    checkpoints: int
+    #: The oldest event kept: the event of the oldest kept checkpoint (None: nothing purged).
+    kept_from: int | None
+    cutoff: dt.datetime
+
+
+def _database_now() -> dt.datetime:
+    if connection.vendor != "postgresql":
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        row = cursor.fetchone()
+    if row is None:  # pragma: no cover - SELECT now() returns one row
+        return timezone.now()
+    value: dt.datetime = row[0]
+    return value
+
+
+def purge_expired_events(now: dt.datetime | None = None, *, dry_run: bool = False) -> PurgeResult:
+    """Delete the events older than the retention period (REQ-TRACE-RETENTION), idempotent.
+
+    Only up to a checkpoint: the oldest kept event is always the event of a
+    kept checkpoint, whose signature vouches for its hash, so the chain stays
+    verifiable from there. Events past the retention period but after that
+    checkpoint wait for the next daily run. Records an ``audit.purge`` event
+    with the counts (not for a dry run).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        # The PostgreSQL trigger compares with the database's clock: never ask it for more.
+        cutoff = min(now, _database_now()) - dt.timedelta(days=retention_days())
+        first_young = AuditEvent.objects.filter(occurred_at__gte=cutoff).aggregate(seq=Min("seq"))[
+            "seq"
+        ]
+        if first_young is None:
+            first_young = (AuditEvent.objects.aggregate(seq=Max("seq"))["seq"] or 0) + 1
+        boundary = AuditCheckpoint.objects.filter(event_seq__lte=first_young).aggregate(
+            seq=Max("event_seq")
+        )["seq"]
+        if boundary is None:
+            return PurgeResult(0, 0, None, cutoff)
+        events = AuditEvent.objects.filter(seq__lt=boundary)
+        # Checkpoints of purged events go too, once themselves past the retention period.
+        checkpoints = AuditCheckpoint.objects.filter(event_seq__lt=boundary, signed_at__lt=cutoff)
+        if dry_run:
+            return PurgeResult(events.count(), checkpoints.count(), boundary, cutoff)
+        deleted_events = events.delete()[0]
+        deleted_checkpoints = checkpoints.delete()[0]
+        do_record_event(
+            AuditAction.AUDIT_PURGE,
+            target=f"audit_event:{boundary}",
+            detail={"events": deleted_events, "checkpoints": deleted_checkpoints},
+        )
+    return PurgeResult(deleted_events, deleted_checkpoints, boundary, cutoff)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_events(since: dt.datetime, until: dt.datetime, output: IO[str]) -> int:
+    """Write the events of ``[since, until)`` as JSON lines, in chain order; how many.
+
+    Each line holds every hashed field (``detail`` parsed), so that the chain
+    of an export can be checked again from the canonical form documented in
+    :mod:`pli.server.audit.chain`.
+    """
+    count = 0
+    rows = (
+        AuditEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until)
+        .order_by("seq")
+        .values_list(
+            "seq",
+            "occurred_at",
+            "actor_id",
+            "actor_username",
+            "actor_role",
+            "action",
+            "target",
+            "source_address",
+            "user_agent",
+            "outcome",
+            "detail",
+            "prev_hash",
+            "hash",
+        )
+        .iterator(chunk_size=2000)
+    )
+    for seq, at, actor_id, username, role, action, target, address, agent, *rest in rows:
+        outcome, detail, prev_hash, hash_ = rest
+        line = {
+            "seq": seq,
+            "occurred_at": _iso(at),
+            "occurred_at_us": micros(at),
+            "actor_id": actor_id,
+            "actor_username": username,
+            "actor_role": role,
+            "action": action,
+            "target": target,
+            "source_address": address,
+            "user_agent": agent,
+            "outcome": outcome,
+            "detail": json.loads(detail) if detail else {},
+            "prev_hash": prev_hash,
+            "hash": hash_,
+        }
+        output.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        count += 1
+    return count
+
+
+def do_record_export(
+    count: int, since: dt.datetime, until: dt.datetime, *, actor: User | None = None
+) -> AuditEvent:
+    """The export of the trail is itself an operation that is traced (REQ-TRACE)."""
+    return do_record_event(
+        AuditAction.AUDIT_EXPORT,
+        actor=actor,
+        detail={
+            "events": count,
+            "since": since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "until": until.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
