@@ -418,3 +418,42 @@ def test_pages_are_french_first_and_english_available() -> None:
     assert "Phrase secrète" in Client().get(LOGIN).content.decode()
     english = Client().get(LOGIN, HTTP_ACCEPT_LANGUAGE="en")
     assert "Passphrase" in english.content.decode()
+
+
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_roles_match_the_cli_choices() -> None:
+    from pli.server.accounts.cli import ROLES
+
+    assert set(ROLES) == set(Role.values)
+
+
+@pytest.mark.requirement("REQ-ADMIN-LIMITS")
+@pytest.mark.requirement("REQ-DATA-ADMIN")
+@pytest.mark.parametrize(
+    ("role", "superuser", "can_view_audit", "can_change_directory"),
+    [
+        (Role.OPERATOR_ADMIN, True, True, True),
+        (Role.DPO, False, True, False),
+        (Role.SUPPORT, False, False, False),
+    ],
+)
+def test_operator_roles_get_their_console_rights_at_activation(
+    role: str, superuser: bool, can_view_audit: bool, can_change_directory: bool
+) -> None:
+    from pli.server.accounts.actions import invite_with_code
+
+    address = f"{role}@operator.pli.test"
+    _, code = invite_with_code(None, address, role)
+    user = do_activate_enrolment_for_test(address, code)
+    assert user.is_staff and user.is_superuser == superuser
+    assert user.has_perm("audit.view_auditevent") == can_view_audit
+    assert user.has_perm("directory.change_professional") == can_change_directory
+    assert user.has_perm("directory.view_professional")
+    # No operator role can change the audit trail, whatever the console offers.
+    assert not user.has_perm("audit.change_auditevent") or superuser
+
+
+def do_activate_enrolment_for_test(address: str, code: str) -> User:
+    response = Client().post("/compte/activation/", {"address": address, "code": code})
+    assert response.status_code == 302
+    return User.objects.get(username=address)

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from pli.server.accounts.cli import accounts_group
+from pli.server.audit.cli import audit_group
 from pli.server.config import data_dir, setting
 
 
@@ -144,4 +146,11 @@ def demo_server(bind: str, *, serve: bool = True) -> None:
         run_server(bind, int(setting("WORKERS", "2") or 2))
 
 
-SERVER_COMMANDS = [init_command, serve_command, manage_command, directory_group]
+SERVER_COMMANDS = [
+    init_command,
+    serve_command,
+    manage_command,
+    directory_group,
+    audit_group,
+    accounts_group,
+]

@@ -93,16 +93,27 @@ def _new_enrolment(
     return code
 
 
-@transaction.atomic
 def do_invite_account(
     inviter: User | None,
     address: str,
     role: str = Role.PROFESSIONAL,
     request: HttpRequest | None = None,
 ) -> Enrolment:
-    """An operator admin invites a directory entry (or a staff member for operator roles).
+    """An operator admin invites a directory entry (or a staff member for operator roles)."""
+    return invite_with_code(inviter, address, role, request)[0]
 
-    *inviter* is None only for the bootstrap command run on the server itself.
+
+@transaction.atomic
+def invite_with_code(
+    inviter: User | None,
+    address: str,
+    role: str = Role.PROFESSIONAL,
+    request: HttpRequest | None = None,
+) -> tuple[Enrolment, str]:
+    """The invitation and its plain code (mailed; also shown by ``pli accounts invite``).
+
+    *inviter* is None only for the command run on the server itself by its
+    operator, who bootstraps the first administrator that way.
     """
     try:
         address = normalise_address(address)
@@ -134,7 +145,7 @@ def do_invite_account(
         detail={"role": role},
     )
     transaction.on_commit(lambda: _send_activation(address, code, EnrolmentChannel.INVITATION))
-    return enrolment
+    return enrolment, code
 
 
 @transaction.atomic
@@ -195,6 +206,26 @@ def do_activate_enrolment(address: str, code: str, request: HttpRequest) -> User
     raise AccountError("bad_code", _("Code d'activation incorrect ou expiré."))
 
 
+#: What the console shows each operator role, read-only (REQ-ADMIN-LIMITS, REQ-DATA-ADMIN):
+#: no role has any view of message content, subjects or attachments.
+_CONSOLE_VIEWS = {
+    Role.DPO: ("audit", "directory", "accounts"),
+    Role.SUPPORT: ("directory", "accounts"),
+}
+
+
+def _grant_console_views(user: User) -> None:
+    from django.contrib.auth.models import Permission  # noqa: PLC0415
+
+    apps = _CONSOLE_VIEWS.get(Role(user.role), ())
+    if apps:
+        user.user_permissions.set(
+            Permission.objects.filter(
+                content_type__app_label__in=apps, codename__startswith="view_"
+            )
+        )
+
+
 def _create_account(enrolment: Enrolment) -> User:
     professional = enrolment.professional
     try:
@@ -207,9 +238,11 @@ def _create_account(enrolment: Enrolment) -> User:
                 first_name=(professional.first_name if professional else "")[:150],
                 last_name=(professional.last_name if professional else "")[:150],
                 is_staff=enrolment.role != Role.PROFESSIONAL,
+                is_superuser=enrolment.role == Role.OPERATOR_ADMIN,
             )
             user.set_unusable_password()
             user.save()
+            _grant_console_views(user)
     except IntegrityError:
         raise AccountError(
             "already_enrolled", _("Un compte existe déjà pour cette personne.")
