@@ -84,7 +84,9 @@ def _status(error: dict[str, str]) -> int:
 
 def _login_expired() -> JsonResponse:
     return _refused(
-        _error("login_expired", _("La connexion a expiré : saisissez à nouveau votre phrase.")),
+        _error(
+            "login_expired", _("La connexion a expiré : saisissez à nouveau votre phrase secrète.")
+        ),
         401,
         redirect=reverse("accounts:login"),
     )
@@ -102,7 +104,10 @@ def login_options_view(request: HttpRequest) -> HttpResponse:
     user, _method = pending
     if throttle.locked(*_keys(request, user)):
         return _refused(_locked(), 429)
-    options = passkeys.authentication_options(request, user)
+    try:
+        options = passkeys.authentication_options(request, user)
+    except AccountError as failure:
+        return _refused(_error(failure.code, failure.message))
     if options is None:
         return _refused(_error("no_credential", _("Aucune clé de sécurité n'est enregistrée.")))
     return _options(options)
@@ -118,7 +123,10 @@ def login_verify_view(request: HttpRequest) -> HttpResponse:
     if throttle.locked(*keys):
         return _refused(_locked(), 429)
     body = _body(request)
-    row = passkeys.verify_passkey(request, user, body.credential) if body else None
+    try:
+        row = passkeys.verify_passkey(request, user, body.credential) if body else None
+    except AccountError as failure:  # the server cannot do WebAuthn: not the user's fault
+        return _refused(_error(failure.code, failure.message))
     if row is None:
         # A refused assertion is a failed second factor like a wrong code (REQ-AUTH-STRONG).
         error = _webauthn_failed(_fail(request, keys, user, "webauthn"))
@@ -164,7 +172,7 @@ def enrol_options_view(request: HttpRequest) -> HttpResponse:
     user = _enrolling_user(request)
     if isinstance(user, JsonResponse):
         return user
-    return _options(passkeys.registration_options(request, user))
+    return _registration_options(request, user)
 
 
 @require_POST
@@ -173,6 +181,13 @@ def enrol_verify_view(request: HttpRequest) -> HttpResponse:
     if isinstance(user, JsonResponse):
         return user
     return _register(request, user, reverse("accounts:enrol-recovery"))
+
+
+def _registration_options(request: HttpRequest, user: User) -> HttpResponse:
+    try:
+        return _options(passkeys.registration_options(request, user))
+    except AccountError as failure:
+        return _refused(_error(failure.code, failure.message))
 
 
 def _reauth_url(after: str) -> str:
@@ -209,7 +224,7 @@ def add_options_view(request: HttpRequest) -> HttpResponse:
     user = _signed_in_user(request)
     if isinstance(user, JsonResponse):
         return user
-    return _options(passkeys.registration_options(request, user))
+    return _registration_options(request, user)
 
 
 @require_POST

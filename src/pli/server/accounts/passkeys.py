@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from enum import StrEnum
@@ -85,17 +86,32 @@ class Ceremony(StrEnum):
 def relying_party() -> tuple[str, str]:
     """(RP ID, expected origin) from ``PLI_BASE_URL``.
 
-    §5.1.3 / §5.1.4: the RP ID is the effective domain of the origin; the
-    origin is scheme://host[:port], exactly as the browser reports it in
-    clientDataJSON.
+    §5.1.3 / §5.1.4: the RP ID is the effective domain of the origin and must
+    be a domain name (browsers refuse an IP address: "This is an invalid
+    domain"); the origin is scheme://host[:port], exactly as the browser
+    reports it in clientDataJSON.
     """
     parts = urlsplit(settings.PLI_BASE_URL)
     host = parts.hostname or ""
-    if not host or parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https") or not host or _is_ip_address(host):
+        logger.warning(
+            "PLI_BASE_URL %r cannot name a WebAuthn relying party: a domain name is needed"
+            " (e.g. http://localhost:8000 rather than http://127.0.0.1:8000)",
+            settings.PLI_BASE_URL,
+        )
         raise AccountError(
-            "misconfigured", _("PLI_BASE_URL doit être une adresse http(s) complète.")
+            "webauthn_unavailable",
+            _("Les clés de sécurité ne sont pas disponibles sur ce serveur."),
         )
     return host, f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def user_handle(user: User) -> bytes:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pli.server.accounts import views
+from pli.server.accounts import passkey_views, views
 
 app_name = "accounts"
 
@@ -22,4 +22,33 @@ urlpatterns = [
     path("facteurs/codes-de-secours/", views.recovery_codes_view, name="recovery-codes"),
     path("facteurs/authentificateur/", views.totp_change_view, name="totp-change"),
     path("facteurs/authentificateur/supprimer/", views.totp_remove_view, name="totp-remove"),
+    # WebAuthn (passkeys and security keys): JSON steps of the ceremonies, and their pages.
+    path(
+        "connexion/cle-de-securite/options/",
+        passkey_views.login_options_view,
+        name="passkey-login-options",
+    ),
+    path("connexion/cle-de-securite/", passkey_views.login_verify_view, name="passkey-login"),
+    path(
+        "inscription/cle-de-securite/options/",
+        passkey_views.enrol_options_view,
+        name="passkey-enrol-options",
+    ),
+    path("inscription/cle-de-securite/", passkey_views.enrol_verify_view, name="passkey-enrol"),
+    path("facteurs/cles-de-securite/ajouter/", passkey_views.add_view, name="passkey-add"),
+    path(
+        "facteurs/cles-de-securite/options/",
+        passkey_views.add_options_view,
+        name="passkey-add-options",
+    ),
+    path(
+        "facteurs/cles-de-securite/enregistrer/",
+        passkey_views.add_verify_view,
+        name="passkey-add-verify",
+    ),
+    path(
+        "facteurs/cles-de-securite/<int:credential_id>/supprimer/",
+        passkey_views.remove_view,
+        name="passkey-remove",
+    ),
 ]
