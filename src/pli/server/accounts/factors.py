@@ -1,6 +1,6 @@
 """Second factors: TOTP (RFC 6238) and one-time recovery codes.
 
-WebAuthn lives in ``webauthn.py``. Each check is counted by the throttles
+WebAuthn lives in ``passkeys.py``. Each check is counted by the throttles
 by its caller (views), so that every factor shares one lockout.
 """
 
