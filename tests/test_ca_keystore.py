@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pli.crypto import (
     InvalidCertificateRequest,
     KeyStoreCorrupted,
+    NotARecipient,
     Revocation,
     VaultParameters,
     WeakKey,
     WrongPassphrase,
     build_certificate_request,
     build_crl,
+    certificate_pem,
+    derive_vault_key,
     dump_pkcs12,
     issue_certificate,
     load_pkcs12,
+    reuse_vault_key,
     unwrap_private_key,
+    unwrap_private_key_from,
+    unwrap_private_key_with,
+    vault_key_for_record,
     vault_needs_upgrade,
     wrap_private_key,
+    wrap_private_key_to,
+    wrap_private_key_with,
 )
 from tests.conftest import ALICE, ALICE_IDNPS, Pki
 
@@ -178,3 +189,106 @@ def test_edited_vault_costs_are_refused_before_deriving(pki: Pki, field: str, va
     outer["header"] = json.dumps(header, sort_keys=True, separators=(",", ":"))
     with pytest.raises(KeyStoreCorrupted, match="out of bounds"):
         unwrap_private_key(json.dumps(outer).encode(), "mailbox passphrase")
+
+
+# --- the split vault: derive once, open many times (DESIGN "Key custody") -------------------------
+@pytest.mark.requirement("REQ-AT-REST")
+def test_vault_key_derived_once_opens_the_record_without_argon2(pki: Pki) -> None:
+    vault_key = derive_vault_key("mailbox passphrase", FAST_VAULT)
+    record = wrap_private_key_with(pki.alice.private_key, vault_key)
+    # The classic entry point still opens what the split one sealed, and the other way round.
+    assert unwrap_private_key(record, "mailbox passphrase").key_size == 3072
+    derived = vault_key_for_record(record, "mailbox passphrase")
+    assert derived.secret == vault_key.secret and derived.salt == vault_key.salt
+    key = unwrap_private_key_with(record, derived.secret)
+    assert key.private_numbers() == pki.alice.private_key.private_numbers()
+    classic = wrap_private_key(pki.bob.private_key, "mailbox passphrase", FAST_VAULT)
+    secret = vault_key_for_record(classic, "mailbox passphrase").secret
+    assert unwrap_private_key_with(classic, secret).key_size == 3072
+    assert "secret" not in repr(vault_key) and vault_key.secret.hex() not in repr(vault_key)
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_a_wrong_derived_key_or_passphrase_is_refused(pki: Pki) -> None:
+    record = wrap_private_key(pki.alice.private_key, "mailbox passphrase", FAST_VAULT)
+    with pytest.raises(WrongPassphrase):
+        unwrap_private_key_with(record, bytes(32))
+    with pytest.raises(WrongPassphrase):
+        unwrap_private_key_with(record, b"short")
+    wrong = vault_key_for_record(record, "another passphrase")  # derives, checks nothing yet
+    with pytest.raises(WrongPassphrase):
+        unwrap_private_key_with(record, wrong.secret)
+    with pytest.raises(WrongPassphrase):
+        reuse_vault_key(record, wrong.secret)
+
+
+def test_records_sealed_with_one_vault_key_share_it(pki: Pki) -> None:
+    first = wrap_private_key_with(
+        pki.alice.private_key, derive_vault_key("passphrase one", FAST_VAULT)
+    )
+    secret = vault_key_for_record(first, "passphrase one").secret
+    second = wrap_private_key_with(pki.bob.private_key, reuse_vault_key(first, secret))
+    assert unwrap_private_key_with(second, secret).public_key() == pki.bob.certificate.public_key()
+    assert json.loads(first)["nonce"] != json.loads(second)["nonce"]
+
+
+def test_derive_vault_key_refuses_short_passphrases_and_salts() -> None:
+    with pytest.raises(WeakKey):
+        derive_vault_key("short", FAST_VAULT)
+    with pytest.raises(KeyStoreCorrupted):
+        derive_vault_key("long enough passphrase", FAST_VAULT, salt=b"tiny")
+
+
+# --- a mailbox key wrapped to a member's certificate (RFC 5652 §6) ------------------------------
+@pytest.mark.requirement("REQ-E2E")
+def test_mailbox_key_wrapped_to_a_member_opens_with_the_members_key_only(pki: Pki) -> None:
+    mailbox_key = pki.keys["carol"]
+    envelope = wrap_private_key_to(mailbox_key, pki.alice.certificate)
+    assert envelope[:1] == b"\x30"  # DER ContentInfo
+    opened = unwrap_private_key_from(envelope, pki.alice, pki.carol.certificate)
+    assert opened.private_numbers() == mailbox_key.private_numbers()
+    with pytest.raises(NotARecipient):
+        unwrap_private_key_from(envelope, pki.bob)
+    # The opened key must belong to the mailbox certificate named by the caller.
+    with pytest.raises(KeyStoreCorrupted):
+        unwrap_private_key_from(envelope, pki.alice, pki.bob.certificate)
+    # One envelope for every certificate of a member: any of their keys opens it.
+    both = wrap_private_key_to(mailbox_key, [pki.alice.certificate, pki.bob.certificate])
+    for member in (pki.alice, pki.bob):
+        assert unwrap_private_key_from(both, member).public_key() == mailbox_key.public_key()
+    with pytest.raises(KeyStoreCorrupted):
+        wrap_private_key_to(mailbox_key, [])
+
+
+def test_wrapped_mailbox_key_opens_with_openssl(pki: Pki, openssl: str, tmp_path: Path) -> None:
+    envelope = tmp_path / "wrapped.der"
+    envelope.write_bytes(wrap_private_key_to(pki.keys["carol"], pki.alice.certificate))
+    (tmp_path / "alice.pem").write_bytes(certificate_pem(pki.alice.certificate))
+    (tmp_path / "alice.key").write_bytes(
+        pki.alice.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    result = subprocess.run(
+        [
+            openssl,
+            "cms",
+            "-decrypt",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(envelope),
+            "-recip",
+            str(tmp_path / "alice.pem"),
+            "-inkey",
+            str(tmp_path / "alice.key"),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    opened = serialization.load_der_private_key(result.stdout, password=None)
+    assert isinstance(opened, rsa.RSAPrivateKey)
+    assert opened.private_numbers() == pki.keys["carol"].private_numbers()

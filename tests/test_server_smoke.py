@@ -14,7 +14,8 @@ def test_openapi_document_is_served(client: Client) -> None:
 
 
 @pytest.mark.django_db
-def test_admin_login_page_is_french(client: Client) -> None:
-    response = client.get("/admin/login/")
-    assert response.status_code == 200
-    assert "Connexion" in response.content.decode()  # the French admin
+def test_admin_console_goes_through_pli_login_in_french(client: Client) -> None:
+    # The console's own single-factor form is replaced by Pli's login (REQ-AUTH-STRONG).
+    response = client.get("/admin/login/", follow=True)
+    assert response.redirect_chain[-1][0] == "/compte/connexion/"
+    assert "Connexion" in response.content.decode()

@@ -51,7 +51,13 @@ def run_server(bind: str, workers: int) -> None:
     """gunicorn, in this process (never Django's development server)."""
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415
 
+    from pli.server.tls import PeerCertificateMiddleware, gunicorn_tls_options  # noqa: PLC0415
     from pli.server.wsgi import application  # noqa: PLC0415
+
+    # TLS terminated by Pli itself (PLI_TLS_CERT_FILE/KEY_FILE), asking for an optional
+    # client certificate when PLI_CLIENT_CA_FILE is set (REQ-AUTH-CARD). Read before the
+    # workers fork, so that a bad configuration stops here.
+    tls = gunicorn_tls_options()
 
     class PliApplication(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -62,9 +68,11 @@ def run_server(bind: str, workers: int) -> None:
             self.cfg.set("accesslog", "-")
             # Query strings can hold search terms: log the path only.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+            for name, value in tls.items():
+                self.cfg.set(name, value)
 
         def load(self) -> Any:
-            return application
+            return PeerCertificateMiddleware(application)
 
     PliApplication().run()
 

@@ -66,6 +66,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The login page shows the buttons of the configured external logins.
+                "pli.server.accounts.external_views.external_login_options",
             ],
         },
     },
@@ -153,7 +155,8 @@ else:
     raise ConfigurationError("PLI_EMAIL must be smtp or file")
 DEFAULT_FROM_EMAIL = setting("FROM_EMAIL", "pli@localhost") or "pli@localhost"
 #: The address users reach Pli at (links in e-mails, WebAuthn origin).
-PLI_BASE_URL = (setting("BASE_URL", "http://127.0.0.1:8000") or "").rstrip("/")
+# localhost, not 127.0.0.1: browsers refuse an IP address as WebAuthn relying party id.
+PLI_BASE_URL = (setting("BASE_URL", "http://localhost:8000") or "").rstrip("/")
 
 # Sessions (issue "accounts"): idle and absolute timeouts, enforced by
 # pli.server.accounts.sessions.SessionGuardMiddleware.
@@ -166,3 +169,106 @@ LOGIN_URL = "accounts:login"
 
 #: Page size of directory searches.
 DIRECTORY_PAGE_SIZE = 20
+
+# --- Key custody (issue "accounts", item 5; DESIGN "Key custody") -------------------------------
+# The operator CA that issues mailbox certificates: a CaDirectory (pli.client.castore).
+# Its passphrase (PLI_CA_PASSPHRASE or PLI_CA_PASSPHRASE_FILE, default <CA dir>/passphrase)
+# is read only when a certificate is issued (pli.server.accounts.operator_ca), so that a
+# server without a CA still starts; issuing then fails with the code ca_not_configured.
+PLI_CA_DIR = Path(setting("CA_DIR") or DATA_DIR / "ca")
+PLI_CA_CERTIFICATE_DAYS = int(setting("CA_CERTIFICATE_DAYS", "1095") or 1095)
+PLI_CA_CRL_DAYS = int(setting("CA_CRL_DAYS", "7") or 7)
+if not 1 <= PLI_CA_CERTIFICATE_DAYS <= 3650 or not 1 <= PLI_CA_CRL_DAYS <= 365:
+    raise ConfigurationError("PLI_CA_CERTIFICATE_DAYS / PLI_CA_CRL_DAYS are out of range")
+# The vault's Argon2id cost (RFC 9106 §4): the passphrase hashing cost unless set apart.
+PLI_VAULT_MEMORY_KIB = int(setting("VAULT_MEMORY_KIB") or PLI_ARGON2_MEMORY_KIB)
+PLI_VAULT_TIME = int(setting("VAULT_TIME") or PLI_ARGON2_TIME)
+PLI_VAULT_PARALLELISM = int(setting("VAULT_PARALLELISM") or PLI_ARGON2_PARALLELISM)
+# Bounded above as pli.crypto bounds the records it reads (an edited record cannot exhaust memory).
+if not (
+    8 * PLI_VAULT_PARALLELISM <= PLI_VAULT_MEMORY_KIB <= 1024 * 1024
+    and 1 <= PLI_VAULT_TIME <= 16
+    and 1 <= PLI_VAULT_PARALLELISM <= 16
+):
+    raise ConfigurationError(
+        "PLI_VAULT_MEMORY_KIB / PLI_VAULT_TIME / PLI_VAULT_PARALLELISM are out of range"
+    )
+#: The cookie that carries the session's vault unlocking key (pli.server.accounts.custody).
+PLI_VAULT_COOKIE_NAME = "pli_vault"
+# --- end of key custody ------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------
+from ipaddress import ip_network as _ip_network  # noqa: E402 - kept with the section using it
+
+# External login (REQ-AUTH-CARD): OpenID Connect relying party and TLS client certificates.
+# Read by pli.server.accounts.oidc and pli.server.accounts.certificate_login; both are off
+# unless configured. See docs/operations/reverse-proxy.md.
+# ----------------------------------------------------------------------------------------------
+#: The national identity provider (e.g. Pro Santé Connect): its issuer URL, exactly as in its
+#: discovery document (OpenID Connect Discovery 1.0 §4.3). https, or http on loopback only.
+PLI_OIDC_ISSUER = setting("OIDC_ISSUER", "") or ""
+PLI_OIDC_CLIENT_ID = setting("OIDC_CLIENT_ID", "") or ""
+PLI_OIDC_CLIENT_SECRET = ""
+#: What the login button says.
+PLI_OIDC_PROVIDER_NAME = setting("OIDC_PROVIDER_NAME", "Pro Santé Connect") or ""
+PLI_OIDC_SCOPES = setting("OIDC_SCOPES", "openid") or "openid"
+#: Claims carrying the national identifier (8 + RPPS), tried in this order, in the ID token
+#: and, when it lacks the first, the UserInfo response. Pro Santé Connect: SubjectNameID.
+PLI_OIDC_ID_CLAIMS = [
+    claim.strip()
+    for claim in (setting("OIDC_ID_CLAIM", "SubjectNameID,preferred_username") or "").split(",")
+    if claim.strip()
+]
+if PLI_OIDC_ISSUER:
+    if not PLI_OIDC_CLIENT_ID:
+        raise ConfigurationError("PLI_OIDC_ISSUER is set: PLI_OIDC_CLIENT_ID is needed too")
+    PLI_OIDC_CLIENT_SECRET = secret("OIDC_CLIENT_SECRET")
+    _oidc_issuer = PLI_OIDC_ISSUER.split("/")
+    _oidc_loopback = len(_oidc_issuer) > 2 and _oidc_issuer[2].rsplit(":", 1)[0] in (
+        "127.0.0.1",
+        "[::1]",
+        "localhost",
+    )
+    if not (
+        PLI_OIDC_ISSUER.startswith("https://")
+        or (PLI_OIDC_ISSUER.startswith("http://") and _oidc_loopback)
+    ):
+        raise ConfigurationError("PLI_OIDC_ISSUER must be an https:// URL")
+    if "openid" not in PLI_OIDC_SCOPES.split():
+        raise ConfigurationError("PLI_OIDC_SCOPES must include openid")
+    if not PLI_OIDC_ID_CLAIMS:
+        raise ConfigurationError("PLI_OIDC_ID_CLAIM names no claim")
+elif PLI_OIDC_CLIENT_ID or setting("OIDC_CLIENT_SECRET") or setting("OIDC_CLIENT_SECRET_FILE"):
+    raise ConfigurationError("PLI_OIDC_CLIENT_ID / _SECRET are set but PLI_OIDC_ISSUER is not")
+
+#: PEM bundle of the authorities whose client certificates log in (e.g. the IGC-Santé
+#: authorities of professional cards, or the operator's CA). Every certificate is an anchor.
+PLI_CLIENT_CA_FILE = setting("CLIENT_CA_FILE", "") or ""
+#: CRLs of those authorities, comma-separated files (PEM or DER), reloaded when they change.
+#: When any is given, every certificate below an anchor must be covered by a current one.
+PLI_CLIENT_CRL_FILES = [
+    name.strip() for name in (setting("CLIENT_CRL_FILES", "") or "").split(",") if name.strip()
+]
+#: The request header in which a TLS-terminating reverse proxy passes the URL-escaped PEM
+#: (nginx: $ssl_client_escaped_cert), e.g. X-SSL-Client-Cert; trusted only from the
+#: addresses of PLI_TRUSTED_PROXIES (comma-separated addresses or networks).
+PLI_TLS_CLIENT_CERT_HEADER = setting("TLS_CLIENT_CERT_HEADER", "") or ""
+PLI_TRUSTED_PROXIES = [
+    entry.strip() for entry in (setting("TRUSTED_PROXIES", "") or "").split(",") if entry.strip()
+]
+if PLI_TLS_CLIENT_CERT_HEADER and not PLI_TRUSTED_PROXIES:
+    raise ConfigurationError(
+        "PLI_TLS_CLIENT_CERT_HEADER is set: PLI_TRUSTED_PROXIES must list the proxies' addresses"
+    )
+if PLI_TLS_CLIENT_CERT_HEADER and not PLI_CLIENT_CA_FILE:
+    raise ConfigurationError("PLI_TLS_CLIENT_CERT_HEADER is set: PLI_CLIENT_CA_FILE is needed too")
+if PLI_CLIENT_CRL_FILES and not PLI_CLIENT_CA_FILE:
+    raise ConfigurationError("PLI_CLIENT_CRL_FILES is set but PLI_CLIENT_CA_FILE is not")
+for _proxy in PLI_TRUSTED_PROXIES:
+    try:
+        _ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ConfigurationError(
+            f"PLI_TRUSTED_PROXIES: {_proxy!r} is not an address or a network"
+        ) from None
+# ---------------------------------------------------------------- end of external login

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pli.server.accounts import passkey_views, views
+from pli.server.accounts import external_views, passkey_views, views
 
 app_name = "accounts"
 
@@ -51,4 +51,9 @@ urlpatterns = [
         passkey_views.remove_view,
         name="passkey-remove",
     ),
+    # Professional card (REQ-AUTH-CARD): OpenID Connect (national identity provider) and
+    # TLS client certificate; both answer 404 when not configured.
+    path("connexion/oidc/", external_views.oidc_start_view, name="oidc-start"),
+    path("connexion/oidc/retour/", external_views.oidc_callback_view, name="oidc-callback"),
+    path("connexion/certificat/", external_views.certificate_login_view, name="certificate-login"),
 ]
