@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
 
 from pli.server.accounts.api import router as accounts_router
+from pli.server.accounts.api_keys import router as keys_router
 from pli.server.directory.api import router as directory_router
 from pli.server.directory.api_certificates import router as certificates_router
 
@@ -27,3 +28,4 @@ def health(request: HttpRequest) -> HealthOut:
 api.add_router("/directory/", directory_router)
 api.add_router("/directory/", certificates_router)
 api.add_router("/accounts/", accounts_router)
+api.add_router("/accounts/", keys_router)

@@ -1,30 +1,61 @@
 """``pli demo``: a demo operator in the data directory, then the server.
 
-Made once (a marker file records it): the operator's CA, a sample directory
-generated in the real RPPS and MSSanté extraction formats and imported like
-a real one, certificates for a few demo mailboxes, and an administrator
-account for the console. Then Pli serves on http://127.0.0.1:8000.
+Made once, then read back (a second run changes nothing):
+
+- a sample directory generated in the real RPPS and MSSanté extraction
+  formats and imported like a real one;
+- the operator's CA in ``PLI_CA_DIR`` (``<data dir>/ca``), its passphrase in
+  ``<CA dir>/passphrase`` (0600): this is a demonstration;
+- a few professionals of that directory with accounts fully enrolled through
+  the accounts' own actions (invitation, activation, passphrase, TOTP, charter),
+  each with a vault key certified by the demo CA and published;
+- an operator administrator (role ``operator_admin``, staff and superuser) with a
+  passphrase and TOTP.
+
+The passphrases are random; they and the TOTP seeds (``otpauth://`` URIs) are
+printed once and kept in ``demo-credentials.txt`` (0600). The six-digit code of
+the moment comes from :func:`current_demo_code`.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import pyotp
 
 from pli.client.castore import CaDirectory, write_atomically
-from pli.crypto import (
-    build_certificate_request,
-    certificate_pem,
-    dump_pkcs12,
-    generate_private_key,
-)
 
 DEMO_PERSONS = 300
 DEMO_SEED = 2026
+#: How many professionals of the sample directory get an account.
+DEMO_PROFESSIONALS = 3
+DEMO_ADMIN = "admin@demo.pli.test"
 _MARKER = "demo-ready"
+_CA_NAME = "Pli — opérateur de démonstration"
+_HEADER = (
+    "# Pli — comptes de démonstration / demo accounts. Not for production.\n"
+    "# Log in at /compte/connexion/ with the address and the passphrase, then the\n"
+    "# six-digit code of an authenticator app given the totp URI (or `pli demo code ADDRESS`).\n"
+)
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    role: str
+    address: str
+    passphrase: str
+    totp_uri: str
+
+    def code(self) -> str:
+        """The TOTP code of the current time step (RFC 6238)."""
+        otp = pyotp.parse_uri(self.totp_uri)
+        if not isinstance(otp, pyotp.TOTP):
+            raise DemoError(f"{self.address}: not a TOTP URI")
+        return str(otp.now())
 
 
 @dataclass(frozen=True)
@@ -32,17 +63,105 @@ class DemoInfo:
     admin_user: str
     admin_password: str
     mailboxes: list[str]
+    accounts: list[DemoAccount] = field(default_factory=list)
+    #: True on the run that made the accounts: only that run prints their secrets.
+    created: bool = False
+
+
+class DemoError(click.ClickException):
+    """The demo data directory is in a state ``pli demo`` cannot complete."""
 
 
 def _credentials_file(directory: Path) -> Path:
     return directory / "demo-credentials.txt"
 
 
-def create_demo(directory: Path) -> DemoInfo:
-    """Create the demo operator once; later calls read what the first one made."""
-    from django.contrib.auth import get_user_model  # noqa: PLC0415 - Django is set up by now
+def _format_credentials(accounts: list[DemoAccount]) -> bytes:
+    blocks = [_HEADER]
+    for account in accounts:
+        blocks.append(
+            "[account]\n"
+            f"role={account.role}\n"
+            f"address={account.address}\n"
+            f"passphrase={account.passphrase}\n"
+            f"totp={account.totp_uri}\n"
+        )
+    return "\n".join(blocks).encode()
 
-    from pli.server.directory.actions import do_publish_mailbox_certificate  # noqa: PLC0415
+
+def read_credentials(directory: Path) -> list[DemoAccount]:
+    """The accounts of ``demo-credentials.txt`` (none if absent or from an older demo)."""
+    try:
+        text = _credentials_file(directory).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    accounts = []
+    for block in text.split("[account]")[1:]:
+        values = dict(
+            line.split("=", 1) for line in block.splitlines() if "=" in line and line[0] != "#"
+        )
+        try:
+            accounts.append(
+                DemoAccount(values["role"], values["address"], values["passphrase"], values["totp"])
+            )
+        except KeyError:
+            continue
+    return accounts
+
+
+def current_demo_code(directory: Path, address: str) -> str:
+    """The six-digit TOTP code of a demo account now (``pli demo code ADDRESS``).
+
+    A code is accepted once (RFC 6238 §5.2): for a second login, wait for the next one.
+    """
+    wanted = address.strip().lower()
+    for account in read_credentials(directory):
+        if account.address == wanted:
+            return account.code()
+    raise DemoError(f"{address} is not a demo account of {directory}")
+
+
+def _info(accounts: list[DemoAccount], *, created: bool) -> DemoInfo:
+    admin = next((a for a in accounts if a.role == "operator_admin"), None)
+    return DemoInfo(
+        admin_user=admin.address if admin else "",
+        admin_password=admin.passphrase if admin else "",
+        mailboxes=[a.address for a in accounts if a.role == "professional"],
+        accounts=accounts,
+        created=created,
+    )
+
+
+def _old_ca_passphrase(directory: Path) -> str | None:
+    """The CA passphrase an earlier ``pli demo`` kept in its credentials file."""
+    try:
+        text = _credentials_file(directory).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("identity_passphrase="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def _demo_ca(directory: Path) -> None:
+    """The operator CA the server issues from, made once, its passphrase where it reads it."""
+    from pli.server.accounts import operator_ca  # noqa: PLC0415 - Django is set up by now
+    from pli.server.config import ConfigurationError, secret  # noqa: PLC0415
+
+    path = operator_ca.ca_path()
+    try:
+        passphrase = secret("CA_PASSPHRASE", fallback_file=path / "passphrase")
+    except ConfigurationError:
+        passphrase = _old_ca_passphrase(directory) or secrets.token_urlsafe(24)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(path / "passphrase", f"{passphrase}\n".encode(), 0o600)
+    if not (path / "ca.p12").exists():
+        CaDirectory.create(path, _CA_NAME, passphrase)
+    operator_ca.operator_ca()  # fails now, naming the setting, rather than at the first login
+
+
+def _import_directory(directory: Path) -> None:
     from pli.server.directory.importing import import_extraction  # noqa: PLC0415
     from pli.server.directory.models import Mailbox  # noqa: PLC0415
     from pli.server.directory.sample import (  # noqa: PLC0415
@@ -50,15 +169,8 @@ def create_demo(directory: Path) -> DemoInfo:
         write_rpps_extraction,
     )
 
-    credentials = _credentials_file(directory)
-    if (directory / _MARKER).exists() and credentials.exists():
-        lines = dict(
-            line.split("=", 1) for line in credentials.read_text().splitlines() if "=" in line
-        )
-        return DemoInfo(
-            lines["admin_user"], lines["admin_password"], lines.get("mailboxes", "").split(",")
-        )
-
+    if Mailbox.objects.exists():
+        return
     samples = directory / "demo-extractions"
     samples.mkdir(exist_ok=True)
     rpps = write_rpps_extraction(samples, persons=DEMO_PERSONS, seed=DEMO_SEED)
@@ -66,62 +178,122 @@ def create_demo(directory: Path) -> DemoInfo:
     import_extraction(rpps)
     import_extraction(mssante)
 
-    # The operator's CA (passphrase kept beside it: this is a demonstration).
-    ca_passphrase = secrets.token_urlsafe(24)
-    ca = CaDirectory.create(directory / "ca", "Pli — opérateur de démonstration", ca_passphrase)
-    keys_dir = directory / "demo-keys"
-    keys_dir.mkdir(mode=0o700, exist_ok=True)
-    published: list[str] = []
-    personal = Mailbox.objects.filter(kind="PER", red_list=False, professional__isnull=False)
-    for mailbox in personal.select_related("professional").order_by("address")[:3]:
-        professional = mailbox.professional
-        if professional is None:  # pragma: no cover - excluded by the filter
-            continue
-        key = generate_private_key()
-        csr = build_certificate_request(
-            key,
-            email=mailbox.address,
-            common_name=f"{professional.first_name} {professional.last_name}",
-            national_id=professional.national_id if professional.identifier_type in "80" else None,
-        )
-        certificate = ca.issue(csr)
-        do_publish_mailbox_certificate(mailbox, certificate_pem(certificate).decode())
-        write_atomically(
-            keys_dir / f"{mailbox.address}.p12",
-            dump_pkcs12(key, certificate, ca_passphrase, name=mailbox.address),
-            0o600,
-        )
-        published.append(mailbox.address)
-    ca.publish_crl()
 
-    admin_password = secrets.token_urlsafe(12)
-    user_model = get_user_model()
-    if not user_model.objects.filter(username="admin").exists():
-        user_model.objects.create_superuser("admin", "admin@demo.pli.test", admin_password)
-    write_atomically(
-        credentials,
-        (
-            "admin_user=admin\n"
-            f"admin_password={admin_password}\n"
-            f"mailboxes={','.join(published)}\n"
-            f"identity_passphrase={ca_passphrase}\n"
-        ).encode(),
-        0o600,
+def _demo_addresses() -> list[tuple[str, str]]:
+    """(role, address) of every demo account: the first listed professionals, and the admin."""
+    from pli.server.accounts.actions import registered_mailbox  # noqa: PLC0415
+    from pli.server.directory.models import Mailbox  # noqa: PLC0415
+
+    chosen: list[tuple[str, str]] = []
+    candidates = Mailbox.objects.filter(
+        kind="PER", red_list=False, active=True, professional__active=True
+    ).order_by("address")
+    for mailbox in candidates.iterator():
+        if len(chosen) == DEMO_PROFESSIONALS:
+            break
+        if registered_mailbox(mailbox.address) is not None:
+            chosen.append(("professional", mailbox.address))
+    return [*chosen, ("operator_admin", DEMO_ADMIN)]
+
+
+def _passphrase() -> str:
+    # Four groups of six URL-safe characters: about 140 bits, easy to copy.
+    return "-".join(secrets.token_urlsafe(5)[:6] for _ in range(4))
+
+
+def _enrol(role: str, address: str) -> DemoAccount:
+    """One account, through the steps a real one goes through (accounts' actions)."""
+    from django.http import HttpRequest  # noqa: PLC0415
+
+    from pli.server.accounts import factors  # noqa: PLC0415
+    from pli.server.accounts.actions import (  # noqa: PLC0415
+        current_charter,
+        do_acknowledge_charter,
+        do_activate_enrolment,
+        do_finish_enrolment,
+        do_record_factor,
+        do_set_passphrase,
+        invite_with_code,
     )
-    (directory / _MARKER).write_text("1\n")
-    return DemoInfo("admin", admin_password, published)
+    from pli.server.accounts.custody import do_create_vault_key  # noqa: PLC0415
+
+    _enrolment, code = invite_with_code(None, address, role)
+    user = do_activate_enrolment(address, code, HttpRequest())
+    passphrase = _passphrase()
+    do_set_passphrase(user, passphrase, None)
+    do_create_vault_key(user, passphrase, None)
+    _device, seed = factors.start_totp(user)
+    # Confirmed with the previous time step's code, so that the current one still
+    # logs in right away (a code is accepted once, RFC 6238 §5.2).
+    totp = pyotp.TOTP(seed, interval=factors.TOTP_PERIOD)
+    previous = totp.at(time.time() - factors.TOTP_PERIOD)
+    if not factors.check_totp(user, previous, confirm=True):  # pragma: no cover
+        raise DemoError(f"the TOTP seed of {address} was not confirmed")
+    do_record_factor(user, "totp", True, None)
+    charter = current_charter()
+    if charter is not None:
+        do_acknowledge_charter(user, charter.version, None)
+    do_finish_enrolment(user, None)
+    return DemoAccount(role, address, passphrase, factors.provisioning_uri(user, seed))
+
+
+def create_demo(directory: Path) -> DemoInfo:
+    """Create the demo operator once; later calls read what the first one made."""
+    from django.db import transaction  # noqa: PLC0415
+
+    from pli.server.accounts.models import User  # noqa: PLC0415
+
+    known = read_credentials(directory)
+    addresses = {account.address for account in known}
+    enrolled = set(
+        User.objects.filter(username__in=addresses, enrolled_at__isnull=False).values_list(
+            "username", flat=True
+        )
+    )
+    if (directory / _MARKER).exists() and known and addresses == enrolled:
+        return _info(known, created=False)
+
+    _import_directory(directory)
+    _demo_ca(directory)
+    wanted = _demo_addresses()
+    kept = {account.address: account for account in known if account.address in enrolled}
+    strays = [
+        address
+        for _role, address in wanted
+        if address not in kept and User.objects.filter(username=address).exists()
+    ]
+    if strays:
+        raise DemoError(
+            f"accounts {', '.join(strays)} exist without their demo credentials:"
+            " start from a new data directory (PLI_DATA_DIR)"
+        )
+    with transaction.atomic():
+        accounts = [kept.get(address) or _enrol(role, address) for role, address in wanted]
+        # Written before the commit: if the commit fails, the next run makes them again.
+        write_atomically(_credentials_file(directory), _format_credentials(accounts), 0o600)
+    (directory / _MARKER).write_text("2\n")
+    return _info(accounts, created=any(a.address not in kept for a in accounts))
 
 
 def print_welcome(info: DemoInfo, directory: Path, bind: str) -> None:
     url = f"http://{bind}"
     click.echo("Pli — démonstration prête / demo ready\n")
+    click.echo(f"  Connexion       : {url}/compte/connexion/")
     click.echo(f"  Annuaire        : {url}/annuaire/")
-    click.echo(
-        f"  Console d'admin : {url}/admin/  (utilisateur {info.admin_user},"
-        f" mot de passe {info.admin_password})"
-    )
+    click.echo(f"  Console d'admin : {url}/admin/")
     click.echo(f"  API (OpenAPI)   : {url}/api/docs")
     click.echo(f"  FHIR            : {url}/fhir/Practitioner?identifier=…")
-    if info.mailboxes:
-        click.echo(f"  Boîtes avec certificat : {', '.join(info.mailboxes)}")
-    click.echo(f"  Données         : {directory}  (identifiants dans demo-credentials.txt)\n")
+    credentials = _credentials_file(directory)
+    click.echo("\n  Comptes de démonstration :")
+    for account in info.accounts:
+        label = "administrateur" if account.role == "operator_admin" else "professionnel"
+        click.echo(f"    {account.address}  ({label})")
+        if info.created:  # secrets are printed once; later runs point to the file
+            click.echo(f"      phrase secrète : {account.passphrase}")
+            click.echo(f"      TOTP           : {account.totp_uri}")
+    click.echo(
+        "\n  Phrases secrètes et graines TOTP (otpauth://, pour l'application"
+        f" d'authentification) : {credentials}"
+    )
+    click.echo("  Code TOTP du moment : pli demo code ADRESSE")
+    click.echo(f"  Données         : {directory}\n")

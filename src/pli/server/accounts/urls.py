@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pli.server.accounts import external_views, passkey_views, views
+from pli.server.accounts import custody_views, external_views, passkey_views, views
 
 app_name = "accounts"
 
@@ -56,4 +56,11 @@ urlpatterns = [
     path("connexion/oidc/", external_views.oidc_start_view, name="oidc-start"),
     path("connexion/oidc/retour/", external_views.oidc_callback_view, name="oidc-callback"),
     path("connexion/certificat/", external_views.certificate_login_view, name="certificate-login"),
+    # Key custody: unlock the vault; the separate unlock passphrase (card and OIDC users).
+    path("cle/deverrouiller/", custody_views.vault_unlock_view, name="vault-unlock"),
+    path(
+        "cle/phrase-de-deverrouillage/",
+        custody_views.unlock_passphrase_view,
+        name="unlock-passphrase",
+    ),
 ]

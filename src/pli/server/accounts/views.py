@@ -30,6 +30,7 @@ from pli.server.accounts.actions import (
     do_set_passphrase,
     has_second_factor,
 )
+from pli.server.accounts.custody import ensure_vault_key, lock_vault, unlock_vault
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.forms import (
     ActivationForm,
@@ -136,7 +137,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 return redirect("accounts:enrol-totp")
             else:
                 begin_second_factor(request, user, "passphrase")
-                return redirect("accounts:second-factor")
+                response = redirect("accounts:second-factor")
+                # The passphrase is in hand once: derive the vault key now (one Argon2id
+                # run), for the browser's cookie; it opens nothing before the second factor.
+                unlock_vault(request, response, user, form.cleaned_data["passphrase"])
+                return response
     status = 400 if error or (request.method == "POST" and not form.is_valid()) else 200
     return render(
         request,
@@ -214,7 +219,9 @@ def logout_view(request: HttpRequest) -> HttpResponse:
         if record is not None:
             do_revoke_session(user, record.pk, request)
     logout(request)
-    return redirect("accounts:login")
+    response = redirect("accounts:login")
+    lock_vault(request, response)
+    return response
 
 
 # --- enrolment -----------------------------------------------------------------------------
@@ -278,6 +285,8 @@ def enrol_passphrase_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             do_set_passphrase(user, form.cleaned_data["passphrase"], request)
+            # Vault custody: the mailbox key pair, certified and sealed under this passphrase.
+            ensure_vault_key(user, form.cleaned_data["passphrase"], request)
         except AccountError as failure:
             error = _error(failure.code, failure.message)
         else:

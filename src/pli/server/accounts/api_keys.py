@@ -1,0 +1,175 @@
+"""JSON API of key custody: the account's certificates, and workstation certificate requests.
+
+``POST /api/accounts/keys/certificate-request`` is how the ``pli`` client gets a
+certificate for a key it made itself (DESIGN "Key custody", workstation): the
+server receives a CSR and answers with the certificate; it never sees the
+private key. Only for the caller's own personal mailbox: a request naming any
+other address answers 404 exactly like an unknown one. Registering a key for a
+mailbox decides who can read its mail, so it needs a recent authentication,
+like the other sensitive actions.
+
+``GET /api/accounts/keys`` lists the caller's mailboxes and certificates and
+where each key rests; no key material.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.http import HttpRequest
+from django.utils.translation import gettext as _
+from ninja import Field, Router, Schema, Status
+from ninja.security import django_auth
+from pydantic import ConfigDict
+
+from pli.crypto import certificate_pem
+from pli.server.accounts.custody import (
+    CustodyError,
+    do_issue_workstation_certificate,
+    key_states,
+    vault_unlocked,
+)
+from pli.server.accounts.models import User
+from pli.server.accounts.operator_ca import trust_anchor
+from pli.server.accounts.sessions import recently_authenticated
+
+# An authenticated session (CSRF on unsafe methods) for every endpoint, whatever the API's default.
+router = Router(tags=["accounts"], auth=django_auth)
+
+#: A PEM CSR for an RSA-4096 key is about 1.7 kB; anything far larger is not one.
+MAX_CSR_LENGTH = 16 * 1024
+_STATUS = {
+    "mailbox_not_found": 404,
+    "reauthentication_required": 403,
+    "ca_not_configured": 503,
+}
+
+
+class _Strict(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CertificateRequestIn(_Strict):
+    #: PKCS#10 (RFC 2986) in PEM, naming the caller's personal mailbox address.
+    csr: str = Field(max_length=MAX_CSR_LENGTH)
+
+
+class CertificateIssuedOut(_Strict):
+    address: str
+    certificate: str
+    #: The operator CA's root, to install beside the certificate (``pli keys install --chain``).
+    ca_certificate: str
+    serial: str
+    fingerprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+class CertificateStateOut(_Strict):
+    serial: str
+    fingerprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    revoked: bool
+    #: vault (sealed on the server), workstation (the key never came here),
+    #: member (a shared mailbox's key wrapped to you), none (not wrapped to you).
+    custody: str
+
+
+class MailboxKeysOut(_Strict):
+    address: str
+    kind: str
+    #: owner, or your membership role (member, manager, substitute).
+    part: str
+    certificates: list[CertificateStateOut]
+
+
+class KeysOut(_Strict):
+    custody: str
+    vault_unlocked: bool
+    mailboxes: list[MailboxKeysOut]
+
+
+class ErrorOut(_Strict):
+    code: str
+    message: str
+
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)  # noqa: S101 - the API's auth guarantees it
+    return user
+
+
+def _error(failure: CustodyError) -> Status[ErrorOut]:
+    return Status(
+        _STATUS.get(failure.code, 422), ErrorOut(code=failure.code, message=failure.message)
+    )
+
+
+@router.get("/keys", response=KeysOut, summary="Mes certificats et la garde de mes clés")
+def list_keys(request: HttpRequest) -> KeysOut:
+    user = _user(request)
+    return KeysOut(
+        custody=user.custody,
+        vault_unlocked=vault_unlocked(request),
+        mailboxes=[
+            MailboxKeysOut(
+                address=mailbox.address,
+                kind=mailbox.kind,
+                part=part,
+                certificates=[
+                    CertificateStateOut(
+                        serial=state.serial,
+                        fingerprint=state.fingerprint,
+                        not_before=state.not_before,
+                        not_after=state.not_after,
+                        revoked=state.revoked,
+                        custody=state.custody,
+                    )
+                    for state in states
+                ],
+            )
+            for mailbox, part, states in key_states(user)
+        ],
+    )
+
+
+@router.post(
+    "/keys/certificate-request",
+    response={
+        201: CertificateIssuedOut,
+        403: ErrorOut,
+        404: ErrorOut,
+        422: ErrorOut,
+        503: ErrorOut,
+    },
+    summary="Faire certifier une clé créée sur le poste de travail",
+)
+def request_certificate(
+    request: HttpRequest, body: CertificateRequestIn
+) -> Status[CertificateIssuedOut] | Status[ErrorOut]:
+    if not recently_authenticated(request):
+        return _error(
+            CustodyError(
+                "reauthentication_required",
+                _("Reconnectez-vous pour faire certifier une nouvelle clé."),
+            )
+        )
+    try:
+        published = do_issue_workstation_certificate(_user(request), body.csr, request)
+        anchor = trust_anchor()
+    except CustodyError as failure:
+        return _error(failure)
+    return Status(
+        201,
+        CertificateIssuedOut(
+            address=published.mailbox.address,
+            certificate=published.pem,
+            ca_certificate=certificate_pem(anchor).decode("ascii"),
+            serial=published.serial,
+            fingerprint=published.fingerprint,
+            not_before=published.not_before,
+            not_after=published.not_after,
+        ),
+    )
