@@ -460,3 +460,16 @@ def demo_command(bind: str, no_serve: bool, seal_only: bool, directory: Path | N
         run_demo(directory)
         return
     demo_server(bind, serve=not no_serve)
+
+
+@main.command("demo-code")
+@click.argument("address")
+def demo_code_command(address: str) -> None:
+    """The current TOTP code of a demo account (what its authenticator app would show)."""
+    from pli.server.commands import ensure_data_dir, setup_django  # noqa: PLC0415
+
+    directory = ensure_data_dir()
+    setup_django()
+    from pli.server.demo import current_demo_code  # noqa: PLC0415
+
+    click.echo(current_demo_code(directory, address))

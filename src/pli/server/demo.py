@@ -39,7 +39,7 @@ _CA_NAME = "Pli — opérateur de démonstration"
 _HEADER = (
     "# Pli — comptes de démonstration / demo accounts. Not for production.\n"
     "# Log in at /compte/connexion/ with the address and the passphrase, then the\n"
-    "# six-digit code of an authenticator app given the totp URI (or `pli demo code ADDRESS`).\n"
+    "# six-digit code of an authenticator app given the totp URI (or `pli demo-code ADDRESS`).\n"
 )
 
 
@@ -110,7 +110,7 @@ def read_credentials(directory: Path) -> list[DemoAccount]:
 
 
 def current_demo_code(directory: Path, address: str) -> str:
-    """The six-digit TOTP code of a demo account now (``pli demo code ADDRESS``).
+    """The six-digit TOTP code of a demo account now (``pli demo-code ADDRESS``).
 
     A code is accepted once (RFC 6238 §5.2): for a second login, wait for the next one.
     """
@@ -276,7 +276,9 @@ def create_demo(directory: Path) -> DemoInfo:
 
 
 def print_welcome(info: DemoInfo, directory: Path, bind: str) -> None:
-    url = f"http://{bind}"
+    host, _, port = bind.rpartition(":")
+    # localhost rather than 127.0.0.1: browsers refuse an IP address as WebAuthn relying party.
+    url = f"http://localhost:{port}" if host in ("127.0.0.1", "localhost") else f"http://{bind}"
     click.echo("Pli — démonstration prête / demo ready\n")
     click.echo(f"  Connexion       : {url}/compte/connexion/")
     click.echo(f"  Annuaire        : {url}/annuaire/")
@@ -295,5 +297,5 @@ def print_welcome(info: DemoInfo, directory: Path, bind: str) -> None:
         "\n  Phrases secrètes et graines TOTP (otpauth://, pour l'application"
         f" d'authentification) : {credentials}"
     )
-    click.echo("  Code TOTP du moment : pli demo code ADRESSE")
+    click.echo("  Code TOTP du moment : pli demo-code ADRESSE")
     click.echo(f"  Données         : {directory}\n")
