@@ -17,6 +17,7 @@ import click
 from pli.server.accounts.cli import accounts_group
 from pli.server.audit.cli import audit_group
 from pli.server.config import data_dir, setting
+from pli.server.lifecycle_cli import jobs_group, lifecycle_group
 
 
 def setup_django() -> None:
@@ -161,4 +162,6 @@ SERVER_COMMANDS = [
     directory_group,
     audit_group,
     accounts_group,
+    jobs_group,
+    lifecycle_group,
 ]

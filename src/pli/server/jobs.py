@@ -1,0 +1,215 @@
+"""The daily jobs: what must happen once a day, whatever else runs (``pli jobs run-daily``).
+
+A small registry, not a task queue (see docs/decisions/0006-background-jobs.md):
+the operator's scheduler (a systemd timer or cron) runs ``pli jobs run-daily``
+once a day. Every job is idempotent (CONVENTIONS, habit 11): running it twice
+the same day, or after a crash half-way, does nothing more than once.
+
+Each job runs in its own transaction: a job that fails is rolled back,
+logged and reported, and the next jobs still run. A dry run runs every job
+in a transaction that is always rolled back, so that nothing changes even if
+a job forgot its own dry-run branch; the jobs still report what they would do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What one job did: a line for people, JSON-able data, and whether all went well."""
+
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+    #: False when the job ran but some of its work failed (and will be retried).
+    ok: bool = True
+
+
+#: A job: (now, dry_run) -> its summary, or a function that gives it once the job's
+#: transaction has committed (work done ``on_commit``, such as e-mails, can still fail).
+#: It must be idempotent.
+JobFunction = Callable[[dt.datetime, bool], JobSummary | Callable[[], JobSummary]]
+
+
+@dataclass(frozen=True)
+class DailyJob:
+    name: str
+    help: str
+    run: JobFunction
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    #: "ok", or "failed": the job raised (rolled back) or reported failures.
+    status: str
+    summary: JobSummary | None
+    #: ``<code>: <detail>`` of the error that stopped the job (details in the log).
+    error: str | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.name,
+            "status": self.status,
+            "summary": self.summary.text if self.summary else None,
+            "data": self.summary.data if self.summary else None,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+def _lifecycle(now: dt.datetime, dry_run: bool) -> Callable[[], JobSummary]:
+    from pli.server.accounts.lifecycle import run_lifecycle  # noqa: PLC0415 - needs Django set up
+
+    report = run_lifecycle(now, dry_run=dry_run)
+    # Read after the commit: the warnings' e-mails go then, and a failed one is reported.
+    return lambda: JobSummary(report.describe(), report.as_dict(), ok=report.ok)
+
+
+def _account_records(now: dt.datetime, dry_run: bool) -> JobSummary:
+    from pli.server.accounts.lifecycle import purge_expired_records  # noqa: PLC0415
+
+    counts = purge_expired_records(now, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    text = f"{verb}: " + ", ".join(f"{count} {name}" for name, count in counts.items())
+    return JobSummary(text, dict(counts))
+
+
+def _audit_retention(now: dt.datetime, dry_run: bool) -> JobSummary:
+    from pli.server.audit.actions import purge_expired_events, retention_days  # noqa: PLC0415
+
+    result = purge_expired_events(now, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    text = (
+        f"{verb}: {result.events} events and {result.checkpoints} checkpoints"
+        f" older than {retention_days()} days (before {result.cutoff:%Y-%m-%d})"
+    )
+    return JobSummary(
+        text,
+        {
+            "events": result.events,
+            "checkpoints": result.checkpoints,
+            "kept_from": result.kept_from,
+            "cutoff": result.cutoff.isoformat(),
+        },
+    )
+
+
+def _audit_checkpoint(now: dt.datetime, dry_run: bool) -> JobSummary:
+    from django.db.models import Max  # noqa: PLC0415
+
+    from pli.server.audit.actions import do_write_checkpoint  # noqa: PLC0415
+    from pli.server.audit.models import AuditCheckpoint, AuditEvent  # noqa: PLC0415
+
+    del now  # a checkpoint signs the head as it is
+    head = AuditEvent.objects.aggregate(seq=Max("seq"))["seq"]
+    signed = AuditCheckpoint.objects.aggregate(seq=Max("event_seq"))["seq"]
+    if head is None or head == signed:
+        return JobSummary("nothing to sign", {"event": None})
+    if dry_run:
+        # Not even a rolled-back signature: reading the key may create its file.
+        return JobSummary(f"would sign: checkpoint at event #{head}", {"event": head})
+    checkpoint = do_write_checkpoint()
+    if checkpoint is None and AuditCheckpoint.objects.filter(event_seq__gte=head).exists():
+        return JobSummary("nothing to sign (signed meanwhile)", {"event": None})
+    if checkpoint is None:
+        # do_write_checkpoint logs why (the operator audit key cannot be read).
+        return JobSummary("not signed: the audit key is unavailable (see the log)", ok=False)
+    return JobSummary(
+        f"signed: checkpoint at event #{checkpoint.event_seq}", {"event": checkpoint.event_seq}
+    )
+
+
+#: In this order: the lifecycle and the clean-up record audit events, which the
+#: retention never touches (they are new) and the checkpoint then signs.
+DAILY_JOBS: tuple[DailyJob, ...] = (
+    DailyJob(
+        "lifecycle",
+        "Warn, then delete, accounts without authentication for a year (REQ-INACTIVE-DELETE).",
+        _lifecycle,
+    ),
+    DailyJob(
+        "account_records",
+        "Delete expired activation codes, throttle counters and sessions.",
+        _account_records,
+    ),
+    DailyJob(
+        "audit_retention",
+        "Delete audit events past the retention period (REQ-TRACE-RETENTION).",
+        _audit_retention,
+    ),
+    DailyJob(
+        "audit_checkpoint",
+        "Sign the head of the audit trail if it has no checkpoint yet (REQ-TRACE).",
+        _audit_checkpoint,
+    ),
+)
+
+
+def job_names(jobs: Iterable[DailyJob] = DAILY_JOBS) -> list[str]:
+    return [job.name for job in jobs]
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _error_line(error: Exception) -> str:
+    code = getattr(error, "code", None)
+    if isinstance(code, str) and code.isidentifier():
+        # Domain errors (configuration, audit) carry a stable code and a safe detail.
+        return f"{code}: {getattr(error, 'detail', None) or error}"
+    return "internal_error: unexpected failure (see the server log)"
+
+
+def run_job(job: DailyJob, now: dt.datetime, *, dry_run: bool = False) -> JobResult:
+    """Run one job in its own transaction; never raises (the error is in the result)."""
+    started = time.perf_counter()
+    try:
+        with transaction.atomic():
+            outcome = job.run(now, dry_run)
+            if dry_run:
+                # Whatever the job did, a dry run leaves the database as it was.
+                transaction.set_rollback(True)
+        summary = outcome if isinstance(outcome, JobSummary) else outcome()
+    except Exception as error:  # one failing job must not stop the others
+        line = _error_line(error)
+        if line.startswith("internal_error"):
+            logger.exception("daily job %s failed", job.name)
+        else:  # a domain error says what to fix; its traceback would only add noise
+            logger.error("daily job %s failed: %s", job.name, line)  # noqa: TRY400
+        return JobResult(job.name, "failed", None, line, time.perf_counter() - started)
+    status = "ok" if summary.ok else "failed"
+    if not summary.ok:
+        logger.error("daily job %s reported failures", job.name)
+    return JobResult(job.name, status, summary, None, time.perf_counter() - started)
+
+
+def run_daily(
+    now: dt.datetime | None = None,
+    *,
+    dry_run: bool = False,
+    only: Sequence[str] | None = None,
+    jobs: Sequence[DailyJob] = DAILY_JOBS,
+) -> list[JobResult]:
+    """Run the daily jobs (or those named in *only*), in order, each on its own."""
+    now = now or timezone.now()
+    unknown = set(only or ()) - set(job_names(jobs))
+    if unknown:
+        raise ValueError(f"unknown job(s): {', '.join(sorted(unknown))}")
+    selected = [job for job in jobs if only is None or job.name in only]
+    return [run_job(job, now, dry_run=dry_run) for job in selected]

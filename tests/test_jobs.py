@@ -1,0 +1,214 @@
+"""The daily job runner: each job on its own, idempotent, a dry run that changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
+from django.utils import timezone
+
+from pli.client.cli import main
+from pli.server.accounts import throttle
+from pli.server.accounts.models import Enrolment, Throttle, UserSession
+from pli.server.audit.actions import do_record_event
+from pli.server.audit.models import AuditAction, AuditCheckpoint, AuditEvent
+from pli.server.config import ConfigurationError
+from pli.server.jobs import DAILY_JOBS, DailyJob, JobSummary, job_names, run_daily
+from pli.server.lifecycle_cli import JOB_NAMES
+from tests.accounts_support import make_account
+
+pytestmark = pytest.mark.django_db
+
+HOUR = dt.timedelta(hours=1)
+
+
+def write_throttle(key: str) -> JobSummary:
+    Throttle.objects.create(key=key, window_started_at=timezone.now())
+    return JobSummary(f"wrote {key}", {"key": key})
+
+
+def test_the_cli_knows_every_job_of_the_registry() -> None:
+    assert tuple(job_names()) == JOB_NAMES
+    listing = CliRunner().invoke(main, ["jobs", "list"])
+    assert listing.exit_code == 0, listing.output
+    assert [line.split(":")[0] for line in listing.output.splitlines()] == list(JOB_NAMES)
+
+
+def test_a_failing_job_is_rolled_back_and_the_others_still_run() -> None:
+    def half_done_then_broken(now: dt.datetime, dry_run: bool) -> JobSummary:
+        write_throttle("first")
+        raise RuntimeError("disk full")
+
+    def misconfigured(now: dt.datetime, dry_run: bool) -> JobSummary:
+        write_throttle("second")
+        raise ConfigurationError("PLI_SOMETHING must be a whole number")
+
+    jobs = [
+        DailyJob("broken", "", half_done_then_broken),
+        DailyJob("misconfigured", "", misconfigured),
+        DailyJob("fine", "", lambda now, dry_run: write_throttle("third")),
+    ]
+    results = run_daily(jobs=jobs)
+    assert [(r.name, r.status) for r in results] == [
+        ("broken", "failed"),
+        ("misconfigured", "failed"),
+        ("fine", "ok"),
+    ]
+    # An unexpected error says nothing of itself (see the log); a domain error says its code.
+    assert results[0].error == "internal_error: unexpected failure (see the server log)"
+    assert results[1].error == "configuration_error: PLI_SOMETHING must be a whole number"
+    assert list(Throttle.objects.values_list("key", flat=True)) == ["third"]
+
+
+def test_a_dry_run_changes_nothing_even_if_a_job_writes() -> None:
+    careless = DailyJob("careless", "", lambda now, dry_run: write_throttle("dry"))
+    (result,) = run_daily(dry_run=True, jobs=[careless])
+    assert (result.status, result.summary) == ("ok", JobSummary("wrote dry", {"key": "dry"}))
+    assert not Throttle.objects.exists()
+
+
+def test_a_job_that_reports_failures_is_failed() -> None:
+    partial = DailyJob("partial", "", lambda now, dry_run: JobSummary("2 of 3", ok=False))
+    (result,) = run_daily(jobs=[partial])
+    assert (result.status, result.error) == ("failed", None)
+
+
+def test_unknown_job_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown job"):
+        run_daily(only=["nightly_backup"])
+
+
+def test_expired_account_records_are_deleted_once() -> None:
+    now = timezone.now()
+    user, _ = make_account("alice.martin@pli.test")
+
+    def enrolment(address: str, expires_at: dt.datetime) -> Enrolment:
+        return Enrolment.objects.create(
+            address=address, channel="request", code_hash=address, expires_at=expires_at
+        )
+
+    enrolment("expired@pli.test", now - HOUR)
+    enrolment("pending@pli.test", now + HOUR)
+    used = enrolment("alice.martin@pli.test", now - 48 * HOUR)
+    Enrolment.objects.filter(pk=used.pk).update(user=user, used_at=now - 50 * HOUR)
+    Throttle.objects.create(key="address:192.0.2.1", window_started_at=now - 2 * HOUR)
+    Throttle.objects.create(
+        key="account:locked@pli.test",
+        window_started_at=now - 2 * HOUR,
+        locked_until=now + HOUR,
+    )
+    throttle.record_failure("address:192.0.2.2")  # a window still open
+
+    def session(key: str, created: dt.datetime, seen: dt.datetime, revoked: bool) -> None:
+        UserSession.objects.create(
+            user=user,
+            key_hash=key,
+            method="test",
+            created_at=created,
+            last_seen_at=seen,
+            revoked_at=now if revoked else None,
+        )
+
+    session("live", now - HOUR, now, revoked=False)
+    session("revoked", now - HOUR, now, revoked=True)
+    session("idle", now - 2 * HOUR, now - HOUR, revoked=False)
+    session("too-old", now - 13 * HOUR, now, revoked=False)
+    old = SessionStore()
+    old.set_expiry(1)
+    old.create()
+    Session.objects.filter(session_key=old.session_key).update(expire_date=now - HOUR)
+    SessionStore().create()
+
+    expected = {"enrolments": 1, "throttles": 1, "user_sessions": 3, "django_sessions": 1}
+    (dry,) = run_daily(dry_run=True, only=["account_records"])
+    assert dry.summary is not None
+    assert dry.summary.data == expected
+    assert Enrolment.objects.count() == 3
+
+    (real,) = run_daily(only=["account_records"])
+    assert real.summary is not None
+    assert real.summary.data == expected
+    assert real.summary.text.startswith("deleted: 1 enrolments, 1 throttles, 3 user_sessions")
+    assert sorted(Enrolment.objects.values_list("address", flat=True)) == [
+        "alice.martin@pli.test",
+        "pending@pli.test",
+    ]
+    assert sorted(Throttle.objects.values_list("key", flat=True)) == [
+        "account:locked@pli.test",
+        "address:192.0.2.2",
+    ]
+    assert list(UserSession.objects.values_list("key_hash", flat=True)) == ["live"]
+    assert Session.objects.count() == 1
+
+    (again,) = run_daily(only=["account_records"])
+    assert again.summary is not None
+    assert set(again.summary.data.values()) == {0}
+
+
+@pytest.mark.requirement("REQ-TRACE-RETENTION")
+def test_the_audit_jobs_purge_and_sign_through_the_audit_app() -> None:
+    do_record_event(AuditAction.ADMIN_CHANGE, target="user:1")
+    do_record_event(AuditAction.ADMIN_CHANGE, target="user:2")
+
+    retention, checkpoint = run_daily(only=["audit_retention", "audit_checkpoint"])
+    assert (retention.status, checkpoint.status) == ("ok", "ok")
+    assert retention.summary is not None
+    # Nothing is a year old here: nothing goes, the chain is untouched.
+    assert (retention.summary.data["events"], retention.summary.data["checkpoints"]) == (0, 0)
+    assert "older than 365 days" in retention.summary.text
+    # The head (the purge's own event, if it wrote one) is signed.
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0]
+    assert checkpoint.summary is not None
+    assert checkpoint.summary.data["event"] == head
+    assert checkpoint.summary.text == f"signed: checkpoint at event #{head}"
+    assert AuditCheckpoint.objects.filter(event_seq=head).exists()
+
+    (again,) = run_daily(only=["audit_checkpoint"])
+    assert again.summary is not None
+    assert again.summary.text == "nothing to sign"
+
+
+def test_the_whole_daily_run_twice_does_nothing_the_second_time() -> None:
+    make_account("alice.martin@pli.test")
+    do_record_event(AuditAction.ADMIN_CHANGE, target="user:1")
+    first = run_daily()
+    assert [(r.name, r.status) for r in first] == [(name, "ok") for name in JOB_NAMES]
+    seen = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0]
+    second = run_daily()
+    assert [r.status for r in second] == ["ok"] * len(DAILY_JOBS)
+    second_lifecycle = second[0].summary
+    assert second_lifecycle is not None
+    assert second_lifecycle.data["warned"]["count"] == 0
+    assert second_lifecycle.data["deleted"]["count"] == 0
+    # Only the retention's own record that it ran (with zero counts) is new.
+    new = AuditEvent.objects.filter(seq__gt=seen)
+    assert set(new.values_list("action", flat=True)) <= {AuditAction.AUDIT_PURGE}
+    assert all(event.detail == '{"checkpoints":0,"events":0}' for event in new)
+
+
+def test_pli_jobs_run_daily_prints_a_summary_and_exits_1_when_a_job_fails() -> None:
+    runner = CliRunner()
+    dry = runner.invoke(main, ["jobs", "run-daily", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    for name in JOB_NAMES:
+        assert f"[ok] {name}" in dry.output
+    assert "would delete" in dry.output
+
+    as_json = runner.invoke(main, ["jobs", "run-daily", "--json", "--only", "account_records"])
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert [job["job"] for job in report["jobs"]] == ["account_records"]
+
+    # REQ-INACTIVE-DELETE: a period over a year is refused; the other jobs run all the same.
+    broken = runner.invoke(main, ["jobs", "run-daily"], env={"PLI_INACTIVITY_DELETE_DAYS": "400"})
+    assert broken.exit_code == 1, broken.output
+    assert "[failed] lifecycle" in broken.output
+    assert "error: configuration_error: PLI_INACTIVITY_DELETE_DAYS must be at most 365" in (
+        broken.output
+    )
+    assert "[ok] account_records" in broken.output
+    assert "[ok] audit_retention" in broken.output
