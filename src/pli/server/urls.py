@@ -7,7 +7,7 @@ from pli.server.directory import views as directory_views
 
 # The console has no login of its own: it goes through Pli's (passphrase + second
 # factor, REQ-AUTH-STRONG), never Django's single-factor admin login form.
-admin.site.login = RedirectView.as_view(url=reverse_lazy("accounts:login"))  # type: ignore[method-assign]
+admin.site.login = RedirectView.as_view(url=reverse_lazy("accounts:login"))  # type: ignore[method-assign,assignment]
 admin.site.site_header = "Pli — console d'administration"
 
 urlpatterns = [
