@@ -34,12 +34,15 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
+import queue
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from pli.crypto import CryptoError, VerifyingKey
 from pli.server.audit.errors import (
@@ -188,7 +191,35 @@ _COLUMNS = (
     "prev_hash",
     "hash",
 )
+_TEXT_COLUMNS = _COLUMNS[3:11]
 CHUNK = 20_000
+
+#: The time of an event as integer microseconds since the epoch, computed by the database:
+#: exact on both (PostgreSQL's EXTRACT gives a numeric; SQLite keeps Django's text
+#: ``YYYY-MM-DD HH:MM:SS[.ffffff]`` in UTC) and much cheaper than a datetime per row.
+_MICROS = {
+    "postgresql": "(EXTRACT(EPOCH FROM occurred_at) * 1000000)::bigint",
+    "sqlite": (
+        # %% is the query's escape of %: strftime's %s, the seconds since the epoch, of
+        # the text without its fraction (SQLite rounds a fraction to the millisecond,
+        # which would carry .9995 into the next second), then the fraction's digits.
+        "CAST(strftime('%%s', substr(occurred_at, 1, 19)) AS INTEGER) * 1000000"
+        " + CAST(substr(occurred_at || '000000', 21, 6) AS INTEGER)"
+    ),
+}
+
+#: PostgreSQL writes the canonical form itself, exactly as :func:`event_hash` does
+#: (char_length counts code points, like Python's len): the server process builds the
+#: strings on its own core while this one hashes, and each row crosses as one text
+#: instead of thirteen values. The hash is still computed here, over that text, which
+#: holds every field: a row altered in the database cannot give the signed hash back.
+#: tests/test_audit.py checks that both forms agree on awkward values.
+_POSTGRESQL_FORM = (
+    f"'{EVENT_FORM}' || chr(10) || seq || chr(10) || {_MICROS['postgresql']}"
+    " || chr(10) || COALESCE(actor_id::text, '')"
+    + "".join(f" || chr(10) || char_length({c}) || ':' || {c}" for c in _TEXT_COLUMNS)
+    + " || chr(10) || prev_hash"
+)
 
 
 @dataclass(frozen=True)
@@ -216,8 +247,8 @@ class VerificationReport:
         start = "a signed checkpoint" if self.from_checkpoint else "the first event"
         return (
             f"audit trail verified: {self.events} events (#{self.first_seq} to #{self.last_seq},"
-            f" from {start}), {self.checkpoints} signed checkpoints,"
-            f" {self.unsigned_tail} events after the last checkpoint"
+            f" from {start}), {self.checkpoints} signed checkpoint(s),"
+            f" {self.unsigned_tail} event(s) after the last checkpoint"
         )
 
 
@@ -231,20 +262,107 @@ class _Checkpoint:
     signature: str
 
 
-def _event_rows(chunk: int) -> Iterator[tuple[Any, ...]]:
-    """Every event in chain order, read in keyset pages: bounded memory on both databases."""
+#: What the verification needs of one event: (seq, the previous hash it records,
+#: its hash recomputed from its content, its stored hash).
+_Digest = tuple[int, str, str, str]
+
+
+def _event_query(vendor: str) -> str:
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
-    query = f"SELECT {columns} FROM {table} WHERE seq > %s ORDER BY seq LIMIT %s"  # noqa: S608 - names are ours
-    last = -1
-    with connection.cursor() as cursor:
-        while True:
-            cursor.execute(query, [last, chunk])
-            rows = cursor.fetchall()
-            yield from rows
-            if len(rows) < chunk:
-                return
-            last = rows[-1][0]
+    if vendor == "postgresql":
+        columns = f"seq, {_POSTGRESQL_FORM}, hash"
+    else:
+        columns = ", ".join(
+            _MICROS.get(vendor, "occurred_at") if c == "occurred_at" else c for c in _COLUMNS
+        )
+    return f"SELECT {columns} FROM {table} WHERE seq > %s ORDER BY seq LIMIT %s"  # noqa: S608 - names are ours
+
+
+def _digests(rows: Iterator[tuple[Any, ...]], vendor: str) -> Iterator[_Digest]:
+    sha256 = hashlib.sha256  # local names: these loops run a million times
+    if vendor == "postgresql":
+        for seq, form, stored in rows:
+            if form is None:  # a NULL where the schema forbids it: altered
+                yield seq, "", "", stored
+            else:
+                yield seq, form[-64:], sha256(form.encode()).hexdigest(), stored
+        return
+    convert = vendor not in _MICROS
+    hash_ = event_hash
+    for row in rows:
+        try:
+            computed = hash_(
+                row[0],
+                micros(row[1]) if convert else row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+                row[11],
+            )
+        except TypeError:  # a NULL where the schema forbids it: altered
+            computed = ""
+        yield row[0], row[11], computed, row[12]
+
+
+@contextmanager
+def _event_digests(chunk: int) -> Iterator[Iterator[_Digest]]:
+    """Every event in chain order, read in keyset pages: bounded memory on both databases.
+
+    A reader thread fetches the next page while this thread hashes the
+    current one: the database's work (and, for SQLite, the C library's, which
+    releases the GIL) overlaps the hashing. It uses this thread's connection,
+    so that it reads this transaction, which this thread leaves alone meanwhile.
+    """
+    shared = connections[DEFAULT_DB_ALIAS]
+    vendor = shared.vendor
+    query = _event_query(vendor)
+    pages: queue.Queue[list[tuple[Any, ...]] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: list[tuple[Any, ...]] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def read() -> None:
+        last = -1
+        try:
+            with shared.cursor() as cursor:
+                while True:
+                    cursor.execute(query, [last, chunk])
+                    rows = cursor.fetchall()
+                    if not put(rows) or len(rows) < chunk:
+                        break
+                    last = rows[-1][0]
+        except BaseException as error:  # noqa: BLE001 - handed over to the verifying thread
+            put(error)
+        put(None)
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        while (page := pages.get()) is not None:
+            if isinstance(page, BaseException):
+                raise page
+            yield from page
+
+    shared.inc_thread_sharing()
+    reader = threading.Thread(target=read, name="audit-verify-reader", daemon=True)
+    reader.start()
+    try:
+        yield _digests(rows(), vendor)
+    finally:
+        stop.set()
+        reader.join()
+        shared.dec_thread_sharing()
 
 
 def _check_signature(checkpoint: _Checkpoint, keys: Mapping[str, VerifyingKey]) -> None:
@@ -283,10 +401,18 @@ def verify_trail(keys: Sequence[VerifyingKey], *, chunk: int = CHUNK) -> Verific
             "pk", "event_seq", "event_hash", "signed_at", "key_fingerprint", "signature"
         )
     ]
+    with _event_digests(chunk) as digests:
+        return _verify_digests(digests, checkpoints, by_fingerprint)
+
+
+def _verify_digests(
+    digests: Iterator[_Digest],
+    checkpoints: list[_Checkpoint],
+    by_fingerprint: Mapping[str, VerifyingKey],
+) -> VerificationReport:
     pending = iter(checkpoints)
     checkpoint = next(pending, None)
-    rows = _event_rows(chunk)
-    first = next(rows, None)
+    first = next(digests, None)
     if first is None:
         if checkpoint is not None:
             _check_signature(checkpoint, by_fingerprint)
@@ -309,41 +435,24 @@ def verify_trail(keys: Sequence[VerifyingKey], *, chunk: int = CHUNK) -> Verific
             " vouches for it",
             seq=start,
         )
-    previous = first[11] if from_checkpoint else GENESIS
+    previous = first[1] if from_checkpoint else GENESIS
     expected = start
     next_checkpoint = checkpoint.seq if checkpoint is not None else -1
     last_checkpoint: int | None = None
-    hash_ = event_hash  # local names: this loop runs a million times
-    to_micros = micros
-    for row in _chain(first, rows):
-        seq = row[0]
+    for seq, recorded_previous, computed, stored in _chain(first, digests):
         if seq != expected:
             raise AuditMissingPredecessor(
                 f"event #{seq}: its predecessor #{seq - 1} is missing"
                 + (f" (events #{expected} to #{seq - 1})" if seq - 1 > expected else ""),
                 seq=seq,
             )
-        if row[11] != previous:
+        if recorded_previous != previous:
             raise AuditHashMismatch(
                 f"event #{seq}: the hash it records for event #{seq - 1} is not that event's"
                 f" (#{seq - 1} or #{seq} was altered)",
                 seq=seq,
             )
-        computed = hash_(
-            seq,
-            to_micros(row[1]),
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            row[6],
-            row[7],
-            row[8],
-            row[9],
-            row[10],
-            row[11],
-        )
-        if computed != row[12]:
+        if computed != stored:
             raise AuditHashMismatch(
                 f"event #{seq}: its content does not match its hash (the event was altered)",
                 seq=seq,
@@ -377,6 +486,6 @@ def verify_trail(keys: Sequence[VerifyingKey], *, chunk: int = CHUNK) -> Verific
     )
 
 
-def _chain(first: tuple[Any, ...], rest: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+def _chain(first: _Digest, rest: Iterator[_Digest]) -> Iterator[_Digest]:
     yield first
     yield from rest

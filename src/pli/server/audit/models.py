@@ -44,8 +44,18 @@ class AuditAction(models.TextChoices):
     ACCOUNTS_FACTOR_REMOVED = "accounts.factor_removed", _("Facteur d'authentification retiré")
     ACCOUNTS_RECOVERY_CODE_USED = "accounts.recovery_code_used", _("Code de secours utilisé")
     ACCOUNTS_SESSION_REVOKED = "accounts.session_revoked", _("Session révoquée")
+    # Inactive accounts (REQ-INACTIVE-DELETE): the warning, then the deletion.
+    LIFECYCLE_WARNED = "lifecycle.warned", _("Avertissement d'inactivité")
+    LIFECYCLE_DELETED = "lifecycle.deleted", _("Compte inactif supprimé")
     # Key custody.
+    KEYS_CREATED = "keys.created", _("Clé de boîte créée")
+    KEYS_CERTIFICATE_ISSUED = "keys.certificate_issued", _("Certificat de boîte émis")
+    KEYS_CERTIFICATE_REVOKED = "keys.certificate_revoked", _("Certificat de boîte révoqué")
     KEYS_UNLOCKED = "keys.unlocked", _("Clé déverrouillée")
+    KEYS_REWRAPPED = "keys.rewrapped", _("Clé rechiffrée sous une nouvelle phrase de passe")
+    KEYS_SHARED = "keys.shared", _("Clé de boîte partagée avec un membre")
+    KEYS_UNSHARED = "keys.unshared", _("Partage de clé retiré")
+    KEYS_ROTATED = "keys.rotated", _("Clé de boîte renouvelée")
     # Operation (REQ-DATA-ADMIN): the admin console, the directory, the trail itself.
     ADMIN_CHANGE = "admin.change", _("Modification dans la console d'administration")
     DIRECTORY_IMPORT = "directory.import", _("Import de l'annuaire")

@@ -49,7 +49,9 @@ def record_admin_change(sender: Any, instance: LogEntry, created: bool, **kwargs
     model = content_type.model if content_type is not None else ""
     app = content_type.app_label if content_type is not None else ""
     kind = model if _MODEL.fullmatch(model) else "object"
-    target = f"{kind}:{_object_identifier(instance.object_id)}" if instance.object_id else kind
+    # ``object_id`` is the primary key as given (an int) until the row is read back.
+    object_id = "" if instance.object_id is None else str(instance.object_id)
+    target = f"{kind}:{_object_identifier(object_id)}" if object_id else kind
     detail: dict[str, str | int] = {"flag": _FLAGS.get(instance.action_flag, "other")}
     if _MODEL.fullmatch(app):
         detail["app"] = app
