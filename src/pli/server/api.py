@@ -7,6 +7,7 @@ from ninja import NinjaAPI, Schema
 
 from pli.server.accounts.api import router as accounts_router
 from pli.server.accounts.api_keys import router as keys_router
+from pli.server.compliance.api import router as compliance_router
 from pli.server.directory.api import router as directory_router
 from pli.server.directory.api_certificates import router as certificates_router
 
@@ -29,3 +30,4 @@ api.add_router("/directory/", directory_router)
 api.add_router("/directory/", certificates_router)
 api.add_router("/accounts/", accounts_router)
 api.add_router("/accounts/", keys_router)
+api.add_router("/compliance/", compliance_router)

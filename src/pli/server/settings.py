@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "pli.server.directory",
     "pli.server.accounts",
     "pli.server.audit",
+    "pli.server.compliance",
 ]
 
 MIDDLEWARE = [

@@ -56,12 +56,24 @@ class AuditAction(models.TextChoices):
     KEYS_SHARED = "keys.shared", _("Clé de boîte partagée avec un membre")
     KEYS_UNSHARED = "keys.unshared", _("Partage de clé retiré")
     KEYS_ROTATED = "keys.rotated", _("Clé de boîte renouvelée")
+    # Messaging (REQ-TRACE, REQ-E2E): message ids and counts, never a subject or an address.
+    MESSAGES_SENT = "messages.sent", _("Message envoyé")
+    MESSAGES_DELIVERED = "messages.delivered", _("Message distribué")
+    MESSAGES_OPENED = "messages.opened", _("Enveloppe de message téléchargée")
+    MESSAGES_READ = "messages.read", _("Message lu")
+    MESSAGES_MOVED = "messages.moved", _("Message déplacé")
+    MESSAGES_FLAGGED = "messages.flagged", _("Suivi d'un message modifié")
+    MESSAGES_DELETED = "messages.deleted", _("Message supprimé")
     # Operation (REQ-DATA-ADMIN): the admin console, the directory, the trail itself.
     ADMIN_CHANGE = "admin.change", _("Modification dans la console d'administration")
     DIRECTORY_IMPORT = "directory.import", _("Import de l'annuaire")
     AUDIT_EXPORT = "audit.export", _("Export du journal d'audit")
     AUDIT_PURGE = "audit.purge", _("Purge du journal d'audit")
     AUDIT_VERIFY = "audit.verify", _("Vérification du journal d'audit")
+    # The opposition register (REQ-OPPOSITION): target "opposition:<id>", never the patient.
+    OPPOSITIONS_RECORDED = "oppositions.recorded", _("Opposition d'un patient enregistrée")
+    OPPOSITIONS_LIFTED = "oppositions.lifted", _("Opposition d'un patient levée")
+    OPPOSITIONS_CHECKED = "oppositions.checked", _("Registre des oppositions consulté")
 
 
 class AuditOutcome(models.TextChoices):
