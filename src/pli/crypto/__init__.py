@@ -21,6 +21,13 @@ from pli.crypto.client_certificates import (
     VerifiedClientCertificate,
     load_client_certificate,
 )
+from pli.crypto.envelope_info import (
+    ACCEPTED_CONTENT_ENCRYPTION,
+    ACCEPTED_KEY_TRANSPORT,
+    EnvelopeInfo,
+    EnvelopeRecipient,
+    inspect_envelope,
+)
 from pli.crypto.errors import (
     BlobCorrupted,
     CryptoError,
@@ -103,6 +110,8 @@ from pli.crypto.stream import StreamSeal, decrypt_stream, encrypt_stream
 from pli.crypto.trust import RevocationPolicy, TrustStore
 
 __all__ = [
+    "ACCEPTED_CONTENT_ENCRYPTION",
+    "ACCEPTED_KEY_TRANSPORT",
     "BlobCorrupted",
     "Certificate",
     "CertificateRevocationList",
@@ -117,6 +126,8 @@ __all__ = [
     "CryptoError",
     "Decrypter",
     "EnvelopeCorrupted",
+    "EnvelopeInfo",
+    "EnvelopeRecipient",
     "InvalidCertificate",
     "InvalidCertificateRequest",
     "KeyStoreCorrupted",
@@ -170,6 +181,7 @@ __all__ = [
     "envelope_to_smime",
     "generate_private_key",
     "generate_signing_key",
+    "inspect_envelope",
     "issue_certificate",
     "load_certificate",
     "load_certificate_request",

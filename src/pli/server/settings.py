@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "pli.server.accounts",
     "pli.server.audit",
     "pli.server.compliance",
+    "pli.server.messaging",
 ]
 
 MIDDLEWARE = [

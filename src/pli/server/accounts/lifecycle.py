@@ -347,13 +347,19 @@ def do_warn_inactive_account(
 def delete_mailbox_content(mailbox: Mailbox) -> int:
     """Delete every message of *mailbox* (its envelopes, deliveries, folders, blobs).
 
-    The hook of the messaging app (DESIGN: ``messaging/``), which does not exist
-    yet: it will fill this function. Returns how many messages were deleted.
-    Called inside the deletion's transaction; blobs on disk or in object storage
-    must then be removed ``on_commit``, never before the rows are gone.
+    The hook of the messaging app (DESIGN: ``messaging/``): the mailbox's
+    copies (every folder) and the deliveries to it go; a message nobody holds
+    any more goes with its envelope blob, removed ``on_commit``, never before
+    the rows are gone. Messages it sent that recipients still hold stay theirs.
+    Called inside the deletion's transaction. Returns how many messages (the
+    mailbox's copies) were deleted.
     """
-    del mailbox  # nothing to delete until the messaging app exists
-    return 0
+    # Imported here: messaging depends on accounts, not the other way round.
+    from pli.server.messaging.actions import (  # noqa: PLC0415
+        delete_mailbox_content as delete_messages,
+    )
+
+    return delete_messages(mailbox)
 
 
 def _operator_ca_present() -> bool:

@@ -1,0 +1,1 @@
+"""Messaging: envelopes, mailboxes' copies, folders, deliveries (DESIGN "Shape of the code")."""

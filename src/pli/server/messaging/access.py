@@ -1,0 +1,136 @@
+"""Who may see and use which mailbox and which message: the one place that decides.
+
+A person reaches a mailbox as its owner (their personal mailbox, the one the
+account was enrolled for) or through a :class:`~pli.server.accounts.models.Membership`
+(member, manager or substitute of an organisational mailbox, or substitute of
+a colleague's personal one; REQ-CITY-HOSPITAL). A message is reached through
+a copy held by such a mailbox. Anything else answers exactly like something
+that does not exist (CONVENTIONS, habit 8): :class:`NotFound`, one code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+from django.utils.translation import gettext as _
+
+from pli.server.accounts.models import Membership, User
+from pli.server.directory.actions import BadAddress, normalise_address
+from pli.server.directory.models import Mailbox, MailboxType
+from pli.server.messaging.models import MessageCopy
+
+#: How the caller reaches a mailbox: "owner", or a membership role.
+OWNER = "owner"
+
+
+class MessagingError(Exception):
+    """A messaging action refused; ``code`` is stable, ``message`` translated, ``details`` data."""
+
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def not_found() -> MessagingError:
+    return MessagingError("not_found", _("Introuvable."))
+
+
+@dataclass(frozen=True)
+class ReachableMailbox:
+    mailbox: Mailbox
+    part: str
+
+
+def _owned(user: User) -> QuerySet[Mailbox]:
+    """The personal mailbox the account was enrolled for, active or not (mail stays readable)."""
+    if user.professional_id is None:
+        return Mailbox.objects.none()
+    return Mailbox.objects.filter(
+        address=user.username, kind=MailboxType.PERSONAL, professional_id=user.professional_id
+    )
+
+
+def reachable_mailboxes(user: User) -> list[ReachableMailbox]:
+    """Every mailbox the person may read: their own first, then by address."""
+    found: dict[int, ReachableMailbox] = {}
+    for mailbox in _owned(user):
+        found[mailbox.pk] = ReachableMailbox(mailbox, OWNER)
+    memberships = Membership.objects.filter(user=user).select_related("mailbox")
+    for membership in memberships.order_by("mailbox__address"):
+        found.setdefault(
+            membership.mailbox_id, ReachableMailbox(membership.mailbox, membership.role)
+        )
+    return sorted(found.values(), key=lambda r: (r.part != OWNER, r.mailbox.address))
+
+
+def reachable_mailbox_ids(user: User) -> list[int]:
+    return [r.mailbox.pk for r in reachable_mailboxes(user)]
+
+
+def access_mailbox_by_address(user: User, address: str) -> Mailbox:
+    """A mailbox the caller may read, by its address; :func:`not_found` otherwise."""
+    try:
+        normalised = normalise_address(address)
+    except BadAddress:
+        raise not_found() from None
+    for reachable in reachable_mailboxes(user):
+        if reachable.mailbox.address.lower() == normalised:
+            return reachable.mailbox
+    raise not_found()
+
+
+def sending_mailbox(user: User, from_address: str) -> Mailbox:
+    """The active mailbox ``user`` may send from (owner, member, manager or substitute).
+
+    The same refusal whether the mailbox does not exist, is not the caller's
+    or is no longer active: ``not_allowed_sender``.
+    """
+    refused = MessagingError(
+        "not_allowed_sender",
+        _("Vous ne pouvez pas envoyer de message depuis cette adresse."),
+    )
+    try:
+        mailbox = access_mailbox_by_address(user, from_address)
+    except MessagingError:
+        raise refused from None
+    if not mailbox.active:
+        raise refused
+    return mailbox
+
+
+def access_copy_by_message_id(
+    user: User, public_id: str, mailbox_address: str | None = None
+) -> MessageCopy:
+    """The caller's copy of message ``public_id``, through one of their mailboxes.
+
+    A person reaching several mailboxes that hold the message (their own and a
+    ward's) names the one whose copy they act on; without it, the choice would
+    be a guess: ``mailbox_ambiguous`` lists their mailboxes that hold it (their
+    own mailboxes only: nothing is revealed).
+    """
+    if mailbox_address:
+        mailboxes = [access_mailbox_by_address(user, mailbox_address).pk]
+    else:
+        mailboxes = reachable_mailbox_ids(user)
+    copies = list(
+        MessageCopy.objects.filter(message__public_id=public_id, mailbox_id__in=mailboxes)
+        .select_related("message", "mailbox", "delivery")
+        .order_by("mailbox__address")
+    )
+    if not copies:
+        raise not_found()
+    if len(copies) > 1:
+        raise MessagingError(
+            "mailbox_ambiguous",
+            _("Ce message est dans plusieurs de vos boîtes : précisez laquelle."),
+            {"mailboxes": [copy.mailbox.address for copy in copies]},
+        )
+    return copies[0]
+
+
+def visible_copies(user: User) -> QuerySet[MessageCopy]:
+    """Copies the caller may see (for checks such as a reply's ``in_reply_to``)."""
+    return MessageCopy.objects.filter(mailbox_id__in=reachable_mailbox_ids(user))

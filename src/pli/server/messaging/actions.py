@@ -1,0 +1,660 @@
+"""State changes of messaging: each is one ``do_<verb>_<noun>()`` in one transaction.
+
+Sending (:func:`do_send_message`) is the workstation path of DESIGN "Key
+custody": the client signed and sealed the message; the server checks who
+sends, to whom, and that every mailbox involved can open what it stores
+(REQ-E2E), then stores the envelope as received (REQ-AT-REST) and delivers
+it locally. It never decrypts anything.
+
+Every refusal raises :class:`~pli.server.messaging.access.MessagingError`
+with a stable code (docs/api/messaging.md) and leaves nothing behind: the
+envelope's blob is written before the transaction (slow I/O outside the
+audit chain's lock) and removed if the transaction fails; a refused send
+only appends its audit event (outcome ``failure``, the code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Count, Q
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from pli.crypto import (
+    EnvelopeInfo,
+    MalformedEnvelope,
+    NotARecipient,
+    UnsupportedAlgorithm,
+    inspect_envelope,
+    load_certificate,
+)
+from pli.server.accounts.models import User
+from pli.server.audit.actions import do_record_event
+from pli.server.audit.models import AuditAction
+from pli.server.blobs import BlobStore, StoredBlob, blob_store
+from pli.server.compliance.actions import check_not_opposed
+from pli.server.compliance.errors import ComplianceError
+from pli.server.config import ConfigurationError, setting
+from pli.server.directory.actions import BadAddress, normalise_address
+from pli.server.directory.models import Mailbox, MailboxCertificate
+from pli.server.messaging.access import MessagingError, sending_mailbox, visible_copies
+from pli.server.messaging.models import (
+    Delivery,
+    DeliveryState,
+    Folder,
+    Message,
+    MessageCopy,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_RECIPIENTS_DEFAULT = 20
+#: Inline envelopes (in the JSON body); larger content goes out of the CMS (decision 0003).
+MAX_ENVELOPE_BYTES_DEFAULT = 10 * 1024 * 1024
+#: The HTTP status of each refusal code (the API's table; codes are stable).
+STATUS = {
+    "not_found": 404,
+    "not_allowed_sender": 403,
+    "patient_opposed": 403,
+    "mailbox_ambiguous": 409,
+    "envelope_too_large": 413,
+    "envelope_unavailable": 503,
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _positive(name: str, default: int) -> int:
+    raw = setting(name, str(default)) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"PLI_{name} must be at least 1, not {value}")
+    return value
+
+
+def max_recipients() -> int:
+    """``PLI_MAX_RECIPIENTS``: recipients of one send (REQ-FEW-RECIPIENTS), 20 by default."""
+    return _positive("MAX_RECIPIENTS", MAX_RECIPIENTS_DEFAULT)
+
+
+def max_envelope_bytes() -> int:
+    """``PLI_MAX_ENVELOPE_BYTES``: the largest envelope sent inline, 10 MiB by default."""
+    return _positive("MAX_ENVELOPE_BYTES", MAX_ENVELOPE_BYTES_DEFAULT)
+
+
+# --------------------------------------------------------------------------- identifiers
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(16)
+
+
+def new_thread_id() -> str:
+    return "thr_" + secrets.token_hex(16)
+
+
+def _error(code: str, message: str, **details: object) -> MessagingError:
+    return MessagingError(code, message, details or None)
+
+
+# --------------------------------------------------------------------------- the patient
+
+
+def patient_key(patient_id: str | None) -> str:
+    """The keyed hash stored for the declared patient, after the opposition check; "" if none.
+
+    REQ-OPPOSITION / DESIGN "What the server sees": the identifier itself is
+    never stored, only the opposition register's key for it (HMAC-SHA-256
+    under a key derived from the server secret), so that the messages about a
+    patient can be found when an opposition is recorded, while a database
+    alone does not give the identifier back.
+    """
+    if patient_id is None or not patient_id.strip():
+        return ""
+    # The one call site of the opposition register (pli.server.compliance):
+    # bad_patient_id for anything but a valid NIR/INS or NISS, patient_opposed
+    # while an opposition is active.
+    try:
+        return check_not_opposed(patient_id.strip())
+    except ComplianceError as refusal:
+        raise _error(refusal.code, refusal.message) from None
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def _normalised_recipients(recipients: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(as given, normalised or None when it is not an address), in order, without duplicates."""
+    seen: dict[str, tuple[str, str | None]] = {}
+    for raw in recipients:
+        given = raw.strip()[:254]
+        try:
+            normalised: str | None = normalise_address(raw)
+        except BadAddress:
+            normalised = None
+        if given or normalised:
+            seen.setdefault(normalised or f"invalid:{given}", (given, normalised))
+    return list(seen.values())
+
+
+def _directory_mailboxes(addresses: Sequence[str]) -> dict[str, Mailbox]:
+    """Active directory mailboxes by normalised address (REQ-DIRECTORY)."""
+    found = Mailbox.objects.filter(address__in=list(addresses), active=True)
+    by_address = {mailbox.address.lower(): mailbox for mailbox in found}
+    missing = [a for a in addresses if a not in by_address]
+    if missing:
+        # An address stored with capitals (a local entry): one more lookup, for the few left.
+        any_of = Q()
+        for address in missing:
+            any_of |= Q(address__iexact=address)
+        for mailbox in Mailbox.objects.filter(any_of, active=True):
+            by_address.setdefault(mailbox.address.lower(), mailbox)
+    return by_address
+
+
+def current_certificates(mailboxes: Iterable[Mailbox]) -> dict[int, list[MailboxCertificate]]:
+    """The valid certificates of each mailbox, as ``/api/directory/certificates`` lists them."""
+    now = timezone.now()
+    ids = [m.pk for m in mailboxes]
+    result: dict[int, list[MailboxCertificate]] = {pk: [] for pk in ids}
+    rows = MailboxCertificate.objects.filter(
+        mailbox_id__in=ids, revoked_at__isnull=True, not_before__lte=now, not_after__gte=now
+    ).order_by("-not_after", "pk")
+    for row in rows:
+        result[row.mailbox_id].append(row)
+    return result
+
+
+def _check_sealed_for(info: EnvelopeInfo, mailboxes: Sequence[Mailbox]) -> None:
+    """Every current certificate of every mailbox has its RecipientInfo (REQ-E2E).
+
+    The recipients must be able to open the message and the sender's copy in
+    "sent" must stay readable (DESIGN "Security model"). Every certificate the
+    directory lists for a mailbox, as the client was told to seal to all of
+    them (``/api/directory/certificates``): whichever key the mailbox's holder
+    uses opens the message.
+    """
+    certificates = current_certificates(mailboxes)
+    without = [m.address for m in mailboxes if not certificates[m.pk]]
+    if without:
+        raise _error(
+            "recipient_without_certificate",
+            _("Ces boîtes n'ont pas de certificat valide : le message ne peut leur être chiffré."),
+            addresses=without,
+        )
+    missing: list[str] = []
+    for mailbox in mailboxes:
+        for row in certificates[mailbox.pk]:
+            try:
+                info.require_recipient(load_certificate(row.pem.encode()))
+            except NotARecipient:
+                if mailbox.address not in missing:
+                    missing.append(mailbox.address)
+            except UnsupportedAlgorithm as error:
+                raise _error(
+                    "unsupported_algorithm",
+                    _("L'enveloppe utilise un algorithme que Pli ne sait pas ouvrir."),
+                    reason=error.detail,
+                ) from None
+    if missing:
+        raise _error(
+            "not_encrypted_to_recipient",
+            _("L'enveloppe n'est pas chiffrée pour ces boîtes (certificats actuels)."),
+            addresses=missing,
+        )
+
+
+def _parent(user: User, in_reply_to: str | None) -> Message | None:
+    if not in_reply_to:
+        return None
+    copy = (
+        visible_copies(user)
+        .filter(message__public_id=in_reply_to)
+        .select_related("message")
+        .first()
+    )
+    if copy is None:  # missing or not the caller's: the same answer
+        raise _error("in_reply_to_not_found", _("Le message auquel vous répondez est introuvable."))
+    return copy.message
+
+
+def record_refused_send(user: User, request: HttpRequest | None, code: str) -> None:
+    """Trace a refused send (REQ-TRACE): its code only, in a transaction of its own."""
+    try:
+        with transaction.atomic():
+            do_record_event(
+                AuditAction.MESSAGES_SENT,
+                actor=user,
+                request=request,
+                outcome="failure",
+                detail={"code": code},
+            )
+    except Exception:  # the refusal itself must reach the caller
+        logger.exception("messaging: the refused send could not be audited")
+
+
+def do_send_message(
+    user: User,
+    from_address: str,
+    recipients: Sequence[str],
+    envelope_der: bytes,
+    *,
+    patient_id: str | None = None,
+    in_reply_to: str | None = None,
+    request: HttpRequest | None = None,
+    blobs: Sequence[str] = (),
+    store: BlobStore | None = None,
+) -> Message:
+    """Store a message sealed by the client and deliver it to local mailboxes.
+
+    Checks, in this order (docs/api/messaging.md): ``envelope_too_large``,
+    ``not_allowed_sender``, ``no_recipient``, ``too_many_recipients``,
+    ``recipient_is_sender``, ``recipient_not_in_directory``, ``bad_patient_id``,
+    ``patient_opposed``, ``in_reply_to_not_found``, ``blob_not_found``,
+    ``envelope_malformed``, ``recipient_without_certificate``,
+    ``unsupported_algorithm``, ``not_encrypted_to_recipient``.
+    """
+    try:
+        return _send(
+            _SendRequest(
+                user, from_address, recipients, envelope_der, patient_id, in_reply_to, blobs
+            ),
+            request,
+            store or blob_store(),
+        )
+    except MessagingError as error:
+        record_refused_send(user, request, error.code)
+        raise
+
+
+@dataclass(frozen=True)
+class _SendRequest:
+    user: User
+    from_address: str
+    recipients: Sequence[str]
+    envelope_der: bytes
+    patient_id: str | None
+    in_reply_to: str | None
+    blobs: Sequence[str]
+
+
+def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
+    user, envelope_der = asked.user, asked.envelope_der
+    limit = max_envelope_bytes()
+    if len(envelope_der) > limit:
+        raise _error(
+            "envelope_too_large",
+            _("Le message chiffré dépasse la taille admise (%(limit)s octets).") % {"limit": limit},
+            limit=limit,
+        )
+    sender = sending_mailbox(user, asked.from_address)
+
+    listed = _normalised_recipients(asked.recipients)
+    if not listed:
+        raise _error("no_recipient", _("Indiquez au moins un destinataire."))
+    most = max_recipients()
+    if len(listed) > most:
+        raise _error(
+            "too_many_recipients",
+            _("Trop de destinataires : %(most)s au plus (évitez les envois groupés inutiles).")
+            % {"most": most},
+            limit=most,
+        )
+    addresses = [normalised for _given, normalised in listed if normalised]
+    if sender.address.lower() in addresses:
+        raise _error(
+            "recipient_is_sender",
+            _("La boîte d'envoi ne peut pas être destinataire : sa copie est dans « Envoyés »."),
+        )
+    found = _directory_mailboxes(addresses)
+    unknown = [normalised or given for given, normalised in listed if normalised not in found]
+    if unknown:
+        raise _error(
+            "recipient_not_in_directory",
+            _("Ces destinataires ne sont pas dans l'annuaire : %(addresses)s.")
+            % {"addresses": ", ".join(unknown)},
+            addresses=unknown,
+        )
+    targets = [found[a] for a in addresses]
+
+    hashed_patient = patient_key(asked.patient_id)
+    parent = _parent(user, asked.in_reply_to)
+    if asked.blobs:
+        # Streamed attachments (decision 0003) have no upload endpoint yet: none can exist.
+        raise _error(
+            "blob_not_found",
+            _("Pièce jointe introuvable : déposez-la d'abord."),
+            blobs=list(asked.blobs)[:20],
+        )
+    try:
+        info = inspect_envelope(envelope_der)
+    except MalformedEnvelope:
+        raise _error(
+            "envelope_malformed",
+            _("L'enveloppe n'est pas une structure CMS EnvelopedData lisible (ou est tronquée)."),
+        ) from None
+    _check_sealed_for(info, [sender, *targets])
+
+    stored = store.write(envelope_der, max_bytes=limit)
+    try:
+        with transaction.atomic():
+            message = _store_message(
+                user,
+                sender,
+                targets,
+                stored=stored,
+                hashed_patient=hashed_patient,
+                parent=parent,
+                request=request,
+            )
+    except BaseException:
+        # No half-stored state: the blob goes with the rows that would have named it.
+        store.delete(stored.blob_id)
+        raise
+    return message
+
+
+def _store_message(
+    user: User,
+    sender: Mailbox,
+    targets: Sequence[Mailbox],
+    *,
+    stored: StoredBlob,
+    hashed_patient: str,
+    parent: Message | None,
+    request: HttpRequest | None,
+) -> Message:
+    now = timezone.now()
+    message = Message.objects.create(
+        public_id=new_message_id(),
+        sender_mailbox=sender,
+        sender_address=sender.address,
+        sender_user=user,
+        sender_person=user.get_username(),
+        created_at=now,
+        size=stored.size,
+        envelope_blob=stored.blob_id,
+        envelope_sha256=stored.sha256,
+        thread_id=parent.thread_id if parent else new_thread_id(),
+        in_reply_to=parent,
+        patient_key=hashed_patient,
+    )
+    # Local delivery: the recipient mailbox is on this server, delivered at once.
+    deliveries = Delivery.objects.bulk_create(
+        Delivery(
+            message=message,
+            recipient_mailbox=mailbox,
+            recipient_address=mailbox.address,
+            state=DeliveryState.DELIVERED,
+            delivered_at=now,
+        )
+        for mailbox in targets
+    )
+    copies = [
+        MessageCopy(
+            message=message,
+            mailbox=sender,
+            delivery=None,
+            folder=Folder.SENT,
+            read=True,
+            created_at=now,
+        )
+    ]
+    copies += [
+        MessageCopy(
+            message=message,
+            mailbox=mailbox,
+            delivery=delivery,
+            folder=Folder.INBOX,
+            read=False,
+            created_at=now,
+        )
+        for mailbox, delivery in zip(targets, deliveries, strict=True)
+    ]
+    MessageCopy.objects.bulk_create(copies)
+    target = f"message:{message.public_id}"
+    do_record_event(
+        AuditAction.MESSAGES_SENT,
+        actor=user,
+        request=request,
+        target=target,
+        detail={
+            "mailbox": sender.pk,
+            "recipients": len(targets),
+            "size": stored.size,
+            "reply": int(parent is not None),
+            "opposition_check": int(bool(hashed_patient)),
+        },
+    )
+    do_record_event(
+        AuditAction.MESSAGES_DELIVERED,
+        actor=user,
+        request=request,
+        target=target,
+        detail={"deliveries": len(deliveries), "local": len(deliveries)},
+    )
+    return message
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_envelope(copy: MessageCopy, store: BlobStore | None = None) -> bytes:
+    """The envelope's bytes, checked against the digest recorded at send (REQ-AT-REST)."""
+    store = store or blob_store()
+    message = copy.message
+    data = b"".join(store.read_chunks(message.envelope_blob))
+    if hashlib.sha256(data).hexdigest() != message.envelope_sha256:
+        logger.error("messaging: envelope of %s fails its digest", message.public_id)
+        raise _error("envelope_unavailable", _("Ce message est momentanément illisible."))
+    return data
+
+
+def do_open_envelope(user: User, copy: MessageCopy, request: HttpRequest | None = None) -> bytes:
+    """The envelope for the client to open; traced as ``messages.opened``."""
+    data = read_envelope(copy)
+    with transaction.atomic():
+        do_record_event(
+            AuditAction.MESSAGES_OPENED,
+            actor=user,
+            request=request,
+            target=f"message:{copy.message.public_id}",
+            detail={"mailbox": copy.mailbox_id},
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    copy: MessageCopy
+    changed: bool
+    receipt: Message | None
+
+
+def do_mark_read(
+    user: User,
+    copy: MessageCopy,
+    *,
+    receipt: bytes | None = None,
+    request: HttpRequest | None = None,
+) -> ReadResult:
+    """Mark the mailbox's copy read; its delivery becomes ``read`` for the sender. Idempotent.
+
+    ``receipt``: a signed read notification (RFC 8098 MDN) sealed by the
+    client to the sender and to the reader's mailbox, stored as a message from
+    the reader's mailbox to the sending mailbox (a reply in the same thread),
+    with the same checks as any message. Only with the first read: later
+    calls change nothing.
+    """
+    with transaction.atomic():
+        locked = (
+            MessageCopy.objects.select_for_update(of=("self",))
+            .select_related("message", "mailbox", "delivery")
+            .get(pk=copy.pk)
+        )
+        if locked.read:
+            return ReadResult(locked, changed=False, receipt=None)
+        now = timezone.now()
+        receipt_message = None
+        if receipt is not None and locked.delivery_id is not None:
+            receipt_message = do_send_message(
+                user,
+                locked.mailbox.address,
+                [locked.message.sender_address],
+                receipt,
+                in_reply_to=locked.message.public_id,
+                request=request,
+            )
+        locked.read = True
+        locked.save(update_fields=["read"])
+        if locked.delivery_id is not None:
+            Delivery.objects.filter(pk=locked.delivery_id).exclude(state=DeliveryState.READ).update(
+                state=DeliveryState.READ, read_at=now
+            )
+        do_record_event(
+            AuditAction.MESSAGES_READ,
+            actor=user,
+            request=request,
+            target=f"message:{locked.message.public_id}",
+            detail={"mailbox": locked.mailbox_id, "receipt": int(receipt_message is not None)},
+        )
+    return ReadResult(locked, changed=True, receipt=receipt_message)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def home_folder(copy: MessageCopy) -> str:
+    return Folder.SENT if copy.is_sender_copy else Folder.INBOX
+
+
+def do_move_message(
+    user: User, copy: MessageCopy, folder: str, request: HttpRequest | None = None
+) -> MessageCopy:
+    """Move the copy to archive, trash, or back to its own folder (inbox, or sent)."""
+    allowed = {home_folder(copy), Folder.ARCHIVE, Folder.TRASH}
+    if folder not in allowed:
+        raise _error(
+            "bad_folder",
+            _("Ce message ne peut pas aller dans ce dossier."),
+            allowed=sorted(str(f) for f in allowed),
+        )
+    with transaction.atomic():
+        moved = MessageCopy.objects.filter(pk=copy.pk).exclude(folder=folder).update(folder=folder)
+        if moved:
+            do_record_event(
+                AuditAction.MESSAGES_MOVED,
+                actor=user,
+                request=request,
+                target=f"message:{copy.message.public_id}",
+                detail={"mailbox": copy.mailbox_id, "folder": folder},
+            )
+    copy.folder = folder
+    return copy
+
+
+def do_flag_message(
+    user: User, copy: MessageCopy, flagged: bool, request: HttpRequest | None = None
+) -> MessageCopy:
+    with transaction.atomic():
+        changed = (
+            MessageCopy.objects.filter(pk=copy.pk).exclude(flagged=flagged).update(flagged=flagged)
+        )
+        if changed:
+            do_record_event(
+                AuditAction.MESSAGES_FLAGGED,
+                actor=user,
+                request=request,
+                target=f"message:{copy.message.public_id}",
+                detail={"mailbox": copy.mailbox_id, "flagged": int(flagged)},
+            )
+    copy.flagged = flagged
+    return copy
+
+
+def _remove_unreferenced(message_ids: Iterable[int], store: BlobStore | None = None) -> int:
+    """Delete the messages no mailbox holds any more, and their blobs once committed.
+
+    Inside the caller's transaction; the files go ``on_commit``, never before
+    the rows (a rollback must not leave rows naming a missing blob).
+    """
+    orphans = list(
+        Message.objects.filter(pk__in=list(message_ids))
+        .annotate(holders=Count("copies"))
+        .filter(holders=0)
+        .values_list("pk", "envelope_blob")
+    )
+    if not orphans:
+        return 0
+    Message.objects.filter(pk__in=[pk for pk, _blob in orphans]).delete()
+    blob_ids = [blob for _pk, blob in orphans]
+    target = store or blob_store()
+
+    def remove_files() -> None:
+        for blob_id in blob_ids:
+            try:
+                target.delete(blob_id)
+            except OSError:
+                logger.exception("messaging: blob %s not removed", blob_id)
+
+    transaction.on_commit(remove_files)
+    return len(orphans)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    permanent: bool
+    copy: MessageCopy
+
+
+def do_delete_message(
+    user: User, copy: MessageCopy, request: HttpRequest | None = None
+) -> DeleteResult:
+    """To the trash; from the trash, the mailbox's copy is deleted for good."""
+    with transaction.atomic():
+        if copy.folder != Folder.TRASH:
+            MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.TRASH)
+            copy.folder = Folder.TRASH
+            permanent = False
+        else:
+            MessageCopy.objects.filter(pk=copy.pk).delete()
+            _remove_unreferenced([copy.message_id])
+            permanent = True
+        do_record_event(
+            AuditAction.MESSAGES_DELETED,
+            actor=user,
+            request=request,
+            target=f"message:{copy.message.public_id}",
+            detail={"mailbox": copy.mailbox_id, "permanent": int(permanent)},
+        )
+    return DeleteResult(permanent, copy)
+
+
+def delete_mailbox_content(mailbox: Mailbox) -> int:
+    """Every copy of ``mailbox`` and every delivery to it; the messages nobody holds any more.
+
+    REQ-INACTIVE-DELETE, called by the account lifecycle inside its deletion's
+    transaction. The blobs of messages left without any copy are removed once
+    that transaction commits. Messages the mailbox sent that recipients still
+    hold stay for them. Returns how many copies (the mailbox's messages) went.
+    """
+    with transaction.atomic():
+        copies = MessageCopy.objects.filter(mailbox=mailbox)
+        touched = set(copies.values_list("message_id", flat=True))
+        deliveries = Delivery.objects.filter(recipient_mailbox=mailbox)
+        touched |= set(deliveries.values_list("message_id", flat=True))
+        removed = copies.delete()[1].get(MessageCopy._meta.label, 0)
+        deliveries.delete()
+        _remove_unreferenced(touched)
+    return removed

@@ -1,0 +1,147 @@
+"""Messages as the server holds them: routing metadata and a pointer to ciphertext.
+
+DESIGN "What the server sees": sender and recipient addresses, times, sizes,
+states of delivery. There is no subject, body, attachment or file name here,
+nor anywhere on the server (REQ-AT-REST, REQ-E2E): the message itself is the
+CMS envelope sealed on the sender's workstation, kept in the blob store
+(:mod:`pli.server.blobs`) under ``envelope_blob``. The patient identifier
+declared for the opposition check is kept only as a keyed hash.
+
+Three tables:
+
+* :class:`Message`: one per send, shared by everyone who has it;
+* :class:`Delivery`: one per recipient mailbox, its state (what the sender sees);
+* :class:`MessageCopy`: one per mailbox that holds the message (each recipient
+  mailbox, and the sending mailbox, whose copy is in "sent"), with that
+  mailbox's folder, read and flagged marks. Recipients never see each other
+  (REQ-FEW-RECIPIENTS): a recipient's copy links only to its own delivery.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from pli.server.directory.models import Mailbox
+
+#: ``msg_`` + 32 hexadecimal digits: opaque, unguessable (128 random bits).
+MESSAGE_ID_LENGTH = 36
+THREAD_ID_LENGTH = 36
+
+
+class Folder(models.TextChoices):
+    INBOX = "inbox", _("Boîte de réception")
+    SENT = "sent", _("Envoyés")
+    ARCHIVE = "archive", _("Archives")
+    TRASH = "trash", _("Corbeille")
+
+
+class DeliveryState(models.TextChoices):
+    QUEUED = "queued", _("En attente")
+    DELIVERED = "delivered", _("Distribué")
+    READ = "read", _("Lu")
+    FAILED = "failed", _("Échec")
+
+
+class Message(models.Model):
+    public_id = models.CharField(_("identifiant"), max_length=MESSAGE_ID_LENGTH)
+    #: The mailbox the message was sent from (personal or organisational, REQ-CITY-HOSPITAL);
+    #: its address is copied, so the record outlives a directory entry.
+    sender_mailbox = models.ForeignKey(
+        Mailbox, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sender_address = models.CharField(_("expéditeur"), max_length=254)
+    #: The person who sent it (for an organisational mailbox, which member); copied too:
+    #: accounts are deleted after a year of inactivity (REQ-INACTIVE-DELETE).
+    sender_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    sender_person = models.CharField(_("rédacteur"), max_length=254)
+    created_at = models.DateTimeField(_("envoyé le"), default=timezone.now)
+    #: Bytes of the envelope as stored.
+    size = models.PositiveBigIntegerField(_("taille"))
+    #: Id of the CMS EnvelopedData in the blob store, and its SHA-256 (integrity, REQ-AT-REST).
+    envelope_blob = models.CharField(max_length=64)
+    envelope_sha256 = models.CharField(max_length=64)
+    thread_id = models.CharField(_("fil"), max_length=THREAD_ID_LENGTH)
+    in_reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+    )
+    #: HMAC-SHA-256 of the normalised patient identifier (REQ-OPPOSITION), or empty.
+    patient_key = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
+        constraints = [
+            # Not unique=True: no varchar_pattern_ops twin index on PostgreSQL.
+            models.UniqueConstraint(fields=["public_id"], name="messaging_message_public_id_uniq"),
+        ]
+        indexes = [models.Index(fields=["thread_id"], name="messaging_message_thread_idx")]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Delivery(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    recipient_mailbox = models.ForeignKey(
+        Mailbox, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recipient_address = models.CharField(_("destinataire"), max_length=254)
+    state = models.CharField(_("état"), max_length=16, choices=DeliveryState.choices)
+    delivered_at = models.DateTimeField(_("distribué le"), null=True, blank=True)
+    read_at = models.DateTimeField(_("lu le"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("distribution")
+        verbose_name_plural = _("distributions")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "recipient_address"], name="messaging_one_delivery_each"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} → {self.recipient_address}"
+
+
+class MessageCopy(models.Model):
+    """A mailbox's copy of a message: its folder and marks, shared by the mailbox's members."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="copies")
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+")
+    #: The recipient's own delivery; None for the sending mailbox's copy.
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    folder = models.CharField(_("dossier"), max_length=16, choices=Folder.choices)
+    read = models.BooleanField(_("lu"), default=False)
+    flagged = models.BooleanField(_("suivi"), default=False)
+    created_at = models.DateTimeField(_("reçu le"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("copie de message")
+        verbose_name_plural = _("copies de messages")
+        constraints = [
+            models.UniqueConstraint(fields=["message", "mailbox"], name="messaging_one_copy_each"),
+        ]
+        indexes = [
+            # A folder's listing, newest first; unread counts.
+            models.Index(
+                fields=["mailbox", "folder", "-created_at"], name="messaging_copy_folder_idx"
+            ),
+        ]
+
+    @property
+    def is_sender_copy(self) -> bool:
+        return self.delivery_id is None
+
+    def __str__(self) -> str:
+        return f"{self.message_id} @ {self.mailbox_id} ({self.folder})"
