@@ -18,6 +18,7 @@ import click
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
 from pli.client.demo import run_demo
+from pli.client.messaging_cli import MESSAGING_COMMANDS
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
     open_file_message,
@@ -436,6 +437,8 @@ def open_command(
 
 
 for _command in SERVER_COMMANDS:
+    main.add_command(_command)
+for _command in MESSAGING_COMMANDS:
     main.add_command(_command)
 
 

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
 
 from pli.server.accounts.api import router as accounts_router
+from pli.server.accounts.api_auth import router as auth_router
 from pli.server.accounts.api_keys import router as keys_router
 from pli.server.compliance.api import router as compliance_router
 from pli.server.directory.api import router as directory_router
@@ -31,5 +32,6 @@ api.add_router("/directory/", directory_router)
 api.add_router("/directory/", certificates_router)
 api.add_router("/accounts/", accounts_router)
 api.add_router("/accounts/", keys_router)
+api.add_router("/auth/", auth_router)
 api.add_router("/compliance/", compliance_router)
 api.add_router("/", messaging_router)

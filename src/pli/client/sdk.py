@@ -1,0 +1,928 @@
+"""``pli.client.Client``: the messaging API for practice software (REQ-LPS), keys kept here.
+
+Workstation custody (DESIGN "Key custody"): the private key stays in the
+professional's PKCS#12 file on this machine. The client does every piece of
+cryptography itself: before sending it runs the pre-send checks of
+:mod:`pli.policy` (REQ-SUBJECT, REQ-FEW-RECIPIENTS), builds the inner message
+with :mod:`pli.mime` (real subject and patient only inside), signs it and
+encrypts it (:func:`pli.crypto.seal`) to every current certificate of every
+recipient mailbox and of the sending one (REQ-E2E, REQ-SIGNATURE); the server
+receives and stores the envelope only. Reading fetches the envelope, opens it
+with :func:`pli.crypto.open_envelope` (signature, signer's path to the trust
+anchors given here, revocation) and checks the signer against the routing
+sender the server reports (docs/api/messaging.md, "One message").
+
+Only the standard library speaks HTTP (``urllib``): no new dependency for
+practice software that embeds the SDK. The session (the ``pli_session``
+cookie and the CSRF token) is kept in a JSON file readable by its owner only
+(``0600``, default ``~/.config/pli/session.json``), so that successive ``pli``
+commands share one login. See docs/sdk.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.client
+import json
+import mimetypes
+import os
+import ssl
+import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import Message as EmailHeaders
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any, cast
+
+from pli import __version__
+from pli.client.castore import write_atomically
+from pli.client.sealing import _claim_path, _safe_filename
+from pli.crypto import (
+    Certificate,
+    CertificateRevocationList,
+    CryptoError,
+    NotARecipient,
+    RevocationPolicy,
+    SenderMismatch,
+    SoftwareKey,
+    TrustStore,
+    certificate_emails,
+    load_certificates,
+    load_crl,
+    load_pkcs12,
+    open_envelope,
+    seal,
+)
+from pli.mime import Attachment, Draft, ExternalPart, build_inner_message, parse_inner_message
+from pli.mime import normalise_patient_id as _tagged_patient_id
+from pli.policy import Finding, Severity, check_recipients, check_subject, fold_recipients
+
+__all__ = [
+    "DEFAULT_MAX_RECIPIENTS",
+    "ApiError",
+    "AuthenticationRequired",
+    "Client",
+    "ClientError",
+    "Delivery",
+    "LoginResult",
+    "Mailbox",
+    "MessagePage",
+    "MessageSummary",
+    "PolicyRefused",
+    "ReadMessage",
+    "SendResult",
+    "SignatureStatus",
+    "default_session_file",
+]
+
+#: The server's default ``PLI_MAX_RECIPIENTS``; the server stays the authority.
+DEFAULT_MAX_RECIPIENTS = 20
+#: How the server names message ids: checked before they go into a URL path.
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SESSION_FORMAT = 1
+
+
+def default_session_file() -> Path:
+    """``$XDG_CONFIG_HOME/pli/session.json``, else ``~/.config/pli/session.json``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "pli" / "session.json"
+
+
+# --- errors --------------------------------------------------------------------------------------
+class ClientError(Exception):
+    """Base of the SDK's errors: ``code`` is stable (act on it), ``detail`` is for people."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class ApiError(ClientError):
+    """The server refused: its stable ``code``, translated ``message``, HTTP status, ``details``."""
+
+    def __init__(
+        self, code: str, message: str, status: int, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(code, message)
+        self.message = message
+        self.status = status
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class AuthenticationRequired(ApiError):
+    """No session, or it ended (idle, expired, revoked): log in again (``not_logged_in``…)."""
+
+
+class PolicyRefused(ClientError):
+    """The pre-send checks refused the message; nothing was sealed nor sent.
+
+    ``code`` is the first refusing finding's code (``subject_contains_patient_id``…);
+    ``findings`` holds every finding, warnings included, each with its stable code.
+    """
+
+    def __init__(self, findings: Sequence[Finding], language: str) -> None:
+        refusing = [f for f in findings if f.severity is Severity.REFUSE]
+        super().__init__(refusing[0].code.value, "; ".join(f.message(language) for f in refusing))
+        self.findings = list(findings)
+
+    @property
+    def codes(self) -> list[str]:
+        return [f.code.value for f in self.findings if f.severity is Severity.REFUSE]
+
+
+# --- results -------------------------------------------------------------------------------------
+def _time(value: object) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(str(value)) if value else None
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    kind: str
+    part: str
+    active: bool
+    unread: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    recipient: str
+    state: str
+    delivered_at: dt.datetime | None
+    read_at: dt.datetime | None
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Delivery:
+        return Delivery(
+            recipient=str(data["recipient"]),
+            state=str(data["state"]),
+            delivered_at=_time(data.get("delivered_at")),
+            read_at=_time(data.get("read_at")),
+        )
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """Routing metadata, as the server knows it (it never sees subject nor body)."""
+
+    id: str
+    mailbox: str
+    folder: str
+    from_: str
+    sender_person: str
+    received_at: dt.datetime
+    size: int
+    read: bool
+    flagged: bool
+    thread: str
+    in_reply_to: str | None
+    recipients: list[str]
+    deliveries: list[Delivery] | None
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> MessageSummary:
+        deliveries = data.get("deliveries")
+        received = _time(data["received_at"])
+        assert received is not None  # noqa: S101 - the contract makes it required
+        return MessageSummary(
+            id=str(data["id"]),
+            mailbox=str(data["mailbox"]),
+            folder=str(data["folder"]),
+            from_=str(data["from"]),
+            sender_person=str(data["sender_person"]),
+            received_at=received,
+            size=int(data["size"]),
+            read=bool(data["read"]),
+            flagged=bool(data["flagged"]),
+            thread=str(data["thread"]),
+            in_reply_to=data.get("in_reply_to"),
+            recipients=[str(r) for r in data.get("recipients") or []],
+            deliveries=(
+                [Delivery.from_json(d) for d in deliveries] if deliveries is not None else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    results: list[MessageSummary]
+    page: int
+    has_next: bool
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    username: str
+    method: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    id: str
+    thread: str
+    deliveries: list[Delivery]
+    #: The inner Message-ID (what a reply's In-Reply-To names).
+    message_id: str
+    #: Findings of the pre-send checks that did not refuse (warnings), for the user to see.
+    warnings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """Who signed, as their certificate (validated to a trust anchor) says (REQ-SIGNATURE).
+
+    A message is only ever returned with ``status == "valid"``: any other outcome
+    raises the typed :class:`pli.crypto.SignatureError` instead.
+    """
+
+    status: str
+    signer_emails: list[str]
+    common_name: str | None
+    national_id: str | None
+    fingerprint: str
+    signed_at: dt.datetime | None
+    revocation_checked: bool
+    chain: list[str]
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class ReadMessage:
+    """A message opened on this workstation: genuine (signature verified), decrypted here."""
+
+    summary: MessageSummary
+    signature: SignatureStatus
+    from_address: str
+    sender: str | None
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: dt.datetime
+    message_id: str
+    in_reply_to_header: str | None
+    references: list[str]
+    patient_id: str | None
+    body: str
+    body_html: str | None
+    attachments: list[Attachment]
+    #: Large parts stored outside the envelope: the server has no blob download yet.
+    external_parts: list[ExternalPart]
+
+    @property
+    def id(self) -> str:
+        return self.summary.id
+
+    def save_attachments(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write the attachments into ``directory`` (``0600``); never overwrites a file."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved: list[Path] = []
+        for attachment in self.attachments:
+            # A plain name (no directories, no hidden file), taken exclusively.
+            path = _claim_path(target, _safe_filename(attachment.filename))
+            with path.open("wb") as handle:
+                handle.write(attachment.data)
+            saved.append(path)
+        return saved
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: urllib would copy the Cookie header to wherever they point."""
+
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: EmailHeaders
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise ClientError("bad_response", "the server's answer is not JSON") from None
+
+
+def _single_line(text: str) -> str:
+    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+
+
+# --- the client ----------------------------------------------------------------------------------
+PathLike = str | os.PathLike[str]
+
+
+class Client:
+    """A Pli server's messaging API, with the cryptography done on this workstation.
+
+    ``identity``: the PKCS#12 file holding the personal key and its certificate
+    (or a :class:`pli.crypto.SoftwareKey`); ``passphrase`` opens it (a string, or
+    a function asked only when the key is first needed). ``trust``: PEM files of
+    the trust anchors (the operator's CA), and ``crl`` their CRLs: signers and
+    recipients' certificates are validated against them. Without a CRL,
+    revocation is checked only where one is known, and reported as not checked.
+    ``session_file`` keeps the session between processes (``0600``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        identity: PathLike | SoftwareKey | None = None,
+        passphrase: str | Callable[[], str] | None = None,
+        trust: Sequence[PathLike | Certificate] | TrustStore | None = None,
+        crl: Sequence[PathLike | CertificateRevocationList] = (),
+        session_file: PathLike | None = None,
+        language: str = "fr",
+        timeout: float = 60.0,
+        tls_ca: PathLike | None = None,
+        max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ClientError("bad_server_url", f"not an http(s) URL: {base_url!r}")
+        self.base_url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        #: Django checks the Origin of unsafe requests against its own host (CSRF, over HTTPS).
+        self._origin = f"{parsed.scheme}://{parsed.netloc}"
+        self.language = language
+        self.timeout = timeout
+        self.max_recipients = max_recipients
+        self.session_file = _path(session_file) if session_file else default_session_file()
+        self._identity_source = identity
+        self._passphrase = passphrase
+        self._key: SoftwareKey | None = identity if isinstance(identity, SoftwareKey) else None
+        self._chain: list[Certificate] = []
+        self._trust_source = trust
+        self._crl_source = crl
+        self._trust: TrustStore | None = trust if isinstance(trust, TrustStore) else None
+        context = ssl.create_default_context(cafile=str(_path(tls_ca)) if tls_ca else None)
+        self._opener = urllib.request.build_opener(
+            _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+        )
+        self._cookies: dict[str, str] = {}
+        self._csrf: str | None = None
+        self.username: str | None = None
+        self._load_session()
+
+    # --- session file ----------------------------------------------------------------------------
+    @staticmethod
+    def _read_session_file(path: Path) -> dict[str, Any]:
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return {"version": _SESSION_FORMAT, "servers": {}}
+        # It holds a bearer secret (the session cookie): like ssh with its keys, refuse
+        # to use one that others could have read.
+        if mode & 0o077:
+            raise ClientError(
+                "session_file_insecure",
+                f"{path} is readable by others: remove it (chmod 600 will not undo a leak)",
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ClientError("session_file_corrupted", f"{path} is not a Pli session") from None
+        if not isinstance(data, dict) or not isinstance(data.get("servers"), dict):
+            raise ClientError("session_file_corrupted", f"{path} is not a Pli session")
+        return data
+
+    @staticmethod
+    def saved_server(session_file: PathLike | None = None) -> str | None:
+        """The server of the last login kept in ``session_file`` (the CLI's default)."""
+        path = _path(session_file) if session_file else default_session_file()
+        current = Client._read_session_file(path).get("current")
+        return str(current) if current else None
+
+    def _load_session(self) -> None:
+        entry = self._read_session_file(self.session_file)["servers"].get(self.base_url) or {}
+        cookies = entry.get("cookies") or {}
+        self._cookies = {str(k): str(v) for k, v in cookies.items()}
+        self._csrf = entry.get("csrf_token") or None
+        self.username = entry.get("username") or None
+
+    def _save_session(self) -> None:
+        data = self._read_session_file(self.session_file)
+        if self._cookies or self._csrf:
+            data["servers"][self.base_url] = {
+                "cookies": self._cookies,
+                "csrf_token": self._csrf,
+                "username": self.username,
+            }
+            if self.username:
+                data["current"] = self.base_url
+        else:
+            data["servers"].pop(self.base_url, None)
+        self.session_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        payload = json.dumps(data, indent=2, sort_keys=True).encode()
+        write_atomically(self.session_file, payload, 0o600)
+
+    def _forget_session(self) -> None:
+        self._cookies = {}
+        self._csrf = None
+        self.username = None
+        self._save_session()
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    def _absorb_cookies(self, headers: EmailHeaders) -> bool:
+        changed = False
+        for line in headers.get_all("Set-Cookie") or []:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(line)
+            except CookieError:
+                continue
+            for name, morsel in jar.items():
+                expired = morsel["max-age"] == "0" or (
+                    morsel["expires"] and "1970" in morsel["expires"]
+                )
+                if expired:
+                    changed |= self._cookies.pop(name, None) is not None
+                elif self._cookies.get(name) != morsel.value:
+                    self._cookies[name] = morsel.value
+                    changed = True
+        return changed
+
+    def _send_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        accept: str = "application/json",
+    ) -> _Response:
+        url = self.base_url + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {
+            "Accept": accept,
+            "Accept-Language": self.language,
+            "User-Agent": f"pli-sdk/{__version__}",
+        }
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if method in _UNSAFE_METHODS:
+            headers["Origin"] = self._origin
+            if self._csrf:
+                headers["X-CSRFToken"] = self._csrf
+            if data is None:
+                data = b""
+        if self._cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
+        # The scheme is http(s), checked in __init__ (S310 warns of file: URLs).
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+        try:
+            with self._opener.open(request, timeout=self.timeout) as answer:
+                response = _Response(answer.status, answer.headers, answer.read())
+        except urllib.error.HTTPError as error:
+            response = _Response(error.code, error.headers, error.read())
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ClientError("server_unreachable", f"{self.base_url}: {reason}") from None
+        if self._absorb_cookies(response.headers):
+            self._save_session()
+        return response
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        accept: str = "application/json",
+        ok: Iterable[int] = (200, 201),
+    ) -> _Response:
+        if method in _UNSAFE_METHODS and not self._csrf:
+            self._refresh_csrf()
+        response = self._send_request(method, path, query=query, body=body, accept=accept)
+        if response.status == 403 and self._is_csrf_failure(response):
+            # The token rotates at login and with the CSRF cookie: fetch the current one once.
+            self._refresh_csrf()
+            response = self._send_request(method, path, query=query, body=body, accept=accept)
+        if response.status not in set(ok):
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _is_csrf_failure(response: _Response) -> bool:
+        try:
+            data = json.loads(response.body)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and (
+            data.get("code") == "csrf_failed" or data.get("detail") == "CSRF check Failed"
+        )
+
+    def _refresh_csrf(self) -> None:
+        response = self._send_request("GET", "/api/auth/csrf")
+        if response.status != 200:
+            raise self._error(response)
+        self._csrf = str(response.json()["csrf_token"])
+        self._save_session()
+
+    def _error(self, response: _Response) -> ApiError:
+        status = response.status
+        try:
+            data = json.loads(response.body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            data = {}
+        code = data.get("code")
+        detail = data.get("detail")
+        message = str(data.get("message") or (detail if isinstance(detail, str) else "") or "")
+        if 300 <= status < 400:
+            code, message = "unexpected_redirect", f"the server redirected ({status})"
+        elif not isinstance(code, str) or not code:
+            # django-ninja's own answers carry no code: give them stable ones.
+            if status == 401:
+                code = "not_logged_in"
+            elif status == 403 and detail == "CSRF check Failed":
+                code = "csrf_failed"
+            elif status == 422:
+                code = "bad_request"
+            else:
+                code = f"http_{status}"
+        message = _single_line(message) or f"HTTP {status}"
+        if status == 401:
+            if code in ("not_logged_in", "session_ended"):
+                # The server holds no session for this cookie any more: stop sending it.
+                self._forget_session()
+            return AuthenticationRequired(code, message, status, data.get("details"))
+        return ApiError(code, message, status, data.get("details"))
+
+    # --- authentication --------------------------------------------------------------------------
+    def login(self, username: str, passphrase: str, code: str | Callable[[], str]) -> LoginResult:
+        """Passphrase, then second factor (TOTP or recovery code; a function is asked
+        only once the passphrase is accepted). The session is saved to ``session_file``."""
+        # From a clean slate: a stale session cookie would make the server answer
+        # session_ended (its guard runs before any view), even to this login.
+        self._cookies = {}
+        self._csrf = None
+        self._refresh_csrf()
+        step = self._call(
+            "POST", "/api/auth/login", body={"username": username, "passphrase": passphrase}
+        ).json()
+        if step.get("next") != "second_factor":
+            raise ClientError("bad_response", f"unexpected login step {step.get('next')!r}")
+        typed = code() if callable(code) else code
+        done = self._call("POST", "/api/auth/second-factor", body={"code": typed}).json()
+        self._csrf = str(done["csrf_token"])
+        self.username = str(done["username"])
+        self._save_session()
+        return LoginResult(username=self.username, method=str(done["method"]))
+
+    def logout(self) -> None:
+        """End the session on the server (it is revoked) and forget it here."""
+        try:
+            if self._cookies:
+                self._call("POST", "/api/auth/logout")
+        except AuthenticationRequired:
+            pass  # already ended on the server's side: forgetting it here is all that is left
+        finally:
+            self._forget_session()
+
+    # --- listings --------------------------------------------------------------------------------
+    def mailboxes(self) -> list[Mailbox]:
+        """The caller's mailboxes: their own first, then those they are member of."""
+        return [
+            Mailbox(
+                address=str(m["address"]),
+                kind=str(m["kind"]),
+                part=str(m["part"]),
+                active=bool(m["active"]),
+                unread=int(m["unread"]),
+            )
+            for m in self._call("GET", "/api/mailboxes").json()
+        ]
+
+    def inbox(
+        self, mailbox: str | None = None, folder: str = "inbox", page: int = 1
+    ) -> MessagePage:
+        """One page (50) of a folder's messages, newest first: metadata only."""
+        if mailbox is None:
+            own = self.mailboxes()
+            if not own:
+                raise ClientError("no_mailbox", "this account reaches no mailbox")
+            mailbox = own[0].address
+        path = f"/api/mailboxes/{urllib.parse.quote(mailbox, safe='@')}/messages"
+        data = self._call("GET", path, query={"folder": folder, "page": str(page)}).json()
+        return MessagePage(
+            results=[MessageSummary.from_json(m) for m in data["results"]],
+            page=int(data["page"]),
+            has_next=bool(data["has_next"]),
+        )
+
+    def message(self, message_id: str, mailbox: str | None = None) -> MessageSummary:
+        """A message's metadata (with the deliveries, on the sending mailbox's copy)."""
+        return MessageSummary.from_json(
+            self._call("GET", self._message_path(message_id), query=_mailbox(mailbox)).json()
+        )
+
+    @staticmethod
+    def _message_path(message_id: str, suffix: str = "") -> str:
+        if not message_id or not set(message_id) <= _ID_CHARS or len(message_id) > 64:
+            raise ClientError("bad_message_id", "a message id looks like msg_ and 32 hex digits")
+        return f"/api/messages/{message_id}{suffix}"
+
+    # --- keys and trust --------------------------------------------------------------------------
+    def _identity(self) -> SoftwareKey:
+        if self._key is not None:
+            return self._key
+        if self._identity_source is None or isinstance(self._identity_source, SoftwareKey):
+            raise ClientError("identity_missing", "give the PKCS#12 identity file (identity=)")
+        secret = self._passphrase() if callable(self._passphrase) else self._passphrase
+        if not secret:
+            raise ClientError("passphrase_missing", "the identity file needs its passphrase")
+        contents = load_pkcs12(_path(self._identity_source).read_bytes(), secret)
+        if contents.certificate is None:
+            raise ClientError(
+                "certificate_missing",
+                "the identity holds no certificate: install it (pli keys install)",
+            )
+        self._key = contents.software_key()
+        self._chain = contents.chain
+        return self._key
+
+    def _trust_store(self) -> TrustStore:
+        if self._trust is not None:
+            return self._trust
+        if not self._trust_source:
+            raise ClientError(
+                "trust_missing", "give the trust anchors (the operator CA's PEM file, trust=)"
+            )
+        anchors: list[Certificate] = []
+        for item in cast("Sequence[PathLike | Certificate]", self._trust_source):
+            if isinstance(item, str | os.PathLike):
+                anchors += load_certificates(_path(item).read_bytes())
+            else:
+                anchors.append(item)
+        crls = [
+            load_crl(_path(item).read_bytes()) if isinstance(item, str | os.PathLike) else item
+            for item in self._crl_source
+        ]
+        # With a CRL, revocation is required (fail closed); without, checked where known
+        # and reported as not checked (SignatureStatus.revocation_checked).
+        policy = RevocationPolicy.REQUIRE if crls else RevocationPolicy.IF_AVAILABLE
+        self._trust = TrustStore(anchors, crls, policy)
+        return self._trust
+
+    def certificates(self, address: str) -> list[Certificate]:
+        """The current certificates the directory lists for ``address`` (not yet validated)."""
+        data = self._call("GET", "/api/directory/certificates", query={"address": address}).json()
+        return [
+            c for entry in data["certificates"] for c in load_certificates(entry["pem"].encode())
+        ]
+
+    def _validated_certificates(self, address: str) -> list[Certificate] | None:
+        """``address``'s certificates, each checked to name it and to chain to our anchors.
+
+        ``None`` when the directory does not know the address: the server then
+        refuses the send with its own code (``recipient_not_in_directory``).
+        A server cannot slip in a key of its own: it would not chain to the
+        anchors this workstation trusts, or would not name the address.
+        """
+        try:
+            found = self.certificates(address)
+        except ApiError as error:
+            if error.code == "mailbox_not_found":
+                return None
+            raise
+        trust = self._trust_store()
+        for certificate in found:
+            if address.strip().lower() not in certificate_emails(certificate):
+                raise ClientError(
+                    "certificate_address_mismatch",
+                    f"the directory's certificate for {address} names another address",
+                )
+            try:
+                trust.verify_signer(certificate)
+            except CryptoError as error:
+                raise ClientError(
+                    "recipient_certificate_untrusted",
+                    f"a certificate of {address} is not valid here ({error.code}): {error.detail}",
+                ) from None
+        return found
+
+    # --- sending ---------------------------------------------------------------------------------
+    def send(  # noqa: PLR0917 - the documented order of the issue's operation
+        self,
+        from_: str | None,
+        to: Sequence[str],
+        subject: str,
+        body: str,
+        patient_id: str | None = None,
+        attachments: Sequence[PathLike | Attachment] = (),
+        in_reply_to: str | None = None,
+        *,
+        patient_names: Sequence[str] = (),
+        reply_headers: tuple[str, list[str]] | None = None,
+    ) -> SendResult:
+        """Check, seal on this workstation, send. ``from_`` None: the identity's own mailbox.
+
+        ``patient_id``: the patient's NIR/INS or NISS (inside the message as
+        ``X-MSS-Patient-Id``; to the server for the opposition check, which keeps
+        a keyed hash only). ``patient_names``: the patient's names, so that the
+        subject check finds them too. ``in_reply_to``: the server id of the message
+        answered (the thread); :meth:`reply` also sets the inner In-Reply-To.
+        """
+        if isinstance(to, str):
+            raise TypeError("to is a list of addresses, not one string")
+        patient = _tagged_patient_id(patient_id) if patient_id else None
+        findings = check_recipients(to, self.max_recipients) + check_subject(
+            subject,
+            patient_names=list(patient_names),
+            patient_ids=[patient_id] if patient_id else [],
+        )
+        if any(f.severity is Severity.REFUSE for f in findings):
+            raise PolicyRefused(findings, self.language)
+        recipients = fold_recipients(to)
+        files = [_attachment(item) for item in attachments]
+        signer = self._identity()
+        own = certificate_emails(signer.certificate)
+        sending = (from_ or (own[0] if own else "")).strip().lower()
+        if not sending:
+            raise ClientError("sender_missing", "give the sending mailbox (from_)")
+        sealed_to: list[Certificate] = []
+        for address in [*recipients, sending]:
+            sealed_to += self._validated_certificates(address) or []
+        inner = build_inner_message(
+            Draft(
+                from_address=sending,
+                # Several recipients do not see each other (REQ-FEW-RECIPIENTS): the
+                # protected To names the sending mailbox only, as a blind copy does.
+                to=recipients if len(recipients) == 1 else [sending],
+                # Writing for an organisational mailbox: the signer is the Sender.
+                sender=own[0] if own and sending not in own else None,
+                subject=subject,
+                body_text=body,
+                patient_id=patient,
+                in_reply_to=reply_headers[0] if reply_headers else None,
+                references=reply_headers[1] if reply_headers else [],
+                attachments=files,
+            )
+        )
+        message_id_header = parse_inner_message(inner).message_id
+        # Nothing to seal to when no address is known: sealing to ourselves keeps the
+        # flow, and the server answers which address is missing (it stores nothing then).
+        envelope = seal(inner, signer, sealed_to or [signer.certificate], chain=self._chain)
+        payload: dict[str, Any] = {
+            "from": sending,
+            "recipients": recipients,
+            "envelope": _b64(envelope),
+        }
+        if patient:
+            payload["patient_id"] = patient.split(":", 1)[1]
+        if in_reply_to:
+            payload["in_reply_to"] = in_reply_to
+        data = self._call("POST", "/api/messages", body=payload, ok=(201,)).json()
+        return SendResult(
+            id=str(data["id"]),
+            thread=str(data["thread"]),
+            deliveries=[Delivery.from_json(d) for d in data["deliveries"]],
+            message_id=message_id_header,
+            warnings=[f for f in findings if f.severity is not Severity.REFUSE],
+        )
+
+    # --- reading ---------------------------------------------------------------------------------
+    def read(
+        self, message_id: str, mailbox: str | None = None, *, mark_read: bool = True
+    ) -> ReadMessage:
+        """Fetch, decrypt and verify a message here; mark the copy read (unless told not to).
+
+        Raises :class:`pli.crypto.SignatureError` (``signer_untrusted``,
+        ``signer_revoked``, ``sender_mismatch``…) rather than return a message
+        that is not genuine; the copy is then not marked read.
+        """
+        summary = self.message(message_id, mailbox)
+        at = _mailbox(summary.mailbox)
+        envelope = self._call(
+            "GET",
+            self._message_path(message_id, "/envelope"),
+            query=at,
+            accept="application/pkcs7-mime",
+        ).body
+        key = self._identity()
+        try:
+            opened = open_envelope(envelope, key, self._trust_store())
+        except NotARecipient:
+            raise NotARecipient(
+                f"this message was not sealed for your certificate ({summary.mailbox})"
+            ) from None
+        # The signed From / Sender name the signer (open_envelope); the server's routing
+        # must name them too, or a genuine letter is being replayed by someone else.
+        routing = {summary.from_.lower(), summary.sender_person.lower()}
+        if not routing.intersection(opened.signer.emails):
+            raise SenderMismatch(
+                f"signed by {', '.join(opened.signer.emails)}, but sent by {summary.from_}"
+            )
+        inner = parse_inner_message(opened.mime)
+        if mark_read and not summary.read:
+            self._call("POST", self._message_path(message_id, "/read"), query=at)
+        return ReadMessage(
+            summary=summary,
+            signature=SignatureStatus(
+                status="valid",
+                signer_emails=list(opened.signer.emails),
+                common_name=opened.signer.common_name,
+                national_id=opened.signer.national_id,
+                fingerprint=opened.signer.fingerprint,
+                signed_at=opened.signed_at,
+                revocation_checked=opened.details.revocation_checked,
+                chain=list(opened.details.chain),
+                warnings=list(opened.warnings),
+            ),
+            from_address=inner.from_address,
+            sender=inner.sender,
+            to=inner.to,
+            cc=inner.cc,
+            subject=inner.subject,
+            date=inner.date,
+            message_id=inner.message_id,
+            in_reply_to_header=inner.in_reply_to,
+            references=inner.references,
+            patient_id=inner.patient_id,
+            body=inner.body_text,
+            body_html=inner.body_html,
+            attachments=inner.attachments,
+            external_parts=inner.external_parts,
+        )
+
+    def reply(
+        self,
+        message_id: str,
+        body: str,
+        attachments: Sequence[PathLike | Attachment] = (),
+        *,
+        mailbox: str | None = None,
+        patient_names: Sequence[str] = (),
+    ) -> SendResult:
+        """Answer a message: from the mailbox that holds it, to its sender, in its thread.
+
+        The original is opened (and verified) first: its subject, patient and
+        Message-ID come from the signed content, never from the server.
+        """
+        original = self.read(message_id, mailbox, mark_read=False)
+        summary = original.summary
+        if summary.from_.lower() == summary.mailbox.lower():
+            to = summary.recipients  # answering our own sent message: its recipients again
+        else:
+            to = [summary.from_]
+        subject = original.subject
+        if not subject.lower().startswith("re:"):
+            subject = f"Re: {subject}"
+        return self.send(
+            summary.mailbox,
+            to,
+            subject,
+            body,
+            patient_id=original.patient_id,
+            attachments=attachments,
+            in_reply_to=summary.id,
+            patient_names=patient_names,
+            reply_headers=(original.message_id, [*original.references, original.message_id]),
+        )
+
+
+def _path(value: PathLike) -> Path:
+    """Paths as people write them in configuration: ``~`` is their home."""
+    return Path(value).expanduser()
+
+
+def _mailbox(address: str | None) -> dict[str, str]:
+    return {"mailbox": address} if address else {}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _attachment(item: PathLike | Attachment) -> Attachment:
+    if isinstance(item, Attachment):
+        return item
+    path = _path(item)
+    guessed, _ = mimetypes.guess_type(path.name)
+    return Attachment(
+        _safe_filename(path.name), guessed or "application/octet-stream", path.read_bytes()
+    )
