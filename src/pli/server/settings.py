@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "pli.server.audit",
     "pli.server.compliance",
     "pli.server.messaging",
+    "pli.server.webmail",
 ]
 
 MIDDLEWARE = [

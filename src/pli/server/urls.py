@@ -15,6 +15,7 @@ urlpatterns = [
     path("compte/", include("pli.server.accounts.urls")),
     path("api/", api.urls),
     path("fhir/", include("pli.server.directory.fhir_urls")),
+    path("messagerie/", include("pli.server.webmail.urls")),
     path("", directory_views.home, name="home"),
     path("annuaire/", directory_views.search_page, name="directory-search"),
 ]

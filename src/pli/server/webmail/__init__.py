@@ -1,0 +1,1 @@
+"""Web mail: the browser side of vault custody (DESIGN "Key custody", mode 2)."""

@@ -1,0 +1,765 @@
+"""The web mail with Django's test client: sealing on the server with the vault key.
+
+Real operator CA on disk, real vault keys (sealed under the passphrase,
+unlocked with the cookie as after a login), messages really signed and
+encrypted by the server and really opened by the recipient's key. Personas:
+A, a doctor of Hôpital A; B, a doctor of Clinique B; D, B's colleague at
+Clinique B, who must see nothing of B's mail; E, an outsider elsewhere; and
+the anonymous visitor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.test import Client
+from pytest_django.fixtures import Settings
+
+from pli.client.castore import CaDirectory
+from pli.crypto import (
+    PrivateKey,
+    SoftwareKey,
+    TrustStore,
+    generate_private_key,
+    inspect_envelope,
+    load_certificate,
+    load_crl,
+    open_envelope,
+    seal,
+    unwrap_private_key,
+)
+from pli.identifiers import nir_key
+from pli.mime import Draft, build_inner_message, parse_inner_message
+from pli.server.accounts import custody, operator_ca
+from pli.server.accounts.custody import do_create_mailbox_key, do_create_vault_key
+from pli.server.accounts.models import Custody, MailboxKey, Membership, Role, User
+from pli.server.audit.models import AuditEvent
+from pli.server.compliance.actions import do_record_opposition
+from pli.server.directory.models import Mailbox, MailboxCertificate, Organisation
+from pli.server.messaging.actions import do_send_message, read_envelope
+from pli.server.messaging.models import Delivery, Message, MessageCopy
+from tests.accounts_support import PASSPHRASE, make_account, signed_in
+
+pytestmark = pytest.mark.django_db
+
+CA_PASSPHRASE = "operator CA passphrase for the web mail tests"
+A = "dr.martin@hopital-a.pli.test"
+B = "dr.durand@clinique-b.pli.test"
+D = "dr.moreau@clinique-b.pli.test"
+E = "dr.petit@cabinet-e.pli.test"
+WARD = "cardiologie@clinique-b.pli.test"
+UNLOCK = "/compte/cle/deverrouiller/"
+INBOX = "/messagerie/"
+COMPOSE = "/messagerie/nouveau/"
+MESSAGE_ID = re.compile(r"/messagerie/message/(msg_[0-9a-f]{32})/")
+REPORT = b"%PDF-1.4\n% compte rendu de test\n" + bytes(range(256)) * 8
+
+
+def valid_nir(first13: str = "1850578006084") -> str:
+    return f"{first13}{nir_key(first13):02d}"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def ca_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One operator CA for the session (an RSA-3072 root and a 600 000-round PKCS#12)."""
+    path = tmp_path_factory.mktemp("webmail-ca") / "ca"
+    CaDirectory.create(path, "Pli Web Mail Test CA", CA_PASSPHRASE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def key_pool() -> list[PrivateKey]:
+    """RSA-3072 key generation is the slow part: a few keys, made once, handed out in turn."""
+    return [generate_private_key() for _ in range(5)]
+
+
+@pytest.fixture(autouse=True)
+def operator(
+    ca_directory: Path,
+    key_pool: list[PrivateKey],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> CaDirectory:
+    settings.PLI_CA_DIR = ca_directory
+    settings.BLOB_DIR = tmp_path / "blobs"
+    monkeypatch.setenv("PLI_CA_PASSPHRASE", CA_PASSPHRASE)
+    keys = itertools.cycle(key_pool)
+    monkeypatch.setattr(custody, "generate_private_key", lambda: next(keys))
+    return operator_ca.operator_ca()
+
+
+def vault_user(address: str, *, organisation: str, last_name: str, profession: str) -> User:
+    """An enrolled professional whose key is in the vault (made at enrolment)."""
+    return vault_account(
+        address, organisation=organisation, last_name=last_name, profession=profession
+    )[0]
+
+
+def vault_account(
+    address: str, *, organisation: str, last_name: str, profession: str
+) -> tuple[User, str]:
+    """:func:`vault_user`, and the seed of its TOTP (to log in through the pages)."""
+    user, secret = make_account(address, organisation=organisation)
+    professional = user.professional
+    assert professional is not None
+    professional.last_name, professional.profession = last_name, profession
+    professional.civil_title = "Dr"
+    professional.save()
+    assert do_create_vault_key(user, PASSPHRASE) is not None
+    return user, secret
+
+
+def unlocked(user: User) -> Client:
+    """A signed-in client whose vault cookie is set, as after the login page."""
+    client = signed_in(user)
+    response = client.post(UNLOCK, {"passphrase": PASSPHRASE})
+    assert response.status_code == 302, response.content
+    return client
+
+
+def vault_key(user: User, address: str | None = None) -> SoftwareKey:
+    """The user's personal key, opened from its record with the passphrase (the test's view)."""
+    row = MailboxKey.objects.filter(user=user, wrapping="passphrase").get()
+    certificate = MailboxCertificate.objects.get(fingerprint=row.certificate_fingerprint)
+    return SoftwareKey(
+        unwrap_private_key(bytes(row.wrapped_key), PASSPHRASE),
+        load_certificate(certificate.pem.encode()),
+    )
+
+
+def trust(ca: CaDirectory) -> TrustStore:
+    return TrustStore([ca.certificate], [load_crl((ca.path / "crl.pem").read_bytes())])
+
+
+@dataclass
+class World:
+    a: User
+    b: User
+    d: User
+    e: User
+    ca: CaDirectory
+    blob_dir: Path
+
+    @property
+    def mailbox_a(self) -> Mailbox:
+        return Mailbox.objects.get(address=A)
+
+    @property
+    def mailbox_b(self) -> Mailbox:
+        return Mailbox.objects.get(address=B)
+
+
+@pytest.fixture
+def world(operator: CaDirectory, settings: Settings) -> World:
+    return World(
+        a=vault_user(A, organisation="Hôpital A", last_name="Martin", profession="Cardiologue"),
+        b=vault_user(B, organisation="Clinique B", last_name="Durand", profession="Médecin"),
+        d=vault_user(D, organisation="Clinique B", last_name="Moreau", profession="Médecin"),
+        e=vault_user(E, organisation="Cabinet E", last_name="Petit", profession="Infirmier"),
+        ca=operator,
+        blob_dir=Path(settings.BLOB_DIR),
+    )
+
+
+def compose(
+    client: Client,
+    *,
+    to: str = B,
+    sender: str = A,
+    subject: str = "Avis cardiologique réf. 2026-117",
+    body: str = "Cher confrère,\nvoici mon avis sur votre patiente.\n",
+    confirm: tuple[str, ...] = (B,),
+    files: tuple[tuple[str, bytes, str], ...] = (),
+    path: str = COMPOSE,
+    **extra: Any,
+) -> Any:
+    data: dict[str, Any] = {
+        "sender": sender,
+        "recipients": to,
+        "subject": subject,
+        "body": body,
+        "action": "send",
+        "confirm": list(confirm),
+        **extra,
+    }
+    if files:
+        data["attachments"] = [SimpleUploadedFile(n, c, content_type=t) for n, c, t in files]
+    return client.post(path, data)
+
+
+def sent_id(response: Any) -> str:
+    assert response.status_code == 302, response.content.decode()[:3000]
+    match = MESSAGE_ID.search(response["Location"])
+    assert match, response["Location"]
+    return match.group(1)
+
+
+def codes(response: Any) -> list[str]:
+    return re.findall(r'data-code="([a-z_]+)"', response.content.decode())
+
+
+def stored() -> tuple[int, int, int]:
+    return Message.objects.count(), Delivery.objects.count(), MessageCopy.objects.count()
+
+
+def blob_files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
+
+
+def refusals() -> list[str]:
+    return [
+        str(e.detail)
+        for e in AuditEvent.objects.filter(action="messages.sent", outcome="failure").order_by(
+            "seq"
+        )
+    ]
+
+
+def without_tokens(response: Any) -> str:
+    """The page without its CSRF tokens, which are masked anew for each response."""
+    return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", response.content.decode())
+
+
+def message_url(message_id: str, mailbox: str) -> str:
+    return f"/messagerie/message/{message_id}/?boite={mailbox}"
+
+
+# --------------------------------------------------------------------------- sending and reading
+
+
+@pytest.mark.requirement("REQ-E2E")
+@pytest.mark.requirement("REQ-SIGNATURE")
+@pytest.mark.requirement("REQ-AT-REST")
+def test_a_message_is_sealed_on_the_server_and_read_by_the_recipient(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    page = a.get(COMPOSE)
+    assert page.status_code == 200
+    assert "no-store" in page["Cache-Control"]
+    assert "script-src 'self'" in page["Content-Security-Policy"]
+
+    response = compose(
+        a, files=(("compte-rendu écho.pdf", REPORT, "application/pdf"),), patient_id=valid_nir()
+    )
+    message_id = sent_id(response)
+    message = Message.objects.get(public_id=message_id)
+    assert message.sender_address == A and message.sender_person == A
+    assert message.patient_key  # the opposition register's keyed hash, never the NIR
+
+    check_sealed(world, message)
+    check_read_by_b(world, a, b, message)
+
+    actions = list(AuditEvent.objects.values_list("action", flat=True))
+    assert {"messages.sent", "messages.delivered", "messages.opened", "messages.read"} <= set(
+        actions
+    )
+    # The trail holds ids and codes only.
+    trail = " ".join(e.detail + e.target for e in AuditEvent.objects.all())
+    assert "Avis" not in trail and "compte-rendu" not in trail
+
+
+def check_sealed(world: World, message: Message) -> None:
+    """What rests is ciphertext, sealed to both mailboxes, signed by A, as composed."""
+    # No subject, body, file name, attachment or NIR in clear.
+    envelope = read_envelope(MessageCopy.objects.get(message=message, mailbox__address=B))
+    for secret in (b"Avis cardiologique", b"voici mon avis", b"compte-rendu", REPORT[:40]):
+        assert secret not in envelope
+    assert valid_nir().encode() not in envelope
+    for path in blob_files(world.blob_dir):
+        assert b"voici mon avis" not in path.read_bytes()
+    # Sealed to every current certificate of the recipient and of the sending mailbox.
+    info = inspect_envelope(envelope)
+    for user in (world.a, world.b):
+        info.require_recipient(vault_key(user).certificate)
+
+    # B's own key opens it (what any S/MIME agent would do): signed by A, as sent.
+    opened = open_envelope(envelope, vault_key(world.b), trust(world.ca))
+    assert opened.signer.emails == [A]
+    inner = parse_inner_message(opened.mime)
+    assert inner.subject == "Avis cardiologique réf. 2026-117"
+    assert inner.to == [B] and inner.from_address == A
+    assert inner.patient_id == f"nir:{valid_nir()}"
+    assert [(x.filename, x.data) for x in inner.attachments] == [("compte-rendu écho.pdf", REPORT)]
+
+
+def check_read_by_b(world: World, a: Client, b: Client, message: Message) -> None:
+    """B's pages: the inbox, the message with its signer, the download; A sees it read."""
+    message_id = message.public_id
+    # B's inbox: one unread message, its subject opened in memory for the page.
+    inbox = b.get(INBOX)
+    html = inbox.content.decode()
+    assert 'data-unread="1"' in html
+    assert "Avis cardiologique réf. 2026-117" in html
+    assert "1 pièce jointe" in html
+
+    reading = b.get(message_url(message_id, B))
+    assert reading.status_code == 200
+    assert "no-store" in reading["Cache-Control"]
+    html = reading.content.decode()
+    assert 'data-code="valid"' in html
+    assert "Signature valide" in html
+    assert "Dr Alice Martin" in html and "Cardiologue" in html
+    assert f"RPPS {world.a.professional.identifier}" in html  # type: ignore[union-attr]
+    assert "voici mon avis sur votre patiente." in html
+    assert "compte-rendu écho.pdf" in html
+    # Read: B's delivery is read, which A sees.
+    delivery = Delivery.objects.get(message=message)
+    assert delivery.state == "read" and delivery.read_at is not None
+    assert 'data-unread="1"' not in b.get(INBOX).content.decode()
+    sent_view = a.get(message_url(message_id, A)).content.decode()
+    assert f'data-recipient="{B}" data-state="read"' in sent_view
+
+    download = b.get(f"/messagerie/message/{message_id}/pieces-jointes/0/?boite={B}")
+    assert download.status_code == 200
+    assert download.content == REPORT
+    assert download["Content-Type"] == "application/pdf"
+    assert download["Content-Disposition"] == (
+        'attachment; filename="compte-rendu _cho.pdf"; '
+        "filename*=UTF-8''compte-rendu%20%C3%A9cho.pdf"
+    )
+    assert "sandbox" in download["Content-Security-Policy"]
+    assert "no-store" in download["Cache-Control"]
+    assert b.get(f"/messagerie/message/{message_id}/pieces-jointes/1/?boite={B}").status_code == 404
+
+
+@pytest.mark.requirement("REQ-SIGNATURE")
+def test_a_message_whose_signer_is_not_its_sender_is_not_shown(world: World) -> None:
+    """Signed by A, claiming to come from D: the precise reason, and no content at all."""
+    forged = build_inner_message(
+        Draft(from_address=D, to=[B], subject="Résultats", body_text="Contenu forgé\n")
+    )
+    envelope = seal(forged, vault_key(world.a), [vault_key(world.b).certificate])
+    message = do_send_message(world.a, A, [B], envelope)
+    b = unlocked(world.b)
+    html = b.get(message_url(message.public_id, B)).content.decode()
+    assert 'data-code="sender_mismatch"' in html
+    assert "Signature non vérifiée" in html
+    assert "Contenu forgé" not in html and "Résultats" not in html
+    assert "Répondre" not in html
+    # Not read: nothing genuine was shown.
+    assert Delivery.objects.get(message=message).state == "delivered"
+    inbox = b.get(INBOX).content.decode()
+    assert "Contenu forgé" not in inbox and "(illisible)" in inbox
+
+
+@pytest.mark.requirement("REQ-E2E")
+def test_an_organisational_mailbox_is_read_with_the_members_wrapped_key(world: World) -> None:
+    clinic = Organisation.objects.get(technical_id="TClinique B")
+    ward = Mailbox.objects.create(address=WARD, kind="ORG", organisation=clinic)
+    Membership.objects.create(user=world.b, mailbox=ward, role="member")
+    admin, _ = make_account("admin@operator.pli.test", role=Role.OPERATOR_ADMIN)
+    do_create_mailbox_key(ward, actor=admin)
+    a, b = unlocked(world.a), unlocked(world.b)
+    message_id = sent_id(compose(a, to=WARD, confirm=(WARD,)))
+    html = b.get(f"{INBOX}?boite={WARD}").content.decode()
+    assert "Avis cardiologique réf. 2026-117" in html
+    reading = b.get(message_url(message_id, WARD)).content.decode()
+    assert 'data-code="valid"' in reading and "voici mon avis" in reading
+    # B answers from the ward: signed with B's own key, From the ward, Sender B.
+    reply_id = sent_id(
+        compose(
+            b,
+            sender=WARD,
+            to=A,
+            confirm=(),
+            path=f"/messagerie/message/{message_id}/repondre/?boite={WARD}",
+        )
+    )
+    reply = Message.objects.get(public_id=reply_id)
+    assert reply.sender_address == WARD and reply.sender_person == B
+    assert 'data-code="valid"' in a.get(message_url(reply_id, A)).content.decode()
+    # D, B's colleague but not a member, sees nothing of the ward.
+    assert unlocked(world.d).get(f"{INBOX}?boite={WARD}").status_code == 404
+
+
+# --------------------------------------------------------------------------- pre-send policy
+
+
+@pytest.mark.requirement("REQ-VERIFY-RECIPIENT")
+def test_the_first_message_to_a_recipient_needs_a_confirmation(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    # The check the page shows as the sender types: who the address is, and "first time".
+    fragment = a.get("/messagerie/destinataires/", {"de": A, "a": f"{B}, nobody@nowhere.pli.test"})
+    html = fragment.content.decode()
+    assert "Dr Alice Durand" in html and "Médecin" in html and "Clinique B" in html
+    assert f'name="confirm" value="{B}"' in html
+    assert 'data-code="recipient_not_in_directory"' in html
+
+    refused = compose(a, confirm=())
+    assert refused.status_code == 400
+    assert "recipient_not_confirmed" in codes(refused)
+    assert f'name="confirm" value="{B}"' in refused.content.decode()
+    assert stored() == (0, 0, 0)
+    assert refusals() == []  # a step of the page, not a refused send
+
+    sent_id(compose(a, confirm=(B,)))
+    # Written to once: known from now on, for this mailbox.
+    sent_id(compose(a, confirm=()))
+    assert (
+        f'name="confirm" value="{B}"'
+        not in a.get("/messagerie/destinataires/", {"de": A, "a": B}).content.decode()
+    )
+    # B received from A: answering A needs no confirmation either.
+    sent_id(compose(b, sender=B, to=A, confirm=()))
+    # A new correspondent of B still does.
+    assert "recipient_not_confirmed" in codes(compose(b, sender=B, to=E, confirm=()))
+    assert Message.objects.count() == 3
+
+
+@pytest.mark.requirement("REQ-SUBJECT")
+def test_a_subject_that_identifies_the_patient_is_refused_and_nothing_is_stored(
+    world: World,
+) -> None:
+    a = unlocked(world.a)
+    nir = valid_nir()
+    by_number = compose(a, subject=f"Résultats NIR {nir}")
+    assert by_number.status_code == 400
+    assert "subject_contains_patient_id" in codes(by_number)
+    assert "doit rester pseudonymisé" in by_number.content.decode()
+
+    by_name = compose(
+        a,
+        subject="Compte rendu de Mme Lefèvre",
+        patient_last_name="LEFEVRE",
+        patient_first_name="Jeanne",
+    )
+    assert "subject_contains_patient_name" in codes(by_name)
+    # The typed text stays on the page; attachments are not kept (they never are).
+    with_file = compose(
+        a,
+        subject="Compte rendu de Jeanne",
+        patient_first_name="Jeanne",
+        files=(("cr.pdf", REPORT, "application/pdf"),),
+    )
+    assert "attachments_not_kept" in codes(with_file)
+    assert "Compte rendu de Jeanne" in with_file.content.decode()
+
+    # A number shaped like a NIR but not one: a warning, sent once the subject is reviewed.
+    doubtful = compose(a, subject="Dossier 1850578006084")
+    assert "subject_needs_review" in codes(doubtful)
+    assert 'name="subject_reviewed"' in doubtful.content.decode()
+    assert stored() == (0, 0, 0)
+    assert blob_files(world.blob_dir) == []
+    assert refusals() == [
+        '{"code":"subject_contains_patient_id"}',
+        '{"code":"subject_contains_patient_name"}',
+        '{"code":"subject_contains_patient_name"}',
+    ]
+    sent_id(compose(a, subject="Dossier 1850578006084", subject_reviewed="on"))
+
+
+@pytest.mark.requirement("REQ-OPPOSITION")
+def test_a_message_about_an_opposed_patient_is_refused_with_the_advice(world: World) -> None:
+    dpo, _ = make_account("dpo@operator.pli.test", role=Role.DPO)
+    do_record_opposition(dpo, valid_nir(), None)
+    a = unlocked(world.a)
+    refused = compose(a, patient_id=valid_nir(), files=(("cr.pdf", REPORT, "application/pdf"),))
+    assert refused.status_code == 400
+    assert "patient_opposed" in codes(refused)
+    assert "courrier postal" in refused.content.decode()
+    bad = compose(a, patient_id="12345")
+    assert "bad_patient_id" in codes(bad)
+    assert stored() == (0, 0, 0)
+    assert blob_files(world.blob_dir) == []
+    assert refusals() == ['{"code":"patient_opposed"}', '{"code":"bad_patient_id"}']
+
+
+def test_recipients_must_be_active_mailboxes_of_the_directory(world: World) -> None:
+    a = unlocked(world.a)
+    unknown = compose(a, to="nobody@nowhere.pli.test", confirm=())
+    assert "recipient_not_in_directory" in codes(unknown)
+    itself = compose(a, to=A, confirm=())
+    assert "recipient_is_sender" in codes(itself)
+    nobody = compose(a, to="", confirm=())
+    assert "no_recipient" in codes(nobody)
+    not_mine = compose(a, sender=B, confirm=())
+    assert not_mine.status_code == 400 and "De" in not_mine.content.decode()
+    assert stored() == (0, 0, 0)
+
+
+# --------------------------------------------------------------------------- reply and forward
+
+
+@pytest.mark.requirement("REQ-AFTER-SEND")
+def test_a_forward_needs_the_patients_agreement(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    original = sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
+    path = f"/messagerie/message/{original}/transferer/?boite={B}"
+    page = b.get(path)
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "TR : Avis cardiologique réf. 2026-117" in html
+    assert "Message transféré" in html and "voici mon avis" in html
+    assert 'name="patient_consent"' in html and 'name="keep" value="0"' in html
+
+    refused = compose(b, sender=B, to=E, confirm=(E,), subject="TR : avis", path=path, keep="0")
+    assert refused.status_code == 400
+    assert "patient_consent_required" in codes(refused)
+    assert Message.objects.count() == 1
+
+    forwarded = sent_id(
+        compose(
+            b,
+            sender=B,
+            to=E,
+            confirm=(E,),
+            subject="TR : avis",
+            body="Pour information.\n",
+            path=path,
+            keep="0",
+            patient_consent="on",
+        )
+    )
+    message = Message.objects.get(public_id=forwarded)
+    assert message.sender_address == B and message.in_reply_to is None
+    e = unlocked(world.e)
+    html = e.get(message_url(forwarded, E)).content.decode()
+    assert 'data-code="valid"' in html and "Dr Alice Durand" in html  # signed by B
+    assert "cr.pdf" in html
+    assert e.get(f"/messagerie/message/{forwarded}/pieces-jointes/0/").content == REPORT
+
+
+@pytest.mark.requirement("REQ-AFTER-SEND")
+@pytest.mark.requirement("REQ-OPPOSITION")
+def test_a_forward_keeps_the_patient_and_its_opposition_check(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    original = sent_id(compose(a, patient_id=valid_nir()))
+    dpo, _ = make_account("dpo@operator.pli.test", role=Role.DPO)
+    do_record_opposition(dpo, valid_nir(), None)
+    refused = compose(
+        b,
+        sender=B,
+        to=E,
+        confirm=(E,),
+        subject="TR : avis",
+        path=f"/messagerie/message/{original}/transferer/?boite={B}",
+        patient_id="",  # the forwarded message's patient is kept whatever the form says
+        patient_consent="on",
+    )
+    assert "patient_opposed" in codes(refused)
+    assert Message.objects.count() == 1
+
+
+def test_a_reply_joins_the_thread_of_the_original(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    original_id = sent_id(compose(a))
+    path = f"/messagerie/message/{original_id}/repondre/?boite={B}"
+    page = b.get(path).content.decode()
+    assert "RE : Avis cardiologique réf. 2026-117" in page
+    assert f'value="{A}"' in page  # the recipient: the sender of the original
+    assert "&gt; voici mon avis sur votre patiente." in page
+
+    reply_id = sent_id(
+        compose(
+            b,
+            sender=B,
+            to=A,
+            confirm=(),
+            subject="RE : Avis cardiologique réf. 2026-117",
+            body="Merci.\n",
+            path=path,
+        )
+    )
+    original = Message.objects.get(public_id=original_id)
+    reply = Message.objects.get(public_id=reply_id)
+    assert reply.in_reply_to == original and reply.thread_id == original.thread_id
+    envelope = read_envelope(MessageCopy.objects.get(message=reply, mailbox__address=A))
+    inner = parse_inner_message(open_envelope(envelope, vault_key(world.a), trust(world.ca)).mime)
+    first = parse_inner_message(
+        open_envelope(
+            read_envelope(MessageCopy.objects.get(message=original, mailbox__address=A)),
+            vault_key(world.a),
+            trust(world.ca),
+        ).mime
+    )
+    assert inner.in_reply_to == first.message_id
+    assert inner.references == [first.message_id]
+    html = a.get(message_url(reply_id, A)).content.decode()
+    assert "Dans le même fil" in html and "message auquel celui-ci répond" in html
+    # The sender's own copy offers no reply to itself, only a forward.
+    own = a.get(message_url(original_id, A)).content.decode()
+    assert "/repondre/" not in own and "/transferer/" in own
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_archive_restore_and_delete_act_on_the_readers_copy(world: World) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    message_id = sent_id(compose(a))
+    url = f"/messagerie/message/{message_id}"
+    moved = b.post(f"{url}/deplacer/?boite={B}", {"folder": "archive"})
+    assert moved.status_code == 302 and "dossier=inbox" in moved["Location"]
+    copy = MessageCopy.objects.get(message__public_id=message_id, mailbox__address=B)
+    assert copy.folder == "archive"
+    assert "Avis cardiologique" in b.get(f"{INBOX}?boite={B}&dossier=archive").content.decode()
+    assert "Avis cardiologique" not in b.get(INBOX).content.decode()
+    assert b.post(f"{url}/deplacer/?boite={B}", {"folder": "sent"}).status_code == 302
+    assert MessageCopy.objects.get(pk=copy.pk).folder == "archive"  # refused: bad_folder
+    b.post(f"{url}/deplacer/?boite={B}", {"folder": "inbox"})
+    assert MessageCopy.objects.get(pk=copy.pk).folder == "inbox"
+
+    assert b.post(f"{url}/supprimer/?boite={B}").status_code == 302
+    assert MessageCopy.objects.get(pk=copy.pk).folder == "trash"
+    trash = b.get(f"{INBOX}?boite={B}&dossier=trash").content.decode()
+    assert "Avis cardiologique" in trash
+    b.post(f"{url}/supprimer/?boite={B}")
+    assert not MessageCopy.objects.filter(pk=copy.pk).exists()
+    assert b.get(message_url(message_id, B)).status_code == 404
+    # A's copy and the delivery state stay.
+    html = a.get(message_url(message_id, A)).content.decode()
+    assert 'data-code="valid"' in html and f'data-recipient="{B}"' in html
+    moves = AuditEvent.objects.filter(action__in=["messages.moved", "messages.deleted"])
+    assert moves.count() == 4
+
+
+# --------------------------------------------------------------------------- who sees what
+
+
+@pytest.mark.requirement("REQ-E2E")
+def test_a_colleague_and_an_outsider_get_404_for_every_message_url(world: World) -> None:
+    a = unlocked(world.a)
+    message_id = sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
+    missing = "msg_" + "0" * 32
+    base = f"/messagerie/message/{message_id}"
+    gets = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/"]
+    posts: list[tuple[str, dict[str, str]]] = [
+        ("/deplacer/", {"folder": "archive"}),
+        ("/supprimer/", {}),
+        ("/repondre/", {"sender": D, "recipients": A, "subject": "x", "action": "send"}),
+    ]
+    for user in (world.d, world.e):
+        client = unlocked(user)
+        reference = client.get(f"/messagerie/message/{missing}/")
+        assert reference.status_code == 404
+        for suffix in gets:
+            for mailbox in ("", f"?boite={B}", f"?boite={A}"):
+                response = client.get(base + suffix + mailbox)
+                assert response.status_code == 404, (user, suffix, mailbox)
+                assert without_tokens(response) == without_tokens(reference)
+        for suffix, data in posts:
+            response = client.post(base + suffix + f"?boite={B}", data)
+            assert response.status_code == 404, (user, suffix)
+        assert client.get(f"{INBOX}?boite={B}").status_code == 404
+    assert MessageCopy.objects.filter(message__public_id=message_id).count() == 2
+    assert set(MessageCopy.objects.values_list("folder", flat=True)) == {"inbox", "sent"}
+    # The anonymous visitor is sent to the login page, for reading and for acting alike.
+    anonymous = Client()
+    for suffix in gets:
+        response = anonymous.get(base + suffix)
+        assert response.status_code == 302 and "/compte/connexion/" in response["Location"]
+    for suffix, data in posts:
+        response = anonymous.post(base + suffix, data)
+        assert response.status_code in (302, 403)
+    assert Message.objects.count() == 1
+
+
+def test_a_locked_vault_sends_to_the_unlock_page_and_back(world: World) -> None:
+    message_id = sent_id(compose(unlocked(world.a)))
+    b = signed_in(world.b)  # signed in, vault not unlocked
+    url = message_url(message_id, B)
+    response = b.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith(UNLOCK + "?next=")
+    back = b.post(response["Location"], {"passphrase": PASSPHRASE})
+    assert back.status_code == 302 and back["Location"] == url
+    assert 'data-code="valid"' in b.get(url).content.decode()
+
+    c = signed_in(world.b)
+    assert c.get(COMPOSE)["Location"].startswith(UNLOCK)
+    inbox = c.get(INBOX).content.decode()
+    assert 'data-code="vault_locked"' in inbox and "(clé verrouillée)" in inbox
+    # A send with a locked key keeps what was typed, sends nothing.
+    refused = compose(c, sender=B, to=A, confirm=(), body="Texte gardé\n")
+    assert refused.status_code == 400 and "vault_locked" in codes(refused)
+    assert "Texte gardé" in refused.content.decode()
+    assert Message.objects.count() == 1
+
+
+# --------------------------------------------------------------------------- attachments
+
+
+def test_attachments_stay_in_memory_and_too_large_ones_are_refused(
+    world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_temporary_file(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an upload went to a temporary file")
+
+    monkeypatch.setattr(TemporaryFileUploadHandler, "new_file", no_temporary_file)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 100  # Django would write anything larger to disk
+    a = unlocked(world.a)
+    sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
+
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(300 * 1024))
+    big = bytes(200 * 1024)
+    refused = compose(a, files=(("big.bin", big, "application/octet-stream"),))
+    assert refused.status_code == 413
+    assert "attachments_too_large" in codes(refused)
+    assert Message.objects.count() == 1
+
+
+def test_attachment_names_and_types_are_made_safe() -> None:
+    from pli.server.webmail.views import content_disposition, safe_filename
+
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("C:\\Users\\x\\rapport.pdf") == "rapport.pdf"
+    assert safe_filename(".hidden") == "hidden"
+    assert safe_filename("a\u202egnp.exe") == "agnp.exe"
+    assert safe_filename("") == "piece-jointe"
+    assert content_disposition('x"; filename="evil.html') == (
+        'attachment; filename="x__ filename__evil.html"; '
+        "filename*=UTF-8''x%22%3B%20filename%3D%22evil.html"
+    )
+
+
+# --------------------------------------------------------------------------- directory
+
+
+@pytest.mark.requirement("REQ-VERIFY-RECIPIENT")
+def test_the_directory_suggests_correspondents_with_profession_and_place(world: World) -> None:
+    a = unlocked(world.a)
+    html = a.get("/messagerie/annuaire/", {"q": "durand"}).content.decode()
+    assert "Dr Alice Durand" in html and "Médecin" in html and "Clinique B" in html
+    assert f'name="add_recipient" value="{B}"' in html
+    # Red-listed mailboxes are never suggested from a name.
+    Mailbox.objects.filter(address=B).update(red_list=True)
+    assert B not in a.get("/messagerie/annuaire/", {"q": "durand"}).content.decode()
+    # Without the script: "Chercher" and a suggestion post the form back.
+    searched = a.post(COMPOSE, {"sender": A, "q": "moreau", "action": "search", "body": "gardé"})
+    assert f'value="{D}"' in searched.content.decode() and "gardé" in searched.content.decode()
+    added = a.post(COMPOSE, {"sender": A, "recipients": "", "add_recipient": D, "body": "gardé"})
+    html = added.content.decode()
+    assert f'value="{D}"' in html and f'name="confirm" value="{D}"' in html
+    assert Message.objects.count() == 0
+
+
+def test_pages_need_a_login_and_have_no_inline_script(world: World) -> None:
+    anonymous = Client()
+    for path in (INBOX, COMPOSE, "/messagerie/annuaire/?q=du", "/messagerie/destinataires/"):
+        response = anonymous.get(path)
+        assert response.status_code == 302 and "/compte/connexion/" in response["Location"]
+    a = unlocked(world.a)
+    for path in (INBOX, COMPOSE):
+        html = a.get(path).content.decode()
+        assert "<script>" not in html and " style=" not in html and " on" + "click" not in html
+        assert '<script src="/static/pli/webmail.js" defer></script>' in html
+
+
+def test_a_workstation_custody_user_is_sent_to_the_client(world: World) -> None:
+    message_id = sent_id(compose(unlocked(world.a)))
+    world.e.custody = Custody.WORKSTATION
+    world.e.save()
+    e = signed_in(world.e)
+    assert "workstation_custody" in codes(e.get(COMPOSE))
+    # Someone else's message still answers as a missing one.
+    assert e.get(f"/messagerie/message/{message_id}/repondre/?boite={B}").status_code == 404
