@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -212,3 +213,21 @@ def test_pli_jobs_run_daily_prints_a_summary_and_exits_1_when_a_job_fails() -> N
     )
     assert "[ok] account_records" in broken.output
     assert "[ok] audit_retention" in broken.output
+
+
+@pytest.mark.django_db
+def test_the_operator_crl_is_republished_daily(settings: Any, tmp_path: Any) -> None:
+    from pli.client.castore import CaDirectory
+    from pli.crypto import load_crl
+    from pli.server.jobs import _operator_crl
+
+    settings.PLI_CA_DIR = tmp_path / "ca"
+    now = timezone.now()
+    assert _operator_crl(now, False).data == {"published": False}  # no CA: nothing to do
+    CaDirectory.create(tmp_path / "ca", "Test operator", "a long enough passphrase")
+    (tmp_path / "ca" / "passphrase").write_text("a long enough passphrase")
+    assert _operator_crl(now, True).data == {"published": False}
+    summary = _operator_crl(now, False)
+    assert summary.data == {"published": True}
+    crl = load_crl((tmp_path / "ca" / "crl.pem").read_bytes())
+    assert crl.next_update_utc is not None and crl.next_update_utc > now

@@ -135,6 +135,22 @@ def _audit_checkpoint(now: dt.datetime, dry_run: bool) -> JobSummary:
     )
 
 
+def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
+    """A fresh CRL every day: readers fail closed once it expires (RFC 5280 section 5.1.2.5)."""
+    from pli.server.accounts import operator_ca  # noqa: PLC0415
+
+    del now
+    if not (operator_ca.ca_path() / "ca.pem").exists():
+        return JobSummary("no operator CA here", {"published": False})
+    if dry_run:
+        return JobSummary("would publish the operator CRL", {"published": False})
+    crl = operator_ca.publish_crl()
+    return JobSummary(
+        f"published the operator CRL (next update {crl.next_update_utc:%Y-%m-%d})",
+        {"published": True},
+    )
+
+
 #: In this order: the lifecycle and the clean-up record audit events, which the
 #: retention never touches (they are new) and the checkpoint then signs.
 DAILY_JOBS: tuple[DailyJob, ...] = (
@@ -147,6 +163,11 @@ DAILY_JOBS: tuple[DailyJob, ...] = (
         "account_records",
         "Delete expired activation codes, throttle counters and sessions.",
         _account_records,
+    ),
+    DailyJob(
+        "operator_crl",
+        "Publish a new CRL of the operator CA before the current one expires.",
+        _operator_crl,
     ),
     DailyJob(
         "audit_retention",

@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
 #: The registry's names, repeated here so that --only is checked before Django starts
 #: (tests/test_jobs.py checks that both lists agree).
-JOB_NAMES = ("lifecycle", "account_records", "audit_retention", "audit_checkpoint")
+JOB_NAMES = (
+    "lifecycle",
+    "account_records",
+    "operator_crl",
+    "audit_retention",
+    "audit_checkpoint",
+)
 
 
 def _setup() -> None:
