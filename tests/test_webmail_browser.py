@@ -247,9 +247,11 @@ def test_a_writes_to_b_who_reads_downloads_and_answers(
     b_answers(b)
     a_sees_the_read_state_and_reads_the_answer(a, sent_url)
 
-    original = Message.objects.get(sender_address=A)
-    reply = Message.objects.get(sender_address=B)
+    # Each first reading also sent a signed read receipt (RFC 8098), in the same thread.
+    original, receipt_a = Message.objects.filter(sender_address=A).order_by("created_at")
+    receipt_b, reply = Message.objects.filter(sender_address=B).order_by("created_at")
     assert reply.in_reply_to == original and reply.thread_id == original.thread_id
+    assert receipt_b.in_reply_to == original and receipt_a.in_reply_to == reply
     assert Delivery.objects.get(message=original).state == "read"
     assert Delivery.objects.get(message=reply).state == "read"
     watched_a.assert_clean()

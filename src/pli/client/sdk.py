@@ -13,7 +13,10 @@ anchors given here, revocation) and checks the signer against the routing
 sender the server reports (docs/api/messaging.md, "One message").
 
 Only the standard library speaks HTTP (``urllib``): no new dependency for
-practice software that embeds the SDK. The session (the ``pli_session``
+practice software that embeds the SDK. Large attachments (decision 0003) are
+encrypted here as a stream (:func:`pli.crypto.encrypt_stream`), uploaded in
+chunks that resume after an interruption, and downloaded the same way and
+decrypted as they arrive: memory does not grow with their size. The session (the ``pli_session``
 cookie and the CSRF token) is kept in a JSON file readable by its owner only
 (``0600``, default ``~/.config/pli/session.json``), so that successive ``pli``
 commands share one login. See docs/sdk.md.
@@ -22,12 +25,18 @@ commands share one login. See docs/sdk.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import http.client
+import io
 import json
 import mimetypes
 import os
+import re
+import shutil
 import ssl
+import tempfile
+import time
 import unicodedata
 import urllib.error
 import urllib.parse
@@ -37,7 +46,7 @@ from dataclasses import dataclass, field
 from email.message import Message as EmailHeaders
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from pli import __version__
 from pli.client.castore import write_atomically
@@ -52,19 +61,36 @@ from pli.crypto import (
     SoftwareKey,
     TrustStore,
     certificate_emails,
+    decrypt_stream,
+    encrypt_stream,
     load_certificates,
     load_crl,
     load_pkcs12,
     open_envelope,
     seal,
 )
-from pli.mime import Attachment, Draft, ExternalPart, build_inner_message, parse_inner_message
+from pli.mime import (
+    Attachment,
+    Disposition,
+    DispositionNotification,
+    Draft,
+    ExternalPart,
+    InnerMessage,
+    MimeError,
+    build_inner_message,
+    build_mdn,
+    is_mdn,
+    parse_inner_message,
+    parse_mdn,
+)
 from pli.mime import normalise_patient_id as _tagged_patient_id
 from pli.policy import Finding, Severity, check_recipients, check_subject, fold_recipients
 
 __all__ = [
+    "DEFAULT_ATTACHMENT_TYPES",
     "DEFAULT_MAX_RECIPIENTS",
     "ApiError",
+    "AttachmentLimits",
     "AuthenticationRequired",
     "Client",
     "ClientError",
@@ -73,10 +99,13 @@ __all__ = [
     "Mailbox",
     "MessagePage",
     "MessageSummary",
+    "PendingUpload",
     "PolicyRefused",
     "ReadMessage",
     "SendResult",
     "SignatureStatus",
+    "UploadInterrupted",
+    "check_attachment_type",
     "default_session_file",
 ]
 
@@ -86,6 +115,39 @@ DEFAULT_MAX_RECIPIENTS = 20
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SESSION_FORMAT = 1
+#: The server's defaults (``GET /api/uploads/limits`` gives its actual values).
+DEFAULT_MAX_ENVELOPE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_ATTACHMENT_BYTES = 1024 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+#: The attachment types accepted when the server does not say (``PLI_ATTACHMENT_TYPES``):
+#: PDF, images, CDA R2 / XML documents, IHE XDM packages, plain text. The server
+#: cannot check what it cannot read: this workstation checks before sealing.
+DEFAULT_ATTACHMENT_TYPES = (
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "application/xml",
+    "text/xml",
+    "application/zip",
+    "application/x-zip-compressed",
+    "text/plain",
+)
+#: How the first bytes of each type start (a renamed executable is not a PDF).
+_MAGIC: dict[str, tuple[bytes, ...]] = {
+    "application/pdf": (b"%PDF-",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/tiff": (b"II*\x00", b"MM\x00*"),
+    "application/zip": (b"PK\x03\x04", b"PK\x05\x06"),
+    "application/x-zip-compressed": (b"PK\x03\x04", b"PK\x05\x06"),
+}
+_XML_TYPES = frozenset({"application/xml", "text/xml"})
+#: Room in an envelope for what is not attachments, and how attachments grow in it
+#: (base64 in the MIME entity, then the signed entity base64 again: about 1.85x).
+_ENVELOPE_ROOM = 256 * 1024
+_ENVELOPE_GROWTH_PERCENT = 190
+_COPY_BYTES = 1024 * 1024
 
 
 def default_session_file() -> Path:
@@ -135,6 +197,25 @@ class PolicyRefused(ClientError):
     @property
     def codes(self) -> list[str]:
         return [f.code.value for f in self.findings if f.severity is Severity.REFUSE]
+
+
+class UploadInterrupted(ClientError):
+    """A large attachment's upload stopped (network, server) after its retries.
+
+    ``pending`` holds what resumes it: :meth:`Client.resume_upload`, then give
+    it to :meth:`Client.send` among the attachments. Its ciphertext file stays
+    on disk until :meth:`PendingUpload.discard`.
+    """
+
+    def __init__(self, pending: PendingUpload, cause: ClientError) -> None:
+        super().__init__(
+            "upload_interrupted",
+            f"the upload {pending.upload_id} stopped ({cause.code}): resume it",
+        )
+        self.pending = pending
+        self.cause = cause
+        #: Other large attachments of the same send, already uploaded (give them too).
+        self.completed: list[PendingUpload] = []
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -235,6 +316,52 @@ class SendResult:
 
 
 @dataclass(frozen=True)
+class AttachmentLimits:
+    """The server's attachment settings (``GET /api/uploads/limits``)."""
+
+    max_attachment_bytes: int
+    max_upload_bytes: int
+    chunk_bytes: int
+    max_envelope_bytes: int
+    #: Attachment bytes one envelope carries inline; larger content is streamed.
+    inline_attachment_bytes: int
+    allowed_types: tuple[str, ...]
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> AttachmentLimits:
+        return AttachmentLimits(
+            max_attachment_bytes=int(data["max_attachment_bytes"]),
+            max_upload_bytes=int(data["max_upload_bytes"]),
+            chunk_bytes=int(data["chunk_bytes"]),
+            max_envelope_bytes=int(data["max_envelope_bytes"]),
+            inline_attachment_bytes=int(data["inline_attachment_bytes"]),
+            allowed_types=tuple(str(t).lower() for t in data["allowed_types"]),
+        )
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A large attachment encrypted here and uploaded (or being uploaded) to the server.
+
+    ``ciphertext`` is the local encrypted file (RFC 8188 stream), ``part`` what
+    the sealed message will carry: the digest, and the **key** that opens the
+    ciphertext. Keep both as carefully as the file itself; give the pending
+    upload to :meth:`Client.send` among the attachments once
+    :meth:`Client.resume_upload` has completed it.
+    """
+
+    upload_id: str
+    ciphertext: Path
+    part: ExternalPart
+
+    def discard(self) -> None:
+        """Remove the local ciphertext (and its private temporary directory)."""
+        self.ciphertext.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.ciphertext.parent.rmdir()
+
+
+@dataclass(frozen=True)
 class SignatureStatus:
     """Who signed, as their certificate (validated to a trust anchor) says (REQ-SIGNATURE).
 
@@ -272,15 +399,31 @@ class ReadMessage:
     body: str
     body_html: str | None
     attachments: list[Attachment]
-    #: Large parts stored outside the envelope: the server has no blob download yet.
+    #: Large parts stored outside the envelope (decision 0003): their key and digest,
+    #: signed; :meth:`save_attachments` downloads and decrypts them.
     external_parts: list[ExternalPart]
+    #: Downloads one external part into a directory (set by :meth:`Client.read`).
+    fetch_external: Callable[[ExternalPart, Path], Path] | None = field(
+        default=None, repr=False, compare=False
+    )
+    #: The id of the signed read receipt (RFC 8098 MDN) sent when this read marked it read.
+    receipt: str | None = None
+    #: Why no receipt went although one was asked (``recipient_not_in_directory``…).
+    receipt_error: str | None = None
+    #: When this message is itself a read receipt: its RFC 8098 fields (who, which, how).
+    notification: DispositionNotification | None = None
 
     @property
     def id(self) -> str:
         return self.summary.id
 
     def save_attachments(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Write the attachments into ``directory`` (``0600``); never overwrites a file."""
+        """Write the attachments into ``directory`` (``0600``); never overwrites a file.
+
+        Large attachments are downloaded from the server and decrypted as they
+        arrive (a broken connection resumes where it stopped); each is kept only
+        if its ciphertext has the SHA-256 the signed message names.
+        """
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         saved: list[Path] = []
@@ -290,6 +433,12 @@ class ReadMessage:
             with path.open("wb") as handle:
                 handle.write(attachment.data)
             saved.append(path)
+        for part in self.external_parts:
+            if self.fetch_external is None:
+                raise ClientError(
+                    "blob_unavailable", "this message was not read through a Client: no download"
+                )
+            saved.append(self.fetch_external(part, target))
         return saved
 
 
@@ -340,6 +489,15 @@ class Client:
     recipients' certificates are validated against them. Without a CRL,
     revocation is checked only where one is known, and reported as not checked.
     ``session_file`` keeps the session between processes (``0600``).
+
+    Large attachments: ``inline_threshold`` (bytes; default: what the server's
+    envelope limit allows, ``GET /api/uploads/limits``) is the size above which
+    an attachment is streamed rather than put in the envelope; ``chunk_bytes``
+    the size of each uploaded chunk (at most the server's, 8 MiB);
+    ``upload_retries`` how many failures in a row an upload or a download
+    survives (each resumes where the server is); ``allowed_types`` narrows the
+    server's list of attachment types; ``work_dir`` is where ciphertext waits
+    while it is uploaded (the system's temporary directory by default).
     """
 
     def __init__(
@@ -355,6 +513,11 @@ class Client:
         timeout: float = 60.0,
         tls_ca: PathLike | None = None,
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+        inline_threshold: int | None = None,
+        chunk_bytes: int | None = None,
+        upload_retries: int = 5,
+        allowed_types: Sequence[str] | None = None,
+        work_dir: PathLike | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -365,6 +528,16 @@ class Client:
         self.language = language
         self.timeout = timeout
         self.max_recipients = max_recipients
+        self.inline_threshold = inline_threshold
+        self.chunk_bytes = chunk_bytes
+        self.upload_retries = upload_retries
+        self.allowed_types = (
+            tuple(t.strip().lower() for t in allowed_types) if allowed_types is not None else None
+        )
+        self.work_dir = _path(work_dir) if work_dir else None
+        #: Seconds before the first retry of an upload or download (doubling, at most 10).
+        self.retry_delay = 0.5
+        self._limits: AttachmentLimits | None = None
         self.session_file = _path(session_file) if session_file else default_session_file()
         self._identity_source = identity
         self._passphrase = passphrase
@@ -468,7 +641,32 @@ class Client:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         accept: str = "application/json",
+        raw: bytes | None = None,
     ) -> _Response:
+        request = self._request(method, path, query=query, body=body, accept=accept, raw=raw)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as answer:
+                response = _Response(answer.status, answer.headers, answer.read())
+        except urllib.error.HTTPError as error:
+            response = _Response(error.code, error.headers, error.read())
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            reason = getattr(error, "reason", error)
+            raise ClientError("server_unreachable", f"{self.base_url}: {reason}") from None
+        if self._absorb_cookies(response.headers):
+            self._save_session()
+        return response
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        accept: str = "application/json",
+        raw: bytes | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> urllib.request.Request:
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
@@ -476,11 +674,15 @@ class Client:
             "Accept": accept,
             "Accept-Language": self.language,
             "User-Agent": f"pli-sdk/{__version__}",
+            **(extra or {}),
         }
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            data = raw
+            headers["Content-Type"] = "application/octet-stream"
         if method in _UNSAFE_METHODS:
             headers["Origin"] = self._origin
             if self._csrf:
@@ -490,18 +692,28 @@ class Client:
         if self._cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
         # The scheme is http(s), checked in __init__ (S310 warns of file: URLs).
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+        return urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+
+    def _open_stream(
+        self, path: str, *, query: Mapping[str, str] | None = None, start: int = 0
+    ) -> http.client.HTTPResponse:
+        """``GET path`` (from byte ``start``), its body left unread for the caller to stream."""
+        extra = {"Range": f"bytes={start}-"} if start else {}
+        request = self._request(
+            "GET", path, query=query, accept="application/octet-stream", extra=extra
+        )
         try:
-            with self._opener.open(request, timeout=self.timeout) as answer:
-                response = _Response(answer.status, answer.headers, answer.read())
+            answer = self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as error:
-            response = _Response(error.code, error.headers, error.read())
-        except (urllib.error.URLError, OSError) as error:
+            failed = _Response(error.code, error.headers, error.read())
+            self._absorb_cookies(failed.headers)
+            raise self._error(failed) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
             raise ClientError("server_unreachable", f"{self.base_url}: {reason}") from None
-        if self._absorb_cookies(response.headers):
+        if self._absorb_cookies(answer.headers):
             self._save_session()
-        return response
+        return cast("http.client.HTTPResponse", answer)
 
     def _call(
         self,
@@ -512,14 +724,17 @@ class Client:
         body: Mapping[str, Any] | None = None,
         accept: str = "application/json",
         ok: Iterable[int] = (200, 201),
+        raw: bytes | None = None,
     ) -> _Response:
         if method in _UNSAFE_METHODS and not self._csrf:
             self._refresh_csrf()
-        response = self._send_request(method, path, query=query, body=body, accept=accept)
+        response = self._send_request(method, path, query=query, body=body, accept=accept, raw=raw)
         if response.status == 403 and self._is_csrf_failure(response):
             # The token rotates at login and with the CSRF cookie: fetch the current one once.
             self._refresh_csrf()
-            response = self._send_request(method, path, query=query, body=body, accept=accept)
+            response = self._send_request(
+                method, path, query=query, body=body, accept=accept, raw=raw
+            )
         if response.status not in set(ok):
             raise self._error(response)
         return response
@@ -733,7 +948,7 @@ class Client:
         subject: str,
         body: str,
         patient_id: str | None = None,
-        attachments: Sequence[PathLike | Attachment] = (),
+        attachments: Sequence[PathLike | Attachment | PendingUpload] = (),
         in_reply_to: str | None = None,
         *,
         patient_names: Sequence[str] = (),
@@ -758,7 +973,7 @@ class Client:
         if any(f.severity is Severity.REFUSE for f in findings):
             raise PolicyRefused(findings, self.language)
         recipients = fold_recipients(to)
-        files = [_attachment(item) for item in attachments]
+        plan = self._plan_attachments(attachments, body)
         signer = self._identity()
         own = certificate_emails(signer.certificate)
         sending = (from_ or (own[0] if own else "")).strip().lower()
@@ -767,36 +982,62 @@ class Client:
         sealed_to: list[Certificate] = []
         for address in [*recipients, sending]:
             sealed_to += self._validated_certificates(address) or []
-        inner = build_inner_message(
-            Draft(
-                from_address=sending,
-                # Several recipients do not see each other (REQ-FEW-RECIPIENTS): the
-                # protected To names the sending mailbox only, as a blind copy does.
-                to=recipients if len(recipients) == 1 else [sending],
-                # Writing for an organisational mailbox: the signer is the Sender.
-                sender=own[0] if own and sending not in own else None,
-                subject=subject,
-                body_text=body,
-                patient_id=patient,
-                in_reply_to=reply_headers[0] if reply_headers else None,
-                references=reply_headers[1] if reply_headers else [],
-                attachments=files,
+
+        def sealed(inline: list[Attachment], streamed: list[PendingUpload]) -> tuple[bytes, str]:
+            inner = build_inner_message(
+                Draft(
+                    from_address=sending,
+                    # Several recipients do not see each other (REQ-FEW-RECIPIENTS): the
+                    # protected To names the sending mailbox only, as a blind copy does.
+                    to=recipients if len(recipients) == 1 else [sending],
+                    # Writing for an organisational mailbox: the signer is the Sender.
+                    sender=own[0] if own and sending not in own else None,
+                    subject=subject,
+                    body_text=body,
+                    patient_id=patient,
+                    in_reply_to=reply_headers[0] if reply_headers else None,
+                    references=reply_headers[1] if reply_headers else [],
+                    attachments=inline,
+                    external_parts=[pending.part for pending in streamed],
+                )
             )
-        )
-        message_id_header = parse_inner_message(inner).message_id
-        # Nothing to seal to when no address is known: sealing to ourselves keeps the
-        # flow, and the server answers which address is missing (it stores nothing then).
-        envelope = seal(inner, signer, sealed_to or [signer.certificate], chain=self._chain)
-        payload: dict[str, Any] = {
-            "from": sending,
-            "recipients": recipients,
-            "envelope": _b64(envelope),
-        }
-        if patient:
-            payload["patient_id"] = patient.split(":", 1)[1]
-        if in_reply_to:
-            payload["in_reply_to"] = in_reply_to
-        data = self._call("POST", "/api/messages", body=payload, ok=(201,)).json()
+            # Nothing to seal to when no address is known: sealing to ourselves keeps the
+            # flow, and the server answers which address is missing (it stores nothing then).
+            envelope = seal(inner, signer, sealed_to or [signer.certificate], chain=self._chain)
+            return envelope, parse_inner_message(inner).message_id
+
+        created: list[PendingUpload] = []
+        try:
+            streamed = [*plan.pending, *self._upload_sources(plan.stream, created)]
+            inline = [source.attachment() for source in plan.inline]
+            envelope, message_id_header = sealed(inline, streamed)
+            if plan.inline and plan.limits and len(envelope) > plan.limits.max_envelope_bytes:
+                # Still too large (a long body, an attachment that grew more than 1.9x):
+                # every attachment goes out of the envelope, which must then fit.
+                streamed += self._upload_sources(plan.inline, created)
+                envelope, message_id_header = sealed([], streamed)
+            payload: dict[str, Any] = {
+                "from": sending,
+                "recipients": recipients,
+                "envelope": _b64(envelope),
+            }
+            if patient:
+                payload["patient_id"] = patient.split(":", 1)[1]
+            if in_reply_to:
+                payload["in_reply_to"] = in_reply_to
+            if streamed:
+                payload["blobs"] = [pending.upload_id for pending in streamed]
+            data = self._call("POST", "/api/messages", body=payload, ok=(201,)).json()
+        except UploadInterrupted as interrupted:
+            # Resumable: the interrupted upload and those already complete stay (see
+            # UploadInterrupted.completed); their ciphertext files too.
+            interrupted.completed = [p for p in created if p is not interrupted.pending]
+            raise
+        except BaseException:
+            self._abandon(created)
+            raise
+        for pending in created:
+            pending.discard()
         return SendResult(
             id=str(data["id"]),
             thread=str(data["thread"]),
@@ -805,11 +1046,224 @@ class Client:
             warnings=[f for f in findings if f.severity is not Severity.REFUSE],
         )
 
+    # --- large attachments -----------------------------------------------------------------------
+    def limits(self) -> AttachmentLimits:
+        """The server's attachment settings (asked once per client)."""
+        if self._limits is None:
+            self._limits = AttachmentLimits.from_json(
+                self._call("GET", "/api/uploads/limits").json()
+            )
+        return self._limits
+
+    def _allowed_types(self, limits: AttachmentLimits) -> tuple[str, ...]:
+        if self.allowed_types is None:
+            return limits.allowed_types
+        return tuple(t for t in limits.allowed_types if t in self.allowed_types)
+
+    def _plan_attachments(
+        self, attachments: Sequence[PathLike | Attachment | PendingUpload], body: str
+    ) -> _Plan:
+        """Check every attachment (type, size) and choose which go in the envelope.
+
+        The envelope holds about 1.9 times the attachments' bytes and must stay under
+        the server's ``PLI_MAX_ENVELOPE_BYTES``: above ``inline_threshold`` an
+        attachment is streamed, and the largest ones go too until the rest fits.
+        """
+        pending = [item for item in attachments if isinstance(item, PendingUpload)]
+        sources = [_source(item) for item in attachments if not isinstance(item, PendingUpload)]
+        if not sources:
+            return _Plan([], [], pending, self.limits() if pending else None)
+        limits = self.limits()
+        allowed = self._allowed_types(limits)
+        for source in sources:
+            if source.size > limits.max_attachment_bytes:
+                raise ClientError(
+                    "attachment_too_large",
+                    f"{source.filename}: {source.size} bytes, more than the"
+                    f" {limits.max_attachment_bytes} allowed",
+                )
+            check_attachment_type(source.filename, source.content_type, source.head(), allowed)
+        budget = (
+            limits.inline_attachment_bytes - len(body.encode()) * _ENVELOPE_GROWTH_PERCENT // 100
+        )
+        threshold = self.inline_threshold
+        if threshold is None:
+            threshold = limits.inline_attachment_bytes
+        inline = [s for s in sources if s.size <= threshold]
+        # The largest first, until what stays inline fits the envelope.
+        for source in sorted(inline, key=lambda s: s.size, reverse=True):
+            if sum(s.size for s in inline) <= budget:
+                break
+            inline.remove(source)
+        stream = [s for s in sources if s not in inline]
+        return _Plan(inline, stream, pending, limits)
+
+    def _upload_sources(
+        self, sources: Sequence[_Source], created: list[PendingUpload]
+    ) -> list[PendingUpload]:
+        uploaded: list[PendingUpload] = []
+        for source in sources:
+            pending = self._upload(source, created)
+            uploaded.append(pending)
+        return uploaded
+
+    def upload_attachment(self, item: PathLike | Attachment) -> PendingUpload:
+        """Encrypt one attachment here (a stream, fresh key) and upload it; checked first.
+
+        Give the result to :meth:`send` among the attachments. An interrupted
+        upload raises :class:`UploadInterrupted`: :meth:`resume_upload` goes on.
+        """
+        source = _source(item)
+        limits = self.limits()
+        if source.size > limits.max_attachment_bytes:
+            raise ClientError(
+                "attachment_too_large",
+                f"{source.filename}: more than the {limits.max_attachment_bytes} bytes allowed",
+            )
+        check_attachment_type(
+            source.filename, source.content_type, source.head(), self._allowed_types(limits)
+        )
+        return self._upload(source, [])
+
+    def _upload(self, source: _Source, created: list[PendingUpload]) -> PendingUpload:
+        work = Path(tempfile.mkdtemp(prefix="pli-upload-", dir=self.work_dir))  # 0700
+        ciphertext = work / "blob"
+        try:
+            with source.open() as plaintext, ciphertext.open("xb") as destination:
+                stream = encrypt_stream(plaintext, destination)
+            answer = self._call(
+                "POST", "/api/uploads", body={"size": stream.size, "sha256": stream.sha256}
+            ).json()
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        pending = PendingUpload(
+            upload_id=str(answer["id"]),
+            ciphertext=ciphertext,
+            part=ExternalPart(
+                filename=_safe_filename(source.filename),
+                content_type=source.content_type,
+                blob_id=stream.sha256,
+                key=stream.key,
+                size=stream.size,
+                plaintext_size=stream.plaintext_size,
+                record_size=stream.record_size,
+            ),
+        )
+        created.append(pending)
+        self._push(pending, received=0)
+        return pending
+
+    def resume_upload(self, pending: PendingUpload) -> PendingUpload:
+        """Go on with an interrupted upload from where the server is (``received``)."""
+        self._push(pending, received=None)
+        return pending
+
+    def _push(self, pending: PendingUpload, received: int | None) -> None:
+        """Upload the ciphertext in chunks; after a failure, ask the server and resume."""
+        if not set(pending.upload_id) <= _ID_CHARS or len(pending.upload_id) > 64:
+            raise ClientError("bad_upload_id", "an upload id looks like upl_ and 32 hex digits")
+        path = f"/api/uploads/{pending.upload_id}"
+        size = pending.part.size
+        chunk = min(self.chunk_bytes or DEFAULT_CHUNK_BYTES, self.limits().chunk_bytes)
+        offset = received
+        failures = 0
+        with pending.ciphertext.open("rb") as handle:
+            while True:
+                try:
+                    if offset is None:
+                        status = self._call("GET", path).json()
+                        if status["state"] == "complete":
+                            return
+                        offset = int(status["received"])
+                    handle.seek(offset)
+                    piece = handle.read(min(chunk, size - offset))
+                    answer = self._call(
+                        "PUT", path, query={"offset": str(offset)}, raw=piece
+                    ).json()
+                    if answer["state"] == "complete":
+                        return
+                    offset = int(answer["received"])
+                    failures = 0
+                    continue
+                except AuthenticationRequired:
+                    raise
+                except ApiError as error:
+                    if error.code not in _RESUMABLE and error.status < 500:
+                        raise
+                    cause: ClientError = error
+                except ClientError as error:
+                    if error.code != "server_unreachable":
+                        raise
+                    cause = error
+                failures += 1
+                if failures > self.upload_retries:
+                    raise UploadInterrupted(pending, cause)
+                time.sleep(min(self.retry_delay * 2 ** (failures - 1), 10.0))
+                offset = None  # where is the server? (a chunk may have arrived, or half of one)
+
+    def _abandon(self, created: Sequence[PendingUpload]) -> None:
+        """A send that failed: its uploads go (best effort: they expire anyway)."""
+        for pending in created:
+            with contextlib.suppress(ClientError):
+                self._call("DELETE", f"/api/uploads/{pending.upload_id}", ok=(204,))
+            pending.discard()
+
+    def download_attachment(
+        self,
+        message_id: str,
+        part: ExternalPart,
+        directory: PathLike,
+        *,
+        mailbox: str | None = None,
+    ) -> Path:
+        """Download a large attachment and decrypt it as it arrives into ``directory``.
+
+        Kept (``0600``, never overwriting) only if every record authenticates and
+        the ciphertext has the size and SHA-256 that the signed message names
+        (:func:`pli.crypto.decrypt_stream`); a broken connection resumes with a
+        range request.
+        """
+        if not _SHA256.fullmatch(part.blob_id):
+            raise ClientError("bad_response", "an external part names no valid blob")
+        target = _path(directory)
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._message_path(message_id, f"/blobs/{part.blob_id}")
+        final = _claim_path(target, _safe_filename(part.filename))
+        descriptor, temporary = tempfile.mkstemp(dir=target, prefix=".part-")
+        reader = _BlobReader(self, path, _mailbox(mailbox), part.size)
+        try:
+            with os.fdopen(descriptor, "wb") as destination:
+                decrypt_stream(
+                    cast("BinaryIO", reader),
+                    destination,
+                    key=part.key,
+                    sha256=part.blob_id,
+                    size=part.size,
+                )
+            Path(temporary).replace(final)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            raise
+        finally:
+            reader.close()
+        return final
+
     # --- reading ---------------------------------------------------------------------------------
     def read(
-        self, message_id: str, mailbox: str | None = None, *, mark_read: bool = True
+        self,
+        message_id: str,
+        mailbox: str | None = None,
+        *,
+        mark_read: bool = True,
+        receipt: bool | Disposition = True,
     ) -> ReadMessage:
         """Fetch, decrypt and verify a message here; mark the copy read (unless told not to).
+
+        Marking a received copy read sends its sender a signed read receipt
+        (:meth:`_mark_read`), unless ``receipt=False``; a :class:`pli.mime.Disposition`
+        says how the message was handled (default: displayed on the user's action).
 
         Raises :class:`pli.crypto.SignatureError` (``signer_untrusted``,
         ``signer_revoked``, ``sender_mismatch``…) rather than return a message
@@ -838,8 +1292,13 @@ class Client:
                 f"signed by {', '.join(opened.signer.emails)}, but sent by {summary.from_}"
             )
         inner = parse_inner_message(opened.mime)
+        receipt_id = receipt_error = None
         if mark_read and not summary.read:
-            self._call("POST", self._message_path(message_id, "/read"), query=at)
+            receipt_id, receipt_error = self._mark_read(summary, opened.mime, inner, receipt)
+        notification = None
+        if is_mdn(opened.mime):
+            with contextlib.suppress(MimeError):  # genuine all the same: shown as a message
+                notification = parse_mdn(opened.mime)
         return ReadMessage(
             summary=summary,
             signature=SignatureStatus(
@@ -867,13 +1326,80 @@ class Client:
             body_html=inner.body_html,
             attachments=inner.attachments,
             external_parts=inner.external_parts,
+            fetch_external=lambda part, directory: self.download_attachment(
+                message_id, part, directory, mailbox=summary.mailbox
+            ),
+            receipt=receipt_id,
+            receipt_error=receipt_error,
+            notification=notification,
         )
+
+    # --- read receipts (RFC 8098) ----------------------------------------------------------------
+    def _mark_read(
+        self,
+        summary: MessageSummary,
+        mime: bytes,
+        inner: InnerMessage,
+        receipt: bool | Disposition,
+    ) -> tuple[str | None, str | None]:
+        """Mark the copy read, with a signed read receipt to its sending mailbox.
+
+        The receipt is an MDN (:func:`pli.mime.build_mdn`) signed with this
+        workstation's key and sealed, as any message, to the sending mailbox's
+        certificates and to the reader's mailbox (``POST /api/messages/{id}/read``,
+        docs/api/messaging.md). None answers a receipt (RFC 8098). A receipt
+        that cannot go (a certificate not valid here, a sender no longer in the
+        directory) never keeps the message unread: it is marked read alone.
+        Returns the receipt's id, and the code of why none went.
+        """
+        path = self._message_path(summary.id, "/read")
+        at = _mailbox(summary.mailbox)
+        if receipt is False or summary.deliveries is not None or is_mdn(mime):
+            self._call("POST", path, query=at)
+            return None, None
+        disposition = receipt if isinstance(receipt, Disposition) else Disposition()
+        try:
+            envelope = self._sealed_receipt(summary, inner, disposition)
+            answer = self._call("POST", path, query=at, body={"receipt": _b64(envelope)}).json()
+        except ApiError as error:
+            if error.status not in (403, 413, 422):
+                raise  # not found, logged out, the server down: the read did not happen
+            failure = error.code
+        except (ClientError, CryptoError, MimeError) as error:
+            failure = error.code
+        else:
+            return (str(answer["receipt"]) if answer.get("receipt") else None), None
+        self._call("POST", path, query=at)
+        return None, failure
+
+    def _sealed_receipt(
+        self, summary: MessageSummary, inner: InnerMessage, disposition: Disposition
+    ) -> bytes:
+        signer = self._identity()
+        own = certificate_emails(signer.certificate)
+        reader = summary.mailbox.strip().lower()
+        sealed_to: list[Certificate] = []
+        for address in (summary.from_, reader):
+            sealed_to += self._validated_certificates(address) or []
+        notification = build_mdn(
+            from_address=reader,
+            to=summary.from_,
+            # Reading an organisational mailbox's copy: the reader signs, as Sender.
+            sender=own[0] if own and reader not in own else None,
+            original_message_id=inner.message_id,
+            original_subject=inner.subject,
+            original_date=inner.date,
+            references=inner.references,
+            disposition=disposition,
+            reporting_ua=f"Pli SDK; pli {__version__}",
+        )
+        return seal(notification, signer, sealed_to or [signer.certificate], chain=self._chain)
 
     def reply(
         self,
         message_id: str,
         body: str,
-        attachments: Sequence[PathLike | Attachment] = (),
+        attachments: Sequence[PathLike | Attachment | PendingUpload] = (),
         *,
         mailbox: str | None = None,
         patient_names: Sequence[str] = (),
@@ -905,6 +1431,175 @@ class Client:
         )
 
 
+def _source(item: PathLike | Attachment) -> _Source:
+    if isinstance(item, Attachment):
+        return _Source(
+            item.filename, _media_type(item.content_type), len(item.data), None, item.data
+        )
+    path = _path(item)
+    guessed, _ = mimetypes.guess_type(path.name)
+    return _Source(
+        _safe_filename(path.name),
+        _media_type(guessed or "application/octet-stream"),
+        path.stat().st_size,
+        path,
+        None,
+    )
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """An attachment to send: in memory, or a file read only when (and as) needed."""
+
+    filename: str
+    content_type: str
+    size: int
+    path: Path | None
+    data: bytes | None
+
+    def head(self, size: int = 512) -> bytes:
+        if self.data is not None:
+            return self.data[:size]
+        assert self.path is not None  # noqa: S101 - one of the two is set
+        with self.path.open("rb") as handle:
+            return handle.read(size)
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None  # noqa: S101 - one of the two is set
+        return self.path.open("rb")
+
+    def attachment(self) -> Attachment:
+        data = self.data
+        if data is None:
+            assert self.path is not None  # noqa: S101 - one of the two is set
+            data = self.path.read_bytes()
+        return Attachment(self.filename, self.content_type, data)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    inline: list[_Source]
+    stream: list[_Source]
+    pending: list[PendingUpload]
+    limits: AttachmentLimits | None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Upload failures after which the client asks the server where it is and resumes.
+_RESUMABLE = frozenset({"upload_offset_mismatch", "upload_busy", "upload_chunk_incomplete"})
+
+
+def check_attachment_type(
+    filename: str,
+    content_type: str,
+    head: bytes,
+    allowed: Iterable[str] = DEFAULT_ATTACHMENT_TYPES,
+) -> str:
+    """The attachment's media type, if allowed and if its first bytes are of that type.
+
+    The server sees ciphertext only, so the allow-list (``PLI_ATTACHMENT_TYPES``,
+    by default PDF, JPEG, PNG, TIFF, XML / CDA, ZIP / IHE XDM, plain text) is
+    enforced here, before sealing: ``attachment_type_not_allowed`` for another
+    type, ``attachment_content_mismatch`` when the content is not what its type
+    says (an executable named ``.pdf``).
+    """
+    kind = _media_type(content_type)
+    if kind in ("", "application/octet-stream"):
+        guessed, _ = mimetypes.guess_type(filename)
+        kind = _media_type(guessed or "application/octet-stream")
+    accepted = [_media_type(t) for t in allowed]
+    if kind not in accepted:
+        raise ClientError(
+            "attachment_type_not_allowed",
+            f"{_single_line(filename)}: {kind} is not an accepted attachment type"
+            f" ({', '.join(accepted)})",
+        )
+    magic = _MAGIC.get(kind)
+    if kind in _XML_TYPES:
+        start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+        matches = start.startswith(b"<")
+    elif kind == "text/plain":
+        matches = b"\x00" not in head
+    else:
+        matches = magic is None or head.startswith(magic)
+    if not matches:
+        raise ClientError(
+            "attachment_content_mismatch",
+            f"{_single_line(filename)} does not hold {kind} content",
+        )
+    return kind
+
+
+class _BlobReader:
+    """A blob's body as a file, reconnecting from where it stopped (HTTP ranges).
+
+    ``read(n)`` returns exactly ``n`` bytes until the end (what
+    :func:`pli.crypto.decrypt_stream` needs to check the framing).
+    """
+
+    def __init__(self, client: Client, path: str, query: Mapping[str, str], size: int) -> None:
+        self._client = client
+        self._path = path
+        self._query = dict(query)
+        self._size = size
+        self._position = 0
+        self._answer: http.client.HTTPResponse | None = None
+
+    def _open(self) -> http.client.HTTPResponse:
+        answer = self._client._open_stream(self._path, query=self._query, start=self._position)
+        if self._position:
+            expected = f"bytes {self._position}-"
+            if answer.status != 206 or not (answer.headers.get("Content-Range") or "").startswith(
+                expected
+            ):
+                answer.close()
+                raise ClientError("bad_response", "the server did not resume the download")
+        return answer
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = self._size - self._position
+        wanted = min(size, self._size - self._position)
+        out = bytearray()
+        failures = 0
+        while len(out) < wanted:
+            try:
+                if self._answer is None:
+                    self._answer = self._open()
+                piece = self._answer.read(wanted - len(out))
+                if not piece:
+                    raise ClientError("server_unreachable", "the download stopped early")
+            except AuthenticationRequired:
+                raise
+            except (ClientError, OSError, http.client.HTTPException) as error:
+                if isinstance(error, ApiError) and error.status < 500:
+                    raise
+                self.close()
+                failures += 1
+                if failures > self._client.upload_retries:
+                    raise ClientError(
+                        "download_interrupted", f"the download stopped at byte {self._position}"
+                    ) from None
+                time.sleep(min(self._client.retry_delay * 2 ** (failures - 1), 10.0))
+                continue
+            out += piece
+            self._position += len(piece)
+            failures = 0
+        return bytes(out)
+
+    def close(self) -> None:
+        if self._answer is not None:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                self._answer.close()
+            self._answer = None
+
+
 def _path(value: PathLike) -> Path:
     """Paths as people write them in configuration: ``~`` is their home."""
     return Path(value).expanduser()
@@ -916,13 +1611,3 @@ def _mailbox(address: str | None) -> dict[str, str]:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _attachment(item: PathLike | Attachment) -> Attachment:
-    if isinstance(item, Attachment):
-        return item
-    path = _path(item)
-    guessed, _ = mimetypes.guess_type(path.name)
-    return Attachment(
-        _safe_filename(path.name), guessed or "application/octet-stream", path.read_bytes()
-    )

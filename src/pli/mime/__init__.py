@@ -610,3 +610,15 @@ def _externalise_parts(
                     data=data,
                 )
                 payload[index] = _external_part(externalise(attachment))
+
+
+# --- read receipts (RFC 8098), in their own module; imported last: it uses the names above ------
+from pli.mime.mdn import (  # noqa: E402
+    Disposition,
+    DispositionNotification,
+    build_mdn,
+    is_mdn,
+    parse_mdn,
+)
+
+__all__ += ["Disposition", "DispositionNotification", "build_mdn", "is_mdn", "parse_mdn"]

@@ -12,6 +12,7 @@ from pli.server.compliance.api import router as compliance_router
 from pli.server.directory.api import router as directory_router
 from pli.server.directory.api_certificates import router as certificates_router
 from pli.server.messaging.api import router as messaging_router
+from pli.server.messaging.api_uploads import router as uploads_router
 
 # Every endpoint requires an authenticated session (with CSRF on unsafe methods)
 # unless it opts out explicitly, like the health check (issue "accounts", item 4).
@@ -35,3 +36,4 @@ api.add_router("/accounts/", keys_router)
 api.add_router("/auth/", auth_router)
 api.add_router("/compliance/", compliance_router)
 api.add_router("/", messaging_router)
+api.add_router("/", uploads_router)

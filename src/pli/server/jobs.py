@@ -135,6 +135,12 @@ def _audit_checkpoint(now: dt.datetime, dry_run: bool) -> JobSummary:
     )
 
 
+def _upload_cleanup(now: dt.datetime, dry_run: bool) -> JobSummary:
+    from pli.server.messaging.uploads import upload_cleanup_job  # noqa: PLC0415
+
+    return upload_cleanup_job(now, dry_run)
+
+
 def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
     """A fresh CRL every day: readers fail closed once it expires (RFC 5280 section 5.1.2.5)."""
     from pli.server.accounts import operator_ca  # noqa: PLC0415
@@ -163,6 +169,11 @@ DAILY_JOBS: tuple[DailyJob, ...] = (
         "account_records",
         "Delete expired activation codes, throttle counters and sessions.",
         _account_records,
+    ),
+    DailyJob(
+        "upload_cleanup",
+        "Remove expired, unfinished attachment uploads and their bytes.",
+        _upload_cleanup,
     ),
     DailyJob(
         "operator_crl",

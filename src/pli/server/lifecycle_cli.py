@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 JOB_NAMES = (
     "lifecycle",
     "account_records",
+    "upload_cleanup",
     "operator_crl",
     "audit_retention",
     "audit_checkpoint",

@@ -52,6 +52,7 @@ from pli.server.messaging.models import (
     Message,
     MessageCopy,
 )
+from pli.server.messaging.uploads import attach_uploads, blob_ids_of, check_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -330,13 +331,9 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
 
     hashed_patient = patient_key(asked.patient_id)
     parent = _parent(user, asked.in_reply_to)
-    if asked.blobs:
-        # Streamed attachments (decision 0003) have no upload endpoint yet: none can exist.
-        raise _error(
-            "blob_not_found",
-            _("Pièce jointe introuvable : déposez-la d'abord."),
-            blobs=list(asked.blobs)[:20],
-        )
+    # Streamed attachments (decision 0003): complete uploads of this person, claimed
+    # under a lock in the transaction below (uploads.attach_uploads).
+    blobs = check_uploads(user, asked.blobs) if asked.blobs else []
     try:
         info = inspect_envelope(envelope_der)
     except MalformedEnvelope:
@@ -357,6 +354,7 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
                 hashed_patient=hashed_patient,
                 parent=parent,
                 request=request,
+                blobs=blobs,
             )
     except BaseException:
         # No half-stored state: the blob goes with the rows that would have named it.
@@ -374,6 +372,7 @@ def _store_message(
     hashed_patient: str,
     parent: Message | None,
     request: HttpRequest | None,
+    blobs: Sequence[str] = (),
 ) -> Message:
     now = timezone.now()
     message = Message.objects.create(
@@ -423,6 +422,7 @@ def _store_message(
         for mailbox, delivery in zip(targets, deliveries, strict=True)
     ]
     MessageCopy.objects.bulk_create(copies)
+    attached = attach_uploads(user, message, blobs)
     target = f"message:{message.public_id}"
     do_record_event(
         AuditAction.MESSAGES_SENT,
@@ -435,6 +435,7 @@ def _store_message(
             "size": stored.size,
             "reply": int(parent is not None),
             "opposition_check": int(bool(hashed_patient)),
+            "blobs": len(attached),
         },
     )
     do_record_event(
@@ -597,8 +598,10 @@ def _remove_unreferenced(message_ids: Iterable[int], store: BlobStore | None = N
     )
     if not orphans:
         return 0
-    Message.objects.filter(pk__in=[pk for pk, _blob in orphans]).delete()
-    blob_ids = [blob for _pk, blob in orphans]
+    orphan_ids = [pk for pk, _blob in orphans]
+    # The envelopes and the streamed attachments (uploads.MessageBlob) go with the rows.
+    blob_ids = [blob for _pk, blob in orphans] + blob_ids_of(orphan_ids)
+    Message.objects.filter(pk__in=orphan_ids).delete()
     target = store or blob_store()
 
     def remove_files() -> None:

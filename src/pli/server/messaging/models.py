@@ -145,3 +145,8 @@ class MessageCopy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id} @ {self.mailbox_id} ({self.folder})"
+
+
+# Large attachments: their models live with their logic in uploads.py; imported here,
+# after the models they refer to, so that Django's app registry (and migrations) know them.
+from pli.server.messaging.uploads import MessageBlob, Upload  # noqa: E402, F401

@@ -51,7 +51,6 @@ from pli.server.messaging.access import (
 )
 from pli.server.messaging.actions import (
     do_delete_message,
-    do_mark_read,
     do_move_message,
     do_open_envelope,
     home_folder,
@@ -73,6 +72,7 @@ from pli.server.webmail.opening import (
     open_copy,
     trust_store,
 )
+from pli.server.webmail.receipts import mark_read_with_receipt
 from pli.server.webmail.sending import Original, Outgoing, send_from_web
 from pli.server.webmail.uploads import (
     MemoryOnlyUploadHandler,
@@ -401,8 +401,9 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
         return HttpResponseRedirect(_unlock_url(request))
     opened = _open(request, copy, keys) if keys else OpenedCopy(copy, Signature(failure))
     if opened.readable and not copy.read:
-        # The recipient's delivery becomes "read" for the sender (docs/api/messaging.md).
-        do_mark_read(user, copy, request=request)
+        # The recipient's delivery becomes "read" for the sender (docs/api/messaging.md),
+        # with a signed read receipt (RFC 8098 MDN) to the sending mailbox (receipts.py).
+        mark_read_with_receipt(request, user, opened, keys)
         copy.read = True
     message = copy.message
     names = identities(

@@ -1,0 +1,852 @@
+#!/usr/bin/env python3
+"""Messaging benchmark: API ingest of sealed messages, and a 1 GiB attachment up and down.
+
+Prints one JSON document on stdout (progress goes to stderr). For each
+database (SQLite, PostgreSQL), in a fresh data directory:
+
+* **setup** (a child process with Django): migrations, an operator CA, an
+  enrolled sender (passphrase + TOTP, workstation custody) and ten recipient
+  mailboxes with certificates, all in the directory; then envelopes sealed
+  **once** (sealing is the workstation's cost, not the server's): a 10 KB
+  letter to one recipient, and to ten.
+* **the server runs as in production**: ``pli serve`` (gunicorn, gthread,
+  ``--workers`` processes of 4 threads), its access log included.
+* **ingest**: the SDK logs in through the API (the TOTP step included), then
+  ``--clients`` threads, each on its own keep-alive connection with that
+  session, ``POST /api/messages`` the same sealed envelope ``--messages``
+  times in all (after a warm-up): messages/s, p50 and p99 latency. Every
+  answer must be ``201``. The server's peak RSS is the largest sum of
+  ``VmRSS`` over gunicorn's processes, sampled every 50 ms from ``/proc``.
+* **1 GiB attachment** (PostgreSQL, or SQLite when alone), first, on the
+  freshly started server: a child
+  process sends a 1 GiB PDF through the SDK (stream encryption to a
+  temporary file, chunked upload, send), another reads the message from the
+  sender's copy and saves the attachment (streamed download and decryption).
+  Each child reports its own peak RSS (``VmHWM``); the server's is sampled
+  during each phase.
+
+    .venv/bin/python benchmarks/bench_messaging.py                 # 3000 messages per case, 1 GiB
+    .venv/bin/python benchmarks/bench_messaging.py --quick         # 500 messages, 50 MB
+    .venv/bin/python benchmarks/bench_messaging.py --skip-sqlite --attachment-mb 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+JSON = dict[str, Any]
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
+MB = 1_000_000
+MIB = 1024 * 1024
+SENDER = "dr.martin@bench.test"
+RECIPIENTS = [f"dr.destinataire{n:02d}@bench.test" for n in range(10)]
+PASSPHRASE = "correct horse battery staple"  # noqa: S105 - a throw-away benchmark account
+IDENTITY_PASSPHRASE = "bench identity passphrase"  # noqa: S105
+CA_PASSPHRASE = "bench operator CA passphrase"  # noqa: S105
+LETTER_BYTES = 10_000
+WARMUP = 100
+TARGETS = {
+    "postgresql_messages_per_s_min": 500,
+    "p99_ms_max": 100,
+    "attachment_peak_rss_mb_max": 200,
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench_messaging] {message}", file=sys.stderr, flush=True)
+
+
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A ``/proc/<pid>/status`` value (VmRSS, VmHWM), in MB; 0 if the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / MB
+    return 0.0
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not ordered:
+        return 0.0
+    rank = max(1, int(-(-fraction * len(ordered) // 1)))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------- children, Django
+
+
+def child_setup(work: Path) -> JSON:
+    """Migrate; a CA, the sender (enrolled) and ten recipient mailboxes; envelopes sealed once."""
+    from pli.server.commands import (  # noqa: PLC0415
+        ensure_data_dir,
+        prepare_database,
+        setup_django,
+    )
+
+    ensure_data_dir()
+    setup_django()
+    prepare_database()
+    from django.db import connection  # noqa: PLC0415
+    from django.utils import timezone  # noqa: PLC0415
+
+    from pli.client.castore import CaDirectory  # noqa: PLC0415
+    from pli.crypto import (  # noqa: PLC0415
+        build_certificate_request,
+        certificate_pem,
+        dump_pkcs12,
+        generate_private_key,
+        load_pkcs12,
+        seal,
+    )
+    from pli.mime import Draft, build_inner_message  # noqa: PLC0415
+    from pli.server.accounts import factors  # noqa: PLC0415
+    from pli.server.accounts.actions import current_charter  # noqa: PLC0415
+    from pli.server.accounts.models import (  # noqa: PLC0415
+        CharterAcknowledgement,
+        Custody,
+        TotpDevice,
+        User,
+    )
+    from pli.server.directory.actions import do_publish_mailbox_certificate  # noqa: PLC0415
+    from pli.server.directory.models import Mailbox, Professional  # noqa: PLC0415
+
+    ca = CaDirectory.create(work / "ca", "Pli Bench Operator CA", CA_PASSPHRASE)
+    sender_key, recipient_key = generate_private_key(), generate_private_key()
+
+    def person(address: str, number: int) -> Mailbox:
+        rpps = f"1010000{number:04d}"
+        professional = Professional.objects.create(
+            identifier_type="8",
+            identifier=rpps,
+            national_id=f"8{rpps}",
+            last_name=f"Nom{number}",
+            first_name="Bench",
+            profession_code="10",
+            profession="Médecin",
+        )
+        return Mailbox.objects.create(address=address, kind="PER", professional=professional)
+
+    def certify(mailbox: Mailbox, key: Any) -> Any:
+        certificate = ca.issue(
+            build_certificate_request(key, email=mailbox.address, common_name=mailbox.address)
+        )
+        do_publish_mailbox_certificate(mailbox, certificate_pem(certificate))
+        return certificate
+
+    sender_box = person(SENDER, 0)
+    sender_certificate = certify(sender_box, sender_key)
+    recipient_certificates = [
+        certify(person(address, n + 1), recipient_key) for n, address in enumerate(RECIPIENTS)
+    ]
+    user = User.objects.create_user(
+        username=SENDER, email=SENDER, password=PASSPHRASE, professional=sender_box.professional
+    )
+    user.custody = Custody.WORKSTATION
+    _, secret = factors.start_totp(user)
+    TotpDevice.objects.filter(user=user).update(confirmed_at=timezone.now())
+    charter = current_charter()
+    if charter is not None:
+        CharterAcknowledgement.objects.create(user=user, charter=charter)
+    user.enrolled_at = timezone.now()
+    user.save()
+
+    identity = work / "sender.p12"
+    identity.write_bytes(
+        dump_pkcs12(
+            sender_key,
+            sender_certificate,
+            IDENTITY_PASSPHRASE,
+            chain=[ca.certificate],
+            iterations=1000,
+        )
+    )
+    identity.chmod(0o600)
+    signer = load_pkcs12(identity.read_bytes(), IDENTITY_PASSPHRASE).software_key()
+    body = ("Cher confrère, voici le compte rendu. " * 400)[:LETTER_BYTES]
+    envelopes = {}
+    for count in (1, 10):
+        inner = build_inner_message(
+            Draft(
+                from_address=SENDER,
+                to=RECIPIENTS[:count] if count == 1 else [SENDER],
+                subject="Compte rendu, réf. 2026-117",
+                body_text=body,
+            )
+        )
+        envelope = seal(inner, signer, recipient_certificates[:count], chain=[ca.certificate])
+        envelopes[str(count)] = base64.b64encode(envelope).decode()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SHOW server_version"
+            if connection.vendor == "postgresql"
+            else "SELECT sqlite_version()"
+        )
+        row = cursor.fetchone()
+    return {
+        "database": connection.vendor,
+        "database_version": str(row[0]) if row else "unknown",
+        "totp": secret,
+        "identity": str(identity),
+        "trust": str(ca.path / "ca.pem"),
+        "envelopes": envelopes,
+        "envelope_bytes": {k: len(base64.b64decode(v)) for k, v in envelopes.items()},
+    }
+
+
+def child_count() -> JSON:
+    """What the server stored (checked after the load)."""
+    from pli.server.commands import setup_django  # noqa: PLC0415
+
+    setup_django()
+    from pli.server.audit.models import AuditEvent  # noqa: PLC0415
+    from pli.server.messaging.models import Delivery, Message  # noqa: PLC0415
+
+    return {
+        "messages": Message.objects.count(),
+        "deliveries": Delivery.objects.count(),
+        "sent_events": AuditEvent.objects.filter(action="messages.sent", outcome="success").count(),
+    }
+
+
+# --------------------------------------------------------------------------- children, the SDK
+
+
+def _client(url: str, work: Path, setup: JSON) -> Any:
+    from pli.client import Client  # noqa: PLC0415
+
+    return Client(
+        url,
+        identity=setup["identity"],
+        passphrase=IDENTITY_PASSPHRASE,
+        trust=[setup["trust"]],
+        session_file=work / "session.json",
+        work_dir=work,
+        timeout=600,
+    )
+
+
+def child_upload(url: str, work: Path, setup: JSON, size: int) -> JSON:
+    """Send a ``size``-byte PDF through the SDK: encrypt, upload in chunks, send."""
+    client = _client(url, work, setup)
+    source = work / "scan.pdf"
+    block = os.urandom(MIB)
+    with source.open("wb") as handle:
+        handle.write(b"%PDF-1.7\n")
+        left = size - 9
+        while left > 0:
+            handle.write(block[: min(left, MIB)])
+            left -= MIB
+    subprocess.run(["sync"], check=False)
+    before = status_mb("VmHWM")
+    began = time.perf_counter()
+    sent = client.send(
+        SENDER, [RECIPIENTS[0]], "Scanner", "Images jointes.\n", attachments=[source]
+    )
+    seconds = time.perf_counter() - began
+    return {
+        "message": sent.id,
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(size / MB / seconds, 1),
+        "peak_rss_mb": round(status_mb("VmHWM"), 1),
+        "before_rss_mb": round(before, 1),
+    }
+
+
+def child_download(url: str, work: Path, setup: JSON, message_id: str) -> JSON:
+    """Read the sender's copy and save the attachment: streamed download and decryption."""
+    client = _client(url, work, setup)
+    before = status_mb("VmHWM")
+    began = time.perf_counter()
+    message = client.read(message_id, mark_read=False)
+    [saved] = message.save_attachments(work / "received")
+    seconds = time.perf_counter() - began
+    size = saved.stat().st_size
+    identical = _same_file(saved, work / "scan.pdf")
+    saved.unlink()
+    return {
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(size / MB / seconds, 1),
+        "bytes": size,
+        "identical": identical,
+        "peak_rss_mb": round(status_mb("VmHWM"), 1),
+        "before_rss_mb": round(before, 1),
+    }
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    with first.open("rb") as a, second.open("rb") as b:
+        while True:
+            left, right = a.read(MIB), b.read(MIB)
+            if left != right:
+                return False
+            if not left:
+                return True
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (gunicorn's master and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        queue += children.get(pid, [])
+    return found
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: pages shared since gunicorn's fork counted once in all."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024 / MB
+    return 0.0
+
+
+class RssSampler:
+    """Peaks over gunicorn's processes, sampled every 50 ms while active.
+
+    ``peak`` is the largest sum of VmRSS over the master and the workers (pages
+    shared since the fork are counted in each process), ``peak_workers`` the
+    same over the workers only, ``peak_pss`` the largest sum of PSS (each
+    shared page counted once: the memory really used), ``peak_process`` the
+    largest VmRSS of one process.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _measure(self) -> None:
+        pids = process_tree(self.root)
+        rss = {pid: status_mb("VmRSS", pid) for pid in pids}
+        self.peak = max(self.peak, sum(rss.values()))
+        workers = sum(v for pid, v in rss.items() if pid != self.root)
+        self.peak_workers = max(self.peak_workers, workers)
+        self.peak_process = max(self.peak_process, *rss.values())
+        self.peak_pss = max(self.peak_pss, sum(pss_mb(pid) for pid in pids))
+
+    def figures(self) -> JSON:
+        return {
+            "server_peak_rss_mb": round(self.peak, 1),
+            "server_peak_rss_workers_mb": round(self.peak_workers, 1),
+            "server_peak_pss_mb": round(self.peak_pss, 1),
+            "server_peak_rss_one_process_mb": round(self.peak_process, 1),
+        }
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
+        self._measure()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._measure()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@contextlib.contextmanager
+def pli_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
+    """``pli serve`` (migrations, then gunicorn) on a free port; (port, pid)."""
+    port = free_port()
+    pli = Path(sys.executable).parent / "pli"
+    process = subprocess.Popen(
+        [str(pli), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,  # the access log: written, as in production, then dropped
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/api/health")
+                if connection.getresponse().status == 200:
+                    connection.close()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("pli serve did not answer")
+        # Every worker has booted (imports done) before anything is measured.
+        deadline = time.time() + 60
+        while len(process_tree(process.pid)) < workers + 1 and time.time() < deadline:
+            time.sleep(0.2)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        try:
+            _out, errors = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _out, errors = process.communicate()
+        tail = [
+            line for line in (errors or "").splitlines() if "Traceback" in line or "ERROR" in line
+        ]
+        if tail:
+            log(f"server errors: {tail[:5]}")
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def login(url: str, work: Path, setup: JSON) -> tuple[str, str]:
+    """Log in through the API as practice software does; (Cookie header, CSRF token)."""
+    import pyotp  # noqa: PLC0415
+
+    client = _client(url, work, setup)
+    client.login(SENDER, PASSPHRASE, lambda: pyotp.TOTP(setup["totp"]).now())
+    cookies = "; ".join(f"{k}={v}" for k, v in client._cookies.items())
+    return cookies, str(client._csrf)
+
+
+def ingest(
+    port: int,
+    headers: dict[str, str],
+    body: bytes | None,
+    *,
+    clients: int,
+    messages: int,
+    warmup: int,
+    path: str = "/api/messages",
+) -> JSON:
+    """``clients`` threads on keep-alive connections send ``messages`` in all (after a warm-up).
+
+    ``body`` None: ``GET path`` instead (the baseline: the same stack, no send).
+    """
+    counter = iter(range(warmup + messages))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    start = threading.Barrier(clients + 1)
+    measured_from = [0.0]
+    ended = [0.0]
+
+    def take() -> int | None:
+        with lock:
+            return next(counter, None)
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        start.wait()
+        while (number := take()) is not None:
+            if number == warmup:
+                measured_from[0] = time.perf_counter()
+            began = time.perf_counter()
+            connection.request("GET" if body is None else "POST", path, body=body, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            took = (time.perf_counter() - began) * 1000
+            with lock:
+                statuses[answer.status] = statuses.get(answer.status, 0) + 1
+                if number >= warmup:
+                    latencies.append(took)
+                ended[0] = time.perf_counter()
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = ended[0] - measured_from[0]
+    ordered = sorted(latencies)
+    return {
+        "clients": clients,
+        "messages": len(latencies),
+        "warmup": warmup,
+        "seconds": round(elapsed, 2),
+        "messages_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(ordered, 0.50), 2),
+        "p99_ms": round(percentile(ordered, 0.99), 2),
+        "mean_ms": round(statistics.fmean(ordered), 2),
+        "max_ms": round(ordered[-1], 2),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run_child(kind: str, env: dict[str, str], *extra: str) -> JSON:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", kind, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-5000:])
+        raise RuntimeError(f"child {kind} exited with {completed.returncode}")
+    result: JSON = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_database(
+    name: str, env: dict[str, str], work: Path, args: argparse.Namespace, attachment: int
+) -> JSON:
+    log(f"{name}: setup (migrations, accounts, certificates, envelopes sealed once)")
+    setup = run_child("setup", env, "--work", str(work))
+    json_path = work / "setup.json"
+    json_path.write_text(json.dumps(setup))
+    result: JSON = {
+        "database_version": setup["database_version"],
+        "envelope_bytes": setup["envelope_bytes"],
+        "letter_bytes": LETTER_BYTES,
+    }
+    with pli_serve(env, args.workers) as (port, pid):
+        url = f"http://127.0.0.1:{port}"
+        cookies, csrf = login(url, work, setup)
+        headers = {
+            "Cookie": cookies,
+            "X-CSRFToken": csrf,
+            "Origin": url,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        sampler = RssSampler(pid)
+        with sampler:
+            pass
+        result["server_idle"] = sampler.figures()
+        if attachment:
+            # First, on the freshly started server: what the 1 GiB costs, not what the load left.
+            result["attachment"] = run_attachment(
+                url, pid, env, work=work, setup=json_path, size=attachment
+            )
+        log(f"{name}: baseline, GET /api/uploads/limits (session, middleware; no send)")
+        baseline = ingest(
+            port,
+            headers,
+            None,
+            clients=args.clients,
+            messages=args.messages,
+            warmup=WARMUP,
+            path="/api/uploads/limits",
+        )
+        baseline["load_average_after"] = load_average()
+        result["baseline_authenticated_get"] = baseline
+        log(
+            f"{name}: baseline {baseline['messages_per_s']} requests/s, p50 {baseline['p50_ms']} ms"
+        )
+        for count in (1, 10):
+            body = json.dumps(
+                {
+                    "from": SENDER,
+                    "recipients": RECIPIENTS[:count],
+                    "envelope": setup["envelopes"][str(count)],
+                }
+            ).encode()
+            log(f"{name}: ingest, {count} recipient(s), {args.messages} messages")
+            load = load_average()
+            with sampler:
+                measured = ingest(
+                    port,
+                    headers,
+                    body,
+                    clients=args.clients,
+                    messages=args.messages,
+                    warmup=WARMUP,
+                )
+            measured |= sampler.figures()
+            measured["load_average_before"] = load
+            measured["load_average_after"] = load_average()
+            result[f"ingest_{count}_recipient{'s' if count > 1 else ''}"] = measured
+            log(
+                f"{name}: {measured['messages_per_s']} messages/s,"
+                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms"
+            )
+    result["stored"] = run_child("count", env)
+    return result
+
+
+def run_attachment(
+    url: str, pid: int, env: dict[str, str], *, work: Path, setup: Path, size: int
+) -> JSON:
+    log(f"attachment: {size} bytes up (encrypt, chunked upload, send)")
+    sampler = RssSampler(pid)
+    with sampler:
+        pass
+    idle = sampler.figures()
+    load = load_average()
+    with sampler:
+        up = run_child(
+            "upload",
+            env,
+            "--url",
+            url,
+            "--work",
+            str(work),
+            "--setup",
+            str(setup),
+            "--size",
+            str(size),
+        )
+    up |= sampler.figures()
+    log(f"attachment: up in {up['seconds']} s; down (streamed download and decryption)")
+    with sampler:
+        down = run_child(
+            "download",
+            env,
+            "--url",
+            url,
+            "--work",
+            str(work),
+            "--setup",
+            str(setup),
+            "--message",
+            up["message"],
+        )
+    down |= sampler.figures()
+    (work / "scan.pdf").unlink(missing_ok=True)
+    return {
+        "bytes": size,
+        "server_idle": idle,
+        "upload": up,
+        "download": down,
+        "load_average_before": load,
+        "load_average_after": load_average(),
+    }
+
+
+def postgres_database(admin_url: str, name: str) -> str:
+    import psycopg  # noqa: PLC0415
+
+    parts = urlsplit(admin_url)
+    with psycopg.connect(
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username,
+        dbname=parts.path.lstrip("/") or "postgres",
+        autocommit=True,
+    ) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+
+
+def drop_postgres(admin_url: str, name: str) -> None:
+    import psycopg  # noqa: PLC0415
+
+    parts = urlsplit(admin_url)
+    with psycopg.connect(
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username,
+        dbname=parts.path.lstrip("/") or "postgres",
+        autocommit=True,
+    ) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def machine() -> JSON:
+    import importlib.metadata  # noqa: PLC0415
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": importlib.metadata.version("django"),
+        "gunicorn": importlib.metadata.version("gunicorn"),
+        "psycopg": importlib.metadata.version("psycopg"),
+    }
+
+
+def verdict(cases: JSON) -> JSON:
+    result: JSON = {}
+    postgres = cases.get("postgresql")
+    if postgres:
+        rates = [postgres[k]["messages_per_s"] for k in postgres if k.startswith("ingest_")]
+        result["postgresql_messages_per_s_min"] = (
+            min(rates) >= TARGETS["postgresql_messages_per_s_min"]
+        )
+    p99 = [c[k]["p99_ms"] for c in cases.values() for k in c if k.startswith("ingest_")]
+    if p99:
+        result["p99_ms_max"] = max(p99) < TARGETS["p99_ms_max"]
+    for case in cases.values():
+        attachment = case.get("attachment")
+        if attachment:
+            limit = TARGETS["attachment_peak_rss_mb_max"]
+            phases = (attachment["upload"], attachment["download"])
+            result["attachment_client_peak_rss_mb"] = max(p["peak_rss_mb"] for p in phases) < limit
+            result["attachment_server_peak_rss_sum_mb"] = (
+                max(p["server_peak_rss_mb"] for p in phases) < limit
+            )
+            result["attachment_server_peak_pss_sum_mb"] = (
+                max(p["server_peak_pss_mb"] for p in phases) < limit
+            )
+    return result
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000, help="measured sends per case")
+    parser.add_argument("--clients", type=int, default=8, help="client threads (keep-alive)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (pli serve)")
+    parser.add_argument(
+        "--attachment-mb",
+        type=float,
+        default=1024.0,
+        help="attachment size in MiB (0: none); default 1 GiB",
+    )
+    parser.add_argument("--quick", action="store_true", help="500 messages, a 50 MiB attachment")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
+    parser.add_argument("--workdir", default=None, help="where the data directories go")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--message", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    if args.child:
+        work = Path(args.work) if args.work else Path()
+        setup = json.loads(Path(args.setup).read_text()) if args.setup else {}
+        if args.child == "setup":
+            output = child_setup(work)
+        elif args.child == "count":
+            output = child_count()
+        elif args.child == "upload":
+            output = child_upload(args.url, work, setup, args.size)
+        else:
+            output = child_download(args.url, work, setup, args.message)
+        print(json.dumps(output))
+        return
+
+    if args.quick:
+        args.messages = min(args.messages, 500)
+        args.attachment_mb = min(args.attachment_mb, 50)
+    attachment = int(args.attachment_mb * MIB)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PLI_")}
+    root = Path(tempfile.mkdtemp(prefix="pli-bench-messaging-", dir=args.workdir))
+    cases: JSON = {}
+    started = dt.datetime.now(dt.UTC)
+    databases = [
+        name
+        for name, skipped in (("sqlite", args.skip_sqlite), ("postgresql", args.skip_postgres))
+        if not skipped
+    ]
+    try:
+        for name in databases:
+            work = root / name
+            work.mkdir()
+            env = {
+                **base,
+                "PLI_DATA_DIR": str(work / "data"),
+                "PLI_SECRET_KEY": "bench-messaging-secret-key-" + "x" * 32,
+                "PLI_EMAIL": "file",
+                "PLI_LOG_LEVEL": "WARNING",
+                "PLI_CA_DIR": str(work / "ca"),
+                "PLI_CA_PASSPHRASE": CA_PASSPHRASE,
+            }
+            database = f"pli_bench_messaging_{os.getpid()}"
+            if name == "postgresql":
+                env["PLI_DATABASE_URL"] = postgres_database(args.postgres_url, database)
+            # The attachment once: on PostgreSQL (production), or on SQLite alone.
+            with_attachment = attachment if name == databases[-1] else 0
+            try:
+                cases[name] = run_database(name, env, work, args, with_attachment)
+            finally:
+                if name == "postgresql":
+                    drop_postgres(args.postgres_url, database)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "messaging",
+                "date": started.isoformat(timespec="seconds"),
+                "machine": machine(),
+                "parameters": {
+                    "messages": args.messages,
+                    "warmup": WARMUP,
+                    "clients": args.clients,
+                    "workers": args.workers,
+                    "threads_per_worker": 4,
+                    "attachment_bytes": attachment,
+                },
+                "cases": cases,
+                "targets": TARGETS,
+                "verdict": verdict(cases),
+                "client_peak_rss_mb": round(status_mb("VmHWM"), 1),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
