@@ -64,6 +64,32 @@ def status_mb(field: str) -> float:
     return round(status_kib(field) * 1024 / MB, 1)
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages: other work shares the cores."""
+    return [round(float(x), 2) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def backend_cpu_s(vendor: str) -> float | None:
+    """CPU seconds of this connection's PostgreSQL backend, when it runs on this machine.
+
+    The import's database work happens in that process: with the child's own
+    CPU time, it tells what the import cost apart from what other work on
+    the machine took from it.
+    """
+    if vendor != "postgresql":
+        return None
+    from django.db import connection  # noqa: PLC0415 - Django is set up by now
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None  # a server elsewhere, or another user's process
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- child
 
 
@@ -198,10 +224,13 @@ def child(file: Path, searches: int) -> JSON:
 
     call_command("migrate", interactive=False, verbosity=0)
     before = status_mb("VmHWM")
-    started = time.perf_counter()
+    backend_before = backend_cpu_s(connection.vendor)
+    load_before = load_average()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = import_extraction(file)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     peak = status_mb("VmHWM")
+    backend_after = backend_cpu_s(connection.vendor)
     result: JSON = {
         "database": connection.vendor,
         "database_version": database_version(connection.vendor),
@@ -212,6 +241,14 @@ def child(file: Path, searches: int) -> JSON:
         "lines_per_s": round(summary.lines / seconds),
         "peak_rss_mb": peak,
         "before_rss_mb": before,
+        # CPU seconds of this process (both its threads) and of its PostgreSQL backend.
+        "cpu_s": round(cpu, 1),
+        "backend_cpu_s": (
+            round(backend_after - backend_before, 1)
+            if backend_after is not None and backend_before is not None
+            else None
+        ),
+        "load_average": {"before": load_before, "after": load_average()},
         "rows": {
             "professionals": Professional.objects.count(),
             "organisations": Organisation.objects.count(),

@@ -103,3 +103,15 @@ def _force_login_registers_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
         register_session(self, user)
 
     monkeypatch.setattr(Client, "force_login", force_login)
+
+
+@pytest.fixture
+def member_client(db: None) -> Any:
+    """A client signed in as a member: the directory requires authentication (issue "accounts")."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user = get_user_model().objects.create_user("member@pli.test", "member@pli.test")
+    client = Client()
+    client.force_login(user)
+    return client

@@ -8,13 +8,16 @@ anywhere but the server.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
+from pli.server.accounts.models import Role
 from pli.server.directory.models import (
     Activity,
     Mailbox,
@@ -23,6 +26,7 @@ from pli.server.directory.models import (
     Professional,
     search_key,
 )
+from tests.accounts_support import PASSPHRASE, make_account
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,11 +96,28 @@ def directory() -> None:
 
 
 def _page(browser: Browser, server_url: str, requests: list[str], **options: Any) -> Page:
+    """A page signed in as a member (the directory requires authentication), on /annuaire/."""
+    # A support account: no directory entry of its own to show up in the results.
+    user, secret = make_account(f"member{len(_members)}@browser.pli.test", role=Role.SUPPORT)
+    _members.append(user.username)
     context = browser.new_context(**options)
     page = context.new_page()
     page.on("request", lambda request: requests.append(_url(request)))
     page.goto(f"{server_url}/annuaire/")
+    # Sent to the login page first; the field names hold whatever the language.
+    page.wait_for_url("**/compte/connexion/**")
+    page.locator("input[name=username]").fill(user.username)
+    page.locator("input[name=passphrase]").fill(PASSPHRASE)
+    page.locator("input[name=passphrase]").press("Enter")
+    page.wait_for_url("**/compte/connexion/second-facteur/")
+    code = pyotp.TOTP(secret).at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    page.locator("input[name=code]").fill(code)
+    page.locator("input[name=code]").press("Enter")
+    page.wait_for_url("**/annuaire/")
     return page
+
+
+_members: list[str] = []
 
 
 def _url(request: Request) -> str:

@@ -45,6 +45,13 @@ from tests.conftest import ALICE, ALICE_IDNPS, BOB, CAROL, Pki
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture
+def client(member_client: Client) -> Client:
+    """Every request of these tests comes from a signed-in member (issue "accounts")."""
+    return member_client
+
+
 URL = "/api/directory/certificates"
 NOT_FOUND = {
     "code": "mailbox_not_found",
@@ -190,8 +197,8 @@ def test_red_listed_mailbox_answers_only_authenticated_members(
     client: Client, pki: Pki, mailboxes: Mailboxes
 ) -> None:
     do_publish_mailbox_certificate(mailboxes.carol, pem_of(pki.carol))
-    # To an anonymous caller it is indistinguishable from an unknown address.
-    assert fetch(client, CAROL, 404) == NOT_FOUND
+    # An anonymous caller gets nothing at all: the API requires authentication.
+    assert Client().get("/api/directory/certificates", {"address": CAROL}).status_code == 401
     member = get_user_model().objects.create_user("bob", BOB, "un mot de passe assez long")
     client.force_login(member)
     body = fetch(client, CAROL)

@@ -46,6 +46,13 @@ from tests.conftest import ALICE, ALICE_IDNPS
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture
+def client(member_client: Client) -> Client:
+    """Every request of these tests comes from a signed-in member (issue "accounts")."""
+    return member_client
+
+
 Json = dict[str, Any]
 
 G15 = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"

@@ -6,9 +6,12 @@ which also says, line by line, what the importer must do with each one.
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -658,3 +661,298 @@ def test_summary_describes_the_run() -> None:
         " 1 marked inactive (2.0 s)"
     )
     assert summary.lines_per_second == 5.0
+
+
+# --------------------------------------------------------------------------- sample data
+
+
+def test_sample_addresses_are_on_reserved_test_domains(tmp_path: Path) -> None:
+    # RFC 2606 / RFC 6761: invented people must not look like a real operator's users.
+    rpps = write_rpps_extraction(tmp_path, persons=120, seed=41)
+    addresses = [
+        line.data.decode().split("|")[1] for line in mssante_sample_lines(rpps, seed=41, share=1.0)
+    ]
+    assert addresses
+    assert all(address.rsplit("@", 1)[1].endswith(".test") for address in addresses)
+    emails = {line.data.decode().split("|")[43] for line in rpps_sample_lines(persons=120, seed=41)}
+    assert all(email.endswith(".test") for email in emails if email)
+
+
+# --------------------------------------------------------------------------- order of extractions
+
+
+def test_extraction_date_is_read_from_the_ans_file_name() -> None:
+    assert importing.extraction_date("PS_LibreAcces_Personne_activite_202611220815.zip") == (
+        dt.datetime(2026, 11, 22, 8, 15)  # noqa: DTZ001 - as the ANS names its files
+    )
+    assert importing.extraction_date(rpps_file_name("202601010000")) is not None
+    for name in ("extraction.txt", "x_202613010000.txt", "x_2026112208.txt", "x_202611220815a.txt"):
+        assert importing.extraction_date(name) is None, name
+
+
+@pytest.mark.requirement("REQ-DIRECTORY")
+def test_an_older_extraction_is_refused_unless_forced(tmp_path: Path) -> None:
+    newer = write_rpps_extraction(tmp_path / rpps_file_name("202610010000"), persons=20, seed=42)
+    import_extraction(newer)
+    before, rows = counts(), snapshot()
+    older = write_rpps_extraction(
+        tmp_path / rpps_file_name("202609010000"), persons=25, seed=42, skip_persons=(1, 2)
+    )
+
+    with pytest.raises(ImportFailed) as refused:
+        import_extraction(older)
+
+    assert refused.value.code == "older_extraction"
+    assert "2026-09-01 00:00" in refused.value.detail and "2026-10-01 00:00" in refused.value.detail
+    assert (counts(), snapshot()) == (before, rows)
+    assert not (tmp_path / f"{older.stem}.rejects.txt").exists()
+    # The same extraction again is not older; another kind has its own order;
+    # and an operator may force an older file in.
+    assert import_extraction(newer).deactivated == 0
+    mssante = write_mssante_extraction(
+        tmp_path / "Extraction_Correspondance_MSSante_202601010000.txt", newer, seed=42
+    )
+    assert import_extraction(mssante).kind == "mssante"
+    forced = import_extraction(older, force=True)
+    assert forced.deactivated == 2
+
+
+def test_a_failed_run_does_not_count_as_the_newest(tmp_path: Path) -> None:
+    import_extraction(
+        write_rpps_extraction(tmp_path / rpps_file_name("202609010000"), persons=10, seed=43)
+    )
+    ImportRun.objects.create(kind="rpps", file_name=rpps_file_name("202612010000"), status="failed")
+    summary = import_extraction(
+        write_rpps_extraction(tmp_path / rpps_file_name("202610010000"), persons=10, seed=43)
+    )
+    assert run_of(summary).status == "done"
+
+
+# --------------------------------------------------------------------------- one import at a time
+
+
+@contextmanager
+def lock_held_elsewhere() -> Iterator[None]:
+    """The import lock, taken as another process would: another connection, another file."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        settings_dict = connection.settings_dict
+        with psycopg.connect(
+            dbname=settings_dict["NAME"],
+            user=settings_dict["USER"] or None,
+            host=settings_dict["HOST"] or None,
+            port=settings_dict["PORT"] or None,
+            autocommit=True,
+        ) as other:
+            assert other.execute(
+                "SELECT pg_try_advisory_lock(%s)", [importing._ADVISORY_LOCK]
+            ).fetchone() == (True,)
+            yield
+        return
+    with importing._sqlite_lock_path().open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+@pytest.mark.requirement("REQ-DIRECTORY")
+def test_a_second_import_while_one_runs_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    first = write_rpps_extraction(tmp_path / rpps_file_name("202609010000"), persons=20, seed=44)
+    import_extraction(first)
+    before, rows = counts(), snapshot()
+    second = write_rpps_extraction(tmp_path / rpps_file_name("202610010000"), persons=10, seed=44)
+
+    with lock_held_elsewhere(), pytest.raises(ImportFailed) as refused:
+        import_extraction(second)
+
+    assert refused.value.code == "import_running"
+    assert (counts(), snapshot()) == (before, rows)
+    assert import_extraction(second).deactivated == 10  # once the other one is over
+
+
+def test_a_running_import_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite's own write lock does not keep two imports apart (each commits every few
+    # seconds): the import lock does, from its first check to its last write.
+    seen: list[str] = []
+    real_finish = importing._Job._finish
+
+    def finish(job: importing._Job) -> int:
+        try:
+            with lock_held_elsewhere():
+                seen.append("acquired")
+        except (BlockingIOError, AssertionError):
+            seen.append("refused")
+        return real_finish(job)
+
+    monkeypatch.setattr(importing._Job, "_finish", finish)
+    import_extraction(write_rpps_extraction(tmp_path, persons=5, seed=45))
+    assert seen == ["refused"]
+    with lock_held_elsewhere():
+        pass  # and released at the end
+
+
+# --------------------------------------------------------------------------- mailboxes of who left
+
+
+@pytest.mark.requirement("REQ-DIRECTORY")
+def test_mailboxes_of_who_left_are_inactive_and_come_back_with_him(tmp_path: Path) -> None:
+    from pli.server.directory.queries import resolve_address, search_directory
+
+    def extraction(stamp: str, skip: tuple[int, ...] = ()) -> Path:
+        return write_rpps_extraction(
+            tmp_path / rpps_file_name(stamp), persons=30, seed=46, skip_persons=skip, structures=40
+        )
+
+    first = extraction("202609010000")
+    import_extraction(first)
+    everyone = list(
+        dict.fromkeys(
+            line.national_id for line in rpps_sample_lines(persons=30, seed=46, structures=40)
+        )
+    )
+    leaving = Professional.objects.get(national_id=everyone[3])
+    mssante = write_mssante_extraction(
+        tmp_path / "Extraction_Correspondance_MSSante_202609010000.txt", first, seed=46, share=1.0
+    )
+    import_extraction(mssante)
+    listed = Mailbox.objects.get(professional=leaving)
+    local = Mailbox.objects.create(
+        address="cabinet.local@pli.test", kind="PER", professional=leaving
+    )
+    other = Mailbox.objects.exclude(professional=leaving).filter(kind="PER").first()
+    assert other is not None
+    assert resolve_address(listed.address) is not None
+
+    import_extraction(extraction("202610010000", skip=(3,)))
+
+    listed.refresh_from_db()
+    local.refresh_from_db()
+    assert not listed.active and not local.active
+    assert resolve_address(listed.address) is None and resolve_address(local.address) is None
+    assert Mailbox.objects.get(pk=other.pk).active
+    assert search_directory(identifier=leaving.identifier).results == ()
+    # A correspondence extraction that still lists him does not bring his mailbox back.
+    again = tmp_path / "Extraction_Correspondance_MSSante_202610020000.txt"
+    again.write_bytes(mssante.read_bytes())
+    import_extraction(again)
+    assert not Mailbox.objects.get(pk=listed.pk).active
+
+    import_extraction(extraction("202611010000"))
+
+    assert Mailbox.objects.get(pk=listed.pk).active and Mailbox.objects.get(pk=local.pk).active
+    assert resolve_address(listed.address) is not None
+
+
+def test_a_mailbox_dropped_while_its_owner_was_away_stays_inactive(tmp_path: Path) -> None:
+    def extraction(stamp: str, skip: tuple[int, ...] = ()) -> Path:
+        return write_rpps_extraction(
+            tmp_path / rpps_file_name(stamp), persons=10, seed=47, skip_persons=skip, structures=10
+        )
+
+    first = extraction("202609010000")
+    import_extraction(first)
+    leaving = Professional.objects.order_by("pk")[2]
+    mssante = write_mssante_extraction(
+        tmp_path / "Extraction_Correspondance_MSSante_202609010000.txt", first, seed=47, share=1.0
+    )
+    import_extraction(mssante)
+    mailbox = Mailbox.objects.get(professional=leaving)
+    import_extraction(extraction("202610010000", skip=(2,)))
+    # The next correspondence extraction no longer lists his address.
+    kept = [
+        line
+        for line in mssante.read_bytes().splitlines(keepends=True)
+        if mailbox.address.encode() not in line
+    ]
+    newer = tmp_path / "Extraction_Correspondance_MSSante_202610020000.txt"
+    newer.write_bytes(b"".join(kept))
+    import_extraction(newer)
+
+    import_extraction(extraction("202611010000"))
+
+    mailbox.refresh_from_db()
+    assert Professional.objects.get(pk=leaving.pk).active
+    assert not mailbox.active
+
+
+# --------------------------------------------------------------------------- first import
+
+
+def index_names() -> set[str]:
+    """The indexes and unique constraints of the directory tables."""
+    from django.db import connection
+
+    tables = [m._meta.db_table for m in (Professional, Organisation, Activity)]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = ANY(%s)"
+                " UNION SELECT conname FROM pg_constraint WHERE conrelid::regclass::text = ANY(%s)",
+                [tables, tables],
+            )
+        else:
+            cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN (%s, %s, %s)",
+                tables,
+            )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_a_first_import_builds_the_indexes_after_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same activity twice, in two batches: the last line wins, as in an upsert,
+    # also when PostgreSQL's unique key of activities was set aside for the load.
+    monkeypatch.setattr(importing, "BATCH_LINES", 3)
+    before = index_names()
+    lines = [line.data for line in rpps_sample_lines(lines=8, seed=48)]
+    again = lines[1].decode().split("|")
+    again[47] = "AUTRE"  # the registration authority: not part of the activity's key
+    path = write_lines(tmp_path / rpps_file_name(), RPPS_HEADER, *lines, "|".join(again).encode())
+
+    summary = import_extraction(path)
+
+    assert (summary.imported, Activity.objects.count()) == (9, 8)
+    assert Activity.objects.filter(registration_authority="AUTRE").count() == 1
+    assert index_names() == before
+    assert not importing._SetAside.path().exists()
+    # Not the next import: the directory is not empty any more.
+    assert not importing._SetAside.applies("rpps")
+
+
+def test_indexes_left_aside_by_an_interrupted_import_are_built_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = index_names()
+
+    def crash(self: importing._SetAside) -> None:
+        raise KeyboardInterrupt  # the process stops before building them again
+
+    monkeypatch.setattr(importing._SetAside, "rebuild", crash)
+    with pytest.raises(KeyboardInterrupt):
+        import_extraction(write_rpps_extraction(tmp_path, persons=10, seed=49))
+    assert importing._SetAside.path().exists()
+    assert index_names() < before
+    monkeypatch.undo()
+
+    import_extraction(write_rpps_extraction(tmp_path, persons=10, seed=49))
+
+    assert index_names() == before
+    assert not importing._SetAside.path().exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_outside_a_transaction_ends_with_a_vacuum(tmp_path: Path) -> None:
+    # As the command runs it (autocommit): on PostgreSQL the import ends with
+    # VACUUM (ANALYZE), which cannot run inside a transaction.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        summary = import_extraction(write_rpps_extraction(tmp_path, persons=10, seed=50))
+
+    assert run_of(summary).status == "done"
+    vacuumed = any(q["sql"].startswith("VACUUM (ANALYZE)") for q in captured.captured_queries)
+    assert vacuumed == (connection.vendor == "postgresql")

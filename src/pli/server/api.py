@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
+from ninja.security import django_auth
 
 from pli.server.accounts.api import router as accounts_router
 from pli.server.accounts.api_auth import router as auth_router
@@ -14,9 +15,9 @@ from pli.server.directory.api_certificates import router as certificates_router
 from pli.server.messaging.api import router as messaging_router
 from pli.server.messaging.api_uploads import router as uploads_router
 
-# Every endpoint requires an authenticated session (with CSRF on unsafe methods)
-# unless it opts out explicitly, like the health check (issue "accounts", item 4).
-api = NinjaAPI(title="Pli", version="0.1.0", urls_namespace="api")  # DEFERRED-AUTH
+# Every endpoint requires an authenticated session (with CSRF on unsafe methods) unless it
+# opts out explicitly, like the health check and the login steps (issue "accounts", item 4).
+api = NinjaAPI(title="Pli", version="0.1.0", urls_namespace="api", auth=django_auth)
 
 
 class HealthOut(Schema):

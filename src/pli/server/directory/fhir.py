@@ -173,6 +173,10 @@ def operation_outcome(error: FhirError) -> Json:
     }
 
 
+#: Views answered without authentication (FHIR R4 http.html#capabilities).
+_PUBLIC_VIEWS = frozenset({"capability_statement"})
+
+
 def _fhir_view(
     view: Callable[..., Json],
 ) -> Callable[..., HttpResponse]:
@@ -194,6 +198,12 @@ def _fhir_view(
                     _("Cette API est en lecture seule (GET)."),
                 )
             _check_format(request)
+            # Issue "accounts": every endpoint requires authentication but the
+            # public FHIR metadata (the CapabilityStatement).
+            if view.__name__ not in _PUBLIC_VIEWS and not request.user.is_authenticated:
+                raise FhirError(
+                    401, "login", "authentication_required", _("Authentification requise.")
+                )
             return _fhir_response(view(request, *args, **kwargs))
         except FhirError as error:
             response = _fhir_response(operation_outcome(error), status=error.status)

@@ -21,9 +21,11 @@ alphabet, which meets a page of them soon (see :func:`_page_ids`). Counting
 stops at :data:`COUNT_CAP`. Results are in code point order of the name key,
 then id: the same rows in the same order on SQLite and PostgreSQL.
 
-Measured on 800,000 generated people (PostgreSQL vacuumed and analysed): p50 about
-20 ms, p95 under 40 ms for names on both databases. Slowest: a short common
-prefix together with a broad place ("mar" in "34"), 0.2 s.
+Measured through the API on 1,274,315 generated people (2,000,000 activities,
+benchmarks/README.md): p50 about 20 ms, p95 under 40 ms on both databases
+when the machine is not loaded. Slow still: a name together with a broad
+place ("martin" in "75013"), each candidate's place checked: 0.3 s on PostgreSQL
+with 130,000 people (not one of the benchmark's kinds).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     BooleanField,
     CharField,
@@ -57,6 +60,7 @@ from pli.server.directory.models import (
     Activity,
     IdentifierType,
     Mailbox,
+    Organisation,
     Professional,
     search_key,
 )
@@ -82,8 +86,14 @@ COUNT_CAP = 1000
 #: Reading the people an identifier, a profession or a place selects stops here: if
 #: they are more, they are spread over the alphabet and read in name order.
 FETCH_CAP = 2000
+#: Reading the structures of a place stops here: if they are more, their
+#: activities are by the thousand (3.6 a structure in the national file).
+SITE_CAP = 500
 #: Counting index entries to choose the leading word of a search stops here.
 ESTIMATE_CAP = 5000
+#: Up to this many matches of a word's later-word branches are sorted by the
+#: database rather than met by walking the names in order.
+SORT_CAP = 20_000
 #: Longest accepted query or filter, in characters.
 MAX_QUERY_LENGTH = 100
 #: Longest accepted identifier (the national form of a local identifier).
@@ -232,25 +242,35 @@ def _name_order() -> tuple[F | RawSQL | Collate, str]:
     return _in_name_order(F("name_key")), "id"
 
 
+def _spaces_at_least(count: int) -> Q:
+    """The name has at least ``count`` spaces: the condition of a partial index of 0003.
+
+    Written exactly as the index's condition, with the count in the text (a
+    bound parameter would not let the planners see that the index applies).
+    """
+    column = _column()
+    return Q(
+        RawSQL(  # noqa: S611 - constant SQL
+            f"LENGTH({column}) - LENGTH(REPLACE({column}, ' ', '')) >= {count:d}",
+            (),
+            output_field=BooleanField(),
+        )
+    )
+
+
 def _word_branches(word: str) -> list[Q]:
     """Where a name word starting with ``word`` can be, each branch served by an index.
 
     The first branch is the first word of the name (the ``name_key`` index);
-    the next three, the second to fourth words (migration 0002); the last,
-    any later word of the rare names of five words or more.
+    the next three, the second to fourth words (migration 0002; the third and
+    fourth as partial indexes of 0003, over the names that have such a word);
+    the last, any later word of the rare names of five words or more.
     """
     branches = [_prefix(F("name_key"), word)]
-    branches += [
-        _prefix(RawSQL(_tail_sql(depth), (), output_field=CharField()), word)  # noqa: S611 - constant SQL
-        for depth in range(1, INDEXED_WORDS)
-    ]
-    column = _column()
-    long_name = RawSQL(  # noqa: S611 - constant SQL
-        f"LENGTH({column}) - LENGTH(REPLACE({column}, ' ', '')) >= {INDEXED_WORDS}",
-        (),
-        output_field=BooleanField(),
-    )
-    branches.append(Q(long_name) & _has_word(word))
+    for depth in range(1, INDEXED_WORDS):
+        tail = _prefix(RawSQL(_tail_sql(depth), (), output_field=CharField()), word)  # noqa: S611 - constant SQL
+        branches.append(tail & _spaces_at_least(depth) if depth > 1 else tail)
+    branches.append(_spaces_at_least(INDEXED_WORDS) & _has_word(word))
     return branches
 
 
@@ -264,6 +284,21 @@ def _estimate(people: QuerySet[Professional]) -> int:
         plan = json.loads(people.values("id").explain(format="json"))
         return int(plan[0]["Plan"]["Plan Rows"])
     return people.values("id")[:ESTIMATE_CAP].count()
+
+
+def _many(people: QuerySet[Professional], branches: list[Q]) -> bool:
+    """More than SORT_CAP people in these branches, by the estimates of :func:`_estimate`.
+
+    SQLite counts index entries up to the cap (a few milliseconds here).
+    """
+    if _is_postgresql():
+        return sum(_estimate(people.filter(branch)) for branch in branches) > SORT_CAP
+    counted = 0
+    for branch in branches:
+        counted += people.filter(branch).values("id")[: SORT_CAP + 1 - counted].count()
+        if counted > SORT_CAP:
+            return True
+    return False
 
 
 def _lead_word(words: list[str]) -> str:
@@ -401,6 +436,8 @@ class _Criteria:
 
     #: Active people matching the identifier and profession, if given.
     people: QuerySet[Professional]
+    #: The same people, for queries that a name index must drive (see _not_leading).
+    followers: QuerySet[Professional]
     #: The words of the name, longest first.
     words: list[str]
     #: Where they practise: the normalised postcode and city key prefixes, if given.
@@ -412,16 +449,21 @@ class _Criteria:
     def selected(self) -> set[NameOrder] | None:
         """The people every criterion but the name selects, or None if over FETCH_CAP.
 
-        Read from the narrowest index: the place's organisations, then their
-        activities (a plain join that stops at the limit, which a DISTINCT or
-        a semi-join would not), else the profession or the identifier.
+        Read from the narrowest index: the place's organisations (their own
+        index), then their activities (the organisation index), else the
+        profession or the identifier. In two queries: told to join and stop
+        at a limit, PostgreSQL may read every activity of the country instead.
         """
         place = self.place()
         if place is None:
             selected = _keys(self.people, FETCH_CAP + 1)
             return selected if len(selected) <= FETCH_CAP else None
-        working = Activity.objects.filter(place).values_list("professional_id", flat=True)
-        ids = list(working[: FETCH_CAP + 1])
+        sites = Organisation.objects.filter(self.sites())
+        site_ids = list(sites.values_list("id", flat=True)[: SITE_CAP + 1])
+        if len(site_ids) > SITE_CAP:  # their activities are by the thousand
+            return None
+        working = Activity.objects.filter(active=True, organisation_id__in=site_ids)
+        ids = list(working.values_list("professional_id", flat=True)[: FETCH_CAP + 1])
         if len(ids) > FETCH_CAP:  # activities, not people: one may work at several sites
             return None
         return set(self.people.filter(id__in=set(ids)).values_list("name_key", "id"))
@@ -433,11 +475,15 @@ class _Criteria:
         """
         if not (self.postcode or self.city_key):
             return None
-        place = Q(**{f"{to_activity}active": True, f"{to_activity}organisation__active": True})
+        return Q(**{f"{to_activity}active": True}) & self.sites(f"{to_activity}organisation__")
+
+    def sites(self, to_organisation: str = "") -> Q:
+        """An active organisation of that place (call only when a place is given)."""
+        place = Q(**{f"{to_organisation}active": True})
         if self.postcode:
-            place &= _starts_with(f"{to_activity}organisation__postcode", self.postcode)
+            place &= _starts_with(f"{to_organisation}postcode", self.postcode)
         if self.city_key:
-            place &= _starts_with(f"{to_activity}organisation__city_key", self.city_key)
+            place &= _starts_with(f"{to_organisation}city_key", self.city_key)
         return place
 
 
@@ -464,8 +510,11 @@ def _criteria(*, q: str, profession: str, postcode: str, city: str, identifier: 
                 raise SearchError("empty_query", _("La recherche ne contient aucun mot."), "q")
     if identifiers:
         people = people.filter(Q(national_id__in=identifiers) | Q(identifier__in=identifiers))
+    followers = people
     if profession:
-        people = people.filter(profession_code__in=_profession_codes(profession))
+        codes = _profession_codes(profession)
+        people = people.filter(profession_code__in=codes)
+        followers = followers.filter(_not_leading("profession_code", codes))
     compact_postcode = postcode.replace(" ", "").upper()
     if postcode and not _POSTCODE.fullmatch(compact_postcode):
         raise SearchError(
@@ -477,7 +526,23 @@ def _criteria(*, q: str, profession: str, postcode: str, city: str, identifier: 
     if city and not city_key:
         raise SearchError("invalid_city", _("La commune est illisible."), "city")
     filtered = bool(identifiers or profession or postcode or city)
-    return _Criteria(people, words, compact_postcode, city_key, filtered)
+    return _Criteria(people, followers, words, compact_postcode, city_key, filtered)
+
+
+def _not_leading(field: str, values: list[str]) -> Q:
+    """``field IN values``, as a filter that no index of ``field`` serves on SQLite.
+
+    Without statistics, SQLite prefers an equality to a range whatever their
+    sizes: given a profession and a name word, it would read every person of
+    the profession (a third of the country for doctors) rather than the
+    word's few hundred candidates. The unary ``+`` is SQLite's documented way
+    to keep a term out of index choice. PostgreSQL chooses from its statistics.
+    """
+    if _is_postgresql() or not values:
+        return Q(**{f"{field}__in": values})
+    column = f"{_column().rsplit('.', 1)[0]}.{connection.ops.quote_name(field)}"
+    placeholders = ", ".join(["%s"] * len(values))
+    return Q(RawSQL(f"+{column} IN ({placeholders})", values, output_field=BooleanField()))  # noqa: S611 - constant SQL, values bound
 
 
 def search_directory(
@@ -516,7 +581,18 @@ def search_directory(
     criteria = _criteria(
         q=q, profession=profession, postcode=postcode, city=city, identifier=identifier
     )
-    page_ids, total, capped = _page_ids(criteria, (page - 1) * size, size)
+    # Not on SQLite: its transactions here take the write lock (BEGIN IMMEDIATE).
+    with transaction.atomic() if _is_postgresql() else nullcontext():
+        if _is_postgresql():
+            with connection.cursor() as cursor:
+                # Each query reads at most a few thousand index entries: starting
+                # parallel workers costs more than it saves (20 ms here, loaded).
+                cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                # Each is written for an index. Told to stop at a limit, PostgreSQL
+                # may scan a table instead, hoping to meet the rows soon (the
+                # activities of a place's 1,400 structures: 48 ms at 200,000 lines).
+                cursor.execute("SET LOCAL enable_seqscan = off")
+        page_ids, total, capped = _page_ids(criteria, (page - 1) * size, size)
     rows = Professional.objects.filter(id__in=page_ids).prefetch_related(
         Prefetch(
             "activities",
@@ -555,8 +631,24 @@ def _sorted_page(keys: set[NameOrder], start: int, size: int) -> list[int]:
     return [pk for _key, pk in sorted(keys)[start : start + size]]
 
 
+def _ordered_keys(people: QuerySet[Professional], count: int) -> list[NameOrder]:
+    """The first ``count`` keys in name order."""
+    return list(people.order_by(*_name_order()).values_list("name_key", "id")[:count])
+
+
 def _walk(people: QuerySet[Professional], start: int, size: int) -> list[int]:
     return list(people.order_by(*_name_order()).values_list("id", flat=True)[start : start + size])
+
+
+def _walked(ids: list[int], start: int, size: int) -> tuple[list[int], int, bool]:
+    """A page read by a walk, and the total: "1000+" unless the walk reached the end.
+
+    A walk stops at the page, so it does not count; a short page (not an
+    empty one past the end) says that every match has been seen.
+    """
+    if len(ids) < size and (ids or start == 0):
+        return ids, min(start + len(ids), COUNT_CAP), start + len(ids) > COUNT_CAP
+    return ids, COUNT_CAP, True
 
 
 def _page_ids(criteria: _Criteria, start: int, size: int) -> tuple[list[int], int, bool]:
@@ -596,17 +688,44 @@ def _page_ids(criteria: _Criteria, start: int, size: int) -> tuple[list[int], in
     if place is not None:
         people = people.filter(Exists(Activity.objects.filter(place, professional=OuterRef("pk"))))
     if not words:
-        return _walk(people, start, size), COUNT_CAP, True
+        return _walked(_walk(people, start, size), start, size)
     lead = _lead_word(words)
     for word in words:
         if word != lead:
             people = people.filter(_has_word(word))
     first_branch, *later_branches = _word_branches(lead)
     later: set[NameOrder] = set()
+    # The later words' indexes lead these, the profession only filters.
+    followers = criteria.followers
+    if place is not None:
+        followers = followers.filter(
+            Exists(Activity.objects.filter(place, professional=OuterRef("pk")))
+        )
+    for word in words:
+        if word != lead:
+            followers = followers.filter(_has_word(word))
     for branch in later_branches:
-        later |= _keys(people.filter(branch))
+        later |= _keys(followers.filter(branch))
         if len(later) > COUNT_CAP:
-            return _walk(people.filter(_has_word(lead)), start, size), COUNT_CAP, True
+            walking = people.filter(_has_word(lead))
+            # The second word's branch holds nearly all of them (names of three
+            # words or more are a few percent), and it alone has statistics.
+            if _many(followers, later_branches[:1]):
+                # By the ten thousand (a common first name): they are everywhere in
+                # name order, and a walk of the names meets a page of them soon.
+                return _walked(_walk(walking, start, size), start, size)
+            # Fewer: they may gather where a name starts (MARTIN, médecin: half-way
+            # through the alphabet, far along a walk). The first rows of the lead
+            # word's last names in name order (an index gives that order), and the
+            # later-word matches read whole and sorted here: asked to sort them, a
+            # planner may walk the name index instead.
+            page = set(_ordered_keys(people.filter(first_branch), start + size))
+            for each in later_branches:
+                found = _keys(followers.filter(each), SORT_CAP + 1)
+                if len(found) > SORT_CAP:
+                    return _walked(_walk(walking, start, size), start, size)
+                page |= set(sorted(found)[: start + size])
+            return _sorted_page(page, start, size), COUNT_CAP, True
     first_word = people.filter(first_branch)
     first = _keys(first_word)
     if len(first) > COUNT_CAP:

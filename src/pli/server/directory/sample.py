@@ -440,7 +440,7 @@ def _structure(seed: int, index: int, hospitals: int) -> _Structure:
     repetition = "B" if rnd() < 0.05 else ""
     street_code, street_type = _STREET_TYPES[int(rnd() * len(_STREET_TYPES))]
     phone = f"0{1 + int(rnd() * 5)}{int(rnd() * 10**8):08d}"
-    email = f"contact@{_ascii_slug(name)[:40]}.fr" if rnd() < 0.2 else ""
+    email = f"contact@{_ascii_slug(name)[:40]}.test" if rnd() < 0.2 else ""  # RFC 2606
     cedex = f"{city.upper()} CEDEX" if kind == "hopital" else ""
     columns = (
         siret,
@@ -704,13 +704,17 @@ def write_rpps_extraction(
 
 # --------------------------------------------------------------------------- MSSanté lines
 
-_OPERATOR_DOMAINS = ("medecin.mssante.fr", "pro.mssante.fr", "ordre.mssante.fr")
+# Invented people get addresses under the reserved ".test" top-level domain
+# (RFC 2606, RFC 6761), never one that looks like a real operator's: a sample
+# must not send mail anywhere, nor be taken for a real directory.
+_DOMAIN = "mssante.test"
+_OPERATOR_DOMAINS = (f"medecin.{_DOMAIN}", f"pro.{_DOMAIN}", f"ordre.{_DOMAIN}")
 _PROFESSION_DOMAINS = {
-    "21": "pharmacien.mssante.fr",
-    "60": "infirmier.mssante.fr",
-    "70": "kine.mssante.fr",
-    "50": "sagefemme.mssante.fr",
-    "40": "chirurgien-dentiste.mssante.fr",
+    "21": f"pharmacien.{_DOMAIN}",
+    "60": f"infirmier.{_DOMAIN}",
+    "70": f"kine.{_DOMAIN}",
+    "50": f"sagefemme.{_DOMAIN}",
+    "40": f"chirurgien-dentiste.{_DOMAIN}",
 }
 _SERVICES = ("Cardiologie", "Urgences", "Pédiatrie", "Radiologie", "Médecine interne", "Accueil")
 
@@ -829,7 +833,7 @@ def mssante_sample_lines(
                 if rnd() < share:
                     local = f"{_ascii_slug(row[8])}.{_ascii_slug(row[7])}"
                     domain = (
-                        f"{_ascii_slug(row[24])[:30]}.mssante.fr"
+                        f"{_ascii_slug(row[24])[:30]}.{_DOMAIN}"
                         if reference is not None and row[48] == "SA01"
                         else _PROFESSION_DOMAINS.get(
                             row[9], _OPERATOR_DOMAINS[int(rnd() * len(_OPERATOR_DOMAINS))]
@@ -844,7 +848,7 @@ def mssante_sample_lines(
                     slug = _ascii_slug(row[25] or row[24])[:30]
                     local = "secretariat" if rnd() < 0.5 else "accueil"
                     fields = _mssante_fields(
-                        "ORG", unique(local, f"{slug}.mssante.fr"), None, reference, ""
+                        "ORG", unique(local, f"{slug}.{_DOMAIN}"), None, reference, ""
                     )
                     yield emit(fields, "")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
@@ -33,6 +34,7 @@ def _place(text: str) -> tuple[str, str]:
     return "", text
 
 
+@login_required
 def search_page(request: HttpRequest) -> HttpResponse:
     """The directory search form and its results (REQ-DIRECTORY), French first."""
     values = {name: request.GET.get(name, "").strip() for name in FORM_FIELDS}
