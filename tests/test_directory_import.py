@@ -956,3 +956,18 @@ def test_an_import_outside_a_transaction_ends_with_a_vacuum(tmp_path: Path) -> N
     assert run_of(summary).status == "done"
     vacuumed = any(q["sql"].startswith("VACUUM (ANALYZE)") for q in captured.captured_queries)
     assert vacuumed == (connection.vendor == "postgresql")
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_an_import_is_traced_with_its_counts_only(tmp_path: Path) -> None:
+    from pli.server.audit.models import AuditEvent
+
+    path = write_rpps_extraction(tmp_path, persons=10, seed=5, bad_every=4)
+    summary = import_extraction(path)
+    events = list(AuditEvent.objects.filter(action="directory.import"))
+    assert len(events) == 1
+    event = events[0]
+    assert event.target == f"import:{summary.run_id}"
+    assert str(summary.imported) in str(event.detail) and str(summary.rejected) in str(event.detail)
+    # Counts and codes only: no file name, no person.
+    assert "PS_LibreAcces" not in str(event.detail)

@@ -129,14 +129,21 @@ def directory_group() -> None:
     default=None,
     help="Where to write the rejected lines (default: FILE.rejects.txt).",
 )
-def directory_import_command(file: Path, rejects: Path | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Import even an extraction older than the last one imported of its kind.",
+)
+def directory_import_command(file: Path, rejects: Path | None, force: bool) -> None:
     """Import an RPPS (personne-activité) or MSSanté correspondence extraction, or its zip."""
     ensure_data_dir()
     setup_django()
     prepare_database()
     from pli.server.directory.importing import import_extraction  # noqa: PLC0415
 
-    summary = import_extraction(file, rejects_path=rejects, progress=sys.stderr.isatty())
+    summary = import_extraction(
+        file, rejects_path=rejects, progress=sys.stderr.isatty(), force=force
+    )
     click.echo(summary.describe())
     if summary.rejected:
         click.echo(f"rejected lines: {summary.rejects_file}")

@@ -1625,4 +1625,19 @@ class _Job:
                 rejected=self.rejects.rejected,
                 deactivated=deactivated,
             )
+            # REQ-TRACE: the import is traced with the run and its counts, in the same
+            # transaction as its closing (the .update() above sends no model signal).
+            from pli.server.audit.actions import do_record_event  # noqa: PLC0415
+
+            do_record_event(
+                "directory.import",
+                target=f"import:{self.run.pk}",
+                detail={
+                    "kind": str(self.source.kind),
+                    "lines": self.lines,
+                    "imported": self.imported,
+                    "rejected": self.rejects.rejected,
+                    "deactivated": deactivated,
+                },
+            )
         return deactivated
