@@ -61,6 +61,11 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def load_average() -> float:
+    """The 1-minute load average: the machine is shared, so every figure goes with it."""
+    return round(os.getloadavg()[0], 2)
+
+
 def status_mb(field: str) -> float:
     """A ``/proc/self/status`` value (VmHWM: this process's own peak RSS), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -320,10 +325,12 @@ def child_verify(events: int) -> JSON:
     generation = time.perf_counter() - started
     log(f"{events} events written in {generation:.1f} s; verifying")
     before = status_mb("VmHWM")
+    load_before = load_average()
     started = time.perf_counter()
     report = verify_trail([operator_verifying_key()])
     seconds = time.perf_counter() - started
     return {
+        "load_average_1m": [load_before, load_average()],
         "database": database_version(),
         "events": report.events,
         "checkpoints": checkpoints,
@@ -476,15 +483,18 @@ def run_child(kind: str, env: dict[str, str], *extra: str) -> JSON:
 
 def serving_case(env: dict[str, str], args: argparse.Namespace) -> JSON:
     setup = run_child("setup", env)
+    load_before = load_average()
     with gunicorn(env, args.workers) as port:
         log(f"{setup['database']}: latency, {args.pairs} request pairs")
         latency = measure_latency(port, args.pairs)
         log(f"{setup['database']}: load on /work/ then /append/, {args.seconds} s each")
         work = measure_load(port, "/work/", args.clients, args.seconds)
         append = measure_load(port, "/append/", args.clients, args.seconds)
+    load_served = load_average()
     measured = run_child("measure", env, "--appends", str(args.appends))
     return {
         "database_version": setup["version"],
+        "load_average_1m": [load_before, load_served, load_average()],
         "gunicorn": {"workers": args.workers, "worker_class": "gthread", "threads": 4},
         "latency": latency,
         "load": {

@@ -16,28 +16,38 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Max, Min
 from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
 from pli.client.cli import main
 from pli.crypto import VerifyingKey, generate_signing_key
 from pli.server.accounts.models import Role, User
-from pli.server.audit import keys
+from pli.server.audit import actions, chain, keys
 from pli.server.audit.actions import (
     do_record_event,
     do_write_checkpoint,
     purge_expired_events,
     retention_days,
 )
-from pli.server.audit.chain import GENESIS, event_hash, micros, verify_trail
+from pli.server.audit.chain import (
+    GENESIS,
+    VerificationReport,
+    event_hash,
+    micros,
+    verify_trail,
+)
 from pli.server.audit.errors import (
+    AuditChainBroken,
     AuditCheckpointInvalid,
+    AuditError,
     AuditHashMismatch,
     AuditMissingPredecessor,
     AuditValueRefused,
@@ -579,6 +589,142 @@ def test_an_auditor_verifies_with_the_public_key_alone(tmp_path: Path) -> None:
     stranger.write_bytes(generate_signing_key().verifying_key().pem())
     exit_code, output = verify_cli("--public-key", str(stranger))
     assert (exit_code, output.split(":")[:3]) == (1, ["pli", " error", " audit_bad_checkpoint"])
+
+
+# --------------------------------------------------------------------------- verification in parts
+
+
+def _one_pass(keys: list[VerifyingKey]) -> VerificationReport | tuple[str, int | None]:
+    try:
+        return verify_trail(keys, workers=1)
+    except AuditChainBroken as error:
+        return error.code, error.seq
+
+
+def _in_parts(keys: list[VerifyingKey], parts: int) -> VerificationReport | None:
+    """What the processes of a long trail's verification find, run here one after another."""
+    checkpoints = chain._read_checkpoints()
+    bounds = AuditEvent.objects.aggregate(first=Min("seq"), last=Max("seq"))
+    results = [
+        chain._verify_part(first, last, 4, frozenset(c.seq for c in checkpoints))
+        for first, last in chain._split(bounds["first"], bounds["last"], parts)
+    ]
+    signed = chain._signatures_hold(checkpoints, {key.fingerprint: key for key in keys})
+    return chain._combine(results, checkpoints) if signed else None
+
+
+_BROKEN = {
+    "content": "UPDATE audit_auditevent SET target = 'user:666' WHERE seq = 14",
+    "time": "UPDATE audit_auditevent SET occurred_at = ("
+    " SELECT occurred_at FROM audit_auditevent WHERE seq = 16) WHERE seq = 15",
+    "deleted": "DELETE FROM audit_auditevent WHERE seq = 8",
+    "deleted_at_a_boundary": "DELETE FROM audit_auditevent WHERE seq = 11",
+    "purged_unvouched": "DELETE FROM audit_auditevent WHERE seq < 10",
+    "truncated": "DELETE FROM audit_auditevent WHERE seq >= 17",
+    "checkpoint": "UPDATE audit_auditcheckpoint SET event_hash = ("
+    " SELECT hash FROM audit_auditevent WHERE seq = 2) WHERE event_seq = 13",
+}
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.parametrize("what", ["intact", "purged", "forged", *_BROKEN])
+def test_the_parts_of_a_long_trail_prove_what_the_one_pass_proves_and_nothing_else(
+    what: str, audit_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every part alone, then joined: the same report, or nothing proved (the one pass names it)."""
+    monkeypatch.setenv("PLI_AUDIT_CHECKPOINT_EVENTS", "4")
+    events = record(20)  # checkpoints at 1, 5, 9, 13, 17; parts 1-7, 8-14, 15-20
+    if what == "purged":
+        tamper("DELETE FROM audit_auditevent WHERE seq < 9")
+    elif what == "forged":  # event 11 rewritten with its own hash: the link from 12 breaks
+        forged = events[10]
+        forged_hash = event_hash(
+            11, micros(forged.occurred_at), None, "", "", "auth.login", "user:666", "", "",
+            "success", "", forged.prev_hash,
+        )  # fmt: skip
+        tamper(
+            "UPDATE audit_auditevent SET target = 'user:666', hash = %s WHERE seq = 11",
+            forged_hash,
+        )
+    elif what in _BROKEN:
+        tamper(_BROKEN[what])
+    keys = operator_key(audit_key)
+
+    one_pass = _one_pass(keys)
+
+    if what in {"intact", "purged"}:
+        assert isinstance(one_pass, VerificationReport)
+        assert _in_parts(keys, 3) == _in_parts(keys, 2) == one_pass
+    else:
+        assert isinstance(one_pass, tuple)
+        assert _in_parts(keys, 3) is None
+        assert _in_parts(keys, 2) is None
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_a_long_trail_is_verified_by_forked_processes_and_a_broken_one_named_by_one_pass(
+    audit_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's test database is in memory: another process cannot read it")
+    if threading.active_count() > 1:
+        pytest.skip("a process with threads is not forked")
+    monkeypatch.setenv("PLI_AUDIT_CHECKPOINT_EVENTS", "4")
+    record(30)
+    keys = operator_key(audit_key)
+    joined: list[VerificationReport | None] = []
+    combine = chain._combine
+
+    def spy(*args: Any) -> VerificationReport | None:
+        joined.append(combine(*args))
+        return joined[-1]
+
+    monkeypatch.setattr(chain, "_combine", spy)
+
+    report = verify_trail(keys, workers=3, parallel_from=1, chunk=4)
+
+    assert joined == [report]  # proved by the parts
+    assert report == verify_trail(keys, workers=1)
+    assert (report.events, report.last_checkpoint_seq) == (30, 29)
+
+    tamper("UPDATE audit_auditevent SET target = 'user:666' WHERE seq = 23")
+    with pytest.raises(AuditHashMismatch, match="event #23: its content") as error:
+        verify_trail(keys, workers=3, parallel_from=1, chunk=4)
+    assert error.value.seq == 23
+    assert joined[-1] is None  # the parts proved nothing: the one pass named the event
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_postgresql_prepares_the_append_once_per_session_and_asks_when_unsure(
+    audit_key: Path,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite appends without prepared statements")
+    record(1)
+    session = connection.connection
+    assert actions._prepared[session] is True
+    # A query that prepared them failed: whether the session holds them is unknown.
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    actions._prepared[session] = False
+    record(1)  # asks, finds none, prepares them
+    assert actions._prepared[session] is True
+    actions._prepared[session] = False
+    record(1)  # asks, finds them: not prepared twice (that would fail)
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 3]
+    assert verify_trail(operator_key(audit_key)).events == 3
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_postgresql_must_hash_the_form_python_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite appends hash in Python")
+    record(1)
+    monkeypatch.setattr(actions, "event_body", lambda *fields: chain.event_body(*fields) + "x")
+    with pytest.raises(AuditError, match="another hash"), transaction.atomic():
+        do_record_event("auth.login")
+    assert AuditEvent.objects.count() == 1
 
 
 # --------------------------------------------------------------------------- retention

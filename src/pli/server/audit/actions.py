@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 from django.db.models import Max, Min
@@ -27,12 +28,14 @@ from django.utils import timezone
 
 from pli.server.audit.chain import (
     EPOCH,
+    EVENT_FORM,
     MICROSECOND,
     canonical_detail,
     check_outcome,
     check_target,
     checkpoint_message,
     clean_user_agent,
+    event_body,
     event_hash,
     micros,
     source_address,
@@ -98,6 +101,74 @@ def _insert_query() -> str:
     columns = ", ".join(_EVENT_COLUMNS)
     values = ", ".join(["%s"] * len(_EVENT_COLUMNS))
     return f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - our names
+
+
+#: The statements an append runs on PostgreSQL, prepared once per database session
+#: (:func:`_postgresql_append_query`). Their parameters: the event's time, then its
+#: fields from ``actor_id`` to ``detail``, then the canonical text between them
+#: (:func:`~pli.server.audit.chain.event_body`).
+_APPEND = "pli_audit_append"
+_LAST_CHECKPOINT = "pli_audit_last_checkpoint"
+_APPEND_TYPES = "timestamptz, bigint, text, text, text, text, text, text, text, text, text"
+_APPEND_PARAMETERS = 11
+#: PostgreSQL sessions (raw connections) and their prepared statements: True, both
+#: prepared; False, unknown (a query that prepared them failed: ask the session).
+_prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@cache
+def _prepare_statements() -> dict[str, str]:
+    event = connection.ops.quote_name(AuditEvent._meta.db_table)
+    checkpoint = connection.ops.quote_name(AuditCheckpoint._meta.db_table)
+    columns = ", ".join(_EVENT_COLUMNS)
+    values = ", ".join(f"${n}" for n in range(1, _APPEND_PARAMETERS))
+    return {
+        _APPEND: (
+            f"PREPARE {_APPEND} ({_APPEND_TYPES}) AS"  # noqa: S608 - our names; values are parameters
+            f" INSERT INTO {event} ({columns})"
+            f" SELECT h.seq + 1, {values}, h.hash,"
+            f" encode(sha256(convert_to('{EVENT_FORM}' || chr(10) || (h.seq + 1) || chr(10)"
+            f" || ${_APPEND_PARAMETERS} || h.hash, 'UTF8')), 'hex')"
+            f" FROM (SELECT seq, hash FROM {event} ORDER BY seq DESC LIMIT 1) AS h"
+            " RETURNING seq, prev_hash, hash"
+        ),
+        _LAST_CHECKPOINT: (
+            f"PREPARE {_LAST_CHECKPOINT} AS SELECT event_seq,"  # noqa: S608 - our names
+            " (EXTRACT(EPOCH FROM signed_at) * 1000000)::bigint"
+            f" FROM {checkpoint} ORDER BY event_seq DESC LIMIT 1"
+        ),
+    }
+
+
+@cache
+def _postgresql_append_query(prepare: frozenset[str]) -> str:
+    """Take the chain, chain and insert the event, read the last checkpoint: one round trip.
+
+    Statements of one query (Django's client-side binding sends them together),
+    as :func:`_head_query`: the ``INSERT`` is a later statement than the lock,
+    so under READ COMMITTED its snapshot is taken once the lock is held, and the
+    head it reads is the previous append's, committed. (A lock taken inside the
+    statement that reads the head would not do: that statement's snapshot would
+    predate the lock and could miss the previous append.) The head is only known
+    there, so the server hashes the canonical form, from the head and the text
+    Python prepared; ``do_record_event`` checks the hash against
+    :func:`event_hash` before going on. An empty trail gives no head and inserts
+    nothing: :func:`_append_postgresql` writes event #1.
+
+    The insert and the checkpoint's read are prepared statements (``prepare``
+    names those this session lacks, prepared first): planning them again at
+    every append cost more than running them.
+    """
+    statements = _prepare_statements()
+    values = ", ".join(["%s"] * _APPEND_PARAMETERS)
+    return "; ".join(
+        [
+            *(statements[name] for name in sorted(prepare)),
+            f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})",
+            f"EXECUTE {_APPEND} ({values})",
+            f"EXECUTE {_LAST_CHECKPOINT}",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- settings
@@ -183,50 +254,31 @@ def do_record_event(
 
     # Read before the transaction: a bad setting must not spoil the caller's.
     every_events, every_us = checkpoint_every_events(), checkpoint_every_minutes() * 60_000_000
+    fields = (actor_id, username, role, action, target, address, agent, outcome, detail_text)
+    # A plain INSERT rather than Model.save(): the ORM's path costs more than the rest
+    # of the append (the target is under 1 ms per request), and nothing listens to
+    # this model's signals.
     with transaction.atomic(savepoint=False):
-        last_seq, last_hash, checkpoint_seq, checkpoint_us = _lock_head()
-        now = timezone.now()
-        now_us = (now - EPOCH) // MICROSECOND
-        seq = last_seq + 1
-        hash_ = event_hash(
-            seq,
-            now_us,
-            actor_id,
-            username,
-            role,
-            action,
-            target,
-            address,
-            agent,
-            outcome,
-            detail_text,
-            last_hash,
-        )
-        values = (
-            seq,
-            now,
-            actor_id,
-            username,
-            role,
-            action,
-            target,
-            address,
-            agent,
-            outcome,
-            detail_text,
-            last_hash,
-            hash_,
-        )
-        # A plain INSERT rather than Model.save(): the ORM's path costs more than the
-        # rest of the append (the target is under 1 ms per request), and nothing
-        # listens to this model's signals.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _insert_query(), [seq, connection.ops.adapt_datetimefield_value(now), *values[2:]]
+        if connection.vendor == "postgresql":
+            now = timezone.now()
+            now_us = (now - EPOCH) // MICROSECOND
+            seq, last_hash, hash_, checkpoint_seq, checkpoint_us = _append_postgresql(
+                now, now_us, fields
             )
-        event = AuditEvent(**dict(zip(_EVENT_COLUMNS, values, strict=True)))
-        event._state.adding = False
-        event._state.db = connection.alias
+        else:
+            last_seq, last_hash, checkpoint_seq, checkpoint_us = _lock_head()
+            now = timezone.now()
+            now_us = (now - EPOCH) // MICROSECOND
+            seq = last_seq + 1
+            hash_ = event_hash(seq, now_us, *fields, last_hash)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _insert_query(),
+                    [seq, connection.ops.adapt_datetimefield_value(now), *fields, last_hash, hash_],
+                )
+        event = AuditEvent.from_db(
+            connection.alias, _EVENT_COLUMNS, (seq, now, *fields, last_hash, hash_)
+        )
         if (
             checkpoint_seq is None
             or checkpoint_us is None
@@ -235,6 +287,44 @@ def do_record_event(
         ):
             _write_checkpoint(seq, hash_, now)
     return event
+
+
+def _append_postgresql(
+    now: dt.datetime, now_us: int, fields: tuple[int | None, str, str, str, str, str, str, str, str]
+) -> tuple[int, str, str, int | None, int | None]:
+    """Lock, chain and insert in one round trip; (seq, prev hash, hash, last checkpoint)."""
+    session = connection.connection
+    with connection.cursor() as cursor:
+        prepared = _prepared.get(session)
+        if prepared is None:  # a new session holds no prepared statement
+            missing = frozenset(_prepare_statements())
+        elif prepared:
+            missing = frozenset()
+        else:
+            cursor.execute("SELECT name FROM pg_prepared_statements")
+            missing = frozenset(_prepare_statements()) - {row[0] for row in cursor.fetchall()}
+        if missing:
+            _prepared[session] = False  # until the query that prepares them succeeds
+        cursor.execute(
+            _postgresql_append_query(missing), [now, *fields, event_body(now_us, *fields)]
+        )
+        _prepared[session] = True
+        for _ in range(len(missing) + 1):
+            cursor.nextset()  # past the PREPAREs and the lock, to the inserted event
+        inserted = cursor.fetchone()
+        cursor.nextset()
+        last_checkpoint = cursor.fetchone()
+        if inserted is None:  # an empty trail: event #1, under the lock already taken
+            seq, last_hash = 1, GENESIS
+            hash_ = event_hash(seq, now_us, *fields, last_hash)
+            cursor.execute(_insert_query(), [seq, now, *fields, last_hash, hash_])
+        else:
+            seq, last_hash, hash_ = inserted
+            # The server hashed the text Python prepared: it must be event_hash's, exactly.
+            if hash_ != event_hash(seq, now_us, *fields, last_hash):
+                raise AuditError(f"event #{seq}: the database computed another hash than Python")
+    checkpoint_seq, signed_at_us = last_checkpoint or (None, None)
+    return seq, last_hash, hash_, checkpoint_seq, signed_at_us
 
 
 def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint | None:
