@@ -293,8 +293,8 @@ def _append_postgresql(
     now: dt.datetime, now_us: int, fields: tuple[int | None, str, str, str, str, str, str, str, str]
 ) -> tuple[int, str, str, int | None, int | None]:
     """Lock, chain and insert in one round trip; (seq, prev hash, hash, last checkpoint)."""
-    session = connection.connection
     with connection.cursor() as cursor:
+        session = connection.connection  # connected by now
         prepared = _prepared.get(session)
         if prepared is None:  # a new session holds no prepared statement
             missing = frozenset(_prepare_statements())
