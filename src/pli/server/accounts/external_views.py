@@ -15,7 +15,6 @@ import logging
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from pli.server.accounts import oidc
@@ -29,6 +28,7 @@ from pli.server.accounts.errors import AccountError
 from pli.server.accounts.forms import LoginForm
 from pli.server.accounts.models import User
 from pli.server.accounts.sessions import complete_login
+from pli.server.accounts.views import _next_page
 from pli.server.audit.actions import do_record_event
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ def _refused(
     )
 
 
-def _signed_in_page() -> str:
-    return reverse("directory-search")
-
-
 # --- OpenID Connect ------------------------------------------------------------------------------
 
 
@@ -106,7 +102,7 @@ def oidc_callback_view(request: HttpRequest) -> HttpResponse:
     except oidc.OidcError as error:
         return _refused(request, error, factor="oidc", user=error.user)
     complete_login(request, user, "oidc")
-    return redirect(_signed_in_page())
+    return redirect(_next_page(request))
 
 
 # --- TLS client certificate ----------------------------------------------------------------------
@@ -143,4 +139,4 @@ def certificate_login_view(request: HttpRequest) -> HttpResponse:
             request, error, factor="certificate", user=error.user, fingerprint=error.fingerprint
         )
     complete_login(request, user, "certificate")
-    return redirect(_signed_in_page())
+    return redirect(_next_page(request))
