@@ -130,7 +130,15 @@ class _DelegatingKey(rsa.RSAPrivateKey):
 
 
 def as_private_key(holder: Signer | Decrypter) -> PrivateKey:
-    """The key object for ``cryptography``'s builders, routed through ``holder``."""
+    """The key object for ``cryptography``'s builders, routed through ``holder``.
+
+    A :class:`SoftwareKey` holds the key object itself: the builders get it
+    directly (the delegation's runtime protocol checks cost more than the
+    encryption of a 10 KB message). Any other holder, such as a card, is
+    reached through :class:`_DelegatingKey`.
+    """
+    if type(holder) is SoftwareKey:
+        return holder.private_key
     return _DelegatingKey(holder)
 
 
@@ -155,7 +163,9 @@ def load_certificate(data: bytes) -> Certificate:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as error:
+    except (ValueError, x509.InvalidVersion) as error:
+        # InvalidVersion is not a ValueError: a tampered version field must
+        # still be a typed error, not a crash.
         raise InvalidCertificate(f"cannot read certificate: {error}") from None
 
 
@@ -258,12 +268,12 @@ def csr_emails(csr: CertificateSigningRequest) -> list[str]:
 
 
 def unique_certificates(certificates: Iterable[Certificate]) -> list[Certificate]:
-    seen: set[bytes] = set()
+    # Certificates compare and hash by their DER encoding: no digest needed.
+    seen: set[Certificate] = set()
     result = []
     for certificate in certificates:
-        fingerprint = certificate.fingerprint(hashes.SHA256())
-        if fingerprint not in seen:
-            seen.add(fingerprint)
+        if certificate not in seen:
+            seen.add(certificate)
             result.append(certificate)
     return result
 

@@ -38,14 +38,17 @@ from pyhanko.sign.validation.generic_cms import validate_sig_integrity
 from pyhanko.sign.validation.settings import KeyUsageConstraints
 from pyhanko_certvalidator.errors import InvalidCertificateError
 
+from pli.crypto import cms_fast
 from pli.crypto.errors import (
     EnvelopeCorrupted,
+    InvalidCertificate,
     MalformedEnvelope,
     NotARecipient,
     SenderMismatch,
     SignatureInvalid,
     SignatureMissing,
     SignerCertificateMismatch,
+    SignerUntrusted,
     SignerUsageInvalid,
     UnsupportedAlgorithm,
 )
@@ -77,19 +80,31 @@ _SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 _SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 #: Header block of a MIME entity we parse ourselves (envelope wrappers): bounded.
 _MAX_HEADER_BLOCK = 64 * 1024
+#: The opaque signed entity as :func:`sign_entity` writes it, byte for byte.
+_PLI_SIGNED_HEADER = (
+    b'Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n"
+    b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
+    b"\r\n"
+)
 
 
 # --- helpers -------------------------------------------------------------------------------
 def canonical_crlf(data: bytes) -> bytes:
     """RFC 5751 §3.1.1: signed MIME content is canonical, lines end with CRLF."""
-    if b"\n" not in data.replace(b"\r\n", b""):
+    # Counting is one pass in C without a copy: canonical text is returned as is.
+    if data.count(b"\n") == data.count(b"\r\n"):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _base64_lines(data: bytes) -> bytes:
     """Base64 in 76-character CRLF lines (RFC 2045 §6.8)."""
-    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+    # One C call, then slices: base64.encodebytes calls b2a_base64 per line.
+    encoded = binascii.b2a_base64(data, newline=False)
+    lines = [encoded[start : start + 76] for start in range(0, len(encoded), 76)]
+    lines.append(b"")
+    return b"\r\n".join(lines)
 
 
 # RFC 5322 §2.2 / RFC 2045: header fields are printable US-ASCII, "name: value",
@@ -150,12 +165,7 @@ def sign_entity(inner_mime: bytes, signer: Signer, chain: Sequence[Certificate] 
     for certificate in chain:
         builder = builder.add_certificate(certificate)
     signed = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    return (
-        b'Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"\r\n'
-        b"Content-Transfer-Encoding: base64\r\n"
-        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
-        b"\r\n" + _base64_lines(signed)
-    )
+    return _PLI_SIGNED_HEADER + _base64_lines(signed)
 
 
 def seal(
@@ -335,13 +345,22 @@ def _decrypt_der(der: bytes, certificate: Certificate, key: PrivateKey) -> bytes
 def decrypt_envelope(data: bytes, decrypter: Decrypter) -> tuple[bytes, str]:
     """The decrypted content of an EnvelopedData, and the content cipher used.
 
-    The inspection (pure Python, asn1crypto) runs in a helper thread while
+    The usual DER shape is inspected by :mod:`pli.crypto.cms_fast` first.
+    Otherwise the inspection (pure Python, asn1crypto) runs in a helper thread while
     this thread decrypts: RSA releases the GIL, so the two overlap. Key
     operations never leave the calling thread (a card session may be bound
     to it). The inspection's verdict wins over a decryption failure, so the
     error names the real reason (unsupported algorithm, not a recipient).
     """
     der = envelope_bytes(data)
+    cipher_name = cms_fast.inspect_enveloped(der, decrypter.certificate)
+    if cipher_name is not None:
+        # The usual shape, checked without asn1crypto: decrypt in this thread.
+        # A failure goes through the full path below, which names its reason.
+        try:
+            return _decrypt_der(der, decrypter.certificate, as_private_key(decrypter)), cipher_name
+        except (ValueError, _CryptographyUnsupported, MalformedEnvelope):
+            pass
     recipient = asn1_x509.Certificate.load(
         decrypter.certificate.public_bytes(serialization.Encoding.DER)
     )
@@ -367,6 +386,29 @@ class _SignedParts:
     content: bytes
     signed_data: asn1_cms.SignedData
     form: str
+
+
+def _fast_signature(entity: bytes) -> tuple[cms_fast.VerifiedSignature, str] | None:
+    """An intact opaque signature checked by :mod:`pli.crypto.cms_fast`, or None.
+
+    Only the two opaque forms Pli and OpenSSL write without options (DER, or
+    Pli's own wrapper headers); anything else, or any doubt, is for the full
+    path (:func:`_unwrap_signed`, :func:`_verify_parts`).
+    """
+    if entity[:1] == b"\x30":
+        der_bytes, form = entity, "der"
+    elif entity.startswith(_PLI_SIGNED_HEADER):
+        try:
+            der_bytes = base64.b64decode(
+                entity[len(_PLI_SIGNED_HEADER) :].translate(None, b"\r\n"), validate=True
+            )
+        except (binascii.Error, ValueError):
+            return None
+        form = "opaque"
+    else:
+        return None
+    signature = cms_fast.verify_signed(der_bytes)
+    return None if signature is None else (signature, form)
 
 
 def _unwrap_signed(entity: bytes) -> _SignedParts:
@@ -479,7 +521,14 @@ def _checked_signer_certificate(der: bytes) -> Certificate:
         SMIME_KEY_USAGE.validate(asn1_x509.Certificate.load(der))
     except InvalidCertificateError as error:
         raise SignerUsageInvalid(str(error)) from None
-    return load_certificate(der)
+    except (ValueError, TypeError, KeyError):
+        # A damaged extension parses lazily and fails here: not a crash, a
+        # certificate nobody can trust.
+        raise SignerUntrusted("the signer's certificate cannot be read") from None
+    try:
+        return load_certificate(der)
+    except InvalidCertificate:
+        raise SignerUntrusted("the signer's certificate cannot be read") from None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -559,12 +608,31 @@ def _verify_parts(
         raise SignatureInvalid(
             "the content was altered" if valid else "the signature does not verify"
         )
-    certificate = _checked_signer_certificate(certificate_asn1.dump())
-    intermediates = [load_certificate(other.dump()) for other in others]
+    signature = cms_fast.VerifiedSignature(
+        content=parts.content,
+        digest_name=digest_name,
+        certificate=certificate_asn1.dump(),
+        others=[other.dump() for other in others],
+        signed_at=_signing_time(signer_info),
+    )
+    return _trusted_signer(signature, parts.form, trust, at=at, check_sender=check_sender)
+
+
+def _trusted_signer(
+    signature: cms_fast.VerifiedSignature,
+    form: str,
+    trust: TrustStore,
+    *,
+    at: dt.datetime | None,
+    check_sender: bool,
+) -> tuple[bytes, SignerIdentity, dt.datetime | None, list[str], bool, str, str]:
+    """After an intact signature: the signer's usages, path, revocation and address."""
+    certificate = _checked_signer_certificate(signature.certificate)
+    intermediates = [load_certificate(other) for other in signature.others]
     result = trust.verify_signer(certificate, intermediates, at=at)
     emails = _signer_identity(certificate).emails
     if check_sender:
-        claimed = _from_and_sender(parts.content)
+        claimed = _from_and_sender(signature.content)
         if not claimed.intersection(emails):
             raise SenderMismatch(
                 "the signer's certificate is for "
@@ -572,15 +640,14 @@ def _verify_parts(
                 + ", not for the message's From or Sender"
             )
     identity = _signer_identity(certificate)
-    chain = result.chain_names
     return (
-        parts.content,
+        signature.content,
         identity,
-        _signing_time(signer_info),
-        chain,
+        signature.signed_at,
+        result.chain_names,
         result.revocation_checked,
-        digest_name,
-        parts.form,
+        signature.digest_name,
+        form,
     )
 
 
@@ -594,15 +661,21 @@ def open_envelope(
 ) -> OpenedMessage:
     """Decrypt and verify a sealed message; raise a typed error unless it is genuine."""
     entity, cipher = decrypt_envelope(data, decrypter)
-    try:
-        parts = _unwrap_signed(entity)
-    except MalformedEnvelope:
-        # After an unauthenticated CBC decryption, "unreadable" must look like
-        # "bad padding": one code, or the answer is a padding oracle.
-        raise EnvelopeCorrupted("the envelope does not decrypt to a readable message") from None
-    mime, identity, signed_at, chain, checked, digest_name, form = _verify_parts(
-        parts, trust, at=at, check_sender=check_sender
-    )
+    fast = _fast_signature(entity)
+    if fast is not None:
+        mime, identity, signed_at, chain, checked, digest_name, form = _trusted_signer(
+            *fast, trust, at=at, check_sender=check_sender
+        )
+    else:
+        try:
+            parts = _unwrap_signed(entity)
+        except MalformedEnvelope:
+            # After an unauthenticated CBC decryption, "unreadable" must look like
+            # "bad padding": one code, or the answer is a padding oracle.
+            raise EnvelopeCorrupted("the envelope does not decrypt to a readable message") from None
+        mime, identity, signed_at, chain, checked, digest_name, form = _verify_parts(
+            parts, trust, at=at, check_sender=check_sender
+        )
     warnings = [] if checked else ["revocation_not_checked"]
     return OpenedMessage(
         mime=mime,

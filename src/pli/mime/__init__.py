@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -329,14 +330,22 @@ def _address_field(name: str, values: list[str], *, required: bool) -> list[str]
         return []
     if len(values) > 1:
         raise MimeError("duplicate_header", f"{name} appears more than once")
+    return list(_parsed_addresses(name, values[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_addresses(name: str, value: str) -> tuple[str, ...]:
+    """The addresses of one field value; cached, since the header registry is slow
+    (most of a 10 KB message's sender check) and a correspondent's From recurs.
+    A value that does not parse raises, and failures are not cached."""
     try:
-        header = policy.default.header_factory(name, values[0])
+        header = policy.default.header_factory(name, value)
     except (HeaderParseError, ValueError, IndexError):
         raise MimeError("bad_address", f"{name} cannot be read unambiguously") from None
     addresses = getattr(header, "addresses", None)
     if addresses is None or header.defects:
         raise MimeError("bad_address", f"{name} cannot be read unambiguously")
-    return [_address(address.addr_spec, name).addr_spec for address in addresses]
+    return tuple(_address(address.addr_spec, name).addr_spec for address in addresses)
 
 
 def originators(data: bytes, limits: MimeLimits | None = None) -> tuple[str, str | None]:
