@@ -450,3 +450,55 @@ def test_the_session_file_is_private_shared_and_ends_with_the_session(
     with pytest.raises(ClientError) as insecure:
         Client(server.url, session_file=path)
     assert insecure.value.code == "session_file_insecure"
+
+
+# ------------------------------------------------------------------- organisational mailboxes
+
+
+@pytest.mark.requirement("REQ-CITY-HOSPITAL")
+@pytest.mark.requirement("REQ-LPS")
+@pytest.mark.requirement("REQ-E2E")
+def test_members_read_an_organisational_mailbox_from_their_workstations(
+    server: Server, alice: Persona, bob: Persona, pki: Pki
+) -> None:
+    """A ward's key is wrapped to its members' workstation keys; outsiders get a 404."""
+    from pli.server.accounts.custody import do_create_mailbox_key
+    from pli.server.accounts.models import Membership, Role
+    from pli.server.directory.models import Organisation
+
+    ward_address = "cardiologie@hopital-a.pli.test"
+    carol = workstation_persona(
+        server, "infirmiere.petit@hopital-a.pli.test", pki.keys["carol"], organisation="Hôpital A"
+    )
+    organisation = Organisation.objects.create(technical_id="TWARDSDK", name="Hôpital A — Cardio")
+    ward = Mailbox.objects.create(address=ward_address, kind="ORG", organisation=organisation)
+    Membership.objects.create(user=alice.user, mailbox=ward, role="manager")
+    Membership.objects.create(user=carol.user, mailbox=ward, role="member")
+    admin, _ = make_account("admin@operator.pli.test", role=Role.OPERATOR_ADMIN)
+    do_create_mailbox_key(ward, actor=admin)
+
+    # From outside: Bob writes to the ward; Carol, a member, reads it on her workstation.
+    outside = server.logged_in(bob)
+    sent = outside.send(B, [ward_address], "Transfert de Mme X", "Dossier ci-joint.\n")
+    nurse = server.logged_in(carol)
+    opened = nurse.read(sent.id, mailbox=ward_address)
+    assert opened.body == "Dossier ci-joint.\n"
+    assert opened.signature.signer_emails == [B]
+    assert len(nurse.mailbox_keys(ward_address)) == 1
+
+    # From inside: Alice writes for the ward (she signs, as Sender); Carol reads the
+    # ward's sent copy, sealed to the ward's key.
+    doctor = server.logged_in(alice)
+    answer = doctor.send(ward_address, [B], "Re: Transfert de Mme X", "Bien reçu.\n")
+    copy = nurse.read(answer.id, mailbox=ward_address, mark_read=False)
+    assert copy.body == "Bien reçu.\n"
+    assert copy.from_address == ward_address and copy.sender == A
+    assert copy.signature.signer_emails == [A]
+
+    # Bob is not a member: the same 404 as for an address that does not exist.
+    answers = []
+    for address in (ward_address, "inconnue@hopital-a.pli.test"):
+        with pytest.raises(ApiError) as refused:
+            outside.mailbox_keys(address)
+        answers.append((refused.value.status, refused.value.code))
+    assert answers == [(404, "mailbox_not_found")] * 2

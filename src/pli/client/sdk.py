@@ -56,6 +56,7 @@ from pli.crypto import (
     CertificateRevocationList,
     CryptoError,
     NotARecipient,
+    OpenedMessage,
     RevocationPolicy,
     SenderMismatch,
     SoftwareKey,
@@ -63,11 +64,13 @@ from pli.crypto import (
     certificate_emails,
     decrypt_stream,
     encrypt_stream,
+    load_certificate,
     load_certificates,
     load_crl,
     load_pkcs12,
     open_envelope,
     seal,
+    unwrap_private_key_from,
 )
 from pli.mime import (
     Attachment,
@@ -543,6 +546,8 @@ class Client:
         self._passphrase = passphrase
         self._key: SoftwareKey | None = identity if isinstance(identity, SoftwareKey) else None
         self._chain: list[Certificate] = []
+        #: Keys of organisational mailboxes, opened here from their member-wrapped form.
+        self._shared_keys: dict[str, list[SoftwareKey]] = {}
         self._trust_source = trust
         self._crl_source = crl
         self._trust: TrustStore | None = trust if isinstance(trust, TrustStore) else None
@@ -902,6 +907,70 @@ class Client:
         policy = RevocationPolicy.REQUIRE if crls else RevocationPolicy.IF_AVAILABLE
         self._trust = TrustStore(anchors, crls, policy)
         return self._trust
+
+    def mailbox_keys(self, address: str) -> list[SoftwareKey]:
+        """The keys of the organisational mailbox ``address`` that this member holds.
+
+        The server keeps them wrapped to the member's own certificates
+        (``GET /api/accounts/keys/shared``); they are opened here with the
+        workstation's key, and each must belong to a certificate that names the
+        mailbox and chains to this workstation's trust anchors. The current key
+        comes first; older ones open the mail sealed before a rotation.
+        """
+        address = address.strip().lower()
+        cached = self._shared_keys.get(address)
+        if cached is not None:
+            return cached
+        data = self._call("GET", "/api/accounts/keys/shared", query={"address": address}).json()
+        member = self._identity()
+        trust = self._trust_store()
+        keys: list[SoftwareKey] = []
+        for item in data.get("keys", []):
+            certificate = load_certificate(str(item["certificate"]).encode())
+            if address not in certificate_emails(certificate):
+                raise ClientError(
+                    "certificate_address_mismatch",
+                    f"a key offered for {address} belongs to another address",
+                )
+            if item.get("current"):
+                try:
+                    trust.verify_signer(certificate)
+                except CryptoError as error:
+                    raise ClientError(
+                        "mailbox_certificate_untrusted",
+                        f"the certificate of {address} is not valid here ({error.code})",
+                    ) from None
+            try:
+                key = unwrap_private_key_from(
+                    base64.b64decode(str(item["wrapped_key"]), validate=True), member, certificate
+                )
+            except (CryptoError, ValueError):
+                continue  # wrapped to another of the member's keys (another workstation)
+            keys.append(SoftwareKey(key, certificate))
+        self._shared_keys[address] = keys
+        return keys
+
+    def _open(self, envelope: bytes, mailbox: str) -> OpenedMessage:
+        """Open with the workstation's key, or with the shared mailbox's keys it holds."""
+        key = self._identity()
+        trust = self._trust_store()
+        try:
+            return open_envelope(envelope, key, trust)
+        except NotARecipient:
+            if mailbox.strip().lower() in certificate_emails(key.certificate):
+                raise
+        try:
+            held = self.mailbox_keys(mailbox)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            held = []  # not a member of a shared mailbox of that address
+        for shared in held:
+            try:
+                return open_envelope(envelope, shared, trust)
+            except NotARecipient:
+                continue
+        raise NotARecipient(f"this message was not sealed for a key you hold ({mailbox})")
 
     def certificates(self, address: str) -> list[Certificate]:
         """The current certificates the directory lists for ``address`` (not yet validated)."""
@@ -1277,13 +1346,7 @@ class Client:
             query=at,
             accept="application/pkcs7-mime",
         ).body
-        key = self._identity()
-        try:
-            opened = open_envelope(envelope, key, self._trust_store())
-        except NotARecipient:
-            raise NotARecipient(
-                f"this message was not sealed for your certificate ({summary.mailbox})"
-            ) from None
+        opened = self._open(envelope, summary.mailbox)
         # The signed From / Sender name the signer (open_envelope); the server's routing
         # must name them too, or a genuine letter is being replayed by someone else.
         routing = {summary.from_.lower(), summary.sender_person.lower()}

@@ -14,6 +14,7 @@ where each key rests; no key material.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 from django.http import HttpRequest
@@ -27,6 +28,7 @@ from pli.server.accounts.custody import (
     CustodyError,
     do_issue_workstation_certificate,
     key_states,
+    member_wrapped_keys,
     vault_unlocked,
 )
 from pli.server.accounts.models import User
@@ -88,6 +90,22 @@ class KeysOut(_Strict):
     custody: str
     vault_unlocked: bool
     mailboxes: list[MailboxKeysOut]
+
+
+class SharedKeyOut(_Strict):
+    #: The shared mailbox's certificate (PEM) this key belongs to.
+    certificate: str
+    fingerprint: str
+    #: False for a key rotated out (it still opens the mail sealed before).
+    current: bool
+    #: base64 of a CMS EnvelopedData holding the PKCS#8 key, wrapped to your own
+    #: certificates: only your key opens it (``openssl cms -decrypt`` too).
+    wrapped_key: str
+
+
+class SharedKeysOut(_Strict):
+    address: str
+    keys: list[SharedKeyOut]
 
 
 class ErrorOut(_Strict):
@@ -172,4 +190,34 @@ def request_certificate(
             not_before=published.not_before,
             not_after=published.not_after,
         ),
+    )
+
+
+@router.get(
+    "/keys/shared",
+    response={200: SharedKeysOut, 404: ErrorOut},
+    summary="Les clés d'une boîte partagée, chiffrées pour moi",
+)
+def shared_keys(request: HttpRequest, address: str = "") -> SharedKeysOut | Status[ErrorOut]:
+    """A member's wrapped keys of an organisational mailbox, for a workstation client.
+
+    The server cannot open them; the ``pli`` client opens them with the member's
+    own key to read the mailbox's mail (REQ-CITY-HOSPITAL). Unknown, not shared
+    or not yours: the same 404.
+    """
+    try:
+        held = member_wrapped_keys(_user(request), address)
+    except CustodyError as failure:
+        return _error(failure)
+    return SharedKeysOut(
+        address=address.strip().lower(),
+        keys=[
+            SharedKeyOut(
+                certificate=item.certificate.pem,
+                fingerprint=item.certificate.fingerprint,
+                current=item.current,
+                wrapped_key=base64.b64encode(item.envelope).decode("ascii"),
+            )
+            for item in held
+        ],
     )

@@ -505,6 +505,50 @@ def _open_shared(
     return opened
 
 
+@dataclass(frozen=True)
+class WrappedMailboxKey:
+    """A shared mailbox's key as held for one member: opened only by their own key."""
+
+    certificate: MailboxCertificate
+    envelope: bytes
+    current: bool
+
+
+def member_wrapped_keys(user: User, address: str) -> list[WrappedMailboxKey]:
+    """The keys of the shared mailbox ``address`` wrapped to ``user``, the current one first.
+
+    For a workstation client (REQ-LPS, REQ-CITY-HOSPITAL): the server hands
+    out CMS envelopes it cannot open (wrapped to the member's own
+    certificates, :func:`_wrap_for`); the client opens them with the key
+    that never left the workstation. Not a member, not a shared mailbox, or
+    no such address: the same ``mailbox_not_found``.
+    """
+    try:
+        normalised = normalise_address(address)
+    except BadAddress:
+        raise _not_found() from None
+    mailbox = Mailbox.objects.filter(address=normalised, kind__in=SHARED_KINDS).first()
+    if mailbox is None or not Membership.objects.filter(user=user, mailbox=mailbox).exists():
+        raise _not_found()
+    rows = list(
+        MailboxKey.objects.filter(user=user, mailbox=mailbox, wrapping=MEMBER).order_by(
+            "-created_at", "-pk"
+        )
+    )
+    certificates = _certificates_by_fingerprint([row.certificate_fingerprint for row in rows])
+    held = [
+        WrappedMailboxKey(
+            certificate=certificates[row.certificate_fingerprint],
+            envelope=bytes(row.wrapped_key),
+            current=certificates[row.certificate_fingerprint].revoked_at is None,
+        )
+        for row in rows
+        if row.certificate_fingerprint in certificates
+    ]
+    held.sort(key=lambda item: not item.current)
+    return held
+
+
 def vault_keys_for(request: HttpRequest, mailbox: Mailbox) -> list[SoftwareKey]:
     """Every key of ``mailbox`` this session can open, the current one first.
 
