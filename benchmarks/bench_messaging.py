@@ -341,6 +341,70 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each of these processes (``/proc/<pid>/stat``), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at the second one.
+
+    A process that ended in between (another user's PostgreSQL backend) is left
+    out rather than subtracted; one that started counts from zero.
+    """
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process of this machine (backends, WAL writer, checkpointer)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class CpuMeter:
+    """CPU seconds of the server (gunicorn's processes) and of PostgreSQL over a phase.
+
+    On a shared machine the wall-clock rate depends on the other work; the CPU
+    spent per message by the server and the database does much less.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.server = self.database = 0.0
+        self._server: dict[int, float] = {}
+        self._database: dict[int, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._server = cpu_seconds(process_tree(self.root))
+        self._database = cpu_seconds(postgres_pids())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server = cpu_delta(self._server, cpu_seconds(process_tree(self.root)))
+        self.database = cpu_delta(self._database, cpu_seconds(postgres_pids()))
+
+    def per_message(self, messages: int) -> JSON:
+        return {
+            "server_cpu_ms_per_message": round(1000 * self.server / messages, 2),
+            "postgresql_cpu_ms_per_message": round(1000 * self.database / messages, 2),
+        }
+
+
 def pss_mb(pid: int) -> float:
     """Proportional set size: pages shared since gunicorn's fork counted once in all."""
     try:
@@ -576,15 +640,17 @@ def run_database(
                 url, pid, env, work=work, setup=json_path, size=attachment
             )
         log(f"{name}: baseline, GET /api/uploads/limits (session, middleware; no send)")
-        baseline = ingest(
-            port,
-            headers,
-            None,
-            clients=args.clients,
-            messages=args.messages,
-            warmup=WARMUP,
-            path="/api/uploads/limits",
-        )
+        with CpuMeter(pid) as cpu:
+            baseline = ingest(
+                port,
+                headers,
+                None,
+                clients=args.clients,
+                messages=args.messages,
+                warmup=WARMUP,
+                path="/api/uploads/limits",
+            )
+        baseline |= cpu.per_message(args.messages + WARMUP)
         baseline["load_average_after"] = load_average()
         result["baseline_authenticated_get"] = baseline
         log(
@@ -600,7 +666,7 @@ def run_database(
             ).encode()
             log(f"{name}: ingest, {count} recipient(s), {args.messages} messages")
             load = load_average()
-            with sampler:
+            with sampler, CpuMeter(pid) as cpu:
                 measured = ingest(
                     port,
                     headers,
@@ -610,12 +676,16 @@ def run_database(
                     warmup=WARMUP,
                 )
             measured |= sampler.figures()
+            # Over the warm-up and the measured sends (the meter cannot tell them apart).
+            measured |= cpu.per_message(args.messages + WARMUP)
             measured["load_average_before"] = load
             measured["load_average_after"] = load_average()
             result[f"ingest_{count}_recipient{'s' if count > 1 else ''}"] = measured
             log(
                 f"{name}: {measured['messages_per_s']} messages/s,"
-                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms"
+                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
+                f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
+                f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per message"
             )
     result["stored"] = run_child("count", env)
     return result

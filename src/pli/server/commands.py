@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,38 @@ def prepare_database() -> None:
     call_command("collectstatic", interactive=False, verbosity=0)
 
 
+def prepare_in_child() -> None:
+    """Migrations and static files in a process of their own (``pli serve``).
+
+    So that gunicorn's master never imports Django: it only forks and watches
+    the workers, and stays small (the 200 MB memory target of the messaging
+    benchmark counts every process of the server, ``benchmarks/README.md``).
+    """
+    completed = subprocess.run(  # this interpreter, our own function
+        [sys.executable, "-c", "from pli.server.commands import _prepare; _prepare()"],
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise click.ClickException("the database could not be prepared (see above)")
+
+
+def _prepare() -> None:
+    setup_django()
+    prepare_database()
+
+
 def run_server(bind: str, workers: int) -> None:
-    """gunicorn, in this process (never Django's development server)."""
+    """gunicorn, in this process (never Django's development server).
+
+    The application is loaded by each worker (``load()``), not by the master:
+    a master without Django is about 25 MB instead of 100. Workers are
+    ``gthread``, 4 threads each, ``PLI_WORKERS`` (default 2) of them: on 2
+    cores, two processes use both cores for Python while a request waits for
+    the database or a ``fsync`` in another thread (decision 0010).
+    """
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415
 
-    from pli.server.tls import PeerCertificateMiddleware, gunicorn_tls_options  # noqa: PLC0415
-    from pli.server.wsgi import application  # noqa: PLC0415
+    from pli.server.tls import gunicorn_tls_options  # noqa: PLC0415
 
     # TLS terminated by Pli itself (PLI_TLS_CERT_FILE/KEY_FILE), asking for an optional
     # client certificate when PLI_CLIENT_CA_FILE is set (REQ-AUTH-CARD). Read before the
@@ -73,6 +100,10 @@ def run_server(bind: str, workers: int) -> None:
                 self.cfg.set(name, value)
 
         def load(self) -> Any:
+            # In the worker (no preload_app): Django is imported there, after the fork.
+            from pli.server.tls import PeerCertificateMiddleware  # noqa: PLC0415
+            from pli.server.wsgi import application  # noqa: PLC0415
+
             return PeerCertificateMiddleware(application)
 
     PliApplication().run()
@@ -97,8 +128,7 @@ def init_command() -> None:
 def serve_command(bind: str | None, workers: int | None) -> None:
     """Apply migrations, then serve Pli with gunicorn."""
     ensure_data_dir()
-    setup_django()
-    prepare_database()
+    prepare_in_child()
     run_server(
         bind or setting("BIND", "127.0.0.1:8000") or "",
         workers or int(setting("WORKERS", "2") or 2),

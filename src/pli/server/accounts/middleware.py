@@ -49,8 +49,14 @@ class EnrolmentGateMiddleware:
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated and not request.path.startswith(_GATE_EXEMPT):
             from pli.server.accounts.actions import needs_charter  # noqa: PLC0415
+            from pli.server.accounts.sessions import CHARTER_DUE  # noqa: PLC0415
 
-            if needs_charter(user):
+            # The session guard read it with the session's record, in this request;
+            # asked here only if the guard did not (a request without a record).
+            due = vars(request).get(CHARTER_DUE)
+            if due is None:
+                due = needs_charter(user)
+            if due:
                 if request.path.startswith("/api/"):
                     from django.http import JsonResponse  # noqa: PLC0415
 

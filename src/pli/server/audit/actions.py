@@ -42,7 +42,7 @@ from pli.server.audit.chain import (
 )
 from pli.server.audit.errors import AuditError, UnknownAuditAction
 from pli.server.audit.keys import operator_signing_key
-from pli.server.audit.models import AuditAction, AuditCheckpoint, AuditEvent
+from pli.server.audit.models import AuditAction, AuditCheckpoint, AuditEvent, AuditPendingEvent
 from pli.server.config import ConfigurationError, setting
 
 if TYPE_CHECKING:
@@ -217,7 +217,11 @@ def _lock_head() -> tuple[int, str, int | None, int | None]:
     )
 
 
-def do_record_event(
+#: An event's fields from ``actor_id`` to ``detail``, checked (see :func:`event_fields`).
+EventFields = tuple[int | None, str, str, str, str, str, str, str, str]
+
+
+def event_fields(
     action: str,
     *,
     actor: User | None = None,
@@ -225,8 +229,8 @@ def do_record_event(
     target: str = "",
     outcome: str = "success",
     detail: Mapping[str, str | int] | None = None,
-) -> AuditEvent:
-    """Append one event to the trail, in the caller's transaction (REQ-TRACE).
+) -> EventFields:
+    """The fields of an event as stored and hashed, or the refusal of a bad value.
 
     ``action`` is a code of :class:`AuditAction` (anything else is refused, so
     that a typo cannot slip through); ``target`` an identifier such as
@@ -251,10 +255,39 @@ def do_record_event(
     if request is not None:
         address = source_address(request.META.get("REMOTE_ADDR"))
         agent = clean_user_agent(request.META.get("HTTP_USER_AGENT"))
+    return (actor_id, username, role, action, target, address, agent, outcome, detail_text)
 
+
+def do_record_event(
+    action: str,
+    *,
+    actor: User | None = None,
+    request: HttpRequest | None = None,
+    target: str = "",
+    outcome: str = "success",
+    detail: Mapping[str, str | int] | None = None,
+) -> AuditEvent:
+    """Append one event to the trail, in the caller's transaction (REQ-TRACE).
+
+    ``action`` is a code of :class:`AuditAction` (anything else is refused, so
+    that a typo cannot slip through); ``target`` an identifier such as
+    ``"user:12"``; ``detail`` at most 8 codes and counts. Never health data, a
+    subject, a file name or content: values that could hold them are refused
+    (:class:`~pli.server.audit.errors.AuditValueRefused`). The actor is copied
+    as plain values, the source address is REMOTE_ADDR (never a header the
+    client chooses), the user agent is truncated.
+    """
+    return _append(
+        event_fields(
+            action, actor=actor, request=request, target=target, outcome=outcome, detail=detail
+        )
+    )
+
+
+def _append(fields: EventFields) -> AuditEvent:
+    """Chain checked fields in the caller's transaction, under the chain's lock (0005)."""
     # Read before the transaction: a bad setting must not spoil the caller's.
     every_events, every_us = checkpoint_every_events(), checkpoint_every_minutes() * 60_000_000
-    fields = (actor_id, username, role, action, target, address, agent, outcome, detail_text)
     # A plain INSERT rather than Model.save(): the ORM's path costs more than the rest
     # of the append (the target is under 1 ms per request), and nothing listens to
     # this model's signals.
@@ -279,18 +312,29 @@ def do_record_event(
         event = AuditEvent.from_db(
             connection.alias, _EVENT_COLUMNS, (seq, now, *fields, last_hash, hash_)
         )
-        if (
-            checkpoint_seq is None
-            or checkpoint_us is None
-            or seq - checkpoint_seq >= every_events
-            or now_us - checkpoint_us >= every_us
-        ):
+        if _checkpoint_due(seq, now_us, checkpoint_seq, checkpoint_us, every_events, every_us):
             _write_checkpoint(seq, hash_, now)
     return event
 
 
+def _checkpoint_due(  # noqa: PLR0917 - the head, the last checkpoint, the policy
+    seq: int,
+    now_us: int,
+    checkpoint_seq: int | None,
+    checkpoint_us: int | None,
+    every_events: int,
+    every_us: int,
+) -> bool:
+    return (
+        checkpoint_seq is None
+        or checkpoint_us is None
+        or seq - checkpoint_seq >= every_events
+        or now_us - checkpoint_us >= every_us
+    )
+
+
 def _append_postgresql(
-    now: dt.datetime, now_us: int, fields: tuple[int | None, str, str, str, str, str, str, str, str]
+    now: dt.datetime, now_us: int, fields: EventFields
 ) -> tuple[int, str, str, int | None, int | None]:
     """Lock, chain and insert in one round trip; (seq, prev hash, hash, last checkpoint)."""
     with connection.cursor() as cursor:
@@ -354,8 +398,178 @@ def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint
     return checkpoint
 
 
+# --------------------------------------------------------------------------- the sequencer
+
+#: The journal's table and the columns an action writes (decision 0010).
+PENDING_TABLE = AuditPendingEvent._meta.db_table
+PENDING_COLUMNS = ("occurred_at", *_EVENT_COLUMNS[2:11])
+#: Events chained per call of the sequencer's function (a round trip each).
+SEQUENCE_BATCH = 1000
+_LAST_CHECKPOINT_QUERY = (
+    "SELECT event_seq, (EXTRACT(EPOCH FROM signed_at) * 1000000)::bigint"  # noqa: S608 - our names
+    f" FROM {AuditCheckpoint._meta.db_table} ORDER BY event_seq DESC LIMIT 1"
+)
+
+
+def pending_insert_query(events: int) -> str:
+    """``INSERT`` of ``events`` journal rows; parameters: the time, then :data:`EventFields`."""
+    columns = ", ".join(PENDING_COLUMNS)
+    row = "(" + ", ".join(["%s"] * len(PENDING_COLUMNS)) + ")"
+    return f"INSERT INTO {PENDING_TABLE} ({columns}) VALUES {', '.join([row] * events)}"  # noqa: S608 - our names
+
+
+def defers_events() -> bool:
+    """Whether an action starting now writes its events to the journal (decision 0010).
+
+    On PostgreSQL, for an action that is its own transaction: its events are
+    chained by the sequencer right after its commit, so the chain's lock is
+    no longer held across the action and its commit (the cap of about 174
+    appending transactions per second, ``benchmarks/README.md``). Inside a
+    caller's transaction (a test, a read receipt sent while marking read),
+    or on SQLite, whose single write lock serialises writers anyway, events
+    are chained in the transaction as :func:`do_record_event` does.
+    """
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def do_record_event_deferred(
+    action: str,
+    *,
+    actor: User | None = None,
+    request: HttpRequest | None = None,
+    target: str = "",
+    outcome: str = "success",
+    detail: Mapping[str, str | int] | None = None,
+) -> None:
+    """Record an event that is chained once the caller's transaction commits.
+
+    The same checks and fields as :func:`do_record_event`; the event is written
+    in the caller's transaction (it commits with the action or not at all) to
+    the journal, without the chain's lock, and the sequencer chains it right
+    after the commit. Where events are not deferred (:func:`defers_events`,
+    SQLite), this is :func:`do_record_event`.
+    """
+    fields = event_fields(
+        action, actor=actor, request=request, target=target, outcome=outcome, detail=detail
+    )
+    if connection.vendor != "postgresql":
+        _append(fields)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(pending_insert_query(1), [timezone.now(), *fields])
+    transaction.on_commit(sequence_after_commit)
+
+
+def sequence_after_commit() -> None:
+    """The sequencer run by the request that committed journal rows: never fails the action.
+
+    The action is committed (a ``201`` means stored): if chaining fails here,
+    the events stay in the journal, committed, and the next run (another
+    action's, ``pli audit verify``, the daily job) chains them.
+    """
+    try:
+        sequence_pending_events()
+    except Exception:  # the action stands; its events wait for the next run
+        logger.exception("audit: the journal could not be chained now; it will be later")
+
+
+def sequence_pending_events(batch: int = SEQUENCE_BATCH) -> int:
+    """Chain every event of the journal, in ``id`` order; how many (decision 0010).
+
+    Idempotent, and safe from any number of processes at once: on PostgreSQL
+    the chaining runs in the database (``pli_audit_sequence``, migration 0003)
+    under the chain's advisory lock, so whoever takes the lock after an
+    action's commit chains that action's events, or finds them already
+    chained by the previous holder. Python then checks every hash the server
+    computed against :func:`event_hash`, and writes a checkpoint when one is due.
+    """
+    every_events, every_us = checkpoint_every_events(), checkpoint_every_minutes() * 60_000_000
+    total = 0
+    while True:
+        if connection.vendor == "postgresql":
+            chained, last_checkpoint = _sequence_postgresql(batch)
+        else:
+            chained, last_checkpoint = _sequence_in_python(batch)
+        total += len(chained)
+        if chained:
+            seq, hash_ = chained[-1]
+            now = timezone.now()
+            checkpoint_seq, checkpoint_us = last_checkpoint or (None, None)
+            if _checkpoint_due(
+                seq, micros(now), checkpoint_seq, checkpoint_us, every_events, every_us
+            ):
+                _write_checkpoint(seq, hash_, now)
+        if len(chained) < batch:
+            return total
+
+
+def _sequence_postgresql(
+    batch: int,
+) -> tuple[list[tuple[int, str]], tuple[int, int] | None]:
+    """One round trip: chain up to ``batch`` events, then read the last checkpoint."""
+    with connection.cursor() as cursor:
+        # Two statements of one query: outside a transaction, one implicit transaction,
+        # so the chain's lock is released as soon as the server has run both.
+        query = f"SELECT * FROM pli_audit_sequence(%s); {_LAST_CHECKPOINT_QUERY}"  # noqa: S608
+        cursor.execute(query, [batch])
+        rows = cursor.fetchall()
+        cursor.nextset()
+        last_checkpoint = cursor.fetchone()
+    chained: list[tuple[int, str]] = []
+    for row in rows:
+        # (seq, µs, actor_id … detail, prev_hash, hash): the server hashed the canonical form.
+        if row[12] != event_hash(*row[:12]):
+            raise AuditError(f"event #{row[0]}: the database computed another hash than Python")
+        chained.append((row[0], row[12]))
+    return chained, (last_checkpoint[0], last_checkpoint[1]) if last_checkpoint else None
+
+
+def _sequence_in_python(
+    batch: int,
+) -> tuple[list[tuple[int, str]], tuple[int, int] | None]:
+    """SQLite (which does not defer events, but may be handed a journal): as an append does."""
+    chained: list[tuple[int, str]] = []
+    with transaction.atomic():
+        pending = list(AuditPendingEvent.objects.order_by("id")[:batch])
+        if not pending:
+            return chained, None
+        seq, hash_, checkpoint_seq, checkpoint_us = _lock_head()
+        with connection.cursor() as cursor:
+            for event in pending:
+                fields: EventFields = (
+                    event.actor_id,
+                    event.actor_username,
+                    event.actor_role,
+                    event.action,
+                    event.target,
+                    event.source_address,
+                    event.user_agent,
+                    event.outcome,
+                    event.detail,
+                )
+                previous, seq = hash_, seq + 1
+                hash_ = event_hash(seq, micros(event.occurred_at), *fields, previous)
+                at = connection.ops.adapt_datetimefield_value(event.occurred_at)
+                cursor.execute(_insert_query(), [seq, at, *fields, previous, hash_])
+                chained.append((seq, hash_))
+        AuditPendingEvent.objects.filter(pk__in=[event.pk for event in pending]).delete()
+    last = (
+        None if checkpoint_seq is None or checkpoint_us is None else (checkpoint_seq, checkpoint_us)
+    )
+    return chained, last
+
+
+def pending_events() -> int:
+    """Events of the journal not chained yet (``pli audit verify`` reports them)."""
+    return AuditPendingEvent.objects.count()
+
+
 def do_write_checkpoint() -> AuditCheckpoint | None:
-    """Sign the current head now if it has no checkpoint yet (for a scheduled job)."""
+    """Sign the current head now if it has no checkpoint yet (for a scheduled job).
+
+    The journal is chained first (the daily job's catch-up, decision 0010).
+    """
+    sequence_pending_events()
     with transaction.atomic():
         last_seq, last_hash, checkpoint_seq, _ = _lock_head()
         if last_seq in (0, checkpoint_seq):
@@ -397,6 +611,8 @@ def purge_expired_events(now: dt.datetime | None = None, *, dry_run: bool = Fals
     with the counts (not for a dry run).
     """
     now = now or timezone.now()
+    if not dry_run:
+        sequence_pending_events()  # nothing waits in the journal across the purge
     with transaction.atomic():
         # The PostgreSQL trigger compares with the database's clock: never ask it for more.
         # A dry run deletes nothing, so it may rehearse another day (``pli jobs --now``).

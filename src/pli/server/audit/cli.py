@@ -75,6 +75,11 @@ def verify_command(public_keys: tuple[Path, ...]) -> None:
         keys = [operator_verifying_key()]
     else:
         keys = []  # nothing signed yet (a new trail): no key is needed, and none is made
+    # Catch-up (decision 0010): events committed but not chained yet (a process that
+    # stopped between a commit and its sequencer) take their place before the proof.
+    from pli.server.audit.actions import pending_events, sequence_after_commit  # noqa: PLC0415
+
+    sequence_after_commit()
     try:
         report = verify_trail(keys)
     except AuditChainBroken:
@@ -82,6 +87,9 @@ def verify_command(public_keys: tuple[Path, ...]) -> None:
         raise
     _record_verification("success", report.events)
     click.echo(report.describe())
+    waiting = pending_events()
+    if waiting:
+        click.echo(f"{waiting} event(s) still waiting for the sequencer (not chained yet)")
 
 
 def _record_verification(outcome: str, events: int | None) -> None:

@@ -134,3 +134,37 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.event_seq}"
+
+
+class AuditPendingEvent(models.Model):
+    """An event written in its action's transaction, not chained yet (the journal).
+
+    Decision 0010: on PostgreSQL, a send writes its events here, in the same
+    statement as the message, without the chain's lock; right after the commit
+    the sequencer (:func:`pli.server.audit.actions.sequence_pending_events`)
+    moves them into the chain in ``id`` order and deletes them. The same fields
+    as :class:`AuditEvent`, already checked (codes and counts only), minus the
+    chain position and the hashes. Rows are never updated (a trigger refuses it);
+    the sequencer deletes them once chained, in its own transaction.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField(_("date"))
+    actor_id = models.BigIntegerField(_("identifiant du compte"), null=True, blank=True)
+    actor_username = models.CharField(_("identifiant de connexion"), max_length=150, blank=True)
+    actor_role = models.CharField(_("rôle"), max_length=20, blank=True)
+    action = models.CharField(_("action"), max_length=64)
+    target = models.CharField(_("cible"), max_length=100, blank=True)
+    source_address = models.CharField(_("adresse source"), max_length=45, blank=True)
+    user_agent = models.CharField(_("navigateur"), max_length=200, blank=True)
+    outcome = models.CharField(_("résultat"), max_length=16)
+    detail = models.TextField(_("détail"), blank=True)
+
+    class Meta:
+        verbose_name = _("événement d'audit en attente de chaînage")
+        verbose_name_plural = _("événements d'audit en attente de chaînage")
+        ordering = ["id"]
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"pending {self.id} {self.action}"

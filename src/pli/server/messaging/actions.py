@@ -20,8 +20,9 @@ import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -36,7 +37,14 @@ from pli.crypto import (
     load_certificate,
 )
 from pli.server.accounts.models import User
-from pli.server.audit.actions import do_record_event
+from pli.server.audit.actions import (
+    EventFields,
+    defers_events,
+    do_record_event,
+    event_fields,
+    pending_insert_query,
+    sequence_after_commit,
+)
 from pli.server.audit.models import AuditAction
 from pli.server.blobs import BlobStore, StoredBlob, blob_store
 from pli.server.compliance.actions import check_not_opposed
@@ -177,7 +185,64 @@ def current_certificates(mailboxes: Iterable[Mailbox]) -> dict[int, list[Mailbox
     return result
 
 
-def _check_sealed_for(info: EnvelopeInfo, mailboxes: Sequence[Mailbox]) -> None:
+#: Valid certificates' PEM by mailbox id.
+_Certificates = dict[int, list[str]]
+
+
+@cache
+def _recipients_query(count: int) -> str:
+    """Active mailboxes by address and the sender, with their valid certificates: one query."""
+    quote = connection.ops.quote_name
+    mailbox, certificate = Mailbox._meta.db_table, MailboxCertificate._meta.db_table
+    places = ", ".join(["%s"] * count)
+    return (
+        f"SELECT m.id, m.address, c.pem FROM {quote(mailbox)} AS m"  # noqa: S608 - our names
+        f" LEFT JOIN {quote(certificate)} AS c ON c.mailbox_id = m.id"
+        " AND c.revoked_at IS NULL AND c.not_before <= %s AND c.not_after >= %s"
+        f" WHERE (m.active = %s AND m.address IN ({places})) OR m.id = %s"
+        " ORDER BY m.id, c.not_after DESC, c.id"
+    )
+
+
+def _recipients_and_certificates(
+    addresses: Sequence[str], sender: Mailbox
+) -> tuple[dict[str, Mailbox], _Certificates]:
+    """The active directory mailboxes by address (REQ-DIRECTORY), and who can open what.
+
+    The valid certificates of those mailboxes and of the sender, as
+    :func:`current_certificates` lists them, in the same query: a send's
+    round trips are most of its cost (``benchmarks/README.md``). Addresses
+    stored with capitals (a local entry) cost one more lookup, for those only.
+    """
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(_recipients_query(len(addresses)), [now, now, True, *addresses, sender.pk])
+        rows = cursor.fetchall()
+    by_address: dict[str, Mailbox] = {}
+    certificates: _Certificates = {sender.pk: []}
+    for pk, address, pem in rows:
+        if pk not in certificates:
+            certificates[pk] = []
+            if pk != sender.pk:
+                # Only what a send uses; any other field is loaded if ever read.
+                mailbox = Mailbox.from_db(
+                    connection.alias, ["id", "address", "active"], [pk, address, True]
+                )
+                by_address[address.lower()] = mailbox
+        if pem is not None:
+            certificates[pk].append(pem)
+    missing = [a for a in addresses if a not in by_address]
+    if missing:
+        extra = _directory_mailboxes(missing)
+        by_address.update(extra)
+        for pk, listed in current_certificates(extra.values()).items():
+            certificates[pk] = [row.pem for row in listed]
+    return by_address, certificates
+
+
+def _check_sealed_for(
+    info: EnvelopeInfo, mailboxes: Sequence[Mailbox], certificates: _Certificates
+) -> None:
     """Every current certificate of every mailbox has its RecipientInfo (REQ-E2E).
 
     The recipients must be able to open the message and the sender's copy in
@@ -186,8 +251,7 @@ def _check_sealed_for(info: EnvelopeInfo, mailboxes: Sequence[Mailbox]) -> None:
     them (``/api/directory/certificates``): whichever key the mailbox's holder
     uses opens the message.
     """
-    certificates = current_certificates(mailboxes)
-    without = [m.address for m in mailboxes if not certificates[m.pk]]
+    without = [m.address for m in mailboxes if not certificates.get(m.pk)]
     if without:
         raise _error(
             "recipient_without_certificate",
@@ -196,9 +260,9 @@ def _check_sealed_for(info: EnvelopeInfo, mailboxes: Sequence[Mailbox]) -> None:
         )
     missing: list[str] = []
     for mailbox in mailboxes:
-        for row in certificates[mailbox.pk]:
+        for pem in certificates[mailbox.pk]:
             try:
-                info.require_recipient(load_certificate(row.pem.encode()))
+                info.require_recipient(load_certificate(pem.encode()))
             except NotARecipient:
                 if mailbox.address not in missing:
                     missing.append(mailbox.address)
@@ -318,7 +382,7 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             "recipient_is_sender",
             _("La boîte d'envoi ne peut pas être destinataire : sa copie est dans « Envoyés »."),
         )
-    found = _directory_mailboxes(addresses)
+    found, certificates = _recipients_and_certificates(addresses, sender)
     unknown = [normalised or given for given, normalised in listed if normalised not in found]
     if unknown:
         raise _error(
@@ -341,12 +405,15 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             "envelope_malformed",
             _("L'enveloppe n'est pas une structure CMS EnvelopedData lisible (ou est tronquée)."),
         ) from None
-    _check_sealed_for(info, [sender, *targets])
+    _check_sealed_for(info, [sender, *targets], certificates)
 
     stored = store.write(envelope_der, max_bytes=limit)
+    # PostgreSQL, the send its own transaction, no attachment to claim under a lock:
+    # one statement writes everything, its events to the audit journal (decision 0010).
+    at_once = not blobs and defers_events()
     try:
-        with transaction.atomic():
-            message = _store_message(
+        if at_once:
+            message = _store_message_at_once(
                 user,
                 sender,
                 targets,
@@ -354,13 +421,179 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
                 hashed_patient=hashed_patient,
                 parent=parent,
                 request=request,
-                blobs=blobs,
             )
+        else:
+            with transaction.atomic():
+                message = _store_message(
+                    user,
+                    sender,
+                    targets,
+                    stored=stored,
+                    hashed_patient=hashed_patient,
+                    parent=parent,
+                    request=request,
+                    blobs=blobs,
+                )
     except BaseException:
         # No half-stored state: the blob goes with the rows that would have named it.
         store.delete(stored.blob_id)
         raise
+    if at_once:
+        # Committed: the events take their place in the chain now, before the answer.
+        sequence_after_commit()
     return message
+
+
+def _with_deliveries(message: Message, deliveries: list[Delivery]) -> Message:
+    """The message with its deliveries known, as a prefetch leaves them: no read-back."""
+    cached = message.deliveries.get_queryset()
+    # What prefetch_related_objects leaves (Django's own attributes, not typed).
+    cached._result_cache = deliveries
+    vars(cached)["_prefetch_done"] = True
+    vars(message)["_prefetched_objects_cache"] = {"deliveries": cached}
+    return message
+
+
+def _send_events(
+    user: User,
+    request: HttpRequest | None,
+    target: str,
+    sent: dict[str, str | int],
+    deliveries: int,
+) -> list[EventFields]:
+    return [
+        event_fields(
+            AuditAction.MESSAGES_SENT, actor=user, request=request, target=target, detail=sent
+        ),
+        event_fields(
+            AuditAction.MESSAGES_DELIVERED,
+            actor=user,
+            request=request,
+            target=target,
+            detail={"deliveries": deliveries, "local": deliveries},
+        ),
+    ]
+
+
+@cache
+def _store_at_once_query() -> str:
+    """The message, its deliveries, the copies and the journal's two events: one statement.
+
+    PostgreSQL only (data-modifying ``WITH``): outside any transaction, one
+    statement is one transaction, so the send is still all or nothing, in one
+    round trip instead of a ``BEGIN``, three inserts, two appends under the
+    chain's lock and a ``COMMIT``.
+    """
+    quote = connection.ops.quote_name
+    message, delivery = quote(Message._meta.db_table), quote(Delivery._meta.db_table)
+    copy = quote(MessageCopy._meta.db_table)
+    events = pending_insert_query(2)
+    return (
+        f"WITH m AS (INSERT INTO {message} (public_id, sender_mailbox_id, sender_address,"  # noqa: S608 - our names
+        " sender_user_id, sender_person, created_at, size, envelope_blob, envelope_sha256,"
+        " thread_id, in_reply_to_id, patient_key)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),"
+        f" d AS (INSERT INTO {delivery} (message_id, recipient_mailbox_id, recipient_address,"
+        " state, delivered_at)"
+        " SELECT m.id, r.mailbox, r.address, %s, %s FROM m,"
+        " unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS r (mailbox, address, n)"
+        " ORDER BY r.n RETURNING id, recipient_mailbox_id),"
+        f" c AS (INSERT INTO {copy} (message_id, mailbox_id, delivery_id, folder, read, flagged,"
+        " created_at)"
+        " SELECT m.id, %s, NULL, %s, true, false, %s FROM m"
+        " UNION ALL SELECT m.id, d.recipient_mailbox_id, d.id, %s, false, false, %s FROM m, d),"
+        f" a AS ({events})"
+        " SELECT m.id, d.id, d.recipient_mailbox_id FROM m, d ORDER BY d.id"
+    )
+
+
+def _store_message_at_once(
+    user: User,
+    sender: Mailbox,
+    targets: Sequence[Mailbox],
+    *,
+    stored: StoredBlob,
+    hashed_patient: str,
+    parent: Message | None,
+    request: HttpRequest | None,
+) -> Message:
+    now = timezone.now()
+    message = Message(
+        public_id=new_message_id(),
+        sender_mailbox=sender,
+        sender_address=sender.address,
+        sender_user=user,
+        sender_person=user.get_username(),
+        created_at=now,
+        size=stored.size,
+        envelope_blob=stored.blob_id,
+        envelope_sha256=stored.sha256,
+        thread_id=parent.thread_id if parent else new_thread_id(),
+        in_reply_to=parent,
+        patient_key=hashed_patient,
+    )
+    events = _send_events(
+        user,
+        request,
+        f"message:{message.public_id}",
+        {
+            "mailbox": sender.pk,
+            "recipients": len(targets),
+            "size": stored.size,
+            "reply": int(parent is not None),
+            "opposition_check": int(bool(hashed_patient)),
+            "blobs": 0,
+        },
+        len(targets),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _store_at_once_query(),
+            [
+                message.public_id,
+                sender.pk,
+                message.sender_address,
+                user.pk,
+                message.sender_person,
+                now,
+                stored.size,
+                stored.blob_id,
+                stored.sha256,
+                message.thread_id,
+                parent.pk if parent else None,
+                hashed_patient,
+                DeliveryState.DELIVERED,
+                now,
+                [mailbox.pk for mailbox in targets],
+                [mailbox.address for mailbox in targets],
+                sender.pk,
+                Folder.SENT,
+                now,
+                Folder.INBOX,
+                now,
+                *(value for fields in events for value in (now, *fields)),
+            ],
+        )
+        rows = cursor.fetchall()
+    message.pk = rows[0][0]
+    message._state.adding = False  # stored above, as save() would mark it
+    message._state.db = connection.alias
+    by_pk = {mailbox.pk: mailbox for mailbox in targets}
+    deliveries = []
+    for _message, delivery_pk, mailbox_pk in rows:
+        mailbox = by_pk[mailbox_pk]
+        delivery = Delivery(
+            pk=delivery_pk,
+            message=message,
+            recipient_mailbox=mailbox,
+            recipient_address=mailbox.address,
+            state=DeliveryState.DELIVERED,
+            delivered_at=now,
+        )
+        delivery._state.adding = False
+        delivery._state.db = connection.alias
+        deliveries.append(delivery)
+    return _with_deliveries(message, deliveries)
 
 
 def _store_message(
@@ -445,7 +678,7 @@ def _store_message(
         target=target,
         detail={"deliveries": len(deliveries), "local": len(deliveries)},
     )
-    return message
+    return _with_deliveries(message, deliveries)
 
 
 # --------------------------------------------------------------------------- reading

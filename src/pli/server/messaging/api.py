@@ -376,7 +376,8 @@ def send_message(request: HttpRequest) -> Status[SendOut] | Status[ErrorOut]:
         )
     except MessagingError as error:
         return _refusal(error)
-    deliveries = list(message.deliveries.order_by("pk"))
+    # Known from the send itself (its prefetch cache): nothing is read back.
+    deliveries = sorted(message.deliveries.all(), key=lambda delivery: delivery.pk)
     return Status(
         201,
         SendOut(

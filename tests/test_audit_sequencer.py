@@ -1,0 +1,199 @@
+"""The audit journal and its sequencer (docs/decisions/0010-audit-sequencer.md).
+
+On PostgreSQL a send writes its events to the journal in its own statement,
+without the chain's lock, and the sequencer chains them right after the
+commit; ``pli audit verify`` and the daily checkpoint job chain whatever a
+stopped process left. Runs on SQLite and, with ``PLI_DATABASE_URL``, on
+PostgreSQL (``-m django_db``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from pli.client.cli import main
+from pli.crypto import generate_signing_key
+from pli.server.audit import keys
+from pli.server.audit.actions import (
+    do_record_event,
+    do_record_event_deferred,
+    do_write_checkpoint,
+    pending_events,
+    sequence_pending_events,
+)
+from pli.server.audit.chain import verify_trail
+from pli.server.audit.models import AuditEvent, AuditPendingEvent
+from pli.server.messaging.actions import do_send_message
+from tests.test_messaging_api import A, B, a_to_b, blob_dir, make_world, world  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def audit_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "audit-key.pem"
+    path.write_bytes(generate_signing_key().pem())
+    monkeypatch.setenv("PLI_AUDIT_KEY_FILE", str(path))
+    for name in ("CHECKPOINT_EVENTS", "CHECKPOINT_MINUTES", "RETENTION_DAYS"):
+        monkeypatch.delenv(f"PLI_AUDIT_{name}", raising=False)
+    return path
+
+
+def pending(action: str = "messages.sent", target: str = "message:x") -> AuditPendingEvent:
+    """A journal row as a send writes it (what a process stopped after its commit leaves)."""
+    return AuditPendingEvent.objects.create(
+        occurred_at=timezone.now(),
+        actor_id=7,
+        actor_username="dr.zoë@pli.test",
+        actor_role="",
+        action=action,
+        target=target,
+        source_address="2001:db8::1",
+        user_agent="Navigateur «é» 😀",
+        outcome="success",
+        detail=json.dumps({"recipients": 1}),
+    )
+
+
+def seqs() -> list[int]:
+    return list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_the_sequencer_chains_the_journal_in_order_and_empties_it(audit_key: Path) -> None:
+    do_record_event("auth.login", target="user:1")
+    first, second = pending(target="message:a"), pending(target="message:b")
+    assert sequence_pending_events() == 2
+    assert pending_events() == 0
+    chained = list(AuditEvent.objects.order_by("seq"))
+    assert [(e.seq, e.target) for e in chained] == [
+        (1, "user:1"),
+        (2, "message:a"),
+        (3, "message:b"),
+    ]
+    assert chained[1].occurred_at == first.occurred_at and chained[2].prev_hash == chained[1].hash
+    assert chained[2].actor_username == second.actor_username
+    assert sequence_pending_events() == 0  # idempotent
+    report = verify_trail([keys.verifying_key_from_file(audit_key)])
+    assert report.events == 3
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_a_pending_event_is_never_rewritten() -> None:
+    row = pending()
+    with pytest.raises(DatabaseError, match="never rewritten"), transaction.atomic():
+        AuditPendingEvent.objects.filter(pk=row.pk).update(target="message:forged")
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_pli_audit_verify_and_the_daily_checkpoint_catch_up_with_the_journal() -> None:
+    do_record_event("auth.login")
+    pending(target="message:left")  # committed, then the process stopped: not chained
+    result = CliRunner().invoke(main, ["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "verified: 2 events" in result.output  # the login and the send, now chained
+    assert pending_events() == 0
+    pending(target="message:later")
+    assert do_write_checkpoint() is not None
+    assert pending_events() == 0 and AuditEvent.objects.filter(target="message:later").exists()
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_a_deferred_event_inside_a_callers_transaction_commits_with_it_or_not_at_all() -> None:
+    def failing_action() -> None:
+        with transaction.atomic():
+            do_record_event_deferred("messages.sent", target="message:gone")
+            raise RuntimeError("the action failed")
+
+    with pytest.raises(RuntimeError):
+        failing_action()
+    assert pending_events() == 0 and not AuditEvent.objects.exists()
+
+
+def _postgresql_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite chains in the transaction (its write lock serialises writers)")
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_deferred_event_is_chained_right_after_the_commit() -> None:
+    _postgresql_only()
+    with transaction.atomic():
+        do_record_event_deferred("messages.sent", target="message:m1")
+        assert pending_events() == 1 and not AuditEvent.objects.exists()  # not chained yet
+    assert pending_events() == 0
+    assert [e.target for e in AuditEvent.objects.all()] == ["message:m1"]
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_concurrent_deferred_and_direct_appends_lose_nothing(
+    audit_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgresql_only()
+    monkeypatch.setenv("PLI_AUDIT_CHECKPOINT_EVENTS", "7")
+    threads, appends = 6, 25
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        try:
+            start.wait()
+            for n in range(appends):
+                if number % 2 or n % 5 == 0:
+                    do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
+                else:
+                    with transaction.atomic():
+                        do_record_event("auth.login", target=f"user:{number}")
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+    assert errors == []
+    assert pending_events() == 0  # every committer chained, or found its events chained
+    assert seqs() == list(range(1, threads * appends + 1))
+    report = verify_trail([keys.verifying_key_from_file(audit_key)])
+    assert report.events == threads * appends and report.last_checkpoint_seq is not None
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_send_is_one_statement_and_its_events_are_chained_when_it_returns(
+    world: Any,  # noqa: F811 - the messaging tests' fixture
+    audit_key: Path,
+) -> None:
+    _postgresql_only()
+    statements: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        message = do_send_message(world.a, A, [B], a_to_b(world))
+    writes = [s for s in statements if "INSERT" in s and "auditcheckpoint" not in s]
+    assert len(writes) == 1 and "audit_auditpendingevent" in writes[0]
+    assert [d.recipient_address for d in message.deliveries.all()] == [B]
+    assert pending_events() == 0
+    target = f"message:{message.public_id}"
+    assert list(
+        AuditEvent.objects.filter(target=target).order_by("seq").values_list("action", flat=True)
+    ) == ["messages.sent", "messages.delivered"]
+    assert message.deliveries.count() == 1 and message.copies.count() == 2
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events >= 2
