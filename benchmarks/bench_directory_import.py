@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import resource
 import secrets
 import shutil
 import sqlite3
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,55 @@ def status_kib(field: str) -> int:
 
 def status_mb(field: str) -> float:
     return round(status_kib(field) * 1024 / MB, 1)
+
+
+def _family_kib(field: str) -> int:
+    """``field`` of /proc/<pid>/smaps_rollup (Rss, Pss), summed over this process and
+    its children (the second reader of a split first import)."""
+    pids = [os.getpid()]
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # ended between the listing and the read
+        for line in text.splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
+class FamilyMemory(threading.Thread):
+    """The largest sum of RSS, and of PSS, over the importing process and its children.
+
+    Each process's own peak (VmHWM) hides what they hold together while both
+    run; PSS counts a page the two share once (split between them), RSS in
+    each. Sampled every 50 ms.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_rss_kib = 0
+        self.peak_pss_kib = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.05):
+            self.peak_rss_kib = max(self.peak_rss_kib, _family_kib("Rss"))
+            self.peak_pss_kib = max(self.peak_pss_kib, _family_kib("Pss"))
+
+    def stop(self) -> tuple[float, float]:
+        self.stopping.set()
+        self.join()
+        return (
+            round(self.peak_rss_kib * 1024 / MB, 1),
+            round(self.peak_pss_kib * 1024 / MB, 1),
+        )
 
 
 def load_average() -> list[float]:
@@ -142,10 +193,41 @@ def search_queries(count: int) -> list[tuple[str, dict[str, str]]]:
     return queries
 
 
+def member_client() -> Any:
+    """A client signed in as a member: the directory answers members only.
+
+    As tests/accounts_support.py does it: ``force_login``, then the session
+    registered as Pli's login flow registers it (SessionGuardMiddleware
+    refuses any other) and the charter acknowledged.
+    """
+    from django.contrib.auth import get_user_model  # noqa: PLC0415
+    from django.test import Client  # noqa: PLC0415
+    from django.utils import timezone  # noqa: PLC0415
+
+    from pli.server.accounts.actions import current_charter  # noqa: PLC0415
+    from pli.server.accounts.models import CharterAcknowledgement, UserSession  # noqa: PLC0415
+    from pli.server.accounts.tokens import session_key_hash  # noqa: PLC0415
+
+    member = get_user_model().objects.create_user("bench-member@pli.test", "bench-member@pli.test")
+    client = Client()
+    client.force_login(member)
+    now = timezone.now()
+    UserSession.objects.create(
+        user=member,
+        key_hash=session_key_hash(client.session.session_key or ""),
+        method="bench",
+        created_at=now,
+        last_seen_at=now,
+    )
+    charter = current_charter()
+    if charter is not None:
+        CharterAcknowledgement.objects.get_or_create(user=member, charter=charter)
+    return client
+
+
 def measure_searches(count: int) -> JSON:
     import importlib.util  # noqa: PLC0415
 
-    from django.test import Client  # noqa: PLC0415
     from django.urls import NoReverseMatch, reverse  # noqa: PLC0415
 
     if importlib.util.find_spec("pli.server.directory.queries") is None:
@@ -154,7 +236,7 @@ def measure_searches(count: int) -> JSON:
         url = reverse("api-1.0.0:directory-search-api")
     except NoReverseMatch:
         url = "/api/directory/search"
-    client = Client()
+    client = member_client()
     if client.get(url, {"q": "martin"}).status_code == 404:
         return {"available": False, "reason": f"GET {url} answers 404"}
     queries = search_queries(count)
@@ -227,9 +309,19 @@ def child(file: Path, searches: int) -> JSON:
     backend_before = backend_cpu_s(connection.vendor)
     load_before = load_average()
     started, cpu_started = time.perf_counter(), time.process_time()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    family = FamilyMemory()
+    family.start()
     summary = import_extraction(file)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    family_rss, family_pss = family.stop()
     peak = status_mb("VmHWM")
+    # A first import of a large text file forks a second reader (importing._SecondHalf):
+    # its CPU, and its peak RSS (most of it pages it shares with this process).
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    helper_cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
     backend_after = backend_cpu_s(connection.vendor)
     result: JSON = {
         "database": connection.vendor,
@@ -241,8 +333,14 @@ def child(file: Path, searches: int) -> JSON:
         "lines_per_s": round(summary.lines / seconds),
         "peak_rss_mb": peak,
         "before_rss_mb": before,
-        # CPU seconds of this process (both its threads) and of its PostgreSQL backend.
+        # CPU seconds of this process (all its threads), of the second reader it forks,
+        # and of its PostgreSQL backend.
         "cpu_s": round(cpu, 1),
+        "helper_cpu_s": round(helper_cpu, 1),
+        "helper_peak_rss_mb": round(children.ru_maxrss * 1024 / MB, 1) if helper_cpu else None,
+        # Both processes together, sampled every 50 ms (FamilyMemory).
+        "peak_rss_sum_mb": family_rss,
+        "peak_pss_sum_mb": family_pss,
         "backend_cpu_s": (
             round(backend_after - backend_before, 1)
             if backend_after is not None and backend_before is not None
@@ -310,8 +408,19 @@ def verdict(case: JSON) -> JSON:
     return {
         "lines_per_s": case["lines_per_s"] >= TARGETS["lines_per_s_min"],
         "peak_rss_mb": case["peak_rss_mb"] < TARGETS["peak_rss_mb_max"],
+        "peak_rss_sum_mb": case["peak_rss_sum_mb"] < TARGETS["peak_rss_mb_max"],
+        "peak_pss_sum_mb": case["peak_pss_sum_mb"] < TARGETS["peak_rss_mb_max"],
+        # Each process's peak, the importing one's and its second reader's (see README).
+        "helper_peak_rss_mb": (
+            case["helper_peak_rss_mb"] < TARGETS["peak_rss_mb_max"]
+            if case.get("helper_peak_rss_mb") is not None
+            else None
+        ),
+        # A search that did not answer 200 is a failure, not a fast answer.
         "search_p95_ms": (
-            search["p95_ms"] < TARGETS["search_p95_ms_max"] if search.get("available") else None
+            search["p95_ms"] < TARGETS["search_p95_ms_max"] and not search.get("non_200")
+            if search.get("available")
+            else None
         ),
     }
 

@@ -893,10 +893,15 @@ def index_names() -> set[str]:
                 [tables, tables],
             )
         else:
-            cursor.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN (%s, %s, %s)",
-                tables,
-            )
+            # Django's names: a unique key is the same constraint whether SQLite has it
+            # inline in the table (as migrated) or as a unique index of that name (as a
+            # first import leaves it: an inline one cannot be set aside, see _SetAside).
+            return {
+                name
+                for table in tables
+                for name in connection.introspection.get_constraints(cursor, table)
+                if name != "__primary__"
+            }
         return {row[0] for row in cursor.fetchall()}
 
 
