@@ -298,13 +298,14 @@ def child(file: Path, searches: int) -> JSON:
     import django  # noqa: PLC0415
 
     django.setup()
-    from django.core.management import call_command  # noqa: PLC0415
     from django.db import connection  # noqa: PLC0415
 
     from pli.server.directory.importing import import_extraction  # noqa: PLC0415
     from pli.server.directory.models import Activity, Organisation, Professional  # noqa: PLC0415
 
-    call_command("migrate", interactive=False, verbosity=0)
+    # The schema was created by another process (migrate_child), as an operator runs
+    # `pli migrate` once and `pli directory import` later: the migration graph is not
+    # resident here, nor in the second reader this process forks.
     before = status_mb("VmHWM")
     backend_before = backend_cpu_s(connection.vendor)
     load_before = load_average()
@@ -382,8 +383,28 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def migrate_child() -> None:
+    """Create the schema, in its own process (see :func:`child`)."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "pli.server.settings"
+    import django  # noqa: PLC0415
+
+    django.setup()
+    from django.core.management import call_command  # noqa: PLC0415
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
 def run_case(name: str, file: Path, env: dict[str, str], searches: int) -> JSON:
-    log(f"{name}: importing {file.name} in a child process")
+    log(f"{name}: migrating, then importing {file.name} in a child process")
+    migrated = subprocess.run(
+        [sys.executable, __file__, "--migrate-child"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrated.returncode != 0:
+        return {"error": "migrations failed", "stderr": migrated.stderr[-2000:]}
     completed = subprocess.run(
         [sys.executable, __file__, "--child", "--file", str(file), "--searches", str(searches)],
         env=env,
@@ -453,8 +474,12 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES, help="an admin connection")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--migrate-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.migrate_child:
+        migrate_child()
+        return
     if args.child:
         print(json.dumps(child(args.file, args.searches)))
         return
