@@ -750,3 +750,56 @@ def test_only_the_listed_proxies_are_trusted(settings: Settings) -> None:
     untrusted = ["10.0.4.1", "::1", "203.0.113.7", "", "localhost", None]
     assert all(is_trusted_proxy(address) for address in trusted)
     assert not any(is_trusted_proxy(address) for address in untrusted)
+
+
+# --- throttling -----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.requirement("REQ-AUTH-CARD")
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_refused_cards_lock_the_client_address_behind_the_proxy(configured: CardPki) -> None:
+    """Twenty refusals from one client lock that client, not everybody behind nginx."""
+    user, _ = make_account("bob.card@hopital.pli.test")
+    assert user.professional is not None
+    card = configured.card(user.professional.national_id)
+    scanner = {"HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    client = Client()
+    for _attempt in range(20):
+        response = client.post(CERTIFICATE_LOGIN, **{HEADER_META: "garbage"}, **scanner)
+        assert _error_code(response) == "certificate_invalid"
+    assert AuditEvent.objects.filter(action="auth.lockout").count() == 1
+
+    # Now even a good card from that client waits, without a session.
+    response = _through_proxy(client, card, **scanner)
+    assert response.status_code == 403 and _error_code(response) == "locked"
+    assert _signed_in_as(client) is None
+    # The proxy's other clients are not locked out.
+    other = Client()
+    response = _through_proxy(other, card, HTTP_X_FORWARDED_FOR="198.51.100.8")
+    assert response.status_code == 302
+    assert _signed_in_as(other) == "bob.card@hopital.pli.test"
+
+
+@pytest.mark.django_db
+def test_a_forwarded_address_is_believed_only_from_a_trusted_proxy(settings: Settings) -> None:
+    from django.test import RequestFactory
+
+    from pli.server.accounts.sessions import client_address
+
+    settings.PLI_TRUSTED_PROXIES = ["10.0.3.0/24"]
+    factory = RequestFactory()
+
+    def seen(peer: str, forwarded: str | None) -> str | None:
+        extra = {"REMOTE_ADDR": peer}
+        if forwarded is not None:
+            extra["HTTP_X_FORWARDED_FOR"] = forwarded
+        return client_address(factory.get("/", **extra))
+
+    assert seen("10.0.3.4", "198.51.100.7") == "198.51.100.7"
+    # The proxy's own entry is the last one; what the client wrote before it is not.
+    assert seen("10.0.3.4", "203.0.113.9, 198.51.100.7") == "198.51.100.7"
+    assert seen("10.0.3.4", "not-an-address") == "10.0.3.4"
+    assert seen("10.0.3.4", None) == "10.0.3.4"
+    # From anybody else, the header is the client's own claim: ignored.
+    assert seen("203.0.113.9", "198.51.100.7") == "203.0.113.9"

@@ -399,3 +399,24 @@ def test_an_incomplete_oidc_configuration_stops_start_up(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         _load_settings(monkeypatch, **env)
+
+
+@pytest.mark.django_db
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_forged_callbacks_lock_the_address_for_a_while(provider: LocalOidcProvider) -> None:
+    """Twenty refused callbacks from one address: the next start waits, audited."""
+    user, _ = make_account("gina.flood@hopital.pli.test")
+    assert user.professional is not None
+    provider.reset(national_subject(user.professional.national_id), Misbehaviour.NONE)
+    flooder = Client(REMOTE_ADDR="198.51.100.20")
+    for attempt in range(20):
+        response = flooder.get(f"{CALLBACK}?code=c{attempt}&state=s{attempt}")
+        assert _error_code(response) == "oidc_state_mismatch"
+    assert AuditEvent.objects.filter(action="auth.lockout").count() == 1
+    response = flooder.get(START)
+    assert response.status_code == 403 and _error_code(response) == "locked"
+    assert provider.token_requests == 0
+    # Another address logs in as usual.
+    other = Client(REMOTE_ADDR="198.51.100.21")
+    assert _login(other).status_code == 302
+    assert _signed_in_as(other) == "gina.flood@hopital.pli.test"

@@ -15,9 +15,10 @@ import logging
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
-from pli.server.accounts import oidc
+from pli.server.accounts import oidc, throttle
 from pli.server.accounts.certificate_login import (
     CertificateLoginError,
     authenticate_certificate,
@@ -27,7 +28,7 @@ from pli.server.accounts.certificate_login import (
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.forms import LoginForm
 from pli.server.accounts.models import User
-from pli.server.accounts.sessions import complete_login
+from pli.server.accounts.sessions import client_address, complete_login
 from pli.server.accounts.views import _next_page
 from pli.server.audit.actions import do_record_event
 
@@ -44,6 +45,27 @@ def external_login_options(request: HttpRequest) -> dict[str, object]:
         "pli_login_oidc_name": settings.PLI_OIDC_PROVIDER_NAME,
         "pli_login_certificate": certificate_login_enabled(),
     }
+
+
+def _address_keys(request: HttpRequest) -> tuple[str]:
+    return (throttle.address_key(client_address(request)),)
+
+
+def _address_locked(request: HttpRequest) -> AccountError | None:
+    """Too many refused card or OpenID Connect logins from this address: wait.
+
+    REQ-AUTH-STRONG: like the passphrase and code steps, but per address only.
+    A refused card names no account an attacker could not present, and a
+    certificate or an identity provider's answer cannot be guessed: the
+    counter is against scanning and flooding, and must not let anybody lock
+    somebody else's account.
+    """
+    if not throttle.locked(*_address_keys(request)):
+        return None
+    return AccountError(
+        "locked",
+        _("Trop d'essais : la connexion est bloquée pendant 15 minutes pour cette adresse."),
+    )
 
 
 def _refused(
@@ -65,6 +87,16 @@ def _refused(
         outcome="failure",
         detail=detail,
     )
+    if error.code not in (*_UNAVAILABLE, "locked"):
+        # The service's own unavailability is not the user's failure.
+        for key in throttle.record_failure(*_address_keys(request)):
+            do_record_event(
+                "auth.lockout",
+                actor=user,
+                request=request,
+                target=key.split(":", 1)[0],
+                outcome="failure",
+            )
     status = 503 if error.code in _UNAVAILABLE else 403
     return render(
         request,
@@ -86,6 +118,8 @@ def oidc_start_view(request: HttpRequest) -> HttpResponse:
     """Off to the identity provider, with state, nonce and PKCE challenge."""
     if not oidc.oidc_enabled():
         raise Http404
+    if (locked := _address_locked(request)) is not None:
+        return _refused(request, locked, factor="oidc", user=None)
     try:
         return redirect(oidc.begin_authentication(request))
     except oidc.OidcError as error:
@@ -97,6 +131,8 @@ def oidc_callback_view(request: HttpRequest) -> HttpResponse:
     """Back from the identity provider: check its answer, then open the session."""
     if not oidc.oidc_enabled():
         raise Http404
+    if (locked := _address_locked(request)) is not None:
+        return _refused(request, locked, factor="oidc", user=None)
     try:
         user = oidc.finish_authentication(request)
     except oidc.OidcError as error:
@@ -115,6 +151,8 @@ def certificate_login_view(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         # Logging in changes state: a POST of the login page's form (with its CSRF token).
         return redirect("accounts:login")
+    if (locked := _address_locked(request)) is not None:
+        return _refused(request, locked, factor="certificate", user=None)
     try:
         presented = presented_certificate(request)
     except CertificateLoginError as error:

@@ -11,6 +11,7 @@ authentication (``REAUTH_SECONDS``).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import time
 from collections.abc import Callable
 
@@ -41,8 +42,28 @@ _SEEN_RESOLUTION = dt.timedelta(seconds=60)
 
 
 def client_address(request: HttpRequest) -> str | None:
-    # Only the socket peer: a reverse proxy's X-Forwarded-For is not trusted here.
-    return request.META.get("REMOTE_ADDR") or None
+    """The client's address, for the login throttles and the audit trail.
+
+    The socket peer, unless that peer is one of ``PLI_TRUSTED_PROXIES``: then
+    the address the proxy itself appended to ``X-Forwarded-For`` (the last
+    one; ``docs/operations/reverse-proxy.md`` sets it to ``$remote_addr``).
+    Behind nginx every request comes from the proxy: counted on its address,
+    twenty failures by anybody would lock everybody out. An address from
+    anyone else, or anything that is not an address, is not believed.
+    """
+    peer = str(request.META.get("REMOTE_ADDR") or "") or None
+    forwarded = str(request.META.get("HTTP_X_FORWARDED_FOR") or "")
+    if not peer or not forwarded:
+        return peer
+    from pli.server.accounts.certificate_login import is_trusted_proxy  # noqa: PLC0415
+
+    if not is_trusted_proxy(peer):
+        return peer
+    candidate = forwarded.rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer
 
 
 def begin_second_factor(request: HttpRequest, user: User, method: str) -> None:
