@@ -763,10 +763,11 @@ def test_refused_cards_lock_the_client_address_behind_the_proxy(configured: Card
     user, _ = make_account("bob.card@hopital.pli.test")
     assert user.professional is not None
     card = configured.card(user.professional.national_id)
-    scanner = {"HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    scanner: dict[str, Any] = {"HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    garbage: dict[str, Any] = {HEADER_META: "garbage", **scanner}
     client = Client()
     for _attempt in range(20):
-        response = client.post(CERTIFICATE_LOGIN, **{HEADER_META: "garbage"}, **scanner)
+        response = client.post(CERTIFICATE_LOGIN, **garbage)
         assert _error_code(response) == "certificate_invalid"
     assert AuditEvent.objects.filter(action="auth.lockout").count() == 1
 
@@ -791,7 +792,7 @@ def test_a_forwarded_address_is_believed_only_from_a_trusted_proxy(settings: Set
     factory = RequestFactory()
 
     def seen(peer: str, forwarded: str | None) -> str | None:
-        extra = {"REMOTE_ADDR": peer}
+        extra: dict[str, Any] = {"REMOTE_ADDR": peer}
         if forwarded is not None:
             extra["HTTP_X_FORWARDED_FOR"] = forwarded
         return client_address(factory.get("/", **extra))
