@@ -30,11 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from procmem import RssSampler
 
 JSON = dict[str, Any]
 
@@ -64,55 +65,6 @@ def status_kib(field: str) -> int:
 
 def status_mb(field: str) -> float:
     return round(status_kib(field) * 1024 / MB, 1)
-
-
-def _family_kib(field: str) -> int:
-    """``field`` of /proc/<pid>/smaps_rollup (Rss, Pss), summed over this process and
-    its children (the second reader of a split first import)."""
-    pids = [os.getpid()]
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            pids += [int(pid) for pid in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    total = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue  # ended between the listing and the read
-        for line in text.splitlines():
-            if line.startswith(field + ":"):
-                total += int(line.split()[1])
-    return total
-
-
-class FamilyMemory(threading.Thread):
-    """The largest sum of RSS, and of PSS, over the importing process and its children.
-
-    Each process's own peak (VmHWM) hides what they hold together while both
-    run; PSS counts a page the two share once (split between them), RSS in
-    each. Sampled every 50 ms.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak_rss_kib = 0
-        self.peak_pss_kib = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.05):
-            self.peak_rss_kib = max(self.peak_rss_kib, _family_kib("Rss"))
-            self.peak_pss_kib = max(self.peak_pss_kib, _family_kib("Pss"))
-
-    def stop(self) -> tuple[float, float]:
-        self.stopping.set()
-        self.join()
-        return (
-            round(self.peak_rss_kib * 1024 / MB, 1),
-            round(self.peak_pss_kib * 1024 / MB, 1),
-        )
 
 
 def load_average() -> list[float]:
@@ -311,11 +263,10 @@ def child(file: Path, searches: int) -> JSON:
     load_before = load_average()
     started, cpu_started = time.perf_counter(), time.process_time()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    family = FamilyMemory()
-    family.start()
-    summary = import_extraction(file)
+    # The importing process and the second reader it forks, together.
+    with RssSampler(os.getpid()) as family:
+        summary = import_extraction(file)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    family_rss, family_pss = family.stop()
     peak = status_mb("VmHWM")
     # A first import of a large text file forks a second reader (importing._SecondHalf):
     # its CPU, and its peak RSS (most of it pages it shares with this process).
@@ -339,9 +290,9 @@ def child(file: Path, searches: int) -> JSON:
         "cpu_s": round(cpu, 1),
         "helper_cpu_s": round(helper_cpu, 1),
         "helper_peak_rss_mb": round(children.ru_maxrss * 1024 / MB, 1) if helper_cpu else None,
-        # Both processes together, sampled every 50 ms (FamilyMemory).
-        "peak_rss_sum_mb": family_rss,
-        "peak_pss_sum_mb": family_pss,
+        # Both processes together, sampled every 50 ms (procmem.RssSampler).
+        "peak_rss_sum_mb": round(family.peak, 1),
+        "peak_pss_sum_mb": round(family.peak_pss, 1),
         "backend_cpu_s": (
             round(backend_after - backend_before, 1)
             if backend_after is not None and backend_before is not None

@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from procmem import RssSampler, process_tree, status_mb
+
 JSON = dict[str, Any]
 
 HERE = Path(__file__).resolve().parent
@@ -75,18 +77,6 @@ TARGETS = {
 
 def log(message: str) -> None:
     print(f"[bench_messaging] {message}", file=sys.stderr, flush=True)
-
-
-def status_mb(field: str, pid: int | str = "self") -> float:
-    """A ``/proc/<pid>/status`` value (VmRSS, VmHWM), in MB; 0 if the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / MB
-    return 0.0
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -322,25 +312,6 @@ def free_port() -> int:
         return port
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (gunicorn's master and workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, queue = [], [root]
-    while queue:
-        pid = queue.pop()
-        found.append(pid)
-        queue += children.get(pid, [])
-    return found
-
-
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
     """utime + stime of each of these processes (``/proc/<pid>/stat``), in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -403,69 +374,6 @@ class CpuMeter:
             "server_cpu_ms_per_message": round(1000 * self.server / messages, 2),
             "postgresql_cpu_ms_per_message": round(1000 * self.database / messages, 2),
         }
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size: pages shared since gunicorn's fork counted once in all."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024 / MB
-    return 0.0
-
-
-class RssSampler:
-    """Peaks over gunicorn's processes, sampled every 50 ms while active.
-
-    ``peak`` is the largest sum of VmRSS over the master and the workers (pages
-    shared since the fork are counted in each process), ``peak_workers`` the
-    same over the workers only, ``peak_pss`` the largest sum of PSS (each
-    shared page counted once: the memory really used), ``peak_process`` the
-    largest VmRSS of one process.
-    """
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _measure(self) -> None:
-        pids = process_tree(self.root)
-        rss = {pid: status_mb("VmRSS", pid) for pid in pids}
-        self.peak = max(self.peak, sum(rss.values()))
-        workers = sum(v for pid, v in rss.items() if pid != self.root)
-        self.peak_workers = max(self.peak_workers, workers)
-        self.peak_process = max(self.peak_process, *rss.values())
-        self.peak_pss = max(self.peak_pss, sum(pss_mb(pid) for pid in pids))
-
-    def figures(self) -> JSON:
-        return {
-            "server_peak_rss_mb": round(self.peak, 1),
-            "server_peak_rss_workers_mb": round(self.peak_workers, 1),
-            "server_peak_pss_mb": round(self.peak_pss, 1),
-            "server_peak_rss_one_process_mb": round(self.peak_process, 1),
-        }
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
-        self._measure()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self._measure()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 @contextlib.contextmanager

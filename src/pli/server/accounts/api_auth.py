@@ -56,6 +56,7 @@ from pli.server.accounts.sessions import (
 )
 from pli.server.accounts.views import _DUMMY_HASH, _fail, _locked
 from pli.server.audit.actions import do_record_event
+from pli.server.validation import field_errors
 
 router = Router(tags=["auth"], auth=None)
 
@@ -150,12 +151,7 @@ def _checked_body(request: HttpRequest, model: type[_T]) -> _T:
         raise _Refused(
             "bad_request",
             _("Requête invalide."),
-            {
-                "errors": [
-                    {"field": ".".join(str(part) for part in e["loc"]), "type": e["type"]}
-                    for e in error.errors(include_url=False, include_input=False)
-                ]
-            },
+            {"errors": field_errors(error)},
         ) from None
 
 

@@ -482,18 +482,26 @@ def _open_personal(user: User, secret: bytes, mailbox: Mailbox | None = None) ->
     return opened
 
 
+def _member_keys(user: User, mailbox: Mailbox) -> list[tuple[MailboxKey, MailboxCertificate]]:
+    """The shared mailbox's keys wrapped to ``user``, newest first, with their certificates."""
+    rows = list(
+        MailboxKey.objects.filter(user=user, mailbox=mailbox, wrapping=MEMBER).order_by(
+            "-created_at", "-pk"
+        )
+    )
+    certificates = _certificates_by_fingerprint([row.certificate_fingerprint for row in rows])
+    return [
+        (row, certificates[row.certificate_fingerprint])
+        for row in rows
+        if row.certificate_fingerprint in certificates
+    ]
+
+
 def _open_shared(
     user: User, mailbox: Mailbox, personal: Sequence[SoftwareKey]
 ) -> list[tuple[SoftwareKey, MailboxCertificate]]:
-    rows = MailboxKey.objects.filter(user=user, mailbox=mailbox, wrapping=MEMBER).order_by(
-        "-created_at", "-pk"
-    )
-    certificates = _certificates_by_fingerprint([row.certificate_fingerprint for row in rows])
     opened: list[tuple[SoftwareKey, MailboxCertificate]] = []
-    for row in rows:
-        published = certificates.get(row.certificate_fingerprint)
-        if published is None:
-            continue
+    for row, published in _member_keys(user, mailbox):
         certificate = load_certificate(published.pem.encode())
         for member_key in personal:
             try:
@@ -530,20 +538,13 @@ def member_wrapped_keys(user: User, address: str) -> list[WrappedMailboxKey]:
     mailbox = Mailbox.objects.filter(address=normalised, kind__in=SHARED_KINDS).first()
     if mailbox is None or not Membership.objects.filter(user=user, mailbox=mailbox).exists():
         raise _not_found()
-    rows = list(
-        MailboxKey.objects.filter(user=user, mailbox=mailbox, wrapping=MEMBER).order_by(
-            "-created_at", "-pk"
-        )
-    )
-    certificates = _certificates_by_fingerprint([row.certificate_fingerprint for row in rows])
     held = [
         WrappedMailboxKey(
-            certificate=certificates[row.certificate_fingerprint],
+            certificate=published,
             envelope=bytes(row.wrapped_key),
-            current=certificates[row.certificate_fingerprint].revoked_at is None,
+            current=published.revoked_at is None,
         )
-        for row in rows
-        if row.certificate_fingerprint in certificates
+        for row, published in _member_keys(user, mailbox)
     ]
     held.sort(key=lambda item: not item.current)
     return held

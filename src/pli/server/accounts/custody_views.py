@@ -33,7 +33,6 @@ from pli.server.accounts.custody import (
 )
 from pli.server.accounts.models import Custody, User
 from pli.server.accounts.sessions import client_address
-from pli.server.audit.actions import do_record_event
 
 _TEMPLATE = "accounts/custody/unlock.html"
 
@@ -103,14 +102,7 @@ def _keys(request: HttpRequest, user: User) -> tuple[str, str]:
 
 def _failed(request: HttpRequest, user: User) -> dict[str, str]:
     """Count a wrong passphrase like a failed login: the vault is guessed at the same rate."""
-    for key in throttle.record_failure(*_keys(request, user)):
-        do_record_event(
-            "auth.lockout",
-            actor=user,
-            request=request,
-            target=key.split(":", 1)[0],
-            outcome="failure",
-        )
+    throttle.record_failure_audited(request, user, *_keys(request, user))
     return _error("bad_passphrase", _("Cette phrase n'ouvre pas votre clé."))
 
 

@@ -89,14 +89,7 @@ def _refused(
     )
     if error.code not in (*_UNAVAILABLE, "locked"):
         # The service's own unavailability is not the user's failure.
-        for key in throttle.record_failure(*_address_keys(request)):
-            do_record_event(
-                "auth.lockout",
-                actor=user,
-                request=request,
-                target=key.split(":", 1)[0],
-                outcome="failure",
-            )
+        throttle.record_failure_audited(request, user, *_address_keys(request))
     status = 503 if error.code in _UNAVAILABLE else 403
     return render(
         request,

@@ -12,9 +12,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
-from pli.server.accounts.models import Throttle
+from pli.server.accounts.models import Throttle, User
+from pli.server.audit.actions import do_record_event
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,15 @@ def record_failure(*keys: str) -> list[str]:
 def clear(*keys: str) -> None:
     """A success resets the account's counter (not the address's)."""
     Throttle.objects.filter(key__in=keys).delete()
+
+
+def record_failure_audited(request: HttpRequest, user: User | None, *keys: str) -> None:
+    """:func:`record_failure`, and an ``auth.lockout`` event for each key it locks."""
+    for key in record_failure(*keys):
+        do_record_event(
+            "auth.lockout",
+            actor=user,
+            request=request,
+            target=key.split(":", 1)[0],
+            outcome="failure",
+        )

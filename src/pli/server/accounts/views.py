@@ -84,14 +84,7 @@ def _fail(
         outcome="failure",
         detail={"factor": factor},
     )
-    for key in throttle.record_failure(*keys):
-        do_record_event(
-            "auth.lockout",
-            actor=user,
-            request=request,
-            target=key.split(":", 1)[0],
-            outcome="failure",
-        )
+    throttle.record_failure_audited(request, user, *keys)
     if throttle.locked(*keys):
         return _locked()
     if factor == "passphrase":

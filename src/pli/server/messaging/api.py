@@ -46,6 +46,7 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Delivery, Folder, MessageCopy
+from pli.server.validation import field_errors
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -206,10 +207,7 @@ def _read_body(request: HttpRequest, model: type[_T], limit: int, *, empty_ok: b
     except ValidationError as error:
         raise _bad_request(
             _("Requête invalide."),
-            errors=[
-                {"field": ".".join(str(part) for part in e["loc"]), "type": e["type"]}
-                for e in error.errors(include_url=False, include_input=False)
-            ],
+            errors=field_errors(error),
         ) from None
 
 

@@ -47,6 +47,7 @@ from pli.server.messaging.uploads import (
     max_upload_bytes,
     open_message_blob,
 )
+from pli.server.validation import field_errors
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -141,12 +142,7 @@ def _read_create(request: HttpRequest) -> UploadIn:
         raise MessagingError(
             "bad_request",
             _("Requête invalide."),
-            {
-                "errors": [
-                    {"field": ".".join(str(part) for part in e["loc"]), "type": e["type"]}
-                    for e in error.errors(include_url=False, include_input=False)
-                ]
-            },
+            {"errors": field_errors(error)},
         ) from None
 
 
