@@ -783,6 +783,7 @@ def test_refused_cards_lock_the_client_address_behind_the_proxy(configured: Card
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-AUTH-STRONG")
 def test_a_forwarded_address_is_believed_only_from_a_trusted_proxy(settings: Settings) -> None:
     from django.test import RequestFactory
 
