@@ -23,7 +23,17 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from pli.crypto import CryptoError, TrustStore, cms_fast, der, open_envelope, seal, smime
+from pli.crypto import (
+    CryptoError,
+    TrustStore,
+    cms_fast,
+    der,
+    inspect_envelope,
+    open_envelope,
+    seal,
+    sealed_for_all,
+    smime,
+)
 from pli.mime import Draft, build_inner_message
 from tests.conftest import ALICE, BOB, Pki
 
@@ -140,6 +150,40 @@ def test_every_flipped_byte_of_an_envelope_header_gets_the_full_inspection(pki: 
                 assert smime._inspect_envelope(bytes(mutated), recipient) == cipher, position
             except CryptoError as error:  # pragma: no cover - the failure itself
                 pytest.fail(f"fast inspection accepted byte {position}: {error}")
+
+
+def _server_accepts(envelope: bytes, certificates: list[Any]) -> bool:
+    """The server's full check before a send: readable, and sealed for every certificate."""
+    try:
+        info = inspect_envelope(envelope)
+        for certificate in certificates:
+            info.require_recipient(certificate)
+    except CryptoError:
+        return False
+    return True
+
+
+def test_the_servers_quick_check_accepts_only_what_the_full_inspection_accepts(pki: Pki) -> None:
+    envelope = seal(_inner(), pki.alice, [pki.bob.certificate, pki.carol.certificate])
+    everyone = [pki.alice.certificate, pki.bob.certificate, pki.carol.certificate]
+    assert sealed_for_all(envelope, everyone)
+    assert _server_accepts(envelope, everyone)
+    # A certificate the envelope was not sealed for: left to the full inspection, which refuses.
+    only_bob = seal(_inner(), pki.alice, [pki.bob.certificate])
+    assert not sealed_for_all(only_bob, everyone)
+    assert not _server_accepts(only_bob, everyone)
+    assert not sealed_for_all(envelope, [])
+    enveloped = asn1_cms.ContentInfo.load(envelope)["content"]
+    encrypted = enveloped["encrypted_content_info"]["encrypted_content"].contents
+    content_start = envelope.index(encrypted[:32])
+    for position in range(content_start):
+        for bit in (0x01, 0x80):
+            mutated = bytearray(envelope)
+            mutated[position] ^= bit
+            if sealed_for_all(bytes(mutated), everyone):
+                assert _server_accepts(bytes(mutated), everyone), position
+    for length in range(len(envelope)):
+        assert not sealed_for_all(envelope[:length], everyone)
 
 
 def test_an_unknown_signed_attribute_goes_to_the_full_checks(pki: Pki) -> None:

@@ -27,6 +27,7 @@ from pli.crypto.envelope_info import (
     EnvelopeInfo,
     EnvelopeRecipient,
     inspect_envelope,
+    sealed_for_all,
 )
 from pli.crypto.errors import (
     BlobCorrupted,
@@ -196,6 +197,7 @@ __all__ = [
     "reuse_vault_key",
     "seal",
     "seal_secret",
+    "sealed_for_all",
     "unwrap_private_key",
     "unwrap_private_key_from",
     "unwrap_private_key_with",

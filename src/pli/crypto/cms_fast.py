@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -133,14 +134,29 @@ def inspect_enveloped(data: bytes, recipient: x509.Certificate) -> str | None:
     with the structure, ``data`` inside, an accepted AES-CBC cipher, and a
     KeyTransRecipientInfo for this certificate (version 0, RSA PKCS#1 v1.5).
     """
+    return sealed_for(data, (recipient,))
+
+
+def sealed_for(data: bytes, recipients: Sequence[x509.Certificate]) -> str | None:
+    """The content cipher's name if the envelope is well formed for *every* one of
+    ``recipients``, else None.
+
+    The server's check before it accepts a send (REQ-E2E: each recipient and the
+    sender's Sent copy can be opened), made as :func:`inspect_enveloped` makes
+    it for one certificate. None also when the shape is unusual: the full
+    inspection (:func:`pli.crypto.inspect_envelope`) then decides and names the
+    missing recipient or the unsupported algorithm.
+    """
+    if not recipients:
+        return None
     try:
-        return _inspect_enveloped(data, recipient)
+        wanted = [_own_issuer_and_serial(recipient) for recipient in recipients]
+        return _inspect_enveloped(data, wanted)
     except ValueError:  # NotSimpleDer, or a damaged certificate: the full path decides
         return None
 
 
-def _inspect_enveloped(buf: bytes, recipient: x509.Certificate) -> str | None:
-    ours = _own_issuer_and_serial(recipient)
+def _inspect_enveloped(buf: bytes, wanted: list[tuple[bytes, int]]) -> str | None:
     fields = _content_info(buf, _ENVELOPED_DATA)
     # version, recipientInfos, encryptedContentInfo: no originatorInfo [0] and
     # no unprotectedAttrs [1] (rare; the full path handles them).
@@ -151,10 +167,14 @@ def _inspect_enveloped(buf: bytes, recipient: x509.Certificate) -> str | None:
     content = der.children(buf, der.expect(fields, 2, der.SEQUENCE))
     if len(content) != 3 or der.oid(buf, content[0]) != _DATA:
         return None
-    cipher = _CIPHERS.get(der.algorithm(buf, content[1])[0])
-    if cipher is None or content[2][0] != der.context(0, constructed=False):
+    cipher_oid, iv = der.algorithm(buf, content[1])
+    cipher = _CIPHERS.get(cipher_oid)
+    # RFC 3565 §4.1: the parameters of AES-CBC are the 16-byte IV, an OCTET STRING.
+    if cipher is None or iv is None or iv[:2] != b"\x04\x10" or len(iv) != 18:
         return None
-    found = False
+    if content[2][0] != der.context(0, constructed=False):
+        return None
+    found = [False] * len(wanted)
     every_v0 = True
     for info in infos:
         # Every KeyTransRecipientInfo is read whole, ours or not (stricter than
@@ -167,15 +187,18 @@ def _inspect_enveloped(buf: bytes, recipient: x509.Certificate) -> str | None:
         ktri_version = der.small_integer(buf, ktri[0])
         every_v0 = every_v0 and ktri_version == 0
         key_algorithm, parameters = der.algorithm(buf, ktri[2])
-        if _issuer_and_serial_matches(buf, ktri[1], ours) and not found:
+        for index, issuer_and_serial in enumerate(wanted):
+            # The first RecipientInfo naming a certificate is the one its holder uses.
+            if found[index] or not _issuer_and_serial_matches(buf, ktri[1], issuer_and_serial):
+                continue
             # RFC 5652 §6.2.1: version 0 with an IssuerAndSerialNumber.
             if ktri_version != 0:
                 return None
             if key_algorithm != _RSA_ENCRYPTION or parameters not in (None, _NULL):
                 return None
-            found = True
+            found[index] = True
     # RFC 5652 §6.1: version 0 exactly when every recipient info is a v0 ktri.
-    if not found or (version == 0) != every_v0 or version not in (0, 2):
+    if not all(found) or (version == 0) != every_v0 or version not in (0, 2):
         return None
     return cipher
 

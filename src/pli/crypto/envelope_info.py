@@ -16,11 +16,13 @@ so "the server accepted it for you" and "your key opens it" cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 
+from pli.crypto import cms_fast
 from pli.crypto.errors import MalformedEnvelope, NotARecipient, UnsupportedAlgorithm
 from pli.crypto.keys import Certificate, certificate_der
 from pli.crypto.smime import _ACCEPTED_CONTENT_CIPHERS, _check_versions, _matches
@@ -161,10 +163,24 @@ def inspect_envelope(der: bytes) -> EnvelopeInfo:
         raise MalformedEnvelope(f"unreadable CMS structure: {error}") from None
 
 
+def sealed_for_all(der: bytes, certificates: Sequence[Certificate]) -> bool:
+    """Whether the envelope is well formed and holds a RecipientInfo Pli's clients open
+    for *every* one of ``certificates``, read directly from its DER.
+
+    The common case of the server's check before accepting a send, without
+    asn1crypto (a tenth of the cost; :mod:`pli.crypto.cms_fast`). It only ever
+    accepts: False means "not in the usual shape, or not for everyone", and the
+    caller then runs :func:`inspect_envelope` and
+    :meth:`EnvelopeInfo.require_recipient`, which name what is wrong.
+    """
+    return cms_fast.sealed_for(der, certificates) is not None
+
+
 __all__ = [
     "ACCEPTED_CONTENT_ENCRYPTION",
     "ACCEPTED_KEY_TRANSPORT",
     "EnvelopeInfo",
     "EnvelopeRecipient",
     "inspect_envelope",
+    "sealed_for_all",
 ]

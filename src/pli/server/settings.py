@@ -49,7 +49,8 @@ MIDDLEWARE = [
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Django's, with the user read in the session's own query (accounts/session_auth.py).
+    "pli.server.accounts.session_auth.AuthenticationMiddleware",
     "pli.server.accounts.sessions.SessionGuardMiddleware",
     "pli.server.accounts.middleware.EnrolmentGateMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -120,6 +121,10 @@ BLOB_DIR = Path(setting("BLOB_DIR") or DATA_DIR / "blobs")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Database sessions, loaded with their registry record, user and charter state in one
+# query (accounts/session_auth.py; the session rules of accounts/sessions.py).
+SESSION_ENGINE = "pli.server.accounts.session_auth"
+AUTHENTICATION_BACKENDS = ["pli.server.accounts.session_auth.SessionUserBackend"]
 SESSION_COOKIE_HTTPONLY = True
 # Lax, not Strict: the OpenID Connect provider sends the browser back with a
 # top-level GET that must carry the session (state, nonce); Lax still keeps

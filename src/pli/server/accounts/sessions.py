@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from pli.server.accounts import throttle
 from pli.server.accounts.models import Charter, CharterAcknowledgement, User, UserSession
+from pli.server.accounts.session_auth import BACKEND, loaded_record
 from pli.server.accounts.tokens import session_key_hash
 from pli.server.audit.actions import do_record_event
 
@@ -85,7 +86,7 @@ def complete_login(request: HttpRequest, user: User, method: str) -> UserSession
     """Every factor is passed: open the session, register it, audit it."""
     request.session.pop(PENDING, None)
     request.session.pop(ENROLLING, None)
-    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    login(request, user, backend=BACKEND)
     request.session[AUTH_AT] = int(time.time())
     request.session.save()  # the key exists from here on
     now = timezone.now()
@@ -210,7 +211,13 @@ class SessionGuardMiddleware:
         return self.get_response(request)
 
     def _check(self, request: HttpRequest) -> str | None:
-        record = _record_and_charter(request)
+        # Read with the session itself (session_auth.SessionStore), else asked now.
+        loaded = loaded_record(request)
+        record: UserSession | None
+        if loaded is not None:
+            record, vars(request)[CHARTER_DUE] = loaded
+        else:
+            record = _record_and_charter(request)
         if record is None or record.revoked_at is not None:
             return "revoked"
         now = timezone.now()
