@@ -17,7 +17,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from pli.server.accounts.models import Charter, User, UserSession
-from pli.server.accounts.session_auth import SessionStore, SessionUserBackend, _LOADED_USER
+from pli.server.accounts.session_auth import _LOADED_USER, SessionStore, SessionUserBackend
 from tests.accounts_support import PASSPHRASE, make_account, signed_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.requirement("REQ-AUTH-STRONG")]
