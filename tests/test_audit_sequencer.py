@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from django.utils import timezone
 
 from pli.client.cli import main
 from pli.crypto import generate_signing_key
+from pli.server.audit import actions as audit_actions
 from pli.server.audit import keys
 from pli.server.audit.actions import (
     do_record_event,
@@ -170,6 +172,50 @@ def test_on_postgresql_concurrent_deferred_and_direct_appends_lose_nothing(
     assert seqs() == list(range(1, threads * appends + 1))
     report = verify_trail([keys.verifying_key_from_file(audit_key)])
     assert report.events == threads * appends and report.last_checkpoint_seq is not None
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_concurrent_commits_share_sequencer_runs_and_leave_nothing_pending(
+    audit_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgresql_only()
+    runs: list[int] = []
+    chain = audit_actions.sequence_pending_events
+
+    def slow_sequencer(batch: int = audit_actions.SEQUENCE_BATCH) -> int:
+        runs.append(threading.get_ident())
+        time.sleep(0.02)  # long enough for the other threads' commits to find it busy
+        return chain(batch)
+
+    monkeypatch.setattr(audit_actions, "sequence_pending_events", slow_sequencer)
+    threads, appends = 6, 10
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        try:
+            start.wait()
+            for n in range(appends):
+                do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+    assert errors == []
+    # Fewer runs than commits (a busy sequencer runs once more for the others), and
+    # still every event chained by the time the last committer returned.
+    assert 0 < len(runs) < threads * appends
+    assert pending_events() == 0
+    assert seqs() == list(range(1, threads * appends + 1))
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events == threads * appends
 
 
 @pytest.mark.requirement("REQ-TRACE")

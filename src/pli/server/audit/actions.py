@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -460,17 +461,37 @@ def do_record_event_deferred(
     transaction.on_commit(sequence_after_commit)
 
 
+#: One sequencer at a time per process; a commit that finds it busy asks it for one more run.
+_SEQUENCING = threading.Lock()
+_SEQUENCE_AGAIN = threading.Event()
+
+
 def sequence_after_commit() -> None:
     """The sequencer run by the request that committed journal rows: never fails the action.
 
     The action is committed (a ``201`` means stored): if chaining fails here,
     the events stay in the journal, committed, and the next run (another
     action's, ``pli audit verify``, the daily job) chains them.
+
+    Coalesced per process (decision 0010): while one thread runs the
+    sequencer, another thread's commit only asks for one more run, which the
+    running thread makes before it lets go, so no commit is left unchained
+    and a busy worker chains several sends per round trip instead of one.
+    The flag is raised before the lock is tried, and checked after it is
+    released: whichever order two threads take, one of them runs again.
     """
-    try:
-        sequence_pending_events()
-    except Exception:  # the action stands; its events wait for the next run
-        logger.exception("audit: the journal could not be chained now; it will be later")
+    _SEQUENCE_AGAIN.set()
+    while _SEQUENCE_AGAIN.is_set():
+        if not _SEQUENCING.acquire(blocking=False):
+            return  # the running sequencer sees the flag and runs once more
+        try:
+            _SEQUENCE_AGAIN.clear()
+            sequence_pending_events()
+        except Exception:  # the action stands; its events wait for the next run
+            logger.exception("audit: the journal could not be chained now; it will be later")
+            return
+        finally:
+            _SEQUENCING.release()
 
 
 def sequence_pending_events(batch: int = SEQUENCE_BATCH) -> int:
