@@ -578,7 +578,7 @@ _ECHO_SERVER = textwrap.dedent(
 
     class Echo(BaseApplication):
         def load_config(self):
-            # As `pli serve` does (pli.server.commands.run_server).
+            # As `pli serve` does (pli.server.serve.run).
             self.cfg.set("bind", sys.argv[1])
             self.cfg.set("workers", 1)
             self.cfg.set("worker_class", "gthread")

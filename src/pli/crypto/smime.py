@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import TYPE_CHECKING
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
@@ -33,10 +34,6 @@ from cryptography.exceptions import UnsupportedAlgorithm as _CryptographyUnsuppo
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
-from pyhanko.sign.general import ValueErrorWithMessage
-from pyhanko.sign.validation.generic_cms import validate_sig_integrity
-from pyhanko.sign.validation.settings import KeyUsageConstraints
-from pyhanko_certvalidator.errors import InvalidCertificateError
 
 from pli.crypto import cms_fast
 from pli.crypto.errors import (
@@ -69,11 +66,24 @@ from pli.crypto.keys import (
 from pli.crypto.trust import TrustStore
 from pli.mime import MimeError, originators
 
-#: pyHanko's generic CMS validation rejects valid e-mail signatures unless told
-#: which usages an S/MIME signer needs (RFC 8550 §4.4.2 and §4.4.4).
-SMIME_KEY_USAGE = KeyUsageConstraints(
-    key_usage={"digital_signature"}, extd_key_usage={"email_protection"}
-)
+if TYPE_CHECKING:
+    from pyhanko.sign.validation.settings import KeyUsageConstraints
+
+
+@functools.cache
+def _smime_key_usage() -> KeyUsageConstraints:
+    """What an S/MIME signer's certificate must allow (RFC 8550 §4.4.2 and §4.4.4).
+
+    pyHanko's generic CMS validation rejects valid e-mail signatures unless
+    told. Imported on first use: ``pyhanko.sign`` brings about 15 MB of
+    modules (PDF signing, an HTTP client) that a server process answering
+    only the API never needs (issue 5's memory target).
+    """
+    from pyhanko.sign.validation.settings import KeyUsageConstraints  # noqa: PLC0415
+
+    return KeyUsageConstraints(key_usage={"digital_signature"}, extd_key_usage={"email_protection"})
+
+
 _ACCEPTED_DIGESTS = {"sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 _ACCEPTED_CONTENT_CIPHERS = {"aes128_cbc", "aes192_cbc", "aes256_cbc"}
 _SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
@@ -517,8 +527,10 @@ def _checked_signer_certificate(der: bytes) -> Certificate:
     The check depends on the certificate alone, so a recurring signer costs
     one dictionary lookup. Failures raise, and are not cached.
     """
+    from pyhanko_certvalidator.errors import InvalidCertificateError  # noqa: PLC0415
+
     try:
-        SMIME_KEY_USAGE.validate(asn1_x509.Certificate.load(der))
+        _smime_key_usage().validate(asn1_x509.Certificate.load(der))
     except InvalidCertificateError as error:
         raise SignerUsageInvalid(str(error)) from None
     except (ValueError, TypeError, KeyError):
@@ -596,6 +608,10 @@ def _verify_parts(
     _check_signature_algorithm(signer_info, digest_name)
     certificate_asn1, others = _signer_certificate(parts.signed_data, signer_info)
     digest = hashlib.new(_ACCEPTED_DIGESTS[digest_name], parts.content).digest()
+    # Loaded on first use (see _smime_key_usage): the fast path needs none of it.
+    from pyhanko.sign.general import ValueErrorWithMessage  # noqa: PLC0415
+    from pyhanko.sign.validation.generic_cms import validate_sig_integrity  # noqa: PLC0415
+
     try:
         intact, valid = validate_sig_integrity(
             signer_info, certificate_asn1, expected_content_type="data", actual_digest=digest

@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -70,43 +69,25 @@ def _prepare() -> None:
 
 
 def run_server(bind: str, workers: int) -> None:
-    """gunicorn, in this process (never Django's development server).
+    """Replace this process with gunicorn's master (:mod:`pli.server.serve`).
 
-    The application is loaded by each worker (``load()``), not by the master:
-    a master without Django is about 25 MB instead of 100. Workers are
-    ``gthread``, 4 threads each, ``PLI_WORKERS`` (default 2) of them: on 2
-    cores, two processes use both cores for Python while a request waits for
-    the database or a ``fsync`` in another thread (decision 0010).
+    ``exec``, not a child: the process id a supervisor (or a benchmark)
+    started stays the server's, and the modules this process loaded (the
+    command line's, Django's after ``pli demo``) are not carried into the
+    master.
     """
-    from gunicorn.app.base import BaseApplication  # noqa: PLC0415
-
-    from pli.server.tls import gunicorn_tls_options  # noqa: PLC0415
-
-    # TLS terminated by Pli itself (PLI_TLS_CERT_FILE/KEY_FILE), asking for an optional
-    # client certificate when PLI_CLIENT_CA_FILE is set (REQ-AUTH-CARD). Read before the
-    # workers fork, so that a bad configuration stops here.
-    tls = gunicorn_tls_options()
-
-    class PliApplication(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", bind)
-            self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
-            self.cfg.set("accesslog", "-")
-            # Query strings can hold search terms: log the path only.
-            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
-            for name, value in tls.items():
-                self.cfg.set(name, value)
-
-        def load(self) -> Any:
-            # In the worker (no preload_app): Django is imported there, after the fork.
-            from pli.server.tls import PeerCertificateMiddleware  # noqa: PLC0415
-            from pli.server.wsgi import application  # noqa: PLC0415
-
-            return PeerCertificateMiddleware(application)
-
-    PliApplication().run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # glibc raises its mmap threshold each time a large block is freed (up to 32 MiB):
+    # after the first 1 MiB body read is released, every later one comes from the
+    # threads' heaps, which keep the freed space. A 1 GiB upload then left a worker
+    # 60 MB larger; with the threshold fixed at glibc's default (128 KiB), large blocks
+    # go back to the system when freed (issue 5's memory target). Read by glibc when a
+    # process starts, hence set for the master and its workers before the exec; an
+    # operator's own value wins.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    command = [sys.executable, "-m", "pli.server.serve", "--bind", bind, "--workers", str(workers)]
+    os.execv(sys.executable, command)  # noqa: S606 - this interpreter, our own module
 
 
 @click.command("init")

@@ -38,9 +38,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse
@@ -49,6 +48,9 @@ from django.utils.translation import gettext as _
 from pli.identifiers import IdentifierError, parse_national_id
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.models import User
+
+if TYPE_CHECKING:
+    import jwt
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,8 @@ def provider_metadata() -> ProviderMetadata:
 
 
 def _jwks_client(uri: str) -> jwt.PyJWKClient:
+    import jwt  # noqa: PLC0415 - PyJWT only once OpenID Connect is used
+
     with _lock:
         client = _jwks.get(uri)
         if client is None:
@@ -315,6 +319,8 @@ def _verify_id_token(
     metadata: ProviderMetadata, id_token: str, nonce: str, access_token: str | None
 ) -> dict[str, Any]:
     """OpenID Connect Core §3.1.3.7: every check, or OidcError(oidc_token_invalid)."""
+    import jwt  # noqa: PLC0415 - PyJWT (3.8 MB) only for a server that uses OpenID Connect
+
     try:
         header = jwt.get_unverified_header(id_token)
     except jwt.PyJWTError:

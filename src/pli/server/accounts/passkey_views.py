@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pli.server.accounts import factors, passkeys, throttle
+from pli.server.accounts import factors, throttle
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.models import User
 from pli.server.accounts.sessions import (
@@ -34,6 +34,9 @@ from pli.server.accounts.views import _enrolling, _error, _fail, _locked, _next_
 
 #: The largest answer a browser sends (an attestation object with a certificate chain).
 MAX_BODY = 64 * 1024
+# ``passkeys`` (and webauthn, 6.5 MB of modules) is imported by the views that use it:
+# a server process that never sees a passkey ceremony does not load it (issue 5's
+# memory target).
 
 
 class CeremonyIn(BaseModel):
@@ -105,6 +108,8 @@ def login_options_view(request: HttpRequest) -> HttpResponse:
     if throttle.locked(*_keys(request, user)):
         return _refused(_locked(), 429)
     try:
+        from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
+
         options = passkeys.authentication_options(request, user)
     except AccountError as failure:
         return _refused(_error(failure.code, failure.message))
@@ -124,6 +129,8 @@ def login_verify_view(request: HttpRequest) -> HttpResponse:
         return _refused(_locked(), 429)
     body = _body(request)
     try:
+        from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
+
         row = passkeys.verify_passkey(request, user, body.credential) if body else None
     except AccountError as failure:  # the server cannot do WebAuthn: not the user's fault
         return _refused(_error(failure.code, failure.message))
@@ -143,6 +150,8 @@ def _register(request: HttpRequest, user: User, done: str) -> JsonResponse:
     if body is None:
         return _refused(_error("bad_request", _("Réponse du navigateur illisible.")))
     try:
+        from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
+
         passkeys.do_register_passkey(request, user, body.credential, body.name)
     except AccountError as failure:
         return _refused(_error(failure.code, failure.message))
@@ -185,6 +194,8 @@ def enrol_verify_view(request: HttpRequest) -> HttpResponse:
 
 def _registration_options(request: HttpRequest, user: User) -> HttpResponse:
     try:
+        from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
+
         return _options(passkeys.registration_options(request, user))
     except AccountError as failure:
         return _refused(_error(failure.code, failure.message))
@@ -246,6 +257,8 @@ def remove_view(request: HttpRequest, credential_id: int) -> HttpResponse:
         return HttpResponseRedirect(_reauth_url(reverse("accounts:factors")))
     user = _user(request)
     try:
+        from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
+
         passkeys.do_remove_passkey(request, user, credential_id)
     except AccountError as failure:
         return render(

@@ -1,0 +1,66 @@
+"""gunicorn's master for ``pli serve`` and ``pli demo``: a process that imports almost nothing.
+
+``pli serve`` replaces itself with ``python -m pli.server.serve`` (same
+process id, for a supervisor) once the database is prepared, so that the
+master that forks and watches the workers holds neither Django nor the
+command line's modules (click, the cryptography of the client commands):
+about 20 MB instead of 45 or, after ``pli demo``'s set-up, 100. Every
+process of the server counts in the 200 MB target of the messaging
+benchmark (issue 5, ``benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run(bind: str, workers: int) -> None:
+    """gunicorn, in this process (never Django's development server).
+
+    The application is loaded by each worker (``load()``), not by the master.
+    Workers are ``gthread``, 4 threads each, ``PLI_WORKERS`` (default 2) of
+    them: on 2 cores, two processes use both cores for Python while a request
+    waits for the database or a ``fsync`` in another thread (decision 0010).
+    """
+    from gunicorn.app.base import BaseApplication  # noqa: PLC0415
+
+    from pli.server.tls import gunicorn_tls_options  # noqa: PLC0415
+
+    # TLS terminated by Pli itself (PLI_TLS_CERT_FILE/KEY_FILE), asking for an optional
+    # client certificate when PLI_CLIENT_CA_FILE is set (REQ-AUTH-CARD). Read before the
+    # workers fork, so that a bad configuration stops here.
+    tls = gunicorn_tls_options()
+
+    class PliApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", "-")
+            # Query strings can hold search terms: log the path only.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms')
+            for name, value in tls.items():
+                self.cfg.set(name, value)
+
+        def load(self) -> Any:
+            # In the worker (no preload_app): Django is imported there, after the fork.
+            from pli.server.tls import PeerCertificateMiddleware  # noqa: PLC0415
+            from pli.server.wsgi import application  # noqa: PLC0415
+
+            return PeerCertificateMiddleware(application)
+
+    PliApplication().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pli serve", description=__doc__)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--workers", required=True, type=int)
+    arguments = parser.parse_args(argv)
+    run(arguments.bind, arguments.workers)
+
+
+if __name__ == "__main__":
+    main()
