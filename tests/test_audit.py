@@ -696,22 +696,23 @@ def test_a_long_trail_is_verified_by_forked_processes_and_a_broken_one_named_by_
 
 
 @pytest.mark.requirement("REQ-TRACE")
-def test_postgresql_prepares_the_append_once_per_session_and_asks_when_unsure(
-    audit_key: Path,
-) -> None:
+def test_postgresql_prepares_the_append_when_the_session_lost_it(audit_key: Path) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("SQLite appends without prepared statements")
+
+    def prepared() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name FROM pg_prepared_statements WHERE from_sql")
+            return {row[0] for row in cursor.fetchall()}
+
     record(1)
-    session = connection.connection
-    assert actions._prepared[session] is True
-    # A query that prepared them failed: whether the session holds them is unknown.
+    assert {"pli_audit_append", "pli_audit_last_checkpoint"} <= prepared()
+    # What psycopg does after a ROLLBACK when it prepares statements (decision 0011).
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")
-    actions._prepared[session] = False
-    record(1)  # asks, finds none, prepares them
-    assert actions._prepared[session] is True
-    actions._prepared[session] = False
-    record(1)  # asks, finds them: not prepared twice (that would fail)
+    record(1)  # finds none, prepares them in the same round trip
+    record(1)  # finds them: not prepared twice (that would fail)
+    assert {"pli_audit_append", "pli_audit_last_checkpoint"} <= prepared()
     assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 3]
     assert verify_trail(operator_key(audit_key)).events == 3
 

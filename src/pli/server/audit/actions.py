@@ -16,13 +16,13 @@ import datetime as dt
 import json
 import logging
 import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Max, Min
 from django.http import HttpRequest
 from django.utils import timezone
@@ -112,9 +112,6 @@ _APPEND = "pli_audit_append"
 _LAST_CHECKPOINT = "pli_audit_last_checkpoint"
 _APPEND_TYPES = "timestamptz, bigint, text, text, text, text, text, text, text, text, text"
 _APPEND_PARAMETERS = 11
-#: PostgreSQL sessions (raw connections) and their prepared statements: True, both
-#: prepared; False, unknown (a query that prepared them failed: ask the session).
-_prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 @cache
@@ -142,29 +139,48 @@ def _prepare_statements() -> dict[str, str]:
 
 
 @cache
-def _postgresql_append_query(prepare: frozenset[str]) -> str:
+def _prepare_if_missing() -> str:
+    """A ``DO`` block that prepares the append's statements when this session lacks them.
+
+    Asked in the append's own round trip, at every append: a session loses
+    its prepared statements when psycopg, which prepares the connection's
+    repeated statements (decision 0011), answers a ``ROLLBACK`` or a ``DROP``
+    with ``DEALLOCATE ALL``. A record of "this session has them" kept in
+    Python would then be wrong, and the ``EXECUTE`` would fail the caller's
+    transaction.
+    """
+    checks = " ".join(
+        f"IF NOT EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = '{name}')"  # noqa: S608 - ours
+        f" THEN EXECUTE '{statement.replace(chr(39), chr(39) * 2)}'; END IF;"
+        for name, statement in sorted(_prepare_statements().items())
+    )
+    return f"DO $pli$ BEGIN {checks} END $pli$"
+
+
+@cache
+def _postgresql_append_query() -> str:
     """Take the chain, chain and insert the event, read the last checkpoint: one round trip.
 
-    Statements of one query (Django's client-side binding sends them together),
-    as :func:`_head_query`: the ``INSERT`` is a later statement than the lock,
-    so under READ COMMITTED its snapshot is taken once the lock is held, and the
-    head it reads is the previous append's, committed. (A lock taken inside the
-    statement that reads the head would not do: that statement's snapshot would
-    predate the lock and could miss the previous append.) The head is only known
-    there, so the server hashes the canonical form, from the head and the text
-    Python prepared; ``do_record_event`` checks the hash against
-    :func:`event_hash` before going on. An empty trail gives no head and inserts
-    nothing: :func:`_append_postgresql` writes event #1.
+    Statements of one query (sent with client-side binding,
+    :func:`several_statements_cursor`), as :func:`_head_query`: the
+    ``INSERT`` is a later statement than the lock, so under READ COMMITTED its
+    snapshot is taken once the lock is held, and the head it reads is the
+    previous append's, committed. (A lock taken inside the statement that
+    reads the head would not do: that statement's snapshot would predate the
+    lock and could miss the previous append.) The head is only known there, so
+    the server hashes the canonical form, from the head and the text Python
+    prepared; ``do_record_event`` checks the hash against :func:`event_hash`
+    before going on. An empty trail gives no head and inserts nothing:
+    :func:`_append_postgresql` writes event #1.
 
-    The insert and the checkpoint's read are prepared statements (``prepare``
-    names those this session lacks, prepared first): planning them again at
-    every append cost more than running them.
+    The insert and the checkpoint's read are prepared statements, prepared
+    first when the session lacks them (:func:`_prepare_if_missing`): planning
+    them again at every append cost more than running them.
     """
-    statements = _prepare_statements()
     values = ", ".join(["%s"] * _APPEND_PARAMETERS)
     return "; ".join(
         [
-            *(statements[name] for name in sorted(prepare)),
+            _prepare_if_missing(),
             f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})",
             f"EXECUTE {_APPEND} ({values})",
             f"EXECUTE {_LAST_CHECKPOINT}",
@@ -199,6 +215,19 @@ def retention_days() -> int:
 
 
 # --------------------------------------------------------------------------- appending
+
+
+def several_statements_cursor() -> CursorWrapper:
+    """A cursor that binds values in the client, so that one query may hold several
+    statements with parameters (one round trip, PostgreSQL's simple query protocol).
+
+    The connection's own cursors bind on the server (prepared statements,
+    ``pli.server.config.database``), which allows one statement per query.
+    """
+    from django.db.backends.postgresql.base import Cursor  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    connection.ensure_connection()
+    return connection.make_cursor(Cursor(connection.connection))
 
 
 def _lock_head() -> tuple[int, str, int | None, int | None]:
@@ -338,24 +367,10 @@ def _append_postgresql(
     now: dt.datetime, now_us: int, fields: EventFields
 ) -> tuple[int, str, str, int | None, int | None]:
     """Lock, chain and insert in one round trip; (seq, prev hash, hash, last checkpoint)."""
-    with connection.cursor() as cursor:
-        session = connection.connection  # connected by now
-        prepared = _prepared.get(session)
-        if prepared is None:  # a new session holds no prepared statement
-            missing = frozenset(_prepare_statements())
-        elif prepared:
-            missing = frozenset()
-        else:
-            cursor.execute("SELECT name FROM pg_prepared_statements")
-            missing = frozenset(_prepare_statements()) - {row[0] for row in cursor.fetchall()}
-        if missing:
-            _prepared[session] = False  # until the query that prepares them succeeds
-        cursor.execute(
-            _postgresql_append_query(missing), [now, *fields, event_body(now_us, *fields)]
-        )
-        _prepared[session] = True
-        for _ in range(len(missing) + 1):
-            cursor.nextset()  # past the PREPAREs and the lock, to the inserted event
+    with several_statements_cursor() as cursor:
+        cursor.execute(_postgresql_append_query(), [now, *fields, event_body(now_us, *fields)])
+        cursor.nextset()  # past the DO block
+        cursor.nextset()  # and the lock, to the inserted event
         inserted = cursor.fetchone()
         cursor.nextset()
         last_checkpoint = cursor.fetchone()
@@ -528,7 +543,7 @@ def _sequence_postgresql(
     batch: int,
 ) -> tuple[list[tuple[int, str]], tuple[int, int] | None]:
     """One round trip: chain up to ``batch`` events, then read the last checkpoint."""
-    with connection.cursor() as cursor:
+    with several_statements_cursor() as cursor:
         # Two statements of one query: outside a transaction, one implicit transaction,
         # so the chain's lock is released as soon as the server has run both.
         query = f"SELECT * FROM pli_audit_sequence(%s); {_LAST_CHECKPOINT_QUERY}"  # noqa: S608
