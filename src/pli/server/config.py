@@ -68,13 +68,17 @@ def database(data: Path) -> dict[str, object]:
     url = setting("DATABASE_URL")
     if url is None:
         return {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's, with one queue for writers (pli/server/sqlite/base.py).
+            "ENGINE": "pli.server.sqlite",
             "NAME": str(data / "pli.sqlite3"),
             # WAL: readers do not block the writer (one machine, several workers).
             "OPTIONS": {
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
                 "transaction_mode": "IMMEDIATE",
             },
+            # Django's default for SQLite, said outright: pytest-django recognises the
+            # SQLite engine by Django's module path only, not this one.
+            "TEST": {"NAME": ":memory:"},
         }
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
