@@ -530,7 +530,14 @@ def run_database(
     }
     with pli_serve(env, args.workers) as (port, pid):
         url = f"http://127.0.0.1:{port}"
-        cookies, csrf = login(url, work, setup)
+        # The login verifies the passphrase with Argon2id (64 MiB each, PLI_ARGON2_*):
+        # a worker briefly holds 50-60 MB more. Measured here, and over before the
+        # next phase starts, so that it is not counted as the attachment's.
+        during_login = RssSampler(pid)
+        with during_login:
+            cookies, csrf = login(url, work, setup)
+            time.sleep(0.5)
+        result["server_during_login"] = during_login.figures()
         headers = {
             "Cookie": cookies,
             "X-CSRFToken": csrf,
