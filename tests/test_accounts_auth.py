@@ -457,3 +457,21 @@ def do_activate_enrolment_for_test(address: str, code: str) -> User:
     response = Client().post("/compte/activation/", {"address": address, "code": code})
     assert response.status_code == 302
     return User.objects.get(username=address)
+
+
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+@pytest.mark.requirement("REQ-TRACE")
+def test_guessing_activation_codes_locks_and_is_traced_as_a_failure() -> None:
+    client = Client()
+    answers = [
+        _error_code(
+            client.post(
+                "/compte/activation/",
+                {"address": "dr.inconnu@hopital.pli.test", "code": f"AAAA-BBBB-{n:04d}"},
+            )
+        )
+        for n in range(throttle.ACCOUNT_POLICY.max_failures + 1)
+    ]
+    assert answers[0] == "bad_code" and answers[-1] == "locked"
+    lockouts = AuditEvent.objects.filter(action="auth.lockout")
+    assert [(e.target, e.outcome) for e in lockouts] == [("account", "failure")]

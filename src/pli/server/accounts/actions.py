@@ -201,8 +201,8 @@ def do_activate_enrolment(address: str, code: str, request: HttpRequest) -> User
                 "accounts.activated", actor=user, request=request, target=f"user:{user.pk}"
             )
             return user
-    for key in throttle.record_failure(*keys):
-        do_record_event("auth.lockout", request=request, target=key.split(":", 1)[0])
+    # A lockout is a failure in the trail, as for the other login steps (REQ-TRACE).
+    throttle.record_failure_audited(request, None, *keys)
     raise AccountError("bad_code", _("Code d'activation incorrect ou expiré."))
 
 
