@@ -95,3 +95,11 @@ def test_an_unknown_or_expired_session_key_loads_nothing() -> None:
     assert store.load() == {}
     assert store.session_key is None  # a new key on the next save, as Django does
     assert store.loaded_user() is None
+
+
+def test_a_session_opened_with_djangos_backend_still_works() -> None:
+    # Sessions opened before session_auth name django.contrib.auth's ModelBackend.
+    user, _ = make_account("dr.ancienne-session@cabinet.pli.test")
+    client = Client()
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    assert client.get(ME).status_code == 200

@@ -124,7 +124,12 @@ X_FRAME_OPTIONS = "DENY"
 # Database sessions, loaded with their registry record, user and charter state in one
 # query (accounts/session_auth.py; the session rules of accounts/sessions.py).
 SESSION_ENGINE = "pli.server.accounts.session_auth"
-AUTHENTICATION_BACKENDS = ["pli.server.accounts.session_auth.SessionUserBackend"]
+AUTHENTICATION_BACKENDS = [
+    "pli.server.accounts.session_auth.SessionUserBackend",
+    # Sessions opened before the backend above existed name Django's own: still honoured
+    # (their user read in a query of its own) until they end, at most PLI_SESSION_MAX_HOURS.
+    "django.contrib.auth.backends.ModelBackend",
+]
 SESSION_COOKIE_HTTPONLY = True
 # Lax, not Strict: the OpenID Connect provider sends the browser back with a
 # top-level GET that must carry the session (state, nonce); Lax still keeps
