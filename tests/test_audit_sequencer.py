@@ -27,7 +27,9 @@ from pli.server.audit import keys
 from pli.server.audit.actions import (
     do_record_event,
     do_record_event_deferred,
+    do_record_events,
     do_write_checkpoint,
+    event_fields,
     pending_events,
     sequence_pending_events,
 )
@@ -243,3 +245,23 @@ def test_on_postgresql_a_send_is_one_statement_and_its_events_are_chained_when_i
     ) == ["messages.sent", "messages.delivered"]
     assert message.deliveries.count() == 1 and message.copies.count() == 2
     assert verify_trail([keys.verifying_key_from_file(audit_key)]).events >= 2
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_several_events_appended_at_once_chain_as_one_append_each(audit_key: Path) -> None:
+    do_record_event("auth.login", target="user:1")
+    with transaction.atomic():
+        do_record_events(
+            [
+                event_fields("messages.sent", target="message:a", detail={"recipients": 2}),
+                event_fields("messages.delivered", target="message:a", detail={"deliveries": 2}),
+            ]
+        )
+    chained = list(AuditEvent.objects.order_by("seq"))
+    assert [(e.seq, e.action) for e in chained] == [
+        (1, "auth.login"),
+        (2, "messages.sent"),
+        (3, "messages.delivered"),
+    ]
+    assert [e.prev_hash for e in chained[1:]] == [e.hash for e in chained[:-1]]
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events == 3

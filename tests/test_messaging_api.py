@@ -45,7 +45,7 @@ from pli.identifiers import nir_key
 from pli.mime import Draft, build_inner_message, parse_inner_message
 from pli.server.accounts import lifecycle
 from pli.server.accounts.models import Membership, Role, User
-from pli.server.audit.actions import do_record_event
+from pli.server.audit.actions import do_record_events
 from pli.server.audit.models import AuditEvent
 from pli.server.blobs import (
     BlobDigestMismatch,
@@ -807,14 +807,15 @@ def test_an_oversized_body_is_refused_before_it_is_read(
 def test_a_transaction_that_fails_leaves_no_blob_behind(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = do_record_event
+    original = do_record_events
 
-    def failing(action: str, **kwargs: Any) -> Any:
-        if action == "messages.delivered":
+    def failing(events: Any) -> Any:
+        # EventFields: (actor_id, username, role, action, …): the send's second event fails.
+        if any(fields[3] == "messages.delivered" for fields in events):
             raise RuntimeError("the database went away")
-        return original(action, **kwargs)
+        return original(events)
 
-    monkeypatch.setattr(messaging_actions, "do_record_event", failing)  # the action's own name
+    monkeypatch.setattr(messaging_actions, "do_record_events", failing)  # the action's own name
     with pytest.raises(RuntimeError, match="went away"):
         do_send_message(world.a, A, [B], a_to_b(world))
     assert stored_state(world.blob_dir) == (0, 0, 0, [])
