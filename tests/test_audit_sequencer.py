@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,28 @@ def pending(action: str = "messages.sent", target: str = "message:x") -> AuditPe
 
 def seqs() -> list[int]:
     return list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
+
+
+def in_threads(threads: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run ``work(0)`` … ``work(threads - 1)`` at once, each on its own connection; the errors."""
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run(number: int) -> None:
+        try:
+            start.wait()
+            work(number)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return errors
 
 
 @pytest.mark.requirement("REQ-TRACE")
@@ -146,30 +169,16 @@ def test_on_postgresql_concurrent_deferred_and_direct_appends_lose_nothing(
     _postgresql_only()
     monkeypatch.setenv("PLI_AUDIT_CHECKPOINT_EVENTS", "7")
     threads, appends = 6, 25
-    start = threading.Barrier(threads)
-    errors: list[BaseException] = []
 
     def worker(number: int) -> None:
-        try:
-            start.wait()
-            for n in range(appends):
-                if number % 2 or n % 5 == 0:
-                    do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
-                else:
-                    with transaction.atomic():
-                        do_record_event("auth.login", target=f"user:{number}")
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
-        finally:
-            connection.close()
+        for n in range(appends):
+            if number % 2 or n % 5 == 0:
+                do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
+            else:
+                with transaction.atomic():
+                    do_record_event("auth.login", target=f"user:{number}")
 
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-
-    assert errors == []
+    assert in_threads(threads, worker) == []
     assert pending_events() == 0  # every committer chained, or found its events chained
     assert seqs() == list(range(1, threads * appends + 1))
     report = verify_trail([keys.verifying_key_from_file(audit_key)])
@@ -192,26 +201,12 @@ def test_on_postgresql_concurrent_commits_share_sequencer_runs_and_leave_nothing
 
     monkeypatch.setattr(audit_actions, "sequence_pending_events", slow_sequencer)
     threads, appends = 6, 10
-    start = threading.Barrier(threads)
-    errors: list[BaseException] = []
 
     def worker(number: int) -> None:
-        try:
-            start.wait()
-            for n in range(appends):
-                do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
-        finally:
-            connection.close()
+        for n in range(appends):
+            do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
 
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-
-    assert errors == []
+    assert in_threads(threads, worker) == []
     # Fewer runs than commits (a busy sequencer runs once more for the others), and
     # still every event chained by the time the last committer returned.
     assert 0 < len(runs) < threads * appends

@@ -331,17 +331,9 @@ def do_record_events(events: Sequence[EventFields]) -> None:
         return
     every_events, every_us = checkpoint_every_events(), checkpoint_every_minutes() * 60_000_000
     with transaction.atomic(savepoint=False):
-        seq, hash_, checkpoint_seq, checkpoint_us = _lock_head()
         now = timezone.now()
         now_us = (now - EPOCH) // MICROSECOND
-        at = connection.ops.adapt_datetimefield_value(now)
-        rows = []
-        for fields in events:
-            previous, seq = hash_, seq + 1
-            hash_ = event_hash(seq, now_us, *fields, previous)
-            rows.append([seq, at, *fields, previous, hash_])
-        with connection.cursor() as cursor:
-            cursor.executemany(_insert_query(), rows)
+        seq, _previous, hash_, checkpoint_seq, checkpoint_us = _append_sqlite(now, now_us, events)
         if _checkpoint_due(seq, now_us, checkpoint_seq, checkpoint_us, every_events, every_us):
             _write_checkpoint(seq, hash_, now)
 
@@ -354,29 +346,40 @@ def _append(fields: EventFields) -> AuditEvent:
     # of the append (the target is under 1 ms per request), and nothing listens to
     # this model's signals.
     with transaction.atomic(savepoint=False):
+        now = timezone.now()
+        now_us = (now - EPOCH) // MICROSECOND
         if connection.vendor == "postgresql":
-            now = timezone.now()
-            now_us = (now - EPOCH) // MICROSECOND
             seq, last_hash, hash_, checkpoint_seq, checkpoint_us = _append_postgresql(
                 now, now_us, fields
             )
         else:
-            last_seq, last_hash, checkpoint_seq, checkpoint_us = _lock_head()
-            now = timezone.now()
-            now_us = (now - EPOCH) // MICROSECOND
-            seq = last_seq + 1
-            hash_ = event_hash(seq, now_us, *fields, last_hash)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _insert_query(),
-                    [seq, connection.ops.adapt_datetimefield_value(now), *fields, last_hash, hash_],
-                )
+            seq, last_hash, hash_, checkpoint_seq, checkpoint_us = _append_sqlite(
+                now, now_us, [fields]
+            )
         event = AuditEvent.from_db(
             connection.alias, _EVENT_COLUMNS, (seq, now, *fields, last_hash, hash_)
         )
         if _checkpoint_due(seq, now_us, checkpoint_seq, checkpoint_us, every_events, every_us):
             _write_checkpoint(seq, hash_, now)
     return event
+
+
+def _append_sqlite(
+    now: dt.datetime, now_us: int, events: Sequence[EventFields]
+) -> tuple[int, str, str, int | None, int | None]:
+    """Chain events after the head (the transaction holds the database's write lock)
+    and insert them in one statement; (last seq, its prev hash, its hash, last checkpoint)."""
+    seq, hash_, checkpoint_seq, checkpoint_us = _lock_head()
+    at = connection.ops.adapt_datetimefield_value(now)
+    previous = hash_
+    rows = []
+    for fields in events:
+        previous, seq = hash_, seq + 1
+        hash_ = event_hash(seq, now_us, *fields, previous)
+        rows.append([seq, at, *fields, previous, hash_])
+    with connection.cursor() as cursor:
+        cursor.executemany(_insert_query(), rows)
+    return seq, previous, hash_, checkpoint_seq, checkpoint_us
 
 
 def _checkpoint_due(  # noqa: PLR0917 - the head, the last checkpoint, the policy

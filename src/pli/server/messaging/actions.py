@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Model, Q
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -495,6 +495,60 @@ def _send_events(
     ]
 
 
+def _new_message(
+    user: User, sender: Mailbox, stored: StoredBlob, hashed_patient: str, parent: Message | None
+) -> Message:
+    """The message's row as a send stores it (not saved yet): routing metadata only."""
+    return Message(
+        public_id=new_message_id(),
+        sender_mailbox=sender,
+        sender_address=sender.address,
+        sender_user=user,
+        sender_person=user.get_username(),
+        created_at=timezone.now(),
+        size=stored.size,
+        envelope_blob=stored.blob_id,
+        envelope_sha256=stored.sha256,
+        thread_id=parent.thread_id if parent else new_thread_id(),
+        in_reply_to=parent,
+        patient_key=hashed_patient,
+    )
+
+
+def _sent_detail(
+    message: Message, sender: Mailbox, targets: Sequence[Mailbox], *, blobs: int
+) -> dict[str, str | int]:
+    """The ``messages.sent`` event's detail: codes and counts, never content (REQ-TRACE)."""
+    return {
+        "mailbox": sender.pk,
+        "recipients": len(targets),
+        "size": message.size,
+        "reply": int(message.in_reply_to_id is not None),
+        "opposition_check": int(bool(message.patient_key)),
+        "blobs": blobs,
+    }
+
+
+def _stored(instance: Model, pk: int) -> None:
+    """An instance written by our own ``INSERT … RETURNING``, marked as ``save()`` marks it."""
+    instance.pk = pk
+    instance._state.adding = False
+    instance._state.db = connection.alias
+
+
+def _delivered(message: Message, mailbox: Mailbox, pk: int) -> Delivery:
+    """A local delivery, stored under ``pk``: delivered when the message was sent."""
+    delivery = Delivery(
+        message=message,
+        recipient_mailbox=mailbox,
+        recipient_address=mailbox.address,
+        state=DeliveryState.DELIVERED,
+        delivered_at=message.created_at,
+    )
+    _stored(delivery, pk)
+    return delivery
+
+
 @cache
 def _store_at_once_query() -> str:
     """The message, its deliveries, the copies and the journal's two events: one statement.
@@ -537,33 +591,13 @@ def _store_message_at_once(
     parent: Message | None,
     request: HttpRequest | None,
 ) -> Message:
-    now = timezone.now()
-    message = Message(
-        public_id=new_message_id(),
-        sender_mailbox=sender,
-        sender_address=sender.address,
-        sender_user=user,
-        sender_person=user.get_username(),
-        created_at=now,
-        size=stored.size,
-        envelope_blob=stored.blob_id,
-        envelope_sha256=stored.sha256,
-        thread_id=parent.thread_id if parent else new_thread_id(),
-        in_reply_to=parent,
-        patient_key=hashed_patient,
-    )
+    message = _new_message(user, sender, stored, hashed_patient, parent)
+    now = message.created_at
     events = _send_events(
         user,
         request,
         f"message:{message.public_id}",
-        {
-            "mailbox": sender.pk,
-            "recipients": len(targets),
-            "size": stored.size,
-            "reply": int(parent is not None),
-            "opposition_check": int(bool(hashed_patient)),
-            "blobs": 0,
-        },
+        _sent_detail(message, sender, targets, blobs=0),
         len(targets),
     )
     with connection.cursor() as cursor:
@@ -595,24 +629,9 @@ def _store_message_at_once(
             ],
         )
         rows = cursor.fetchall()
-    message.pk = rows[0][0]
-    message._state.adding = False  # stored above, as save() would mark it
-    message._state.db = connection.alias
+    _stored(message, rows[0][0])
     by_pk = {mailbox.pk: mailbox for mailbox in targets}
-    deliveries = []
-    for _message, delivery_pk, mailbox_pk in rows:
-        mailbox = by_pk[mailbox_pk]
-        delivery = Delivery(
-            pk=delivery_pk,
-            message=message,
-            recipient_mailbox=mailbox,
-            recipient_address=mailbox.address,
-            state=DeliveryState.DELIVERED,
-            delivered_at=now,
-        )
-        delivery._state.adding = False
-        delivery._state.db = connection.alias
-        deliveries.append(delivery)
+    deliveries = [_delivered(message, by_pk[mailbox_pk], pk) for _m, pk, mailbox_pk in rows]
     return _with_deliveries(message, deliveries)
 
 
@@ -650,9 +669,7 @@ def _insert_rows(message: Message, sender: Mailbox, targets: Sequence[Mailbox]) 
         )
         row = cursor.fetchone()
         assert row is not None  # noqa: S101 - an INSERT … RETURNING returns its row
-        message.pk = row[0]
-        message._state.adding = False  # stored above, as save() would mark it
-        message._state.db = connection.alias
+        _stored(message, row[0])
         cursor.execute(
             f"INSERT INTO {quote(Delivery._meta.db_table)} (message_id,"  # noqa: S608 - our names
             " recipient_mailbox_id, recipient_address, state, delivered_at) VALUES "
@@ -666,19 +683,7 @@ def _insert_rows(message: Message, sender: Mailbox, targets: Sequence[Mailbox]) 
         )
         # RETURNING's order is not promised: matched by mailbox (one delivery each).
         delivery_pks = {mailbox_pk: pk for pk, mailbox_pk in cursor.fetchall()}
-        deliveries = []
-        for mailbox in targets:
-            delivery = Delivery(
-                pk=delivery_pks[mailbox.pk],
-                message=message,
-                recipient_mailbox=mailbox,
-                recipient_address=mailbox.address,
-                state=DeliveryState.DELIVERED,
-                delivered_at=message.created_at,
-            )
-            delivery._state.adding = False
-            delivery._state.db = connection.alias
-            deliveries.append(delivery)
+        deliveries = [_delivered(message, m, delivery_pks[m.pk]) for m in targets]
         copies = [(sender.pk, None, Folder.SENT, True)] + [
             (d.recipient_mailbox_id, d.pk, Folder.INBOX, False) for d in deliveries
         ]
@@ -706,21 +711,7 @@ def _store_message(
     request: HttpRequest | None,
     blobs: Sequence[str] = (),
 ) -> Message:
-    now = timezone.now()
-    message = Message(
-        public_id=new_message_id(),
-        sender_mailbox=sender,
-        sender_address=sender.address,
-        sender_user=user,
-        sender_person=user.get_username(),
-        created_at=now,
-        size=stored.size,
-        envelope_blob=stored.blob_id,
-        envelope_sha256=stored.sha256,
-        thread_id=parent.thread_id if parent else new_thread_id(),
-        in_reply_to=parent,
-        patient_key=hashed_patient,
-    )
+    message = _new_message(user, sender, stored, hashed_patient, parent)
     deliveries = _insert_rows(message, sender, targets)
     attached = attach_uploads(user, message, blobs)
     do_record_events(
@@ -728,14 +719,7 @@ def _store_message(
             user,
             request,
             f"message:{message.public_id}",
-            {
-                "mailbox": sender.pk,
-                "recipients": len(targets),
-                "size": stored.size,
-                "reply": int(parent is not None),
-                "opposition_check": int(bool(hashed_patient)),
-                "blobs": len(attached),
-            },
+            _sent_detail(message, sender, targets, blobs=len(attached)),
             len(deliveries),
         )
     )
