@@ -115,3 +115,13 @@ def member_client(db: None) -> Any:
     client = Client()
     client.force_login(user)
     return client
+
+
+@pytest.fixture(params=["database", "blob_store"])
+def envelope_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Messaging tests that take it run twice (decision 0013): small envelopes
+    kept in the database (the default), then every envelope in the blob store."""
+    storage: str = request.param
+    if storage == "blob_store":
+        monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", "0")
+    return storage

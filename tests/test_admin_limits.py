@@ -60,8 +60,10 @@ def test_operator_roles_get_no_message_through_the_api_or_the_console(
     # Administrators see routing metadata only; the others do not even see that.
     assert page.status_code == (200 if role == Role.OPERATOR_ADMIN else 403)
     html = page.content.decode()
-    # Neither the blob id nor any way to download the envelope.
-    assert message.envelope_blob not in html
+    # Neither the blob id (when the envelope is in the blob store) nor its digest, nor
+    # any way to download the envelope.
+    for hidden in filter(None, (message.envelope_blob, message.envelope_sha256)):
+        assert hidden not in html
     assert f"/api/messages/{message_id}/envelope" not in html
 
 

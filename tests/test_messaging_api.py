@@ -55,13 +55,14 @@ from pli.server.blobs import (
     LocalBlobStore,
 )
 from pli.server.compliance.actions import do_record_opposition
+from pli.server.config import ConfigurationError
 from pli.server.directory.actions import do_publish_mailbox_certificate
 from pli.server.directory.models import Mailbox, Organisation
 from pli.server.messaging import actions as messaging_actions
 from pli.server.messaging import api as messaging_api
 from pli.server.messaging.access import MessagingError
 from pli.server.messaging.actions import do_send_message
-from pli.server.messaging.models import Delivery, Message, MessageCopy
+from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
 from tests.accounts_support import make_account, signed_in
 from tests.conftest import ALICE, Pki
 
@@ -125,12 +126,25 @@ def blob_files(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
+def envelope_place(message: Message) -> str:
+    """Where a message's envelope is kept: its blob file, or its row (decision 0013)."""
+    if message.envelope_blob:
+        return f"{message.envelope_blob[:2]}/{message.envelope_blob}"
+    return f"database:{message.pk}"
+
+
+def envelopes_kept(directory: Path) -> list[str]:
+    """Every envelope kept: files of the blob store and rows of the database."""
+    rows = MessageEnvelope.objects.values_list("message_id", flat=True)
+    return sorted(blob_files(directory) + [f"database:{pk}" for pk in rows])
+
+
 def stored_state(directory: Path) -> tuple[int, int, int, list[str]]:
     return (
         Message.objects.count(),
         Delivery.objects.count(),
         MessageCopy.objects.count(),
-        blob_files(directory),
+        envelopes_kept(directory),
     )
 
 
@@ -461,6 +475,40 @@ def test_a_message_goes_from_the_hospital_to_the_clinic_end_to_end(world: World)
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-AT-REST")
+def test_small_envelopes_are_kept_in_the_database_larger_ones_in_the_blob_store(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = world.client(world.a), world.client(world.b)
+    envelope = a_to_b(world)
+    monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", str(len(envelope)))  # the limit: kept
+    in_database = send(alice, A, [B], envelope).json()["id"]
+    monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", str(len(envelope) - 1))
+    in_file = send(alice, A, [B], envelope).json()["id"]
+    first, second = (Message.objects.get(public_id=i) for i in (in_database, in_file))
+    assert first.envelope_blob == "" and second.envelope_blob != ""
+    assert envelopes_kept(world.blob_dir) == sorted(
+        [f"database:{first.pk}", envelope_place(second)]
+    )
+    kept = MessageEnvelope.objects.get(message_id=first.pk)
+    assert bytes(kept.data) == envelope  # the ciphertext as sealed, nothing else
+    for message_id in (in_database, in_file):
+        assert bob.get(f"{MESSAGES}/{message_id}/envelope").content == envelope
+
+    # Altered at rest: refused by the digest recorded at send, never served.
+    MessageEnvelope.objects.filter(pk=first.pk).update(data=envelope[:-1] + b"\x00")
+    damaged = bob.get(f"{MESSAGES}/{in_database}/envelope")
+    assert (damaged.status_code, damaged.json()["code"]) == (503, "envelope_unavailable")
+    MessageEnvelope.objects.filter(pk=first.pk).delete()
+    missing = bob.get(f"{MESSAGES}/{in_database}/envelope")
+    assert (missing.status_code, missing.json()["code"]) == (503, "envelope_unavailable")
+
+    monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", "-1")
+    with pytest.raises(ConfigurationError, match="ENVELOPE_IN_DATABASE_BYTES"):
+        do_send_message(world.a, A, [B], envelope)
+
+
+@pytest.mark.django_db
 @pytest.mark.requirement("REQ-CITY-HOSPITAL")
 @pytest.mark.requirement("REQ-E2E")
 def test_an_organisational_mailbox_is_read_and_answered_by_its_members(world: World) -> None:
@@ -595,7 +643,7 @@ def test_every_endpoint_the_owner_can_the_colleague_gets_404_the_outsider_401(
 @pytest.mark.django_db
 @pytest.mark.requirement("REQ-AFTER-SEND")
 def test_move_flag_and_delete_act_on_the_callers_copy_only(
-    world: World, django_capture_on_commit_callbacks: Any
+    world: World, django_capture_on_commit_callbacks: Any, envelope_storage: str
 ) -> None:
     alice, bob = world.client(world.a), world.client(world.b)
     message_id = send(alice, A, [B], a_to_b(world)).json()["id"]
@@ -621,12 +669,13 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
     assert bob.get(base).status_code == 404
     # Alice's Sent copy and Bob's delivery state remain.
     assert alice.get(base).json()["deliveries"][0]["recipient"] == B
-    (blob,) = blob_files(world.blob_dir)
+    (kept,) = envelopes_kept(world.blob_dir)
+    assert kept.startswith("database:") == (envelope_storage == "database")
     assert alice.delete(base).json()["deleted"] is False
     with django_capture_on_commit_callbacks(execute=True):
         assert alice.delete(base).json()["deleted"] is True
     assert Message.objects.count() == 0 and Delivery.objects.count() == 0
-    assert blob_files(world.blob_dir) == []
+    assert envelopes_kept(world.blob_dir) == []
     assert [e.detail for e in events("messages.deleted")] == [
         json.dumps({"mailbox": mailbox, "permanent": permanent}, separators=(",", ":"))
         for mailbox, permanent in (
@@ -636,7 +685,7 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
             (world.mailbox_a.pk, 1),
         )
     ]
-    assert blob  # it existed until the last copy went
+    assert kept  # it existed until the last copy went
 
 
 @pytest.mark.django_db
@@ -805,7 +854,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(
 @pytest.mark.django_db
 @pytest.mark.requirement("REQ-AT-REST")
 def test_a_transaction_that_fails_leaves_no_blob_behind(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World, monkeypatch: pytest.MonkeyPatch, envelope_storage: str
 ) -> None:
     original = do_record_events
 
@@ -838,7 +887,7 @@ def test_a_send_without_the_api_checks_the_same(world: World) -> None:
 @pytest.mark.django_db
 @pytest.mark.requirement("REQ-INACTIVE-DELETE")
 def test_deleting_a_mailboxs_content_keeps_what_others_still_hold(
-    world: World, django_capture_on_commit_callbacks: Any
+    world: World, django_capture_on_commit_callbacks: Any, envelope_storage: str
 ) -> None:
     alice = world.client(world.a)
     to_b = send(alice, A, [B], a_to_b(world)).json()["id"]
@@ -850,14 +899,15 @@ def test_deleting_a_mailboxs_content_keeps_what_others_still_hold(
             letter(A, [B, WARD]), world.a_key, [world.b_key.certificate, world.ward_key.certificate]
         ),
     ).json()["id"]
-    assert len(blob_files(world.blob_dir)) == 2
+    assert len(envelopes_kept(world.blob_dir)) == 2
+    assert len(blob_files(world.blob_dir)) == (2 if envelope_storage == "blob_store" else 0)
 
     with django_capture_on_commit_callbacks(execute=True):
         assert lifecycle.delete_mailbox_content(world.mailbox_b) == 2
     assert not MessageCopy.objects.filter(mailbox=world.mailbox_b).exists()
     assert not Delivery.objects.filter(recipient_address=B).exists()
     # Alice's Sent copies and the ward's copy stay, with their envelopes.
-    assert len(blob_files(world.blob_dir)) == 2
+    assert len(envelopes_kept(world.blob_dir)) == 2
     assert alice.get(f"{MESSAGES}/{to_b}").json()["deliveries"] == []
     assert [d["recipient"] for d in alice.get(f"{MESSAGES}/{to_both}").json()["deliveries"]] == [
         WARD
@@ -867,9 +917,7 @@ def test_deleting_a_mailboxs_content_keeps_what_others_still_hold(
         assert lifecycle.delete_mailbox_content(world.mailbox_a) == 2
     # The first message is held by nobody now: gone with its blob; the ward keeps the other.
     assert list(Message.objects.values_list("public_id", flat=True)) == [to_both]
-    assert blob_files(world.blob_dir) == [
-        f"{m.envelope_blob[:2]}/{m.envelope_blob}" for m in Message.objects.all()
-    ]
+    assert envelopes_kept(world.blob_dir) == [envelope_place(m) for m in Message.objects.all()]
 
 
 @pytest.mark.django_db
@@ -898,7 +946,9 @@ def test_the_admin_console_shows_routing_metadata_only(world: World) -> None:
     assert page.status_code == 200
     text = page.content.decode()
     assert B in text  # the delivery, read-only
-    for hidden in (message.envelope_blob, message.envelope_sha256, message.patient_key):
+    for hidden in filter(
+        None, (message.envelope_blob, message.envelope_sha256, message.patient_key)
+    ):
         assert hidden not in text
     assert console.get("/admin/messaging/message/add/").status_code == 403
     assert console.get(f"/admin/messaging/message/{message.pk}/delete/").status_code == 403

@@ -60,6 +60,7 @@ from pli.server.accounts import custody, operator_ca
 from pli.server.accounts.models import User
 from pli.server.messaging.actions import read_envelope
 from pli.server.messaging.models import Delivery, Message, MessageCopy
+from pli.server.messaging.uploads import MessageBlob
 from tests.accounts_support import ensure_charter
 from tests.conftest import Pki
 from tests.test_client_cli_messaging import Workstation
@@ -650,7 +651,14 @@ def test_a_letter_from_the_command_line_is_read_and_answered_in_the_web_mail(
         c_gets_404_everywhere(
             Outsider(watched_c, stage.url),
             list(messages),
-            [m.envelope_blob for m in messages.values()],
+            # The identifiers the server gives these messages' ciphertexts: the envelopes'
+            # digests and blob ids (when in the blob store), the attachments' digests.
+            [
+                *(v for m in messages.values() for v in (m.envelope_sha256, m.envelope_blob) if v),
+                *MessageBlob.objects.filter(message__in=messages.values()).values_list(
+                    "sha256", flat=True
+                ),
+            ],
         )
         assert state() == before
         assert Message.objects.count() == 4

@@ -38,7 +38,7 @@ from pli.mime import Attachment
 from pli.server.accounts import operator_ca
 from pli.server.audit.models import AuditEvent
 from pli.server.blobs import LocalBlobStore
-from pli.server.messaging.models import Message
+from pli.server.messaging.models import Message, MessageEnvelope
 from pli.server.messaging.uploads import (
     CHUNK_BYTES_MAX,
     MessageBlob,
@@ -62,7 +62,14 @@ from tests.test_client_sdk import (
     Server,
     workstation_persona,
 )
-from tests.test_messaging_api import MESSAGES, World, encoded, letter, make_world, post_json
+from tests.test_messaging_api import (
+    MESSAGES,
+    World,
+    encoded,
+    letter,
+    make_world,
+    post_json,
+)
 
 C = "dr.petit@cabinet-c.pli.test"
 UPLOADS = "/api/uploads"
@@ -117,6 +124,12 @@ def store_files(world: World) -> list[str]:
     if not root.exists():
         return []
     return sorted(p.name for p in root.rglob("*") if p.is_file() and p.parent.name != "uploads")
+
+
+def kept(world: World) -> list[str]:
+    """What the store keeps: its files and the envelopes kept in the database (decision 0013)."""
+    rows = MessageEnvelope.objects.values_list("message_id", flat=True)
+    return sorted(store_files(world) + [f"database:{pk}" for pk in rows])
 
 
 def body_of(response: Any) -> bytes:
@@ -347,17 +360,18 @@ def test_a_refused_send_leaves_its_uploads_for_another_try(world: World) -> None
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_message_deleted_by_everyone_takes_its_blobs(world: World) -> None:
+def test_a_message_deleted_by_everyone_takes_its_blobs(world: World, envelope_storage: str) -> None:
     sender = world.client(world.a)
     upload_id = upload(sender, ciphertext(700))
     message_id = send_with(world, [upload_id]).json()["id"]
-    assert len(store_files(world)) == 2  # the envelope and the attachment
+    assert len(kept(world)) == 2  # the envelope and the attachment
+    assert len(store_files(world)) == (2 if envelope_storage == "blob_store" else 1)
     for user in (world.a, world.b):
         client = world.client(user)
         client.delete(f"{MESSAGES}/{message_id}")
         client.delete(f"{MESSAGES}/{message_id}")
     assert not Message.objects.exists() and not MessageBlob.objects.exists()
-    assert store_files(world) == []
+    assert kept(world) == []
 
 
 @pytest.mark.django_db
@@ -383,7 +397,7 @@ def test_expired_uploads_are_purged_and_never_become_attachments(world: World) -
     assert summary.ok
     assert summary.data == {"uploads": 2, "bytes": 1400, "spool_files": 1, "temporary_files": 0}
     assert not Upload.objects.exists() and spool_files() == []
-    assert len(store_files(world)) == 2  # the attached blob and the envelope stay
+    assert len(kept(world)) == 2  # the attached blob and the envelope stay
     for upload_id in (waiting, complete):
         assert send_with(world, [upload_id]).json()["code"] == "blob_not_found"
     assert purge_expired_uploads(later).uploads == 0  # idempotent

@@ -62,6 +62,7 @@ from pli.server.messaging.models import (
     Folder,
     Message,
     MessageCopy,
+    MessageEnvelope,
 )
 from pli.server.messaging.uploads import attach_uploads, blob_ids_of, check_uploads
 
@@ -70,6 +71,8 @@ logger = logging.getLogger(__name__)
 MAX_RECIPIENTS_DEFAULT = 20
 #: Inline envelopes (in the JSON body); larger content goes out of the CMS (decision 0003).
 MAX_ENVELOPE_BYTES_DEFAULT = 10 * 1024 * 1024
+#: Envelopes up to this size are kept in the database, beside their message (decision 0013).
+ENVELOPE_IN_DATABASE_BYTES_DEFAULT = 64 * 1024
 #: The HTTP status of each refusal code (the API's table; codes are stable).
 STATUS = {
     "not_found": 404,
@@ -92,6 +95,21 @@ def _positive(name: str, default: int) -> int:
         raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
     if value < 1:
         raise ConfigurationError(f"PLI_{name} must be at least 1, not {value}")
+    return value
+
+
+def envelope_in_database_bytes() -> int:
+    """``PLI_ENVELOPE_IN_DATABASE_BYTES``: envelopes up to this size are kept in the database
+    (64 KiB by default; 0 puts every envelope in the blob store). Decision 0013."""
+    raw = setting("ENVELOPE_IN_DATABASE_BYTES") or str(ENVELOPE_IN_DATABASE_BYTES_DEFAULT)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"PLI_ENVELOPE_IN_DATABASE_BYTES must be a whole number, not {raw!r}"
+        ) from None
+    if value < 0:
+        raise ConfigurationError(f"PLI_ENVELOPE_IN_DATABASE_BYTES must not be negative: {value}")
     return value
 
 
@@ -427,7 +445,14 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
     blobs = check_uploads(user, asked.blobs) if asked.blobs else []
     _check_envelope(envelope_der, [sender, *targets], certificates)
 
-    stored = store.write(envelope_der, max_bytes=limit)
+    # A small envelope is written by the send's own statement and made durable by its
+    # commit (one WAL flush shared by concurrent sends); a larger one goes to the blob
+    # store first, with its own fsyncs (decision 0013).
+    in_database = envelope_der if len(envelope_der) <= envelope_in_database_bytes() else None
+    if in_database is not None:
+        stored = StoredBlob("", len(envelope_der), hashlib.sha256(envelope_der).hexdigest())
+    else:
+        stored = store.write(envelope_der, max_bytes=limit)
     # PostgreSQL, the send its own transaction, no attachment to claim under a lock:
     # one statement writes everything, its events to the audit journal (decision 0010).
     at_once = not blobs and defers_events()
@@ -438,6 +463,7 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
                 sender,
                 targets,
                 stored=stored,
+                in_database=in_database,
                 hashed_patient=hashed_patient,
                 parent=parent,
                 request=request,
@@ -449,6 +475,7 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
                     sender,
                     targets,
                     stored=stored,
+                    in_database=in_database,
                     hashed_patient=hashed_patient,
                     parent=parent,
                     request=request,
@@ -456,7 +483,8 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
                 )
     except BaseException:
         # No half-stored state: the blob goes with the rows that would have named it.
-        store.delete(stored.blob_id)
+        if stored.blob_id:
+            store.delete(stored.blob_id)
         raise
     if at_once:
         # Committed: the events take their place in the chain now, before the answer.
@@ -550,8 +578,9 @@ def _delivered(message: Message, mailbox: Mailbox, pk: int) -> Delivery:
 
 
 @cache
-def _store_at_once_query() -> str:
-    """The message, its deliveries, the copies and the journal's two events: one statement.
+def _store_at_once_query(*, with_envelope: bool) -> str:
+    """The message, its deliveries, the copies, the journal's two events and, when it is
+    kept in the database, the envelope: one statement.
 
     PostgreSQL only (data-modifying ``WITH``): outside any transaction, one
     statement is one transaction, so the send is still all or nothing, in one
@@ -562,6 +591,12 @@ def _store_at_once_query() -> str:
     message, delivery = quote(Message._meta.db_table), quote(Delivery._meta.db_table)
     copy = quote(MessageCopy._meta.db_table)
     events = pending_insert_query(2)
+    envelope = (
+        f" e AS (INSERT INTO {quote(MessageEnvelope._meta.db_table)} (message_id, data)"  # noqa: S608 - our names
+        " SELECT m.id, %s FROM m),"
+        if with_envelope
+        else ""
+    )
     return (
         f"WITH m AS (INSERT INTO {message} (public_id, sender_mailbox_id, sender_address,"  # noqa: S608 - our names
         " sender_user_id, sender_person, created_at, size, envelope_blob, envelope_sha256,"
@@ -576,7 +611,7 @@ def _store_at_once_query() -> str:
         " created_at)"
         " SELECT m.id, %s, NULL, %s, true, false, %s FROM m"
         " UNION ALL SELECT m.id, d.recipient_mailbox_id, d.id, %s, false, false, %s FROM m, d),"
-        f" a AS ({events})"
+        f"{envelope} a AS ({events})"
         " SELECT m.id, d.id, d.recipient_mailbox_id FROM m, d ORDER BY d.id"
     )
 
@@ -587,6 +622,7 @@ def _store_message_at_once(
     targets: Sequence[Mailbox],
     *,
     stored: StoredBlob,
+    in_database: bytes | None,
     hashed_patient: str,
     parent: Message | None,
     request: HttpRequest | None,
@@ -602,7 +638,7 @@ def _store_message_at_once(
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            _store_at_once_query(),
+            _store_at_once_query(with_envelope=in_database is not None),
             [
                 message.public_id,
                 sender.pk,
@@ -625,6 +661,7 @@ def _store_message_at_once(
                 now,
                 Folder.INBOX,
                 now,
+                *([] if in_database is None else [in_database]),
                 *(value for fields in events for value in (now, *fields)),
             ],
         )
@@ -635,9 +672,12 @@ def _store_message_at_once(
     return _with_deliveries(message, deliveries)
 
 
-def _insert_rows(message: Message, sender: Mailbox, targets: Sequence[Mailbox]) -> list[Delivery]:
-    """The message, its deliveries (local: delivered at once) and its copies: three
-    ``INSERT … RETURNING`` in the caller's transaction, without the ORM's per-object work.
+def _insert_rows(
+    message: Message, sender: Mailbox, targets: Sequence[Mailbox], in_database: bytes | None
+) -> list[Delivery]:
+    """The message, its deliveries (local: delivered at once), its copies and, when it is
+    kept in the database, its envelope: ``INSERT`` statements in the caller's
+    transaction, without the ORM's per-object work.
 
     On SQLite the send's transaction holds the database's writers' queue
     (decision 0012): every millisecond spent in it is one every other writer
@@ -670,6 +710,12 @@ def _insert_rows(message: Message, sender: Mailbox, targets: Sequence[Mailbox]) 
         row = cursor.fetchone()
         assert row is not None  # noqa: S101 - an INSERT … RETURNING returns its row
         _stored(message, row[0])
+        if in_database is not None:
+            cursor.execute(
+                f"INSERT INTO {quote(MessageEnvelope._meta.db_table)} (message_id, data)"  # noqa: S608 - our names
+                " VALUES (%s, %s)",
+                [message.pk, in_database],
+            )
         cursor.execute(
             f"INSERT INTO {quote(Delivery._meta.db_table)} (message_id,"  # noqa: S608 - our names
             " recipient_mailbox_id, recipient_address, state, delivered_at) VALUES "
@@ -706,13 +752,14 @@ def _store_message(
     targets: Sequence[Mailbox],
     *,
     stored: StoredBlob,
+    in_database: bytes | None,
     hashed_patient: str,
     parent: Message | None,
     request: HttpRequest | None,
     blobs: Sequence[str] = (),
 ) -> Message:
     message = _new_message(user, sender, stored, hashed_patient, parent)
-    deliveries = _insert_rows(message, sender, targets)
+    deliveries = _insert_rows(message, sender, targets, in_database)
     attached = attach_uploads(user, message, blobs)
     do_record_events(
         _send_events(
@@ -731,9 +778,16 @@ def _store_message(
 
 def read_envelope(copy: MessageCopy, store: BlobStore | None = None) -> bytes:
     """The envelope's bytes, checked against the digest recorded at send (REQ-AT-REST)."""
-    store = store or blob_store()
     message = copy.message
-    data = b"".join(store.read_chunks(message.envelope_blob))
+    if message.envelope_blob:
+        data = b"".join((store or blob_store()).read_chunks(message.envelope_blob))
+    else:  # kept in the database (decision 0013); missing reads as a failed digest
+        kept = (
+            MessageEnvelope.objects.filter(message_id=message.pk)
+            .values_list("data", flat=True)
+            .first()
+        )
+        data = b"" if kept is None else bytes(kept)
     if hashlib.sha256(data).hexdigest() != message.envelope_sha256:
         logger.error("messaging: envelope of %s fails its digest", message.public_id)
         raise _error("envelope_unavailable", _("Ce message est momentanément illisible."))
@@ -877,8 +931,9 @@ def _remove_unreferenced(message_ids: Iterable[int], store: BlobStore | None = N
     if not orphans:
         return 0
     orphan_ids = [pk for pk, _blob in orphans]
-    # The envelopes and the streamed attachments (uploads.MessageBlob) go with the rows.
-    blob_ids = [blob for _pk, blob in orphans] + blob_ids_of(orphan_ids)
+    # The envelopes and the streamed attachments (uploads.MessageBlob) go with the rows;
+    # an envelope kept in the database (no blob id) goes with its message (CASCADE).
+    blob_ids = [blob for _pk, blob in orphans if blob] + blob_ids_of(orphan_ids)
     Message.objects.filter(pk__in=orphan_ids).delete()
     target = store or blob_store()
 

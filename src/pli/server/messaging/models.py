@@ -3,11 +3,13 @@
 DESIGN "What the server sees": sender and recipient addresses, times, sizes,
 states of delivery. There is no subject, body, attachment or file name here,
 nor anywhere on the server (REQ-AT-REST, REQ-E2E): the message itself is the
-CMS envelope sealed on the sender's workstation, kept in the blob store
+CMS envelope sealed on the sender's workstation, kept either in the database
+(:class:`MessageEnvelope`, up to ``PLI_ENVELOPE_IN_DATABASE_BYTES``: written
+and made durable by the send's own commit, decision 0013) or in the blob store
 (:mod:`pli.server.blobs`) under ``envelope_blob``. The patient identifier
 declared for the opposition check is kept only as a keyed hash.
 
-Three tables:
+Three tables, and the small envelopes':
 
 * :class:`Message`: one per send, shared by everyone who has it;
 * :class:`Delivery`: one per recipient mailbox, its state (what the sender sees);
@@ -66,8 +68,9 @@ class Message(models.Model):
     created_at = models.DateTimeField(_("envoyé le"), default=timezone.now)
     #: Bytes of the envelope as stored.
     size = models.PositiveBigIntegerField(_("taille"))
-    #: Id of the CMS EnvelopedData in the blob store, and its SHA-256 (integrity, REQ-AT-REST).
-    envelope_blob = models.CharField(max_length=64)
+    #: Id of the CMS EnvelopedData in the blob store, empty when it is kept in the database
+    #: (:class:`MessageEnvelope`); its SHA-256 either way (integrity, REQ-AT-REST).
+    envelope_blob = models.CharField(max_length=64, blank=True)
     envelope_sha256 = models.CharField(max_length=64)
     thread_id = models.CharField(_("fil"), max_length=THREAD_ID_LENGTH)
     in_reply_to = models.ForeignKey(
@@ -87,6 +90,27 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return self.public_id
+
+
+class MessageEnvelope(models.Model):
+    """A small envelope's ciphertext, in the database beside its message (decision 0013).
+
+    Its own table, so that listings, which read :class:`Message` rows by the
+    page, never carry the envelopes' bytes. Only ciphertext: the CMS
+    EnvelopedData as the client sealed it (REQ-AT-REST).
+    """
+
+    message = models.OneToOneField(
+        Message, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    data = models.BinaryField()
+
+    class Meta:
+        verbose_name = _("enveloppe chiffrée")
+        verbose_name_plural = _("enveloppes chiffrées")
+
+    def __str__(self) -> str:
+        return f"{self.message_id} ({len(self.data)} octets)"
 
 
 class Delivery(models.Model):
