@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db.utils import ConnectionHandler
+from django.db.utils import ConnectionHandler, OperationalError
+
+#: The test databases' busy timeout: how long a writer waits in its process's queue.
+TIMEOUT = 1.0
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def _database(tmp_path: Path) -> Iterator[tuple[ConnectionHandler, Path]]:
             alias: {
                 "ENGINE": "pli.server.sqlite",
                 "NAME": str(name),
-                "OPTIONS": {"transaction_mode": "IMMEDIATE"},
+                "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": TIMEOUT},
             }
             for alias in ("default", "a", "b")
         }
@@ -117,4 +120,37 @@ def test_a_second_writer_waits_for_the_first_then_goes_on(
     with first.cursor() as cursor:
         cursor.execute("SELECT n FROM counter")
         assert cursor.fetchone() == (11,)
+    assert _free(lock_file)
+
+
+def test_a_writer_of_the_same_process_gives_up_after_the_timeout(
+    database: tuple[ConnectionHandler, Path],
+) -> None:
+    """Past the busy timeout, "database is locked", as from SQLite's own handler: never a
+    wait without end (a thread that opened a second connection inside its own
+    transaction would wait for itself)."""
+    handler, lock_file = database
+    first = handler["a"]
+    _begin(first)
+    outcome: list[object] = []
+
+    def second_writer() -> None:
+        second = handler["b"]  # made in this thread: connections belong to their thread
+        started = time.perf_counter()
+        try:
+            _begin(second)
+        except OperationalError as error:
+            outcome.extend([str(error), time.perf_counter() - started, second.get_autocommit()])
+        second.close()
+
+    thread = threading.Thread(target=second_writer, daemon=True)
+    thread.start()
+    thread.join(timeout=TIMEOUT + 3)
+    alive = thread.is_alive()
+    first.rollback()  # lets a writer still queued in the kernel go, whatever happened
+    first.set_autocommit(True)
+    assert not alive, "the second writer is still waiting"
+    message, waited, autocommit = outcome
+    assert message == "database is locked" and TIMEOUT <= float(str(waited)) < TIMEOUT + 2
+    assert autocommit is True  # nothing begun
     assert _free(lock_file)

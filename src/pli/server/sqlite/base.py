@@ -16,15 +16,38 @@ IMMEDIATE`` then finds the database free. The lock is released on commit,
 rollback and close, and by the kernel if the process dies. Writes outside a
 transaction (autocommit) and other programs keep SQLite's own busy handler.
 An in-memory database (the tests' default) has no file, hence no queue.
+
+Within a process, threads first queue on a lock of that process (one per
+database file), which they wait for at most the connection's ``timeout``
+(SQLite's busy timeout, 5 s by default): past it, the write fails with
+"database is locked", as SQLite's own busy handler would, instead of waiting
+for ever (a thread that opened a second connection inside its own
+transaction would otherwise wait for itself). Only that lock's holder then
+waits on the ``flock``, for the other processes' writers.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from typing import Any
 
 from django.db.backends.sqlite3 import base
+from django.db.utils import OperationalError
+
+#: Seconds a writer waits in its process's queue when the settings give no ``timeout``
+#: (the default of Python's ``sqlite3.connect``).
+DEFAULT_TIMEOUT = 5.0
+
+_process_queues: dict[str, threading.Lock] = {}
+_process_queues_lock = threading.Lock()
+
+
+def _process_queue(path: str) -> threading.Lock:
+    """The lock this process's writers of the database file ``path`` take first."""
+    with _process_queues_lock:
+        return _process_queues.setdefault(path, threading.Lock())
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -40,14 +63,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _take_writers_lock(self) -> None:
         descriptor = self._writers_file()
-        if descriptor is not None and not self._holding:
+        if descriptor is None or self._holding:
+            return
+        queue = _process_queue(str(self.settings_dict["NAME"]))
+        timeout = float(self.settings_dict["OPTIONS"].get("timeout", DEFAULT_TIMEOUT))
+        if not queue.acquire(timeout=timeout):
+            # What SQLite's busy handler gives when its timeout runs out.
+            raise OperationalError("database is locked")
+        try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
-            self._holding = True
+        except BaseException:
+            queue.release()
+            raise
+        self._holding = True
 
     def _release_writers_lock(self) -> None:
         if self._holding and self._writers is not None:
             self._holding = False
-            fcntl.flock(self._writers, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self._writers, fcntl.LOCK_UN)
+            finally:
+                _process_queue(str(self.settings_dict["NAME"])).release()
 
     def _start_transaction_under_autocommit(self) -> None:
         self._take_writers_lock()
