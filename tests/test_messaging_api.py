@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.core.management import call_command
+from django.db import connection, transaction
 from django.test import Client
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -472,6 +473,26 @@ def test_a_message_goes_from_the_hospital_to_the_clinic_end_to_end(world: World)
     assert [e.target for e in events("messages.read")] == [target]  # once: idempotent
     for event in AuditEvent.objects.filter(action__startswith="messages."):
         assert "@" not in event.detail and "Avis" not in event.detail
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolling_back_the_envelopes_table_is_refused_while_it_holds_envelopes(
+    world: World,
+) -> None:
+    bob = world.client(world.b)
+    message_id = send(world.client(world.a), A, [B], a_to_b(world)).json()["id"]
+    try:
+        with pytest.raises(RuntimeError, match="keep their envelope in the database"):
+            call_command("migrate", "messaging", "0002", verbosity=0)
+        # Nothing changed: the table and the envelope are still there.
+        assert MessageEnvelope.objects.count() == 1
+        assert bob.get(f"{MESSAGES}/{message_id}/envelope").status_code == 200
+        Message.objects.all().delete()  # the envelope goes with its message
+        assert not MessageEnvelope.objects.exists()
+        call_command("migrate", "messaging", "0002", verbosity=0)  # empty: allowed
+        assert "messaging_messageenvelope" not in connection.introspection.table_names()
+    finally:
+        call_command("migrate", "messaging", verbosity=0)
 
 
 @pytest.mark.django_db

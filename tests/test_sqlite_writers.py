@@ -18,9 +18,6 @@ from typing import Any
 import pytest
 from django.db.utils import ConnectionHandler, OperationalError
 
-#: The test databases' busy timeout: how long a writer waits in its process's queue.
-TIMEOUT = 1.0
-
 
 @pytest.fixture
 def database(tmp_path: Path, django_db_blocker: Any) -> Iterator[tuple[ConnectionHandler, Path]]:
@@ -36,7 +33,7 @@ def _database(tmp_path: Path) -> Iterator[tuple[ConnectionHandler, Path]]:
             alias: {
                 "ENGINE": "pli.server.sqlite",
                 "NAME": str(name),
-                "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": TIMEOUT},
+                "OPTIONS": {"transaction_mode": "IMMEDIATE"},
             }
             for alias in ("default", "a", "b")
         }
@@ -48,11 +45,12 @@ def _database(tmp_path: Path) -> Iterator[tuple[ConnectionHandler, Path]]:
     handler["a"].close()
 
 
-def _free(lock_file: Path) -> bool:
-    """Whether another open file description could take the writers' lock now."""
+def _free(lock_file: Path, mode: int = fcntl.LOCK_EX) -> bool:
+    """Whether another open file description could take the writers' lock now
+    (``mode`` LOCK_SH: even a shared lock, which only an exclusive holder refuses)."""
     descriptor = os.open(lock_file, os.O_RDWR)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     finally:
@@ -72,6 +70,7 @@ def test_the_lock_is_held_from_begin_to_commit_or_rollback(
     connection = handler["a"]
     _begin(connection)
     assert not _free(lock_file)
+    assert not _free(lock_file, fcntl.LOCK_SH)  # held exclusively: one writer at a time
     with connection.cursor() as cursor:
         cursor.execute("UPDATE counter SET n = n + 1")
     connection.commit()
@@ -123,34 +122,43 @@ def test_a_second_writer_waits_for_the_first_then_goes_on(
     assert _free(lock_file)
 
 
-def test_a_writer_of_the_same_process_gives_up_after_the_timeout(
+def test_a_thread_that_holds_the_queue_is_refused_a_second_turn_at_once(
     database: tuple[ConnectionHandler, Path],
 ) -> None:
-    """Past the busy timeout, "database is locked", as from SQLite's own handler: never a
-    wait without end (a thread that opened a second connection inside its own
-    transaction would wait for itself)."""
+    """A second connection of the thread that holds the queue would wait for itself for
+    ever: "database is locked" at once, as from SQLite's own handler after its timeout.
+    The first connection's transaction goes on, and the queue is free after it."""
     handler, lock_file = database
-    first = handler["a"]
-    _begin(first)
     outcome: list[object] = []
 
-    def second_writer() -> None:
-        second = handler["b"]  # made in this thread: connections belong to their thread
+    def writer_with_two_connections() -> None:
+        # Made in this thread: a ConnectionHandler's connections belong to their thread.
+        first, second = handler["a"], handler["b"]
+        _begin(first)
         started = time.perf_counter()
         try:
             _begin(second)
         except OperationalError as error:
             outcome.extend([str(error), time.perf_counter() - started, second.get_autocommit()])
+        with first.cursor() as cursor:
+            cursor.execute("UPDATE counter SET n = n + 1")
+        first.commit()
+        first.set_autocommit(True)
+        _begin(second)  # its turn now
+        second.rollback()
+        second.set_autocommit(True)
+        first.close()
         second.close()
 
-    thread = threading.Thread(target=second_writer, daemon=True)
+    # In a thread of its own, so that a regression shows as a failure, not as a hang.
+    thread = threading.Thread(target=writer_with_two_connections, daemon=True)
     thread.start()
-    thread.join(timeout=TIMEOUT + 3)
-    alive = thread.is_alive()
-    first.rollback()  # lets a writer still queued in the kernel go, whatever happened
-    first.set_autocommit(True)
-    assert not alive, "the second writer is still waiting"
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the thread waits for itself"
     message, waited, autocommit = outcome
-    assert message == "database is locked" and TIMEOUT <= float(str(waited)) < TIMEOUT + 2
-    assert autocommit is True  # nothing begun
+    assert message == "database is locked" and float(str(waited)) < 1
+    assert autocommit is True  # nothing begun on the second connection
     assert _free(lock_file)
+    with handler["a"].cursor() as cursor:
+        cursor.execute("SELECT n FROM counter")
+        assert cursor.fetchone() == (1,)

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from pytest_django.fixtures import Settings
 
 from pli.client.castore import CaDirectory
@@ -44,7 +46,7 @@ from pli.server.audit.models import AuditEvent
 from pli.server.compliance.actions import do_record_opposition
 from pli.server.directory.models import Mailbox, MailboxCertificate, Organisation
 from pli.server.messaging.actions import do_send_message, read_envelope
-from pli.server.messaging.models import Delivery, Message, MessageCopy
+from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
 from tests.accounts_support import PASSPHRASE, make_account, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -275,8 +277,12 @@ def check_sealed(world: World, message: Message) -> None:
     for secret in (b"Avis cardiologique", b"voici mon avis", b"compte-rendu", REPORT[:40]):
         assert secret not in envelope
     assert valid_nir().encode() not in envelope
-    for path in blob_files(world.blob_dir):
-        assert b"voici mon avis" not in path.read_bytes()
+    # Everything kept: blob files and envelopes in the database (decision 0013).
+    kept = [path.read_bytes() for path in blob_files(world.blob_dir)]
+    kept += map(bytes, MessageEnvelope.objects.values_list("data", flat=True))
+    assert envelope in kept
+    for data in kept:
+        assert b"voici mon avis" not in data
     # Sealed to every current certificate of the recipient and of the sending mailbox.
     info = inspect_envelope(envelope)
     for user in (world.a, world.b):
@@ -548,6 +554,23 @@ def test_a_forward_keeps_the_patient_and_its_opposition_check(world: World) -> N
     )
     assert "patient_opposed" in codes(refused)
     assert Message.objects.count() == 1
+
+
+def test_a_folder_page_reads_its_envelopes_kept_in_the_database_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    for number in range(3):
+        sent_id(compose(a, subject=f"Avis n° {number}", confirm=(B,) if number == 0 else ()))
+    monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", "0")  # one in the blob store
+    sent_id(compose(a, subject="Avis n° 3", confirm=()))
+    assert MessageEnvelope.objects.count() == 3
+    with CaptureQueriesContext(connection) as queries:
+        page = b.get(INBOX).content.decode()
+    for number in range(4):  # each opened with the vault key: its subject shown
+        assert f"Avis n° {number}" in page
+    read = [q["sql"] for q in queries.captured_queries if "messaging_messageenvelope" in q["sql"]]
+    assert len(read) == 1, read  # one query for the page, not one a row
 
 
 def test_a_reply_joins_the_thread_of_the_original(world: World) -> None:

@@ -7,9 +7,10 @@ sends, to whom, and that every mailbox involved can open what it stores
 it locally. It never decrypts anything.
 
 Every refusal raises :class:`~pli.server.messaging.access.MessagingError`
-with a stable code (docs/api/messaging.md) and leaves nothing behind: the
-envelope's blob is written before the transaction (slow I/O outside the
-audit chain's lock) and removed if the transaction fails; a refused send
+with a stable code (docs/api/messaging.md) and leaves nothing behind: a
+small envelope is written with the message's rows (decision 0013); a larger
+one goes to the blob store before the transaction (slow I/O outside the
+audit chain's lock) and is removed if the transaction fails. A refused send
 only appends its audit event (outcome ``failure``, the code).
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -776,11 +777,31 @@ def _store_message(
 # --------------------------------------------------------------------------- reading
 
 
-def read_envelope(copy: MessageCopy, store: BlobStore | None = None) -> bytes:
-    """The envelope's bytes, checked against the digest recorded at send (REQ-AT-REST)."""
+def envelopes_in_database(messages: Iterable[Message]) -> dict[int, bytes]:
+    """The envelopes of these messages that are kept in the database, by message key:
+    one query for a page of them (decision 0013), for :func:`read_envelope`."""
+    wanted = [message.pk for message in messages if not message.envelope_blob]
+    if not wanted:
+        return {}
+    rows = MessageEnvelope.objects.filter(message_id__in=wanted).values_list("message_id", "data")
+    return {pk: bytes(data) for pk, data in rows}
+
+
+def read_envelope(
+    copy: MessageCopy,
+    store: BlobStore | None = None,
+    *,
+    loaded: Mapping[int, bytes] | None = None,
+) -> bytes:
+    """The envelope's bytes, checked against the digest recorded at send (REQ-AT-REST).
+
+    ``loaded``: what :func:`envelopes_in_database` read for a page of messages.
+    """
     message = copy.message
     if message.envelope_blob:
         data = b"".join((store or blob_store()).read_chunks(message.envelope_blob))
+    elif loaded is not None and message.pk in loaded:
+        data = loaded[message.pk]
     else:  # kept in the database (decision 0013); missing reads as a failed digest
         kept = (
             MessageEnvelope.objects.filter(message_id=message.pk)

@@ -1,8 +1,9 @@
 """Messages in the admin console: routing metadata only, read-only (REQ-ADMIN-LIMITS).
 
 There is nothing else to show: the server holds no subject, body or
-attachment in clear (REQ-AT-REST), only the sealed envelope in the blob
-store, which the console neither shows nor offers to download. The patient
+attachment in clear (REQ-AT-REST), only the sealed envelope (in the
+database or the blob store, decision 0013), which the console neither shows
+nor offers to download. The patient
 key (a keyed hash) is not shown either: it is for opposition checks, not for
 browsing. Nothing is editable or deletable here: deleting goes through the
 messaging actions, which also remove the blobs.

@@ -17,13 +17,11 @@ rollback and close, and by the kernel if the process dies. Writes outside a
 transaction (autocommit) and other programs keep SQLite's own busy handler.
 An in-memory database (the tests' default) has no file, hence no queue.
 
-Within a process, threads first queue on a lock of that process (one per
-database file), which they wait for at most the connection's ``timeout``
-(SQLite's busy timeout, 5 s by default): past it, the write fails with
-"database is locked", as SQLite's own busy handler would, instead of waiting
-for ever (a thread that opened a second connection inside its own
-transaction would otherwise wait for itself). Only that lock's holder then
-waits on the ``flock``, for the other processes' writers.
+A thread never waits for itself: one that already holds the queue through
+another connection (a second connection opened inside its own transaction)
+gets "database is locked" at once, as SQLite's own handler would give it
+after its timeout, instead of waiting for ever. Every other writer waits its
+turn, however long (a first directory import).
 """
 
 from __future__ import annotations
@@ -36,54 +34,49 @@ from typing import Any
 from django.db.backends.sqlite3 import base
 from django.db.utils import OperationalError
 
-#: Seconds a writer waits in its process's queue when the settings give no ``timeout``
-#: (the default of Python's ``sqlite3.connect``).
-DEFAULT_TIMEOUT = 5.0
-
-_process_queues: dict[str, threading.Lock] = {}
-_process_queues_lock = threading.Lock()
-
-
-def _process_queue(path: str) -> threading.Lock:
-    """The lock this process's writers of the database file ``path`` take first."""
-    with _process_queues_lock:
-        return _process_queues.setdefault(path, threading.Lock())
+#: Which thread of this process holds each queue (by the ``.writers`` file's device and
+#: inode), to refuse at once a thread that would wait for itself.
+_holders: dict[tuple[int, int], int] = {}
+_holders_lock = threading.Lock()
+# A child process holds none of its parent's queues (its threads are gone).
+os.register_at_fork(after_in_child=_holders.clear)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     # Django's private transaction hooks (not in django-stubs): hence the ignores below.
     _writers: int | None = None  # the queue's file, open for this connection
     _holding = False
+    _queue: tuple[int, int] = (0, 0)  # the queue file's device and inode
 
     def _writers_file(self) -> int | None:
         if self._writers is None and not self.is_in_memory_db():
             path = f"{self.settings_dict['NAME']}.writers"
             self._writers = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            status = os.fstat(self._writers)
+            self._queue = (status.st_dev, status.st_ino)
         return self._writers
 
     def _take_writers_lock(self) -> None:
         descriptor = self._writers_file()
         if descriptor is None or self._holding:
             return
-        queue = _process_queue(str(self.settings_dict["NAME"]))
-        timeout = float(self.settings_dict["OPTIONS"].get("timeout", DEFAULT_TIMEOUT))
-        if not queue.acquire(timeout=timeout):
-            # What SQLite's busy handler gives when its timeout runs out.
-            raise OperationalError("database is locked")
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except BaseException:
-            queue.release()
-            raise
+        me = threading.get_ident()
+        with _holders_lock:
+            if _holders.get(self._queue) == me:
+                # This thread holds the queue through another connection: its turn would
+                # never come. What SQLite's busy handler gives when its timeout runs out.
+                raise OperationalError("database is locked")
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with _holders_lock:
+            _holders[self._queue] = me
         self._holding = True
 
     def _release_writers_lock(self) -> None:
         if self._holding and self._writers is not None:
             self._holding = False
-            try:
-                fcntl.flock(self._writers, fcntl.LOCK_UN)
-            finally:
-                _process_queue(str(self.settings_dict["NAME"])).release()
+            with _holders_lock:  # before the unlock: the next holder records itself after it
+                _holders.pop(self._queue, None)
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def _start_transaction_under_autocommit(self) -> None:
         self._take_writers_lock()

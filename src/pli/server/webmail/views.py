@@ -53,6 +53,7 @@ from pli.server.messaging.actions import (
     do_delete_message,
     do_move_message,
     do_open_envelope,
+    envelopes_in_database,
     home_folder,
     max_recipients,
     read_envelope,
@@ -328,6 +329,8 @@ def _rows(
             failure = "trust_unavailable"
     rows: list[Row] = []
     opened: list[MessageCopy] = []
+    # The page's envelopes kept in the database: one query, not one a row.
+    loaded = envelopes_in_database(c.message for c in copies) if trust is not None else {}
     for copy in copies:
         message = copy.message
         deliveries = list(message.deliveries.all()) if copy.is_sender_copy else []
@@ -346,7 +349,7 @@ def _rows(
         )
         if trust is not None:
             try:
-                envelope = read_envelope(copy)
+                envelope = read_envelope(copy, loaded=loaded)
             except MessagingError as error:
                 row.status = error.code
             else:

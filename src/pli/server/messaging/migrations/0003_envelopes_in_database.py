@@ -15,6 +15,19 @@ def _no_compression(apps: Any, schema_editor: Any) -> None:
         )
 
 
+def _refuse_to_drop_envelopes(apps: Any, schema_editor: Any) -> None:
+    # Rolling back drops the table: the envelopes kept there would be lost for good,
+    # and their messages unreadable (envelope_unavailable). Only an empty table goes.
+    kept = apps.get_model("messaging", "MessageEnvelope").objects.using(
+        schema_editor.connection.alias
+    )
+    if kept.exists():
+        raise RuntimeError(
+            f"{kept.count()} messages keep their envelope in the database (decision 0013):"
+            " rolling back messaging 0003 would lose them; keep this migration"
+        )
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("messaging", "0002_uploads"),
@@ -41,7 +54,8 @@ class Migration(migrations.Migration):
                 "verbose_name_plural": "enveloppes chiffrées",
             },
         ),
-        migrations.RunPython(_no_compression, migrations.RunPython.noop),
+        # After the table's creation, hence before its removal when rolled back.
+        migrations.RunPython(_no_compression, _refuse_to_drop_envelopes),
         migrations.AlterField(
             model_name="message",
             name="envelope_blob",
