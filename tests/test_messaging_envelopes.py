@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from django.db import connection
 from pytest_django.fixtures import Settings
 
 from pli.client.cli import main
@@ -142,3 +143,14 @@ def test_nothing_moves_to_the_database_when_the_setting_is_zero(
     result = do_move_envelopes(to_database=True)
     assert (result.moved, result.damaged) == (0, 0)
     assert not MessageEnvelope.objects.exists() and readable(world, envelopes)
+
+
+def test_postgresql_does_not_try_to_compress_ciphertext() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's column storage (TOAST)")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attstorage FROM pg_attribute"
+            " WHERE attrelid = 'messaging_messageenvelope'::regclass AND attname = 'data'"
+        )
+        assert cursor.fetchone() == ("e",)  # EXTERNAL: out of line, never pglz
