@@ -710,6 +710,15 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("number", ["0", "-1", "x", "\u00b2", "\u0663", "9" * 5000])
+def test_a_page_number_that_is_not_plain_digits_is_refused(world: World, number: str) -> None:
+    # Superscripts and other scripts' digits pass str.isdigit but not int(); 5000 digits
+    # pass neither int() nor any page count: a refusal with its code, never a 500.
+    listing = world.client(world.a).get(f"/api/mailboxes/{A}/messages", {"page": number})
+    assert (listing.status_code, listing.json()["code"]) == (422, "bad_request")
+
+
+@pytest.mark.django_db
 def test_listings_are_paged(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(messaging_api, "PAGE_SIZE", 2)
     alice, bob = world.client(world.a), world.client(world.b)
@@ -780,6 +789,11 @@ def _refusal_cases() -> dict[str, Callable[[World], tuple[User, dict[str, Any]]]
                 "recipients": [B, "inconnu@ailleurs.pli.test", "pas une adresse", CLOSED],
             },
         ),
+        # None is an address at all: no directory lookup can match (PostgreSQL: no "IN ()").
+        "recipient_not_in_directory:only_malformed": lambda w: (
+            w.a,
+            {**body(w), "recipients": ["pas une adresse"]},
+        ),
         "too_many_recipients": lambda w: (w.a, {**body(w), "recipients": [B, WARD, D]}),
         "envelope_too_large": lambda w: (w.a, body(w, a_to_b(w, body="x" * 4000))),
         "not_encrypted_to_recipient:recipient": lambda w: (
@@ -843,7 +857,9 @@ def test_a_refused_send_has_a_stable_code_and_stores_nothing(
     assert set(answer) == {"code", "message", "details"} and answer["message"]
     assert stored_state(world.blob_dir) == before
     assert not events("messages.delivered")
-    if code == "recipient_not_in_directory":
+    if case == "recipient_not_in_directory:only_malformed":
+        assert answer["details"]["addresses"] == ["pas une adresse"]
+    elif code == "recipient_not_in_directory":
         assert answer["details"]["addresses"] == [
             "inconnu@ailleurs.pli.test",
             "pas une adresse",

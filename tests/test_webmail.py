@@ -512,6 +512,9 @@ def test_a_forward_needs_the_patients_agreement(world: World) -> None:
     assert refused.status_code == 400
     assert "patient_consent_required" in codes(refused)
     assert Message.objects.count() == 1
+    # Positions that are not plain digits are ignored, not a server error.
+    odd = compose(b, sender=B, to=E, confirm=(E,), subject="TR : avis", path=path, keep="\u00b2")
+    assert odd.status_code == 400 and "patient_consent_required" in codes(odd)
 
     forwarded = sent_id(
         compose(
@@ -674,6 +677,9 @@ def test_a_colleague_and_an_outsider_get_404_for_every_message_url(world: World)
             response = client.post(base + suffix + f"?boite={B}", data)
             assert response.status_code == 404, (user, suffix)
         assert client.get(f"{INBOX}?boite={B}").status_code == 404
+    # A page number that is not plain digits: the same answer as an unknown folder.
+    for page in ("\u00b2", "0", "9" * 5000):
+        assert a.get(INBOX, {"page": page}).status_code == 404, page[:10]
     assert MessageCopy.objects.filter(message__public_id=message_id).count() == 2
     assert set(MessageCopy.objects.values_list("folder", flat=True)) == {"inbox", "sent"}
     # The anonymous visitor is sent to the login page, for reading and for acting alike.

@@ -15,3 +15,15 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
         {"field": ".".join(str(part) for part in e["loc"]), "type": e["type"]}
         for e in error.errors(include_url=False, include_input=False)
     ]
+
+
+def whole_number(text: str, *, digits: int) -> int | None:
+    """``text`` as a whole number of 1 to ``digits`` ASCII digits; None for anything else.
+
+    ``str.isdigit`` also accepts superscripts and other scripts' digits, which
+    ``int`` refuses, and ``int`` refuses more than 4,300 digits: checked with
+    ``isdigit`` alone, such input was a server error instead of a refusal.
+    """
+    if 0 < len(text) <= digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None

@@ -216,7 +216,9 @@ def _recipients_query(count: int) -> str:
     """Active mailboxes by address and the sender, with their valid certificates: one query."""
     quote = connection.ops.quote_name
     mailbox, certificate = Mailbox._meta.db_table, MailboxCertificate._meta.db_table
-    places = ", ".join(["%s"] * count)
+    # No address at all (every one given was malformed): "IN (NULL)" matches nothing,
+    # where "IN ()" is a syntax error on PostgreSQL.
+    places = ", ".join(["%s"] * count) or "NULL"
     return (
         f"SELECT m.id, m.address, c.pem FROM {quote(mailbox)} AS m"  # noqa: S608 - our names
         f" LEFT JOIN {quote(certificate)} AS c ON c.mailbox_id = m.id"

@@ -46,7 +46,7 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Delivery, Folder, MessageCopy
-from pli.server.validation import field_errors
+from pli.server.validation import field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -320,11 +320,11 @@ def list_messages(
         mailbox = access_mailbox_by_address(_user(request), address)
         if folder not in Folder.values:
             raise _bad_request(_("Dossier inconnu."), allowed=list(Folder.values))
-        if not page.isdigit() or not 1 <= int(page) <= 1_000_000:
+        number = whole_number(page, digits=7) or 0
+        if not 1 <= number <= 1_000_000:
             raise _bad_request(_("Numéro de page invalide."))
     except MessagingError as error:
         return _refusal(error)
-    number = int(page)
     start = (number - 1) * PAGE_SIZE
     copies = list(
         MessageCopy.objects.filter(mailbox=mailbox, folder=folder)

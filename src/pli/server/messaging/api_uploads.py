@@ -47,7 +47,7 @@ from pli.server.messaging.uploads import (
     max_upload_bytes,
     open_message_blob,
 )
-from pli.server.validation import field_errors
+from pli.server.validation import field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -208,18 +208,17 @@ def put_chunk(
     request: HttpRequest, upload_id: str, offset: str = ""
 ) -> Status[UploadOut] | Status[ErrorOut]:
     try:
-        if not offset.isdigit() or len(offset) > 19:
+        start = whole_number(offset, digits=19)
+        if start is None:
             raise MessagingError(
                 "bad_request", _("Requête invalide."), {"errors": [{"field": "offset"}]}
             )
         announced = str(request.META.get("CONTENT_LENGTH") or "")
-        if announced.isdigit():
-            length: int | None = int(announced)
-        elif announced or request.META.get("HTTP_TRANSFER_ENCODING"):
-            length = None  # chunked, or nonsense: the length must be known in advance
-        else:
+        length = whole_number(announced, digits=19)
+        if length is None and not announced and not request.META.get("HTTP_TRANSFER_ENCODING"):
             length = 0  # no body
-        upload = do_receive_chunk(_user(request), upload_id[:_ID_MAX], int(offset), length, request)
+        # Otherwise None: chunked, or nonsense; the length must be known in advance.
+        upload = do_receive_chunk(_user(request), upload_id[:_ID_MAX], start, length, request)
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _upload_out(upload))

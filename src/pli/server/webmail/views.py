@@ -59,6 +59,7 @@ from pli.server.messaging.actions import (
     read_envelope,
 )
 from pli.server.messaging.models import Delivery, DeliveryState, Folder, MessageCopy
+from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
     check_recipients,
     identities,
@@ -268,9 +269,9 @@ def folder_view(request: HttpRequest) -> HttpResponse:
         return _not_found(request)
     folder = request.GET.get("dossier", Folder.INBOX)
     page_text = request.GET.get("page", "1")
-    if folder not in Folder.values or not page_text.isdigit() or not 1 <= int(page_text) <= 10**6:
+    page = whole_number(page_text, digits=7) or 0
+    if folder not in Folder.values or not 1 <= page <= 10**6:
         return _not_found(request)
-    page = int(page_text)
     start = (page - 1) * PAGE_SIZE
     copies = list(
         MessageCopy.objects.filter(mailbox=mailbox, folder=folder)
@@ -665,6 +666,12 @@ class ComposeState:
     review: bool = False
 
 
+def _kept(request: HttpRequest) -> list[int]:
+    """The forwarded attachments to keep (their positions); anything else is ignored."""
+    found = (whole_number(k, digits=3) for k in request.POST.getlist("keep")[:100])
+    return [number for number in found if number is not None]
+
+
 def _initial_from_post(request: HttpRequest) -> dict[str, Any]:
     data: dict[str, Any] = {
         name: request.POST.get(name, "")
@@ -807,7 +814,7 @@ def _compose(
             return HttpResponseRedirect(
                 _message_url(found.message.public_id, found.mailbox.address)
             )
-        kept = [int(k) for k in request.POST.getlist("keep") if k.isdigit()]
+        kept = _kept(request)
         state.original = Original(found, opened.message, forward, tuple(kept))
         state.original_copy = found
         known = identities([found.message.sender_address]).get(found.message.sender_address.lower())
@@ -838,7 +845,7 @@ def _compose_again(request: HttpRequest, state: ComposeState) -> HttpResponse:
         recipients_text=str(data["recipients"]),
         sender_address=str(data["sender"]),
         confirmed=[a[:254] for a in request.POST.getlist("confirm")][:50],
-        kept=[int(k) for k in request.POST.getlist("keep") if k.isdigit()],
+        kept=_kept(request),
         status=400,
     )
 
@@ -876,7 +883,7 @@ def _compose_post(
 ) -> HttpResponse:
     data = _initial_from_post(request)
     confirmed = [a[:254] for a in request.POST.getlist("confirm")][:50]
-    kept = [int(k) for k in request.POST.getlist("keep") if k.isdigit()]
+    kept = _kept(request)
     uploads = [] if handler is not None and handler.too_large else _uploads(request)
     added = request.POST.get("add_recipient", "").strip()[:254]
     action = request.POST.get("action", "send")
