@@ -179,9 +179,9 @@ def test_an_upload_resumes_at_the_offset_the_server_holds_and_completes_once_ver
         assert refused.json()["code"] == "upload_offset_mismatch"
         assert refused.json()["details"] == {"received": 1000}
     # An offset that is not plain digits (a superscript passes str.isdigit, not int()).
-    for offset in ("\u00b2", "-1", "1e3", "9" * 5000, ""):
-        refused = put(client, upload_id, urllib.parse.quote(offset), data[1000:2000])
-        assert (refused.status_code, refused.json()["code"]) == (422, "bad_request"), offset
+    for odd in ("\u00b2", "-1", "1e3", "9" * 5000, ""):
+        refused = put(client, upload_id, urllib.parse.quote(odd), data[1000:2000])
+        assert (refused.status_code, refused.json()["code"]) == (422, "bad_request"), odd
     assert client.get(f"{UPLOADS}/{upload_id}").json()["received"] == 1000
     assert put(client, upload_id, 1000, data[1000:2000]).json()["state"] == "receiving"
     done = put(client, upload_id, 2000, data[2000:])
