@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client as DjangoClient
 from django.utils import timezone
 from pytest_django.fixtures import Settings
@@ -38,12 +39,15 @@ from pli.mime import Attachment
 from pli.server.accounts import operator_ca
 from pli.server.audit.models import AuditEvent
 from pli.server.blobs import LocalBlobStore
+from pli.server.messaging import uploads as messaging_uploads
+from pli.server.messaging.access import MessagingError
 from pli.server.messaging.models import Message, MessageEnvelope
 from pli.server.messaging.uploads import (
     CHUNK_BYTES_MAX,
     MessageBlob,
     Upload,
     UploadState,
+    do_create_upload,
     inline_attachment_bytes,
     max_upload_bytes,
     purge_expired_uploads,
@@ -54,6 +58,7 @@ from pli.server.messaging.uploads import (
 from pli.server.messaging.uploads import DEFAULT_ATTACHMENT_TYPES as SERVER_TYPES
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
+from tests.test_audit_sequencer import in_threads
 from tests.test_client_sdk import (
     CA_PASSPHRASE,
     A,
@@ -241,6 +246,48 @@ def test_upload_refusals_have_stable_codes(world: World, monkeypatch: pytest.Mon
     monkeypatch.setenv("PLI_MAX_PENDING_UPLOADS", "1")
     crowded = create(client, data)
     assert crowded.status_code == 429 and crowded.json()["code"] == "too_many_uploads"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_uploads_created_at_once_stay_within_the_limit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent transactions: the tests' SQLite database is in memory")
+    monkeypatch.setenv("PLI_MAX_PENDING_UPLOADS", "5")
+    data = ciphertext(100)
+    refused: list[str] = []
+
+    def create_one(_number: int) -> None:
+        try:
+            do_create_upload(world.a, len(data), hashlib.sha256(data).hexdigest())
+        except MessagingError as error:
+            refused.append(error.code)
+
+    assert in_threads(24, create_one) == []
+    assert Upload.objects.filter(owner=world.a).count() == 5
+    assert refused == ["too_many_uploads"] * 19
+    assert len(spool_files()) == 5  # the refused ones left no file
+
+
+@pytest.mark.django_db
+def test_an_upload_deleted_while_it_completes_takes_its_blob(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = world.client(world.a)
+    data = ciphertext(1500)
+    upload_id = create(client, data).json()["id"]
+    put(client, upload_id, 0, data[:1000])
+    # The deletion reads the upload while it is still receiving, then the last chunk
+    # completes it (its blob stored), then the deletion goes on with what it read.
+    stale = Upload.objects.get(public_id=upload_id)
+    assert stale.blob_id == ""
+    assert put(client, upload_id, 1000, data[1000:]).json()["state"] == "complete"
+    assert len(store_files(world)) == 1
+    monkeypatch.setattr(messaging_uploads, "access_upload", lambda _user, _id: stale)
+    messaging_uploads.do_delete_upload(world.a, upload_id)
+    assert not Upload.objects.exists()
+    assert store_files(world) == []  # nothing left that nothing names
 
 
 @pytest.mark.django_db

@@ -344,12 +344,8 @@ def do_create_upload(user: User, size: int, sha256: str) -> Upload:
     if not SHA256_HEX.fullmatch(digest):
         raise _error("bad_request", _("Requête invalide."), errors=[{"field": "sha256"}])
     most = max_pending_uploads()
-    if _live(user).count() >= most:
-        raise _error(
-            "too_many_uploads",
-            _("Trop de dépôts en attente : envoyez ou laissez expirer les précédents."),
-            limit=most,
-        )
+    if _live(user).count() >= most:  # early, before any file: the common refusal
+        raise _too_many_uploads(most)
     directory = spool_directory()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     upload = Upload(
@@ -364,11 +360,25 @@ def do_create_upload(user: User, size: int, sha256: str) -> Upload:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         with transaction.atomic():
+            # Counted again under a lock on the person's row, so that uploads created at
+            # the same time cannot together pass the limit (the only bound on the disk
+            # one person's unsent uploads take). SQLite: its writers are serialised.
+            User.objects.select_for_update().filter(pk=user.pk).exists()
+            if _live(user).count() >= most:
+                raise _too_many_uploads(most)
             upload.save(force_insert=True)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return upload
+
+
+def _too_many_uploads(most: int) -> MessagingError:
+    return _error(
+        "too_many_uploads",
+        _("Trop de dépôts en attente : envoyez ou laissez expirer les précédents."),
+        limit=most,
+    )
 
 
 def access_upload(user: User, public_id: str) -> Upload:
@@ -525,11 +535,19 @@ def do_delete_upload(user: User, public_id: str) -> None:
     """Abandon one of the caller's uploads (not yet attached): its row and files go."""
     upload = access_upload(user, public_id)
     with transaction.atomic():
+        # The blob id as committed now, under the row's lock: an upload that completed
+        # since it was read names a blob that must go with it.
+        blob_id = (
+            Upload.objects.select_for_update()
+            .filter(pk=upload.pk)
+            .values_list("blob_id", flat=True)
+            .first()
+        )
         deleted, _counts = Upload.objects.filter(pk=upload.pk).delete()
     if not deleted:
         raise not_found()
-    if upload.blob_id:
-        blob_store().delete(upload.blob_id)
+    if blob_id:
+        blob_store().delete(blob_id)
     _spool_path(upload).unlink(missing_ok=True)
 
 
