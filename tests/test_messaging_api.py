@@ -755,6 +755,14 @@ def test_a_read_receipt_is_stored_as_a_message_to_the_sender(world: World) -> No
     refused = post_json(bob, f"{MESSAGES}/{other}/read", {"receipt": encoded(unsealed)})
     assert refused.json()["code"] == "not_encrypted_to_recipient"
     assert bob.get(f"{MESSAGES}/{other}").json()["read"] is False  # nothing changed
+    garbled = post_json(bob, f"{MESSAGES}/{other}/read", {"receipt": "%%%"})
+    assert (garbled.status_code, garbled.json()["code"]) == (422, "envelope_malformed")
+    assert bob.get(f"{MESSAGES}/{other}").json()["read"] is False
+    # Each refused receipt is traced as a refused send, as POST /api/messages would be.
+    assert [e.detail for e in events("messages.sent") if e.outcome == "failure"] == [
+        '{"code":"not_encrypted_to_recipient"}',
+        '{"code":"envelope_malformed"}',
+    ]
 
 
 # --------------------------------------------------------------------------- refusals

@@ -851,8 +851,26 @@ def do_mark_read(
     client to the sender and to the reader's mailbox, stored as a message from
     the reader's mailbox to the sending mailbox (a reply in the same thread),
     with the same checks as any message. Only with the first read: later
-    calls change nothing.
+    calls change nothing. A refused receipt refuses the whole call (nothing is
+    marked read), and is traced as any refused send, once the rollback is over.
     """
+    try:
+        return _mark_read(user, copy, receipt, request)
+    except _ReceiptRefused as refused:
+        # The send traced its refusal inside this transaction, which rolled it back.
+        record_refused_send(user, request, refused.error.code)
+        raise refused.error from None
+
+
+class _ReceiptRefused(Exception):
+    def __init__(self, error: MessagingError) -> None:
+        super().__init__(error.code)
+        self.error = error
+
+
+def _mark_read(
+    user: User, copy: MessageCopy, receipt: bytes | None, request: HttpRequest | None
+) -> ReadResult:
     with transaction.atomic():
         locked = (
             MessageCopy.objects.select_for_update(of=("self",))
@@ -864,14 +882,17 @@ def do_mark_read(
         now = timezone.now()
         receipt_message = None
         if receipt is not None and locked.delivery_id is not None:
-            receipt_message = do_send_message(
-                user,
-                locked.mailbox.address,
-                [locked.message.sender_address],
-                receipt,
-                in_reply_to=locked.message.public_id,
-                request=request,
-            )
+            try:
+                receipt_message = do_send_message(
+                    user,
+                    locked.mailbox.address,
+                    [locked.message.sender_address],
+                    receipt,
+                    in_reply_to=locked.message.public_id,
+                    request=request,
+                )
+            except MessagingError as error:
+                raise _ReceiptRefused(error) from None
         locked.read = True
         locked.save(update_fields=["read"])
         if locked.delivery_id is not None:

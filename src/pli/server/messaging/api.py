@@ -449,7 +449,14 @@ def mark_read(
     try:
         copy = _copy(request, message_id, mailbox)
         body = _read_body(request, ReadIn, limit, empty_ok=True)
+    except MessagingError as error:
+        return _refusal(error)
+    try:
         receipt = _decode(body.receipt, "receipt") if body.receipt is not None else None
+    except MessagingError as error:  # a receipt is a send: its refusal is traced as one
+        record_refused_send(user, request, error.code)
+        return _refusal(error)
+    try:
         result = do_mark_read(user, copy, receipt=receipt, request=request)
     except MessagingError as error:
         return _refusal(error)
