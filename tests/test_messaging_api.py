@@ -46,7 +46,7 @@ from pli.identifiers import nir_key
 from pli.mime import Draft, build_inner_message, parse_inner_message
 from pli.server.accounts import lifecycle
 from pli.server.accounts.models import Membership, Role, User
-from pli.server.audit.actions import do_record_events
+from pli.server.audit.actions import do_record_event, do_record_events
 from pli.server.audit.models import AuditEvent
 from pli.server.blobs import (
     BlobDigestMismatch,
@@ -763,6 +763,35 @@ def test_a_read_receipt_is_stored_as_a_message_to_the_sender(world: World) -> No
         '{"code":"not_encrypted_to_recipient"}',
         '{"code":"envelope_malformed"}',
     ]
+
+
+@pytest.mark.django_db
+@pytest.mark.requirement("REQ-AT-REST")
+def test_a_read_that_fails_after_its_receipt_leaves_neither_behind(
+    world: World, monkeypatch: pytest.MonkeyPatch, blob_dir: Path
+) -> None:
+    # Every envelope to the blob store, but a receipt is stored inside the read's own
+    # transaction: it stays in the database, where it rolls back with the rest.
+    monkeypatch.setenv("PLI_ENVELOPE_IN_DATABASE_BYTES", "0")
+    message_id = send(world.client(world.a), A, [B], a_to_b(world)).json()["id"]
+    copy = MessageCopy.objects.get(message__public_id=message_id, mailbox__address=B)
+    mdn = seal(letter(B, [A], subject="Lu : avis"), world.b_key, [world.a_key.certificate])
+    before = stored_state(blob_dir)
+    original = do_record_event
+
+    def failing(action: str, **fields: Any) -> Any:
+        if action == "messages.read":
+            raise RuntimeError("the database went away")
+        return original(action, **fields)
+
+    monkeypatch.setattr(messaging_actions, "do_record_event", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        messaging_actions.do_mark_read(world.b, copy, receipt=mdn)
+    assert stored_state(blob_dir) == before  # no receipt row, no file
+    monkeypatch.setattr(messaging_actions, "do_record_event", original)
+    receipt = messaging_actions.do_mark_read(world.b, copy, receipt=mdn).receipt
+    assert receipt is not None and receipt.envelope_blob == ""  # in the database
+    assert len(blob_files(blob_dir)) == 1  # the letter's own file only
 
 
 # --------------------------------------------------------------------------- refusals

@@ -368,8 +368,14 @@ def do_send_message(
     request: HttpRequest | None = None,
     blobs: Sequence[str] = (),
     store: BlobStore | None = None,
+    within_transaction: bool = False,
 ) -> Message:
     """Store a message sealed by the client and deliver it to local mailboxes.
+
+    ``within_transaction``: called inside the caller's transaction (a read
+    receipt, :func:`do_mark_read`); the envelope is then kept in the database
+    whatever its size, so that it goes with everything else if that
+    transaction rolls back (a file written before it would stay behind).
 
     Checks, in this order (docs/api/messaging.md): ``envelope_too_large``,
     ``not_allowed_sender``, ``no_recipient``, ``too_many_recipients``,
@@ -381,7 +387,14 @@ def do_send_message(
     try:
         return _send(
             _SendRequest(
-                user, from_address, recipients, envelope_der, patient_id, in_reply_to, blobs
+                user,
+                from_address,
+                recipients,
+                envelope_der,
+                patient_id,
+                in_reply_to,
+                blobs,
+                within_transaction,
             ),
             request,
             store or blob_store(),
@@ -400,6 +413,7 @@ class _SendRequest:
     patient_id: str | None
     in_reply_to: str | None
     blobs: Sequence[str]
+    within_transaction: bool = False
 
 
 def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
@@ -451,7 +465,8 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
     # A small envelope is written by the send's own statement and made durable by its
     # commit (one WAL flush shared by concurrent sends); a larger one goes to the blob
     # store first, with its own fsyncs (decision 0013).
-    in_database = envelope_der if len(envelope_der) <= envelope_in_database_bytes() else None
+    small = len(envelope_der) <= envelope_in_database_bytes()
+    in_database = envelope_der if small or asked.within_transaction else None
     if in_database is not None:
         stored = StoredBlob("", len(envelope_der), hashlib.sha256(envelope_der).hexdigest())
     else:
@@ -890,6 +905,7 @@ def _mark_read(
                     receipt,
                     in_reply_to=locked.message.public_id,
                     request=request,
+                    within_transaction=True,
                 )
             except MessagingError as error:
                 raise _ReceiptRefused(error) from None
