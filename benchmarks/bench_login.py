@@ -78,11 +78,12 @@ def percentiles(values: list[float]) -> JSON:
 
 def make_account() -> str:
     """An enrolled professional (passphrase, confirmed TOTP, charter); returns the TOTP seed."""
+    import pyotp  # noqa: PLC0415
     from django.utils import timezone  # noqa: PLC0415 - Django is set up by the caller
 
     from pli.server.accounts import factors  # noqa: PLC0415
     from pli.server.accounts.actions import current_charter  # noqa: PLC0415
-    from pli.server.accounts.models import CharterAcknowledgement, TotpDevice, User  # noqa: PLC0415
+    from pli.server.accounts.models import CharterAcknowledgement, User  # noqa: PLC0415
     from pli.server.directory.models import Mailbox, Professional  # noqa: PLC0415
 
     professional = Professional.objects.create(
@@ -98,8 +99,10 @@ def make_account() -> str:
     user = User.objects.create_user(
         username=ADDRESS, email=ADDRESS, password=PASSPHRASE, professional=professional
     )
-    _, secret = factors.start_totp(user)
-    TotpDevice.objects.filter(user=user).update(confirmed_at=timezone.now())
+    secret = factors.new_totp_seed()
+    # Confirmed with the previous step's code: the current one still logs in (RFC 6238 §5.2).
+    previous = pyotp.TOTP(secret).at(time.time() - factors.TOTP_PERIOD)
+    assert factors.confirm_totp(user, secret, previous)  # noqa: S101 - a benchmark's set-up
     charter = current_charter()
     if charter is not None:
         CharterAcknowledgement.objects.create(user=user, charter=charter)

@@ -26,6 +26,7 @@ from pli.server.accounts.models import (
     UserSession,
 )
 from pli.server.audit.models import AuditEvent
+from pli.server.directory.models import Professional
 from tests.accounts_support import (
     PASSPHRASE,
     ensure_charter,
@@ -394,6 +395,9 @@ def test_a_new_charter_version_must_be_acknowledged() -> None:
     response = client.get("/annuaire/")
     assert response.status_code == 302 and response["Location"] == reverse("accounts:charter")
     assert client.get("/api/accounts/me").json()["code"] == "charter_required"
+    # Its sessions can still be listed, and one ended, before the charter is read.
+    assert client.get("/api/accounts/sessions").status_code == 200
+    assert client.get("/api/auth/csrf").status_code == 200
     # Acknowledging an older version does not count.
     stale = client.post("/compte/charte/", {"version": new.version - 1, "accept": "on"})
     assert stale.status_code == 400 and _error_code(stale) == "charter_changed"
@@ -475,3 +479,82 @@ def test_guessing_activation_codes_locks_and_is_traced_as_a_failure() -> None:
     assert answers[0] == "bad_code" and answers[-1] == "locked"
     lockouts = AuditEvent.objects.filter(action="auth.lockout")
     assert [(e.target, e.outcome) for e in lockouts] == [("account", "failure")]
+
+
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_opening_the_authenticator_page_keeps_the_second_factor_until_a_new_one_is_confirmed() -> (
+    None
+):
+    user, secret = make_account("dr.change@cabinet.pli.test")
+    victim = signed_in(user)
+    assert victim.post("/compte/reauthentification/", {"passphrase": PASSPHRASE}).status_code == 302
+    page = victim.get("/compte/facteurs/authentificateur/")  # a link can make this happen
+    assert page.status_code == 200
+    new_secret = page.context["secret"]
+    assert new_secret != secret
+
+    # Someone with the passphrase alone still meets the second factor, and the enrolment
+    # pages stay closed to an enrolled account.
+    attacker = Client()
+    answer = _login(attacker, user.username, PASSPHRASE)
+    assert answer.status_code == 302 and answer["Location"] == SECOND
+    assert attacker.get("/compte/inscription/authentificateur/")["Location"].startswith(
+        "/compte/activation"
+    )
+    # The authenticator in use still logs in; the new seed, not confirmed, does not.
+    assert attacker.post(SECOND, {"code": pyotp.TOTP(new_secret).now()}).status_code == 400
+    assert _login(Client(), user.username, PASSPHRASE, secret).status_code == 302
+
+    # Confirmed with its code, the new seed replaces the old one.
+    done = victim.post("/compte/facteurs/authentificateur/", {"code": pyotp.TOTP(new_secret).now()})
+    assert done.status_code == 302
+    assert _login(Client(), user.username, PASSPHRASE, new_secret).status_code == 302
+    assert _login(Client(), user.username, PASSPHRASE, secret).status_code != 302
+
+
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_an_enrolled_account_without_a_second_factor_is_never_let_in_on_its_passphrase() -> None:
+    user, _ = make_account("dr.nofactor@cabinet.pli.test")
+    TotpDevice.objects.filter(user=user).delete()  # by hand: Pli keeps the last factor
+    client = Client()
+    answer = _login(client, user.username, PASSPHRASE)
+    assert answer.status_code == 400 and _error_code(answer) == "no_second_factor"
+    assert client.get("/compte/inscription/authentificateur/").status_code == 302
+    assert not TotpDevice.objects.filter(user=user).exists()
+    assert AuditEvent.objects.filter(action="auth.login_failed", outcome="failure").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/auth/login", {"username": "dr.a\u0000b@cabinet.pli.test", "passphrase": "x"}),
+        ("/api/auth/login", {"username": "dr.ab@cabinet.pli.test", "passphrase": "x\u0000"}),
+        ("/api/auth/second-factor", {"code": "12\u00003456"}),
+    ],
+)
+def test_a_nul_character_in_a_json_body_is_refused_with_its_code(
+    path: str, body: dict[str, str]
+) -> None:
+    # PostgreSQL's text cannot hold NUL: before, a server error (500) on PostgreSQL.
+    client = Client(enforce_csrf_checks=True)
+    token = client.get("/api/auth/csrf").json()["csrf_token"]
+    answer = client.post(path, body, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert (answer.status_code, answer.json()["code"]) == (422, "bad_request")
+
+
+@pytest.mark.requirement("REQ-AUTH-STRONG")
+def test_a_professional_gone_from_the_directory_cannot_log_in_with_a_passphrase() -> None:
+    user, secret = make_account("dr.gone@cabinet.pli.test")
+    assert user.professional is not None
+    Professional.objects.filter(pk=user.professional.pk).update(active=False)
+    answer = _login(Client(), user.username, PASSPHRASE, secret)
+    assert answer.status_code == 400 and _error_code(answer) == "account_inactive"
+    client = Client(enforce_csrf_checks=True)
+    token = client.get("/api/auth/csrf").json()["csrf_token"]
+    refused = client.post(
+        "/api/auth/login",
+        {"username": user.username, "passphrase": PASSPHRASE},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_inactive")

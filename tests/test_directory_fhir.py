@@ -21,6 +21,7 @@ from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
+from pli.server.directory import fhir
 from pli.server.directory.fhir import (
     FINESS_SYSTEM,
     IDENTIFIER_TYPE_SYSTEM,
@@ -581,7 +582,9 @@ def test_organization_search_by_mailbox(client: Client, directory: Directory) ->
 
 
 # --- paging ----------------------------------------------------------------------------------
-def test_search_pages_with_count_and_next_links(client: Client, directory: Directory) -> None:
+def test_search_pages_with_count_and_next_links(
+    client: Client, directory: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     people = [
         Professional(
             identifier_type=IdentifierType.LOCAL,
@@ -616,6 +619,17 @@ def test_search_pages_with_count_and_next_links(client: Client, directory: Direc
     bundle = search(client, "/fhir/Practitioner?mailbox-mss=page&_count=0")
     assert (bundle.total, bundle.entry) == (5, None)
     assert [link.relation for link in bundle.link] == ["self"]
+
+    # Beyond the count's cap, no total: the pages go on by their "next" links alone.
+    monkeypatch.setattr(fhir, "_TOTAL_CAP", 3)
+    url, seen = "/fhir/Practitioner?mailbox-mss=page&_count=2", []
+    while url:
+        body = get_fhir(client, url)
+        bundle = validate(Bundle, body)
+        assert "total" not in body and bundle.total is None
+        seen += ids(bundle)
+        url = {link.relation: link.url for link in bundle.link}.get("next", "")
+    assert seen == [str(p.pk) for p in created]
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -653,6 +667,14 @@ def test_unknown_id_is_404_operation_outcome(client: Client, url: str) -> None:
         ("identifier=1&_count=1000", "bad_search_value"),
         ("identifier=1&_offset=x", "bad_search_value"),
         ("identifier=1&_count=\u00b2", "bad_search_value"),
+        # Control characters (a NUL cannot reach PostgreSQL): refused, never a 500.
+        ("identifier=%00", "bad_search_value"),
+        ("identifier=abc%00", "bad_search_value"),
+        ("mailbox-mss=a%00", "bad_search_value"),
+        ("mailbox-mss:contains=a%0Ab", "bad_search_value"),
+        # A part of an address too short to narrow anything (no index serves it).
+        ("mailbox-mss=dr", "bad_search_value"),
+        ("mailbox-mss:contains=ab", "bad_search_value"),
         ("identifier=" + ",".join(str(n) for n in range(21)), "too_many_search_values"),
     ],
 )

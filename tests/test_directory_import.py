@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from pli.client.cli import main
 from pli.identifiers import parse_national_id
+from pli.server.audit.models import AuditEvent
 from pli.server.directory import importing
 from pli.server.directory.importing import ImportFailed, ImportSummary, import_extraction
 from pli.server.directory.models import (
@@ -497,6 +499,29 @@ def test_read_error_half_way_fails_the_run_and_deactivates_nobody(
     assert not Professional.objects.filter(active=False).exists()
 
 
+@pytest.mark.requirement("REQ-DIRECTORY-NATIONAL")
+def test_a_file_cut_short_deactivates_nobody_unless_forced(tmp_path: Path) -> None:
+    def extraction(stamp: str, skip: range = range(0)) -> Path:
+        path = tmp_path / rpps_file_name(stamp)
+        return write_rpps_extraction(path, persons=200, seed=16, skip_persons=skip)
+
+    import_extraction(extraction("202609010000"))
+    active = Professional.objects.filter(active=True).count()
+    assert active >= importing.MIN_CHECKED_DIRECTORY
+    # The first 30 people of 200 only: a download that stopped, under the same name.
+    with pytest.raises(ImportFailed) as refused:
+        import_extraction(extraction("202610010000", range(30, 200)))
+    assert refused.value.code == "too_many_deactivations"
+    assert Professional.objects.filter(active=True).count() == active  # nobody deactivated
+    run = ImportRun.objects.order_by("-pk").first()
+    assert run is not None and (run.status, run.error_code) == ("failed", "too_many_deactivations")
+    failed = AuditEvent.objects.filter(action="directory.import", outcome="failure").get()
+    assert json.loads(failed.detail)["code"] == "too_many_deactivations"
+
+    forced = import_extraction(extraction("202610010000", range(30, 200)), force=True)
+    assert forced.deactivated == Professional.objects.filter(active=False).count() > 0
+
+
 def test_file_of_only_bad_lines_deactivates_nobody(tmp_path: Path) -> None:
     import_extraction(write_rpps_extraction(tmp_path, persons=20, seed=13))
     bad = tmp_path / rpps_file_name("202612010000")
@@ -579,6 +604,23 @@ def test_mssante_attaches_mailboxes_and_rejects_unknown_or_malformed_owners(
             assert mailbox.organisation is not None
             finess_or_siret = fields[6][1:]
             assert finess_or_siret in (mailbox.organisation.finess_site, mailbox.organisation.siret)
+
+
+def test_an_mssante_address_that_grows_when_lower_cased_is_one_rejected_line(
+    tmp_path: Path, rpps_imported: Path
+) -> None:
+    full = write_mssante_extraction(tmp_path, rpps_imported, seed=23)
+    header, first, *_rest = full.read_bytes().splitlines(keepends=True)
+    fields = first.split(b"|")
+    # "İ" is one character, and two once lower-cased: 205 characters would become 405.
+    fields[1] = ("\u0130" * 200 + "@x.fr").encode()
+    hostile = tmp_path / "Extraction_Correspondance_MSSante_202612010000.txt"
+    hostile.write_bytes(header + first + b"|".join(fields))
+
+    summary = import_extraction(hostile)
+
+    assert (summary.lines, summary.imported, summary.rejected) == (2, 1, 1)
+    assert read_rejects(summary.rejects_file) == {3: "bad_address"}
 
 
 def test_mssante_reimport_deactivates_missing_mailboxes_but_not_local_ones(

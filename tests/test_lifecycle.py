@@ -404,7 +404,18 @@ def test_pli_lifecycle_run_reports_ids_and_counts() -> None:
     alice.refresh_from_db()
     assert alice.inactivity_warned_at is None
 
-    real = runner.invoke(main, ["lifecycle", "run", "--now", at])
+    # A date in the future, for real: refused (it would warn and delete before time).
+    early = runner.invoke(main, ["lifecycle", "run", "--now", at])
+    assert early.exit_code == 2 and "--dry-run" in early.output
+    alice.refresh_from_db()
+    assert alice.inactivity_warned_at is None
+
+    # For real, the same account once its 336 days have passed.
+    User.objects.filter(pk=alice.pk).update(
+        last_authenticated_at=timezone.now() - dt.timedelta(days=336),
+        date_joined=timezone.now() - dt.timedelta(days=400),
+    )
+    real = runner.invoke(main, ["lifecycle", "run"])
     assert real.exit_code == 0, real.output
     assert "[ok] lifecycle" in real.output
     assert f"warned: 1 (accounts {alice.pk})" in real.output

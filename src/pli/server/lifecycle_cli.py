@@ -36,8 +36,12 @@ def _setup() -> None:
     setup_django()
 
 
-def _parse_now(value: str | None) -> dt.datetime | None:
-    """``--now``: an ISO 8601 date or date and time; without an offset, in Pli's time zone."""
+def _parse_now(value: str | None, *, dry_run: bool) -> dt.datetime | None:
+    """``--now``: an ISO 8601 date or date and time; without an offset, in Pli's time zone.
+
+    A date in the future only with ``--dry-run``: run for real, it would warn and
+    delete accounts before their time (REQ-INACTIVE-DELETE counts real months).
+    """
     if value is None:
         return None
     from django.utils import timezone  # noqa: PLC0415 - Django is set up by now
@@ -50,6 +54,11 @@ def _parse_now(value: str | None) -> dt.datetime | None:
         ) from None
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
+    if moment > timezone.now() and not dry_run:
+        raise click.BadParameter(
+            "a date in the future needs --dry-run (it would act before its time)",
+            param_hint="--now",
+        )
     return moment
 
 
@@ -102,7 +111,7 @@ def lifecycle_run_command(dry_run: bool, now_text: str | None, as_json: bool) ->
     from pli.server.jobs import run_daily  # noqa: PLC0415
 
     _report(
-        run_daily(_parse_now(now_text), dry_run=dry_run, only=["lifecycle"]),
+        run_daily(_parse_now(now_text, dry_run=dry_run), dry_run=dry_run, only=["lifecycle"]),
         as_json=as_json,
         dry_run=dry_run,
     )
@@ -131,7 +140,7 @@ def run_daily_command(
     from pli.server.jobs import run_daily  # noqa: PLC0415
 
     _report(
-        run_daily(_parse_now(now_text), dry_run=dry_run, only=list(only) or None),
+        run_daily(_parse_now(now_text, dry_run=dry_run), dry_run=dry_run, only=list(only) or None),
         as_json=as_json,
         dry_run=dry_run,
     )

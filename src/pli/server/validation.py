@@ -6,7 +6,10 @@ nor pydantic's documentation links.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import Any
+
+from ninja import Schema
+from pydantic import ConfigDict, ValidationError, model_validator
 
 
 def field_errors(error: ValidationError) -> list[dict[str, str]]:
@@ -27,3 +30,32 @@ def whole_number(text: str, *, digits: int) -> int | None:
     if 0 < len(text) <= digits and text.isascii() and text.isdigit():
         return int(text)
     return None
+
+
+def _refuse_nul(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key)
+            _refuse_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_nul(item)
+
+
+class StrictSchema(Schema):
+    """The JSON APIs' bodies: no unknown field, no coercion, and no NUL character anywhere.
+
+    PostgreSQL's text cannot hold NUL (a username or an address with one was a
+    server error, not a refusal), and nothing a person types has one.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        _refuse_nul(data)
+        return data

@@ -35,7 +35,7 @@ from pli.server.accounts.sessions import client_address
 from pli.server.accounts.tokens import code_hash, new_code
 from pli.server.audit.actions import do_record_event
 from pli.server.directory.actions import BadAddress, normalise_address
-from pli.server.directory.models import Mailbox, MailboxType
+from pli.server.directory.models import Mailbox, MailboxType, Professional
 
 ACTIVATION_VALIDITY = dt.timedelta(hours=72)
 ACTIVATION_ATTEMPTS = 5
@@ -296,6 +296,15 @@ def has_second_factor(user: User) -> bool:
     return (
         TotpDevice.objects.filter(user=user, confirmed_at__isnull=False).exists()
         or WebAuthnCredential.objects.filter(user=user).exists()
+    )
+
+
+def in_directory(user: User) -> bool:
+    """Whether the account's professional is still in the directory (an operator's own
+    accounts have none). The card and OpenID Connect logins refuse the others too."""
+    return (
+        user.professional_id is None
+        or Professional.objects.filter(pk=user.professional_id, active=True).exists()
     )
 
 

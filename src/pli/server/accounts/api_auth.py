@@ -37,13 +37,13 @@ from django.contrib.auth.hashers import check_password
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.utils.translation import gettext as _
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Router, Status
 from ninja.security import django_auth
 from ninja.utils import check_csrf
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pli.server.accounts import factors, throttle
-from pli.server.accounts.actions import has_second_factor
+from pli.server.accounts.actions import has_second_factor, in_directory
 from pli.server.accounts.custody import lock_vault
 from pli.server.accounts.models import User
 from pli.server.accounts.sessions import (
@@ -56,7 +56,7 @@ from pli.server.accounts.sessions import (
 )
 from pli.server.accounts.views import _DUMMY_HASH, _fail, _locked
 from pli.server.audit.actions import do_record_event
-from pli.server.validation import field_errors
+from pli.server.validation import StrictSchema, field_errors
 
 router = Router(tags=["auth"], auth=None)
 
@@ -73,11 +73,13 @@ _STATUS = {
     "locked": 429,
     "login_required": 401,
     "enrolment_incomplete": 403,
+    "no_second_factor": 403,
+    "account_inactive": 403,
 }
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 class LoginIn(_Strict):
@@ -193,9 +195,27 @@ def login(request: HttpRequest) -> Status[NextOut] | Status[ErrorOut]:
         valid = False
     if user is None or not valid:
         return _answer(_fail(request, keys, user, "passphrase"))
-    if not has_second_factor(user):
+    if not in_directory(user):
+        # As the web login, the card and OpenID Connect logins answer.
         return _answer(
             _Refused(
+                "account_inactive",
+                _("Ce compte n'est plus actif : le professionnel n'est plus dans l'annuaire."),
+            )
+        )
+    if not has_second_factor(user):
+        # Never a session on the passphrase alone; an enrolled account without any factor
+        # goes to its operator, an unfinished enrolment to the browser.
+        return _answer(
+            _Refused(
+                "no_second_factor",
+                _(
+                    "Aucun second facteur n'est enregistré pour ce compte :"
+                    " adressez-vous à l'administrateur de votre opérateur."
+                ),
+            )
+            if user.enrolled_at is not None
+            else _Refused(
                 "enrolment_incomplete",
                 _("Terminez votre inscription dans le navigateur avant d'utiliser l'API."),
             )

@@ -19,9 +19,8 @@ import datetime as dt
 
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Router, Status
 from ninja.security import django_auth
-from pydantic import ConfigDict
 
 from pli.crypto import certificate_pem
 from pli.server.accounts.custody import (
@@ -34,6 +33,7 @@ from pli.server.accounts.custody import (
 from pli.server.accounts.models import User
 from pli.server.accounts.operator_ca import trust_anchor
 from pli.server.accounts.sessions import recently_authenticated
+from pli.server.validation import StrictSchema
 
 # An authenticated session (CSRF on unsafe methods) for every endpoint, whatever the API's default.
 router = Router(tags=["accounts"], auth=django_auth)
@@ -47,8 +47,8 @@ _STATUS = {
 }
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 class CertificateRequestIn(_Strict):

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from pli.crypto import derive_key, open_secret, seal_secret
+from pli.crypto import CryptoError, derive_key, open_secret, seal_secret
 from pli.server.accounts.models import RecoveryCode, TotpDevice, User
 from pli.server.accounts.tokens import code_hash, new_code
 
@@ -36,18 +36,62 @@ def totp_secret(device: TotpDevice) -> str:
     return open_secret(_totp_key(), bytes(device.sealed_secret), _context(device.user)).decode()
 
 
-def start_totp(user: User) -> tuple[TotpDevice, str]:
-    """A new, unconfirmed seed (160 bits: pyotp refuses fewer than 112)."""
-    secret = pyotp.random_base32(32)
-    device, _ = TotpDevice.objects.update_or_create(
+def new_totp_seed() -> str:
+    """A new seed (160 bits: pyotp refuses fewer than 112), not anyone's until confirmed."""
+    return pyotp.random_base32(32)
+
+
+def seal_totp_seed(user: User, secret: str) -> str:
+    """A seed waiting for its first code, sealed as a stored one is (kept in the session)."""
+    return seal_secret(_totp_key(), secret.encode(), _context(user)).hex()
+
+
+def open_totp_seed(user: User, sealed: object) -> str | None:
+    """The seed :func:`seal_totp_seed` sealed for this user; None for anything else."""
+    if not isinstance(sealed, str):
+        return None
+    try:
+        return open_secret(_totp_key(), bytes.fromhex(sealed), _context(user)).decode()
+    except (ValueError, CryptoError):
+        return None
+
+
+def _matching_step(secret: str, digits: str, after: int) -> int | None:
+    totp = pyotp.TOTP(secret, interval=TOTP_PERIOD)
+    step_now = int(time.time() // TOTP_PERIOD)
+    for offset in range(-TOTP_WINDOW, TOTP_WINDOW + 1):
+        step = step_now + offset
+        if step > after and pyotp.utils.strings_equal(totp.at(step * TOTP_PERIOD), digits):
+            return step
+    return None
+
+
+def _digits(code: str) -> str | None:
+    digits = "".join(ch for ch in code if ch.isascii() and ch.isdigit())
+    return digits if len(digits) == 6 else None
+
+
+@transaction.atomic
+def confirm_totp(user: User, secret: str, code: str) -> bool:
+    """With a valid code for ``secret``, it becomes the user's authenticator, replacing any.
+
+    Until then nothing changes: an authenticator being replaced keeps working,
+    so that opening the page that shows a new seed never leaves the account
+    without its second factor.
+    """
+    digits = _digits(code)
+    step = _matching_step(secret, digits, 0) if digits else None
+    if step is None:
+        return False
+    TotpDevice.objects.update_or_create(
         user=user,
         defaults={
             "sealed_secret": seal_secret(_totp_key(), secret.encode(), _context(user)),
-            "confirmed_at": None,
-            "last_step": 0,
+            "confirmed_at": timezone.now(),
+            "last_step": step,
         },
     )
-    return device, secret
+    return True
 
 
 def provisioning_uri(user: User, secret: str) -> str:
@@ -64,28 +108,19 @@ def qr_svg(uri: str) -> str:
 
 
 @transaction.atomic
-def check_totp(user: User, code: str, *, confirm: bool = False) -> bool:
-    """True for a valid code not used before (replay is refused: RFC 6238 section 5.2)."""
+def check_totp(user: User, code: str) -> bool:
+    """True for a valid code of the user's confirmed authenticator, not used before
+    (replay is refused: RFC 6238 section 5.2)."""
     device = TotpDevice.objects.select_for_update().filter(user=user).first()
-    if device is None or (device.confirmed_at is None and not confirm):
+    digits = _digits(code)
+    if device is None or device.confirmed_at is None or digits is None:
         return False
-    digits = "".join(ch for ch in code if ch.isdigit())
-    if len(digits) != 6:
+    step = _matching_step(totp_secret(device), digits, device.last_step)
+    if step is None:
         return False
-    totp = pyotp.TOTP(totp_secret(device), interval=TOTP_PERIOD)
-    now = time.time()
-    step_now = int(now // TOTP_PERIOD)
-    for offset in range(-TOTP_WINDOW, TOTP_WINDOW + 1):
-        step = step_now + offset
-        if step <= device.last_step:
-            continue
-        if pyotp.utils.strings_equal(totp.at(step * TOTP_PERIOD), digits):
-            device.last_step = step
-            if confirm and device.confirmed_at is None:
-                device.confirmed_at = timezone.now()
-            device.save(update_fields=["last_step", "confirmed_at"])
-            return True
-    return False
+    device.last_step = step
+    device.save(update_fields=["last_step"])
+    return True
 
 
 def has_totp(user: User) -> bool:

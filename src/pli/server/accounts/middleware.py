@@ -33,7 +33,16 @@ class ContentSecurityPolicyMiddleware:
 
 
 #: Paths a signed-in user may reach before acknowledging a new charter version.
-_GATE_EXEMPT = ("/compte/", "/static/", "/api/health", "/i18n/")
+# /api/auth/ (logout, CSRF token) and the session list and revocation: a client must be
+# able to end or revoke its sessions before (or without) reading a new charter.
+_GATE_EXEMPT = (
+    "/compte/",
+    "/static/",
+    "/api/health",
+    "/i18n/",
+    "/api/auth/",
+    "/api/accounts/sessions",
+)
 
 
 class EnrolmentGateMiddleware:

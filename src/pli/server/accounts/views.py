@@ -29,6 +29,7 @@ from pli.server.accounts.actions import (
     do_request_access,
     do_set_passphrase,
     has_second_factor,
+    in_directory,
 )
 from pli.server.accounts.custody import ensure_vault_key, lock_vault, unlock_vault
 from pli.server.accounts.errors import AccountError
@@ -92,6 +93,40 @@ def _fail(
     return _error("bad_code", _("Code incorrect."))
 
 
+def _not_in_directory(request: HttpRequest, user: User) -> dict[str, str]:
+    """As the card and OpenID Connect logins answer (certificate_login, oidc)."""
+    do_record_event(
+        "auth.login_failed",
+        actor=user,
+        request=request,
+        target=f"user:{user.pk}",
+        outcome="failure",
+        detail={"factor": "inactive"},
+    )
+    return _error(
+        "account_inactive",
+        _("Ce compte n'est plus actif : le professionnel n'est plus dans l'annuaire."),
+    )
+
+
+def _no_second_factor(request: HttpRequest, user: User) -> dict[str, str]:
+    do_record_event(
+        "auth.login_failed",
+        actor=user,
+        request=request,
+        target=f"user:{user.pk}",
+        outcome="failure",
+        detail={"factor": "none"},
+    )
+    return _error(
+        "no_second_factor",
+        _(
+            "Aucun second facteur n'est enregistré pour ce compte :"
+            " adressez-vous à l'administrateur de votre opérateur."
+        ),
+    )
+
+
 def _locked() -> dict[str, str]:
     return _error(
         "locked",
@@ -123,6 +158,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 valid = False
             if user is None or not valid:
                 error = _fail(request, keys, user, "passphrase")
+            elif not in_directory(user):
+                error = _not_in_directory(request, user)
+            elif not has_second_factor(user) and user.enrolled_at is not None:
+                # Enrolled, yet no second factor: never a login on the passphrase alone.
+                error = _no_second_factor(request, user)
             elif not has_second_factor(user):
                 # Enrolment was left half-way: the passphrase proves the activation.
                 request.session.cycle_key()
@@ -264,7 +304,8 @@ def _enrolling(request: HttpRequest) -> User | None:
 
 def _enrol_step(request: HttpRequest, step: str) -> tuple[User | None, HttpResponse | None]:
     user = _enrolling(request)
-    if user is None:
+    if user is None or user.enrolled_at is not None:
+        # Once enrolled, factors change from the factors page, after re-authentication.
         return None, redirect("accounts:activate")
     return user, None
 
@@ -292,27 +333,34 @@ def enrol_passphrase_view(request: HttpRequest) -> HttpResponse:
     )
 
 
+#: Session key of the TOTP seed shown, until a code confirms it (sealed: factors.py).
+PENDING_TOTP = "pli_totp_pending"
+
+
 def _totp_page(
     request: HttpRequest, user: User, template: str, done: str, extra: dict[str, Any]
 ) -> HttpResponse:
     form = CodeForm(request.POST or None)
     error: dict[str, str] | None = None
+    # The seed shown waits in the session (sealed) until a code confirms it: only then
+    # does it replace the authenticator in use, which keeps working meanwhile. Opening
+    # this page changes nothing else (a link cannot strip an account of its factor).
+    pending = factors.open_totp_seed(user, request.session.get(PENDING_TOTP))
     if request.method == "POST" and form.is_valid():
         keys = (throttle.account_key(user.username), throttle.address_key(client_address(request)))
         if throttle.locked(*keys):
             error = _locked()
-        elif factors.check_totp(user, form.cleaned_data["code"], confirm=True):
+        elif pending is not None and factors.confirm_totp(user, pending, form.cleaned_data["code"]):
+            request.session.pop(PENDING_TOTP, None)
             do_record_factor(user, "totp", True, request)
             return redirect(done)
         else:
             error = _fail(request, keys, user, "totp")
-    device = getattr(user, "totp", None)
-    if request.method == "POST" and device is not None:
-        secret = factors.totp_secret(device)  # the seed being confirmed, shown again
+    if request.method == "POST" and pending is not None:
+        secret = pending  # the seed being confirmed, shown again
     else:
-        # Each visit shows a new seed; the previous one stops working (reached only
-        # after a re-authentication, or during enrolment).
-        device, secret = factors.start_totp(user)
+        secret = factors.new_totp_seed()  # each visit a new one, the last one forgotten
+        request.session[PENDING_TOTP] = factors.seal_totp_seed(user, secret)
     uri = factors.provisioning_uri(user, secret)
     return render(
         request,

@@ -20,9 +20,8 @@ import datetime as dt
 from typing import Literal
 
 from django.http import HttpRequest
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Router, Status
 from ninja.security import django_auth
-from pydantic import ConfigDict
 
 from pli.server.accounts.models import User
 from pli.server.compliance.actions import (
@@ -33,14 +32,15 @@ from pli.server.compliance.actions import (
 )
 from pli.server.compliance.errors import ComplianceError
 from pli.server.compliance.models import Opposition
+from pli.server.validation import StrictSchema
 
 router = Router(tags=["compliance"], auth=django_auth)
 
 _STATUS = {"not_allowed": 403, "not_opposed": 409}
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 class RecordIn(_Strict):

@@ -17,17 +17,17 @@ import datetime as dt
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from ninja import Router, Schema, Status
-from pydantic import ConfigDict
+from ninja import Router, Status
 
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxCertificate
+from pli.server.validation import StrictSchema
 
 router = Router(tags=["directory"])
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 class MailboxCertificateOut(_Strict):

@@ -45,6 +45,7 @@ from pli.server.directory.models import (
     Organisation,
     Professional,
 )
+from pli.server.directory.queries import has_control_characters
 
 Json = dict[str, Any]
 
@@ -595,8 +596,22 @@ def _organization_identifier_q(system: str | None, value: str, prefix: str = "")
     return by_system.get(system, _NOTHING)
 
 
+#: Characters a starts-with or contains search of an address needs at least: a shorter
+#: one matches most of the directory and no index serves it (a review measured seconds).
+_MIN_ADDRESS_PART = 3
+#: Matches counted at most for a searchset's ``total``; beyond, ``total`` is left out
+#: (FHIR R4 Bundle.total is optional) and paging goes on by the ``next`` links.
+_TOTAL_CAP = 1000
+
+
 def _address_q(modifier: str | None, value: str) -> Q:
     """FHIR R4 search §3.1.1.4.9 string: starts-with by default, ``:exact``, ``:contains``."""
+    if modifier != "exact" and len(value) < _MIN_ADDRESS_PART:
+        raise _bad_search(
+            "bad_search_value",
+            _("Au moins %(minimum)d caractères pour chercher une adresse par une partie.")
+            % {"minimum": _MIN_ADDRESS_PART},
+        )
     if modifier is None:
         return Q(address__istartswith=value)
     if modifier == "exact":
@@ -719,6 +734,12 @@ def _search_filter(request: HttpRequest, conditions: dict[str, Condition]) -> Q:
                 issue="not-supported",
             )
         for value in values:
+            if has_control_characters(key) or has_control_characters(value):
+                # A NUL cannot even be sent to PostgreSQL: refuse them all, as the
+                # directory search does (queries._check_length).
+                raise _bad_search(
+                    "bad_search_value", _("La recherche contient des caractères invalides.")
+                )
             parts = _split_or(value)
             criteria += len(parts)
             if criteria > _MAX_CRITERIA:
@@ -763,20 +784,29 @@ def _link(request: HttpRequest, offset: int) -> str:
     return request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
 
 
+def _total(matches: QuerySet[Any]) -> int | None:
+    """How many match, counted up to :data:`_TOTAL_CAP`; None beyond."""
+    counted = matches[: _TOTAL_CAP + 1].count()
+    return counted if counted <= _TOTAL_CAP else None
+
+
 def _searchset(
     request: HttpRequest,
-    total: int,
+    total: int | None,
     offset: int,
     count: int,
     entries: list[tuple[str, Json]],
 ) -> Json:
-    """FHIR R4 bundle.html#searchset: total, links, one entry per match."""
+    """FHIR R4 bundle.html#searchset: total (when counted), links, one entry per match."""
     links = [{"relation": "self", "url": request.build_absolute_uri()}]
-    if count and offset + count < total:  # _count=0 asks for the total only
+    more = len(entries) == count if total is None else offset + count < total
+    if count and more:  # _count=0 asks for the total only
         links.append({"relation": "next", "url": _link(request, offset + count)})
     if offset > 0:
         links.append({"relation": "previous", "url": _link(request, max(offset - count, 0))})
-    bundle: Json = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
+    bundle: Json = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if total is not None:
+        bundle["total"] = total
     if entries:  # FHIR R4 json.html: arrays are never empty, an absent element is left out
         bundle["entry"] = [
             {"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}}
@@ -815,7 +845,7 @@ def practitioner_search(request: HttpRequest) -> Json:
         )
         for p in page
     ]
-    return _searchset(request, matches.count(), offset, count, entries)
+    return _searchset(request, _total(matches), offset, count, entries)
 
 
 @_fhir_view
@@ -850,7 +880,7 @@ def practitioner_role_search(request: HttpRequest) -> Json:
         )
         for a in page
     ]
-    return _searchset(request, matches.count(), offset, count, entries)
+    return _searchset(request, _total(matches), offset, count, entries)
 
 
 @_fhir_view
@@ -876,7 +906,7 @@ def organization_search(request: HttpRequest) -> Json:
         )
         for o in page
     ]
-    return _searchset(request, matches.count(), offset, count, entries)
+    return _searchset(request, _total(matches), offset, count, entries)
 
 
 @_fhir_view

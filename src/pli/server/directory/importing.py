@@ -1871,9 +1871,11 @@ def _parse_mssante_line(raw: bytes | None, number: int) -> _MailboxLine:
     kind = f[0].strip()
     if kind not in _MAILBOX_KINDS:
         raise _BadLine("unknown_mailbox_type", "the mailbox type is not PER, ORG, APP or CAB")
-    # Compared without case, as the mail systems of these domains do.
+    # Compared without case, as the mail systems of these domains do. ASCII only, as
+    # messaging's own check (actions.normalise_address): lower-casing other scripts can
+    # also lengthen the text ("İ" gives two characters) past the column's limit.
     address = f[1].strip().lower()
-    if not _ADDRESS.fullmatch(address):
+    if not address.isascii() or not _ADDRESS.fullmatch(address):
         raise _BadLine("bad_address", "the mailbox address is not an e-mail address")
     national_id = ""
     if f[2] or f[3] or f[4]:
@@ -1977,6 +1979,12 @@ def _import_mssante_batch(
         update_fields=_MAILBOX_UPDATE,
     )
     return imported
+
+
+#: The largest share of the active directory one import may deactivate unless forced,
+#: and the size under which it is not checked (a first, small or test directory).
+MAX_DEACTIVATED_SHARE = 0.10
+MIN_CHECKED_DIRECTORY = 100
 
 
 def _deactivate_mssante(run: ImportRun) -> int:
@@ -2109,7 +2117,8 @@ def import_extraction(
             bar.start("import", source.size)
             bar.advance(source.header_bytes)
             with handle:
-                summary = _Job(path, source, _Rejects(rejects_file, handle), bar).execute()
+                job = _Job(path, source, _Rejects(rejects_file, handle), bar, force=force)
+                summary = job.execute()
     finally:
         bar.close()
     if not summary.rejected and not summary.corrected:
@@ -2123,8 +2132,11 @@ def import_extraction(
 class _Job:
     """One run of the import over an opened, checked extraction."""
 
-    def __init__(self, path: Path, source: _Source, rejects: _Rejects, bar: _Progress) -> None:
+    def __init__(
+        self, path: Path, source: _Source, rejects: _Rejects, bar: _Progress, *, force: bool
+    ) -> None:
         self.path, self.source, self.rejects, self.bar = path, source, rejects, bar
+        self.force = force
         self.lines = self.imported = 0
         #: Peak memory of the second reader of a split first import (KiB), if any.
         self.helper_peak_rss_kib = 0
@@ -2165,12 +2177,15 @@ class _Job:
             self._analyze()
         except BaseException as error:
             code = "read_error" if isinstance(error, OSError) else "import_error"
+            if isinstance(error, ImportFailed):
+                code = error.code
             try:
                 if writer is not None:
                     writer.close()
                 ImportRun.objects.filter(pk=self.run.pk).update(
                     status=_FAILED, finished_at=timezone.now(), error_code=code
                 )
+                self._record_failure(code)
                 if self.aside is not None:
                     self.aside.rebuild()  # else the next import does
             except DatabaseError:
@@ -2390,6 +2405,40 @@ class _Job:
             else:
                 cursor.execute(f"VACUUM (ANALYZE) {tables}")
 
+    def _record_failure(self, code: str) -> None:
+        """REQ-TRACE: a failed import is traced too (decision 0005), with its code."""
+        from pli.server.audit.actions import do_record_event  # noqa: PLC0415
+
+        with transaction.atomic():
+            do_record_event(
+                "directory.import",
+                target=f"import:{self.run.pk}",
+                outcome="failure",
+                detail={"kind": str(self.source.kind), "code": code, "lines": self.lines},
+            )
+
+    def _check_share_deactivated(self) -> None:
+        """Refuse to deactivate more than :data:`MAX_DEACTIVATED_SHARE` of the directory.
+
+        A plain-text extraction has no checksum: one cut short (a download that
+        stopped) reads as a directory where most professionals left. The lines
+        read stay imported; nothing is deactivated, and the run fails with
+        ``too_many_deactivations`` unless forced (``pli directory import --force``).
+        """
+        if self.source.kind == ImportKind.RPPS:
+            people = Professional.objects.filter(identifier_type__in=_NATIONAL_TYPES, active=True)
+            total, gone = people.count(), people.exclude(last_import=self.run).count()
+        else:
+            boxes = Mailbox.objects.filter(active=True, last_import__kind=ImportKind.MSSANTE)
+            total, gone = boxes.count(), boxes.exclude(last_import=self.run).count()
+        if total >= MIN_CHECKED_DIRECTORY and gone > total * MAX_DEACTIVATED_SHARE:
+            raise ImportFailed(
+                "too_many_deactivations",
+                f"{self.path.name}: {gone} of {total} entries are no longer listed"
+                f" (more than {MAX_DEACTIVATED_SHARE:.0%}): a file cut short? Nothing was"
+                " deactivated; import it with --force if the directory really shrank",
+            )
+
     def _finish(self) -> int:
         """Deactivate what the file no longer lists, and close the run; returns how many.
 
@@ -2398,6 +2447,8 @@ class _Job:
         """
         with transaction.atomic():
             deactivated = 0
+            if self.imported and not self.force:
+                self._check_share_deactivated()
             if self.imported:
                 if self.source.kind == ImportKind.RPPS:
                     deactivated = _deactivate_rpps(self.run, self.dormant)

@@ -418,7 +418,7 @@ def _check_length(field: str, value: str, limit: int = MAX_QUERY_LENGTH) -> str:
             _("La recherche ne peut pas dépasser %(limit)d caractères.") % {"limit": limit},
             field,
         )
-    if _has_control_characters(value):
+    if has_control_characters(value):
         # A NUL cannot even be sent to PostgreSQL: refuse them all, the same way.
         raise SearchError(
             "invalid_characters", _("La recherche contient des caractères invalides."), field
@@ -426,7 +426,7 @@ def _check_length(field: str, value: str, limit: int = MAX_QUERY_LENGTH) -> str:
     return value
 
 
-def _has_control_characters(text: str) -> bool:
+def has_control_characters(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
@@ -793,7 +793,7 @@ def resolve_address(address: str) -> Mailbox | None:
     active member of the directory (REQ-DIRECTORY).
     """
     given = address.strip()
-    if not given or len(given) > MAX_ADDRESS_LENGTH or _has_control_characters(given):
+    if not given or len(given) > MAX_ADDRESS_LENGTH or has_control_characters(given):
         return None
     mailbox = (
         Mailbox.objects.filter(Q(address=given) | Q(address=given.lower()), active=True)

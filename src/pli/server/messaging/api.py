@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from django.db.models import Count, Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext as _
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Router, Status
 from ninja.security import django_auth
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -46,7 +46,7 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Delivery, Folder, MessageCopy
-from pli.server.validation import field_errors, whole_number
+from pli.server.validation import StrictSchema, field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -58,8 +58,8 @@ _ID_MAX = 64
 _T = TypeVar("_T", bound=BaseModel)
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 # --------------------------------------------------------------------------- schemas

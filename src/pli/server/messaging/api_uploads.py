@@ -25,9 +25,9 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.utils.translation import gettext as _
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Router, Status
 from ninja.security import django_auth
-from pydantic import ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from pli.server.accounts.models import User
 from pli.server.messaging.access import MessagingError, access_copy_by_message_id
@@ -47,7 +47,7 @@ from pli.server.messaging.uploads import (
     max_upload_bytes,
     open_message_blob,
 )
-from pli.server.validation import field_errors, whole_number
+from pli.server.validation import StrictSchema, field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
 
@@ -55,8 +55,8 @@ _ID_MAX = 64
 _BODY_MAX = 4096
 
 
-class _Strict(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictSchema):
+    pass
 
 
 class UploadIn(_Strict):
