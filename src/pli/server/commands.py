@@ -144,7 +144,8 @@ def directory_group() -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Import even an extraction older than the last one imported of its kind.",
+    help="Import even an extraction older than the last one imported of its kind, or one"
+    " that deactivates more than 10% of the directory (a file cut short, otherwise).",
 )
 def directory_import_command(file: Path, rejects: Path | None, force: bool) -> None:
     """Import an RPPS (personne-activité) or MSSanté correspondence extraction, or its zip."""
