@@ -150,6 +150,14 @@ def test_a_number_glued_to_letters_is_refused_too(value: str, glue: str) -> None
             "Suivi 185\u2009057\u2009800\u2009608\u2009491",
             "185\u2009057\u2009800\u2009608\u2009491",
         ),
+        # Typed by hand: several separators, or slashes, underscores, commas.
+        ("Suivi 1  85  05  78  006  084  91", "1  85  05  78  006  084  91"),
+        ("Suivi 1 - 85 - 05 - 78 - 006 - 084 - 91", "1 - 85 - 05 - 78 - 006 - 084 - 91"),
+        ("Suivi 1/85/05/78/006/084/91", "1/85/05/78/006/084/91"),
+        ("Suivi 1_85_05_78_006_084_91", "1_85_05_78_006_084_91"),
+        ("Suivi 1, 85, 05, 78, 006, 084, 91", "1, 85, 05, 78, 006, 084, 91"),
+        ("NISS 85/07/30-033-28", "85/07/30-033-28"),
+        ("NISS 85 07 30  033 28", "85 07 30  033 28"),
     ],
 )
 def test_identifiers_are_found_with_their_span(subject: str, expected: str) -> None:

@@ -298,7 +298,9 @@ class FoundIdentifier:
 
 
 # Groups of digits (and the letters of Corsican department codes) separated
-# by at most one separator: "1 85 05 78 006 084 36", "85.07.30-033.28".
+# by one to three separators: "1 85 05 78 006 084 36", "85.07.30-033.28",
+# "1  85  05 …", "85 - 07 - 30" (a subject typed by hand: a miss costs more
+# than a rare false positive).
 # A group is digits, where a Corsican department may add an A or a B ("2A"),
 # even when the 2 and the letter are written apart ("2 A").
 _GROUP_PATTERN = (
@@ -306,7 +308,8 @@ _GROUP_PATTERN = (
     r"|(?<=2[ .\-\u00a0\u202f])[AaBb](?=[0-9]|[ .\-\u00a0\u202f][0-9])[0-9]*)"
 )
 _GROUP_RUN = re.compile(
-    rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}(?:[ .\-\u00a0\u202f]{_GROUP_PATTERN})*(?![0-9A-Za-z])"
+    rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}"
+    rf"(?:[ .\-\u00a0\u202f]{{1,3}}{_GROUP_PATTERN})*(?![0-9A-Za-z])"
 )
 _GROUP = re.compile(_GROUP_PATTERN)
 _FIND_KINDS: dict[int, tuple[IdentifierKind, ...]] = {

@@ -89,7 +89,11 @@ _FOLD_TABLE = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "ł": "l", "đ":
 #: A word: letters and digits, with the combining marks of text typed decomposed (NFD).
 _WORD = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\ufe20-\ufe2f])*")
 _SEPARATOR_CHARS = " .-"
-#: A run of digits with at most one separator between two of them (after canonicalisation).
+#: Characters typed between groups of digits besides spaces, dots and dashes: read as dots.
+_OTHER_SEPARATORS = frozenset("/_,;:\u00b7")
+#: A run of digits with at most one separator between two of them (after
+#: canonicalisation), for the NIR-shaped warning: a heuristic, kept narrow (valid
+#: numbers are found with up to three separators by pli.identifiers.find_identifiers).
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ .\-]?[0-9])*(?![0-9])")
 #: First digits of a NIR: sex 1/2, 3/4 foreign-born pending, 7/8 temporary (NIA).
 _NIR_FIRST_DIGITS = frozenset("123478")
@@ -104,7 +108,8 @@ def fold_name(text: str) -> str:
 
 
 def _searchable(text: str) -> str:
-    """``text`` with the same length, digits in ASCII, spaces and dashes made plain.
+    """``text`` with the same length, digits in ASCII, spaces, dashes and other separators
+    (slashes, underscores, commas…) made plain.
 
     Same length, so that the spans found in it are spans of ``text``.
     """
@@ -117,6 +122,8 @@ def _searchable(text: str) -> str:
             out.append(" ")
         elif not char.isascii() and unicodedata.category(char) == "Pd":
             out.append("-")
+        elif char in _OTHER_SEPARATORS:
+            out.append(".")
         else:
             out.append(char)
     return "".join(out)
