@@ -6,19 +6,21 @@ import datetime as dt
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.db import connection
 from django.utils import timezone
 
 from pli.client.cli import main
-from pli.server.accounts import throttle
-from pli.server.accounts.models import Enrolment, Throttle, UserSession
-from pli.server.audit.actions import do_record_event
+from pli.server.accounts import lifecycle, throttle
+from pli.server.accounts.models import Enrolment, Throttle, User, UserSession
+from pli.server.audit.actions import CHAIN_LOCK, do_record_event
 from pli.server.audit.models import AuditAction, AuditCheckpoint, AuditEvent
 from pli.server.config import ConfigurationError
-from pli.server.jobs import DAILY_JOBS, DailyJob, JobSummary, job_names, run_daily
+from pli.server.jobs import DAILY_JOBS, DailyJob, JobSummary, job_names, run_daily, run_job
 from pli.server.lifecycle_cli import JOB_NAMES
 from tests.accounts_support import make_account
 
@@ -231,3 +233,43 @@ def test_the_operator_crl_is_republished_daily(settings: Any, tmp_path: Any) -> 
     assert summary.data == {"published": True}
     crl = load_crl((tmp_path / "ca" / "crl.pem").read_bytes())
     assert crl.next_update_utc is not None and crl.next_update_utc > now
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.requirement("REQ-INACTIVE-DELETE")
+def test_the_lifecycle_job_lets_go_of_the_audit_chain_between_accounts() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's advisory lock (SQLite serialises its writers anyway)")
+    first, _ = make_account("dr.first@cabinet.pli.test")
+    second, _ = make_account("dr.second@cabinet.pli.test")
+    long_ago = timezone.now() - dt.timedelta(days=340)
+    User.objects.filter(pk__in=[first.pk, second.pk]).update(
+        last_authenticated_at=long_ago, date_joined=long_ago
+    )
+    free_meanwhile: list[bool] = []
+    real = lifecycle.do_warn_inactive_account
+
+    def warn(user: User, *args: Any) -> bool:
+        if user.pk == second.pk:
+            # The first account is done (its warning event appended): can a login, on
+            # another connection, take the chain's lock now?
+            settings = connection.settings_dict
+            with psycopg.connect(
+                host=settings["HOST"],
+                port=settings["PORT"] or 5432,
+                user=settings["USER"],
+                dbname=settings["NAME"],
+                autocommit=True,
+            ) as other:
+                row = other.execute("SELECT pg_try_advisory_lock(%s)", [CHAIN_LOCK]).fetchone()
+                free_meanwhile.append(bool(row and row[0]))
+                other.execute("SELECT pg_advisory_unlock_all()")
+        return real(user, *args)
+
+    job = next(job for job in DAILY_JOBS if job.name == "lifecycle")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lifecycle, "do_warn_inactive_account", warn)
+        result = run_job(job, timezone.now())
+    assert result.status == "ok", result.error
+    assert sorted(result.summary.data["warned"]["accounts"]) == sorted([first.pk, second.pk])  # type: ignore[union-attr]
+    assert free_meanwhile == [True]

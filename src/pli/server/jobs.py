@@ -47,6 +47,12 @@ class DailyJob:
     name: str
     help: str
     run: JobFunction
+    #: The job commits as it goes (one transaction per account): a real run is not
+    #: wrapped in one transaction of its own, so that the audit chain's lock, taken by
+    #: the first event a transaction appends, is released after each account instead
+    #: of being held for the whole run (logins and sends wait for it). A dry run is
+    #: still wrapped, and rolled back.
+    own_transactions: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ DAILY_JOBS: tuple[DailyJob, ...] = (
         "lifecycle",
         "Warn, then delete, accounts without authentication for a year (REQ-INACTIVE-DELETE).",
         _lifecycle,
+        own_transactions=True,
     ),
     DailyJob(
         "account_records",
@@ -212,11 +219,14 @@ def run_job(job: DailyJob, now: dt.datetime, *, dry_run: bool = False) -> JobRes
     """Run one job in its own transaction; never raises (the error is in the result)."""
     started = time.perf_counter()
     try:
-        with transaction.atomic():
+        if job.own_transactions and not dry_run:
             outcome = job.run(now, dry_run)
-            if dry_run:
-                # Whatever the job did, a dry run leaves the database as it was.
-                transaction.set_rollback(True)
+        else:
+            with transaction.atomic():
+                outcome = job.run(now, dry_run)
+                if dry_run:
+                    # Whatever the job did, a dry run leaves the database as it was.
+                    transaction.set_rollback(True)
         summary = outcome if isinstance(outcome, JobSummary) else outcome()
     except Exception as error:  # one failing job must not stop the others
         line = _error_line(error)
