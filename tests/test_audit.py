@@ -634,8 +634,11 @@ def test_the_parts_of_a_long_trail_prove_what_the_one_pass_proves_and_nothing_el
     """Every part alone, then joined: the same report, or nothing proved (the one pass names it)."""
     monkeypatch.setenv("PLI_AUDIT_CHECKPOINT_EVENTS", "4")
     events = record(20)  # checkpoints at 1, 5, 9, 13, 17; parts 1-7, 8-14, 15-20
-    if what == "purged":
+    if what == "purged":  # what the retention purge does (purge_expired_events)
         tamper("DELETE FROM audit_auditevent WHERE seq < 9")
+        do_record_event(
+            AuditAction.AUDIT_PURGE, target="audit_event:9", detail={"events": 8, "checkpoints": 0}
+        )
     elif what == "forged":  # event 11 rewritten with its own hash: the link from 12 breaks
         forged = events[10]
         forged_hash = event_hash(
@@ -769,6 +772,21 @@ def test_the_purge_keeps_the_chain_verifiable_from_the_oldest_kept_checkpoint(
     again = purge_expired_events(timezone.now())
     assert (again.events, again.checkpoints, again.kept_from) == (0, 0, 9)
     assert verify_trail(operator_key(audit_key)).first_seq == 9
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_events_deleted_from_the_start_without_a_purge_break_the_proof(
+    clock: Clock, audit_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _year_old_trail(clock, monkeypatch)
+    # The trail purged by hand, exactly up to a kept checkpoint: every remaining link and
+    # signature is intact, but no audit.purge event says where the trail now starts.
+    tamper("DELETE FROM audit_auditevent WHERE seq < %s", 9)
+    with pytest.raises(AuditMissingPredecessor) as broken:
+        verify_trail(operator_key(audit_key))
+    assert broken.value.seq == 9
+    exit_code, output = verify_cli()
+    assert exit_code != 0 and "audit_missing_predecessor" in output
 
 
 @pytest.mark.requirement("REQ-TRACE-RETENTION")

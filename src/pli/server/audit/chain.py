@@ -540,9 +540,34 @@ def verify_trail(
             )
             report = None
         if report is not None:
-            return report
+            return _purged_by_the_purge(report)
     with _event_digests(chunk) as digests:
-        return _verify_digests(digests, checkpoints, by_fingerprint)
+        return _purged_by_the_purge(_verify_digests(digests, checkpoints, by_fingerprint))
+
+
+def _purged_by_the_purge(report: VerificationReport) -> VerificationReport:
+    """A trail that starts after event #1 must start where the last purge said it would.
+
+    The retention purge records ``audit.purge`` with the new first event as its
+    target, inside the chain it leaves (so under the hashes and the signatures
+    that follow). Events deleted from the start by any other means leave a
+    trail that starts at a checkpoint all the same: without this check,
+    ``verify`` proved it (found by a review).
+    """
+    if not report.from_checkpoint or report.first_seq is None:
+        return report
+    named = (
+        AuditEvent.objects.filter(action="audit.purge", seq__gte=report.first_seq)
+        .order_by("-seq")
+        .values_list("target", flat=True)
+        .first()
+    )
+    if named != f"audit_event:{report.first_seq}":
+        raise AuditMissingPredecessor(
+            f"the events before #{report.first_seq} are gone, and no purge removed them",
+            seq=report.first_seq,
+        )
+    return report
 
 
 def _read_checkpoints() -> list[_Checkpoint]:
