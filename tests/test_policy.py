@@ -192,6 +192,10 @@ def test_professional_identifiers_pass_on_purpose() -> None:
         "RDV 14h30 le 30.07.2024, tél. 01 23 45 67 89",
         "Dossier 12345, lit 4, chambre 210",
         "Résultats biologiques — suivi diabète type 2",
+        # Dates next to each other, or with a one-letter word between them, are no number
+        # (found by hypothesis when separators were widened: three blanks never join).
+        "A 11/05/154 A 26/01/2000 A",
+        "Séjour du 11/05/2026 - 26/01/2027",
         "",
     ],
 )

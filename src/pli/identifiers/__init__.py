@@ -298,7 +298,7 @@ class FoundIdentifier:
 
 
 # Groups of digits (and the letters of Corsican department codes) separated
-# by one to three separators: "1 85 05 78 006 084 36", "85.07.30-033.28",
+# as :data:`_JOINER` says: "1 85 05 78 006 084 36", "85.07.30-033.28",
 # "1  85  05 …", "85 - 07 - 30" (a subject typed by hand: a miss costs more
 # than a rare false positive).
 # A group is digits, where a Corsican department may add an A or a B ("2A"),
@@ -307,9 +307,12 @@ _GROUP_PATTERN = (
     r"(?:[0-9]+(?:[AaBb][0-9]*)?"
     r"|(?<=2[ .\-\u00a0\u202f])[AaBb](?=[0-9]|[ .\-\u00a0\u202f][0-9])[0-9]*)"
 )
+#: Between two groups: a dot or a dash, with a space on either side or not (" - ",
+#: ". "), or one or two spaces. Three spaces are not a separator: that is what the
+#: subject check leaves of a one-letter word between two numbers ("10 h 30 A 12").
+_JOINER = r"(?: ?[.\-\u00a0\u202f] ?| {1,2})"
 _GROUP_RUN = re.compile(
-    rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}"
-    rf"(?:[ .\-\u00a0\u202f]{{1,3}}{_GROUP_PATTERN})*(?![0-9A-Za-z])"
+    rf"(?<![0-9A-Za-z]){_GROUP_PATTERN}(?:{_JOINER}{_GROUP_PATTERN})*(?![0-9A-Za-z])"
 )
 _GROUP = re.compile(_GROUP_PATTERN)
 _FIND_KINDS: dict[int, tuple[IdentifierKind, ...]] = {
