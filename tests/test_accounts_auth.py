@@ -558,3 +558,23 @@ def test_a_professional_gone_from_the_directory_cannot_log_in_with_a_passphrase(
         HTTP_X_CSRFTOKEN=token,
     )
     assert (refused.status_code, refused.json()["code"]) == (403, "account_inactive")
+
+
+def test_a_session_ends_when_its_professional_leaves_the_directory() -> None:
+    user, _ = make_account("dr.leaving@cabinet.pli.test")
+    assert user.professional is not None
+    client = signed_in(user)
+    assert client.get("/api/accounts/me").status_code == 200
+    Professional.objects.filter(pk=user.professional.pk).update(active=False)
+    ended = client.get("/api/accounts/me")
+    assert (ended.status_code, ended.json()) == (
+        401,
+        {"code": "session_ended", "detail": "inactive"},
+    )
+    web = signed_in(user)
+    page = web.get("/annuaire/")
+    assert page.status_code == 302 and page["Location"].endswith("?ended=inactive")
+    notice = web.get(page["Location"]).content.decode()
+    assert "n'est plus dans l'annuaire" in notice
+    english = Client().get(page["Location"], HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "no longer in the directory" in english

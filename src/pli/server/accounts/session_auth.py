@@ -47,6 +47,7 @@ from django.utils.functional import SimpleLazyObject
 
 from pli.server.accounts.models import Charter, CharterAcknowledgement, User, UserSession
 from pli.server.accounts.tokens import session_key_hash
+from pli.server.directory.models import Professional
 
 #: The backend's dotted path, as Django stores it in a session at login.
 BACKEND = "pli.server.accounts.session_auth.SessionUserBackend"
@@ -90,8 +91,16 @@ def _statement(vendor: str) -> str:
         f" AND a.{quote('charter_id')} = (SELECT c.{quote('id')} FROM {charter} c"
         f" ORDER BY c.{quote('version')} DESC LIMIT 1)))"
     )
+    # The rule of accounts.actions.in_directory: an account whose professional left the
+    # directory is signed out at its next request (no session outlives the departure).
+    professional = quote(Professional._meta.db_table)
+    left = (
+        f"(u.{quote('professional_id')} IS NOT NULL AND NOT EXISTS (SELECT 1"  # noqa: S608 - our names
+        f" FROM {professional} p WHERE p.{quote('id')} = u.{quote('professional_id')}"
+        f" AND p.{quote('active')}))"
+    )
     return (
-        f"SELECT s.{quote('session_data')}, r.{quote('id')}, {due},"  # noqa: S608 - our names
+        f"SELECT s.{quote('session_data')}, r.{quote('id')}, {due}, {left},"  # noqa: S608 - our names
         f" {columns('r', UserSession)}, {columns('u', User)}"
         f" FROM {session} s"
         f" LEFT JOIN {record} r ON r.{quote('key_hash')} = %s"
@@ -133,6 +142,8 @@ class SessionStore(DbSessionStore):
     #: The session's registry record (None when it has none), and whether the charter is due.
     record: UserSession | None = None
     charter_due = False
+    #: Whether the user's professional is no longer in the directory.
+    professional_left = False
 
     def load(self) -> dict[str, Any]:
         key = self.session_key
@@ -151,13 +162,14 @@ class SessionStore(DbSessionStore):
         if row is None:
             self._session_key = None  # missing or expired: a new key on save, as Django does
             return {}
-        data, record_id, due = row[:3]
+        data, record_id, due, left = row[:4]
         self.record = None
         if record_id is not None:
             width = len(_fields(UserSession))
-            record = _instance(UserSession, row[3 : 3 + width])
+            record = _instance(UserSession, row[4 : 4 + width])
             self.charter_due = bool(due)
-            user_values = row[3 + width :]
+            self.professional_left = bool(left)
+            user_values = row[4 + width :]
             if user_values[0] is not None:
                 record.user = _instance(User, user_values)
             self.record = record
@@ -204,9 +216,9 @@ class AuthenticationMiddleware(DjangoAuthenticationMiddleware):
         request.user = SimpleLazyObject(lambda: _get_user(request))  # type: ignore[assignment]
 
 
-def loaded_record(request: HttpRequest) -> tuple[UserSession, bool] | None:
+def loaded_record(request: HttpRequest) -> tuple[UserSession, bool, bool] | None:
     """The registry record read with this request's session, if the store read one,
-    and whether the charter is due."""
+    whether the charter is due, and whether the user's professional left the directory."""
     session = getattr(request, "session", None)
     if not isinstance(session, SessionStore) or session.session_key is None:
         return None
@@ -215,4 +227,4 @@ def loaded_record(request: HttpRequest) -> tuple[UserSession, bool] | None:
     # Read for the key the session was loaded with: still this request's key?
     if record is None or record.key_hash != session_key_hash(session.session_key):
         return None
-    return record, session.charter_due
+    return record, session.charter_due, session.professional_left

@@ -215,11 +215,16 @@ class SessionGuardMiddleware:
         loaded = loaded_record(request)
         record: UserSession | None
         if loaded is not None:
-            record, vars(request)[CHARTER_DUE] = loaded
+            record, vars(request)[CHARTER_DUE], left = loaded
         else:
             record = _record_and_charter(request)
+            from pli.server.accounts.actions import in_directory  # noqa: PLC0415 - a cycle
+
+            left = record is not None and not in_directory(record.user)
         if record is None or record.revoked_at is not None:
             return "revoked"
+        if left:  # no session outlives its professional's departure from the directory
+            return "inactive"
         now = timezone.now()
         if now - record.created_at > absolute_timeout():
             return "expired"
