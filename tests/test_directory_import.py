@@ -792,7 +792,12 @@ def lock_held_elsewhere() -> Iterator[None]:
             assert other.execute(
                 "SELECT pg_try_advisory_lock(%s)", [importing._ADVISORY_LOCK]
             ).fetchone() == (True,)
-            yield
+            try:
+                yield
+            finally:
+                # Let go now: closing the connection lets go only once its server process
+                # has ended, which the next import may not wait for (a CI run saw it).
+                other.execute("SELECT pg_advisory_unlock(%s)", [importing._ADVISORY_LOCK])
         return
     with importing._sqlite_lock_path().open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
