@@ -299,6 +299,27 @@ def has_second_factor(user: User) -> bool:
     )
 
 
+def passphrase_login_refusal(user: User) -> AccountError | None:
+    """Why a person whose passphrase is right may not go on to the second factor (the web
+    and the API logins): the professional left the directory (``account_inactive``, as
+    the card and OpenID Connect logins answer), or an enrolled account has no second
+    factor (``no_second_factor``: never a login on the passphrase alone). None: go on."""
+    if not in_directory(user):
+        return AccountError(
+            "account_inactive",
+            _("Ce compte n'est plus actif : le professionnel n'est plus dans l'annuaire."),
+        )
+    if user.enrolled_at is not None and not has_second_factor(user):
+        return AccountError(
+            "no_second_factor",
+            _(
+                "Aucun second facteur n'est enregistré pour ce compte :"
+                " adressez-vous à l'administrateur de votre opérateur."
+            ),
+        )
+    return None
+
+
 def in_directory(user: User) -> bool:
     """Whether the account's professional is still in the directory (an operator's own
     accounts have none). The card and OpenID Connect logins refuse the others too."""

@@ -43,7 +43,7 @@ from ninja.utils import check_csrf
 from pydantic import BaseModel, ValidationError
 
 from pli.server.accounts import factors, throttle
-from pli.server.accounts.actions import has_second_factor, in_directory
+from pli.server.accounts.actions import has_second_factor, passphrase_login_refusal
 from pli.server.accounts.custody import lock_vault
 from pli.server.accounts.models import User
 from pli.server.accounts.sessions import (
@@ -195,27 +195,12 @@ def login(request: HttpRequest) -> Status[NextOut] | Status[ErrorOut]:
         valid = False
     if user is None or not valid:
         return _answer(_fail(request, keys, user, "passphrase"))
-    if not in_directory(user):
-        # As the web login, the card and OpenID Connect logins answer.
+    refusal = passphrase_login_refusal(user)
+    if refusal is not None:
+        return _answer(_Refused(refusal.code, refusal.message))
+    if not has_second_factor(user):  # an unfinished enrolment: it goes on in the browser
         return _answer(
             _Refused(
-                "account_inactive",
-                _("Ce compte n'est plus actif : le professionnel n'est plus dans l'annuaire."),
-            )
-        )
-    if not has_second_factor(user):
-        # Never a session on the passphrase alone; an enrolled account without any factor
-        # goes to its operator, an unfinished enrolment to the browser.
-        return _answer(
-            _Refused(
-                "no_second_factor",
-                _(
-                    "Aucun second facteur n'est enregistré pour ce compte :"
-                    " adressez-vous à l'administrateur de votre opérateur."
-                ),
-            )
-            if user.enrolled_at is not None
-            else _Refused(
                 "enrolment_incomplete",
                 _("Terminez votre inscription dans le navigateur avant d'utiliser l'API."),
             )

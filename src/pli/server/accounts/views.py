@@ -29,7 +29,7 @@ from pli.server.accounts.actions import (
     do_request_access,
     do_set_passphrase,
     has_second_factor,
-    in_directory,
+    passphrase_login_refusal,
 )
 from pli.server.accounts.custody import ensure_vault_key, lock_vault, unlock_vault
 from pli.server.accounts.errors import AccountError
@@ -93,38 +93,20 @@ def _fail(
     return _error("bad_code", _("Code incorrect."))
 
 
-def _not_in_directory(request: HttpRequest, user: User) -> dict[str, str]:
-    """As the card and OpenID Connect logins answer (certificate_login, oidc)."""
+#: The audit detail of each refusal of a right passphrase (passphrase_login_refusal).
+_REFUSED_FACTOR = {"account_inactive": "inactive", "no_second_factor": "none"}
+
+
+def _refused_login(request: HttpRequest, user: User, refusal: AccountError) -> dict[str, str]:
     do_record_event(
         "auth.login_failed",
         actor=user,
         request=request,
         target=f"user:{user.pk}",
         outcome="failure",
-        detail={"factor": "inactive"},
+        detail={"factor": _REFUSED_FACTOR[refusal.code]},
     )
-    return _error(
-        "account_inactive",
-        _("Ce compte n'est plus actif : le professionnel n'est plus dans l'annuaire."),
-    )
-
-
-def _no_second_factor(request: HttpRequest, user: User) -> dict[str, str]:
-    do_record_event(
-        "auth.login_failed",
-        actor=user,
-        request=request,
-        target=f"user:{user.pk}",
-        outcome="failure",
-        detail={"factor": "none"},
-    )
-    return _error(
-        "no_second_factor",
-        _(
-            "Aucun second facteur n'est enregistré pour ce compte :"
-            " adressez-vous à l'administrateur de votre opérateur."
-        ),
-    )
+    return _error(refusal.code, refusal.message)
 
 
 def _locked() -> dict[str, str]:
@@ -158,11 +140,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 valid = False
             if user is None or not valid:
                 error = _fail(request, keys, user, "passphrase")
-            elif not in_directory(user):
-                error = _not_in_directory(request, user)
-            elif not has_second_factor(user) and user.enrolled_at is not None:
-                # Enrolled, yet no second factor: never a login on the passphrase alone.
-                error = _no_second_factor(request, user)
+            elif (refusal := passphrase_login_refusal(user)) is not None:
+                error = _refused_login(request, user, refusal)
             elif not has_second_factor(user):
                 # Enrolment was left half-way: the passphrase proves the activation.
                 request.session.cycle_key()

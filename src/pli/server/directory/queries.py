@@ -64,6 +64,7 @@ from pli.server.directory.models import (
     Professional,
     search_key,
 )
+from pli.server.validation import whole_number
 
 __all__ = [
     "COUNT_CAP",
@@ -401,12 +402,12 @@ def _profession_codes(text: str) -> list[str]:
 
 def parse_page(text: str) -> int:
     """A page number as typed in a query string, or SearchError(invalid_page)."""
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > _PAGE_DIGITS or int(text) < 1:
+    number = whole_number(text.strip(), digits=_PAGE_DIGITS)
+    if not number:  # None, or 0
         raise SearchError(
             "invalid_page", _("Le numéro de page est un entier à partir de 1."), "page"
         )
-    return int(text)
+    return number
 
 
 def _check_length(field: str, value: str, limit: int = MAX_QUERY_LENGTH) -> str:

@@ -826,10 +826,17 @@ def read_envelope(
             .first()
         )
         data = b"" if kept is None else bytes(kept)
-    if hashlib.sha256(data).hexdigest() != message.envelope_sha256:
-        logger.error("messaging: envelope of %s fails its digest", message.public_id)
+    if not envelope_intact(message, data):
         raise _error("envelope_unavailable", _("Ce message est momentanément illisible."))
     return data
+
+
+def envelope_intact(message: Message, data: bytes) -> bool:
+    """Whether ``data`` has the SHA-256 recorded at send (REQ-AT-REST); logged when not."""
+    if hashlib.sha256(data).hexdigest() == message.envelope_sha256:
+        return True
+    logger.error("messaging: envelope of %s fails its digest", message.public_id)
+    return False
 
 
 def do_open_envelope(user: User, copy: MessageCopy, request: HttpRequest | None = None) -> bytes:

@@ -17,7 +17,6 @@ about people's access to messages).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from pli.server.blobs import BlobError, BlobStore, blob_store
-from pli.server.messaging.actions import envelope_in_database_bytes
+from pli.server.messaging.actions import envelope_in_database_bytes, envelope_intact
 from pli.server.messaging.models import Message, MessageEnvelope
 
 logger = logging.getLogger(__name__)
@@ -67,13 +66,6 @@ def _candidates(to_database: bool) -> Iterator[Message]:
         last = batch[-1].pk
 
 
-def _intact(message: Message, data: bytes) -> bool:
-    if hashlib.sha256(data).hexdigest() == message.envelope_sha256:
-        return True
-    logger.error("messaging: envelope of %s fails its digest; not moved", message.public_id)
-    return False
-
-
 def _to_blob_store(message: Message, store: BlobStore) -> int | None:
     """Bytes moved; 0 when the message went meanwhile; None when its envelope is damaged."""
     data = (
@@ -81,7 +73,7 @@ def _to_blob_store(message: Message, store: BlobStore) -> int | None:
     )
     if data is None:  # deleted (or moved) meanwhile
         return 0
-    if not _intact(message, bytes(data)):
+    if not envelope_intact(message, bytes(data)):
         return None
     stored = store.write(bytes(data))
     try:
@@ -106,7 +98,7 @@ def _to_database(message: Message, store: BlobStore) -> int | None:
     except BlobError:
         logger.error("messaging: envelope blob of %s is missing; not moved", message.public_id)  # noqa: TRY400 - expected, named; no traceback
         return None
-    if not _intact(message, data):
+    if not envelope_intact(message, data):
         return None
     old = message.envelope_blob
     with transaction.atomic():
