@@ -113,17 +113,21 @@ def _content_info(buf: bytes, content_type: bytes) -> list[Element]:
     return der.children(buf, der.inner(buf, parts[1], der.SEQUENCE))
 
 
-def _issuer_and_serial_matches(
-    buf: bytes, rid: Element, issuer_and_serial: tuple[bytes, int]
-) -> bool:
-    """An IssuerAndSerialNumber naming that issuer and serial number, byte for byte."""
+def _named_issuer_and_serial(buf: bytes, rid: Element) -> tuple[bytes, int]:
+    """The issuer (its DER) and serial number an IssuerAndSerialNumber names."""
     if rid[0] != der.SEQUENCE:
         raise NotSimpleDer("not an IssuerAndSerialNumber")
     parts = der.children(buf, rid)
     if len(parts) != 2 or parts[0][0] != der.SEQUENCE:
         raise NotSimpleDer("not an IssuerAndSerialNumber")
-    issuer, serial = issuer_and_serial
-    return der.integer(buf, parts[1]) == serial and der.encoded(buf, parts[0]) == issuer
+    return der.encoded(buf, parts[0]), der.integer(buf, parts[1])
+
+
+def _issuer_and_serial_matches(
+    buf: bytes, rid: Element, issuer_and_serial: tuple[bytes, int]
+) -> bool:
+    """An IssuerAndSerialNumber naming that issuer and serial number, byte for byte."""
+    return _named_issuer_and_serial(buf, rid) == issuer_and_serial
 
 
 # --- EnvelopedData ---------------------------------------------------------------------------
@@ -175,6 +179,11 @@ def _inspect_enveloped(buf: bytes, wanted: list[tuple[bytes, int]]) -> str | Non
     if content[2][0] != der.context(0, constructed=False):
         return None
     found = [False] * len(wanted)
+    # Each RecipientInfo's rid is read once and looked up, rather than compared with
+    # every wanted certificate: a send to ten mailboxes has eleven of each.
+    wanted_at: dict[tuple[bytes, int], list[int]] = {}
+    for index, issuer_and_serial in enumerate(wanted):
+        wanted_at.setdefault(issuer_and_serial, []).append(index)
     every_v0 = True
     for info in infos:
         # Every KeyTransRecipientInfo is read whole, ours or not (stricter than
@@ -187,9 +196,9 @@ def _inspect_enveloped(buf: bytes, wanted: list[tuple[bytes, int]]) -> str | Non
         ktri_version = der.small_integer(buf, ktri[0])
         every_v0 = every_v0 and ktri_version == 0
         key_algorithm, parameters = der.algorithm(buf, ktri[2])
-        for index, issuer_and_serial in enumerate(wanted):
+        for index in wanted_at.get(_named_issuer_and_serial(buf, ktri[1]), ()):
             # The first RecipientInfo naming a certificate is the one its holder uses.
-            if found[index] or not _issuer_and_serial_matches(buf, ktri[1], issuer_and_serial):
+            if found[index]:
                 continue
             # RFC 5652 §6.2.1: version 0 with an IssuerAndSerialNumber.
             if ktri_version != 0:

@@ -126,8 +126,13 @@ class Upload(models.Model):
     public_id = models.CharField(gettext_lazy("identifiant"), max_length=UPLOAD_ID_LENGTH)
     #: Who uploads it; only they may send it. Set null if the account goes (the purge
     #: then removes the upload).
+    # No index of its own: messaging_upload_owner_idx (owner, state) begins with it.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     #: Announced ciphertext bytes and SHA-256 (hexadecimal), checked at completion.
     size = models.PositiveBigIntegerField(gettext_lazy("taille"))
@@ -164,7 +169,10 @@ class Upload(models.Model):
 class MessageBlob(models.Model):
     """A large attachment's ciphertext, part of a message (as its envelope is)."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="blobs")
+    # No index of its own: messaging_one_blob_each (message, sha256) begins with it.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="blobs", db_index=False
+    )
     #: SHA-256 of the ciphertext: what the sealed message names, and the URL's name.
     sha256 = models.CharField(max_length=64)
     size = models.PositiveBigIntegerField(gettext_lazy("taille"))
