@@ -50,6 +50,7 @@ from pli.server.audit.errors import (
     AuditError,
     AuditHashMismatch,
     AuditMissingPredecessor,
+    AuditUnsigned,
     AuditValueRefused,
     UnknownAuditAction,
 )
@@ -541,6 +542,52 @@ def test_deleting_the_oldest_events_without_a_checkpoint_is_detected(
     tamper("DELETE FROM audit_auditevent WHERE seq < 3")
     with pytest.raises(AuditMissingPredecessor, match="event #3: the events before it"):
         verify_trail(operator_key(audit_key))
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_a_chain_rewritten_from_the_genesis_without_its_checkpoints_is_refused(
+    audit_key: Path,
+) -> None:
+    """Every link intact, every hash recomputed: only a signature could pin the old chain."""
+    record(5)
+    with _Trigger(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditcheckpoint")
+        _rewrite_from_the_genesis(cursor)
+    with pytest.raises(AuditUnsigned, match="no signed checkpoint vouches for the 5 events") as e:
+        verify_trail(operator_key(audit_key))
+    assert e.value.seq == 1
+    exit_code, output = verify_cli()
+    assert exit_code == 1
+    assert "pli: error: audit_unsigned: no signed checkpoint vouches for the 5 events" in output
+    # What verify cannot do: the next event (here, the failed verification's own) signs
+    # whatever head it finds, so the refusal holds until then (decision 0005).
+    assert AuditCheckpoint.objects.get().event_seq == 6
+
+
+def _rewrite_from_the_genesis(cursor: Any) -> None:
+    """Event #3's target changed, and every hash and link after it recomputed."""
+    previous = "0" * 64
+    for event in AuditEvent.objects.order_by("seq"):
+        target = "user:666" if event.seq == 3 else event.target
+        forged = event_hash(
+            event.seq,
+            micros(event.occurred_at),
+            event.actor_id,
+            event.actor_username,
+            event.actor_role,
+            event.action,
+            target,
+            event.source_address,
+            event.user_agent,
+            event.outcome,
+            event.detail,
+            previous,
+        )
+        cursor.execute(
+            "UPDATE audit_auditevent SET target = %s, prev_hash = %s, hash = %s WHERE seq = %s",
+            [target, previous, forged, event.seq],
+        )
+        previous = forged
 
 
 @pytest.mark.requirement("REQ-TRACE")

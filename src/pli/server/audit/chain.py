@@ -54,6 +54,7 @@ from pli.server.audit.errors import (
     AuditCheckpointInvalid,
     AuditHashMismatch,
     AuditMissingPredecessor,
+    AuditUnsigned,
     AuditValueRefused,
 )
 from pli.server.audit.models import AuditCheckpoint, AuditEvent, AuditOutcome
@@ -540,9 +541,30 @@ def verify_trail(
             )
             report = None
         if report is not None:
-            return _purged_by_the_purge(report)
+            return _signed(_purged_by_the_purge(report))
     with _event_digests(chunk) as digests:
-        return _purged_by_the_purge(_verify_digests(digests, checkpoints, by_fingerprint))
+        return _signed(
+            _purged_by_the_purge(_verify_digests(digests, checkpoints, by_fingerprint))
+        )
+
+
+def _signed(report: VerificationReport) -> VerificationReport:
+    """A trail with events must have at least one signed checkpoint.
+
+    Every link can be intact in a chain rewritten from the genesis with its
+    checkpoints deleted: only a signature pins it (decision 0005). The first
+    event always gets one, so none at all is never a normal state: before,
+    ``verify`` proved such a trail and said "0 signed checkpoint(s)" (found
+    by a review).
+    """
+    if report.events and not report.checkpoints:
+        raise AuditUnsigned(
+            f"no signed checkpoint vouches for the {report.events} events: their checkpoints"
+            " were deleted, or the audit key could not be read when they were due (see the"
+            " logs; once it can, the next event or the daily job signs the head)",
+            seq=report.first_seq,
+        )
+    return report
 
 
 def _purged_by_the_purge(report: VerificationReport) -> VerificationReport:

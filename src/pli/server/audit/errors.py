@@ -68,3 +68,14 @@ class AuditKeyUnavailable(AuditError):
 
 class AuditBadDate(AuditError):
     code = "audit_bad_date"
+
+
+class AuditUnsigned(AuditChainBroken):
+    """The trail has events and no signed checkpoint vouches for any of them.
+
+    The first event always gets a checkpoint (decision 0005): a trail without
+    any had its checkpoints deleted, and may have been rewritten whole, or
+    its checkpoints could never be signed (the audit key unreadable: logged).
+    """
+
+    code = "audit_unsigned"
