@@ -543,9 +543,7 @@ def verify_trail(
         if report is not None:
             return _signed(_purged_by_the_purge(report))
     with _event_digests(chunk) as digests:
-        return _signed(
-            _purged_by_the_purge(_verify_digests(digests, checkpoints, by_fingerprint))
-        )
+        return _signed(_purged_by_the_purge(_verify_digests(digests, checkpoints, by_fingerprint)))
 
 
 def _signed(report: VerificationReport) -> VerificationReport:
