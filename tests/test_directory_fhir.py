@@ -620,6 +620,11 @@ def test_search_pages_with_count_and_next_links(
     assert (bundle.total, bundle.entry) == (5, None)
     assert [link.relation for link in bundle.link] == ["self"]
 
+    # The furthest page start is allowed (empty here); one further is refused (see errors).
+    bundle = search(client, "/fhir/Practitioner?mailbox-mss=page&_count=2&_offset=10000")
+    assert (bundle.total, bundle.entry) == (5, None)
+    assert "previous" in [link.relation for link in bundle.link]
+
     # Beyond the count's cap, no total: the pages go on by their "next" links alone.
     monkeypatch.setattr(fhir, "_TOTAL_CAP", 3)
     url, seen = "/fhir/Practitioner?mailbox-mss=page&_count=2", []
@@ -666,6 +671,8 @@ def test_unknown_id_is_404_operation_outcome(client: Client, url: str) -> None:
         ("identifier=1&_count=-1", "bad_search_value"),
         ("identifier=1&_count=1000", "bad_search_value"),
         ("identifier=1&_offset=x", "bad_search_value"),
+        # The database walks every row before an OFFSET: bounded (a review).
+        ("identifier=1&_offset=10001", "bad_search_value"),
         ("identifier=1&_count=\u00b2", "bad_search_value"),
         # Control characters (a NUL cannot reach PostgreSQL): refused, never a 500.
         ("identifier=%00", "bad_search_value"),

@@ -602,6 +602,11 @@ _MIN_ADDRESS_PART = 3
 #: Matches counted at most for a searchset's ``total``; beyond, ``total`` is left out
 #: (FHIR R4 Bundle.total is optional) and paging goes on by the ``next`` links.
 _TOTAL_CAP = 1000
+#: The furthest a page may start. The database walks every row before an OFFSET: at
+#: 10**9 (the previous bound) one request on a national directory read all of it (a
+#: review); 10,000 is a hundred pages of the largest ``_count``, more than a search
+#: for a person needs; beyond, the search must be narrowed.
+_MAX_OFFSET = 10_000
 
 
 def _address_q(modifier: str | None, value: str) -> Q:
@@ -774,7 +779,7 @@ def _integer_parameter(request: HttpRequest, name: str, default: int, maximum: i
 
 def _page(request: HttpRequest) -> tuple[int, int]:
     count = _integer_parameter(request, "_count", settings.DIRECTORY_PAGE_SIZE, _MAX_COUNT)
-    offset = _integer_parameter(request, "_offset", 0, 10**9)
+    offset = _integer_parameter(request, "_offset", 0, _MAX_OFFSET)
     return count, offset
 
 
