@@ -109,8 +109,9 @@ class _Trigger:
                 cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
                 cursor.execute("ALTER TABLE audit_auditcheckpoint DISABLE TRIGGER USER")
             else:
-                cursor.execute("DROP TRIGGER audit_auditevent_no_update")
-                cursor.execute("DROP TRIGGER audit_auditcheckpoint_no_update")
+                # IF EXISTS: a test may tamper twice; the first drop lasts until the rollback.
+                cursor.execute("DROP TRIGGER IF EXISTS audit_auditevent_no_update")
+                cursor.execute("DROP TRIGGER IF EXISTS audit_auditcheckpoint_no_update")
 
     def __exit__(self, *exc: object) -> None:
         # Both databases roll this DDL back with the test's transaction; PostgreSQL at once.
@@ -560,8 +561,31 @@ def test_a_chain_rewritten_from_the_genesis_without_its_checkpoints_is_refused(
     assert exit_code == 1
     assert "pli: error: audit_unsigned: no signed checkpoint vouches for the 5 events" in output
     # What verify cannot do: the next event (here, the failed verification's own) signs
-    # whatever head it finds, so the refusal holds until then (decision 0005).
+    # whatever head it finds, so the refusal holds until then (decision 0005)...
     assert AuditCheckpoint.objects.get().event_seq == 6
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_signing_a_head_after_older_unsigned_events_is_logged_as_an_error(
+    audit_key: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    record(3)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # a new trail: quiet
+    tamper("DELETE FROM audit_auditcheckpoint")
+    record(1)  # soon after: could still be a new trail's first checkpoint
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    tamper("DELETE FROM audit_auditcheckpoint")
+    clock.advance(minutes=11)  # past the policy's interval: the next signing says so
+    record(1)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        (
+            "audit: events #1 to #5 have no checkpoint at all: signing the head now; if"
+            " checkpoints were written before, they were deleted and the chain may have been"
+            " rewritten: compare it with the logged 'audit checkpoint' lines"
+        )
+    ]
+    assert AuditCheckpoint.objects.get().event_seq == 5
 
 
 def _rewrite_from_the_genesis(cursor: Any) -> None:

@@ -435,6 +435,7 @@ def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint
     except AuditError as error:
         logger.exception("audit checkpoint not written: %s: %s", error.code, error.detail)
         return None
+    _warn_if_checkpoints_vanished(seq, now)
     fingerprint = key.verifying_key().fingerprint
     message = checkpoint_message(seq, hash_, micros(now), fingerprint)
     checkpoint = AuditCheckpoint.objects.create(
@@ -447,6 +448,35 @@ def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint
     # The log is a second copy, outside the database, of what the chain must reach.
     logger.info("audit checkpoint: event #%d hash %s", seq, hash_)
     return checkpoint
+
+
+def _warn_if_checkpoints_vanished(seq: int, now: dt.datetime) -> None:
+    """Say so, loudly, when the head about to be signed follows older unsigned events.
+
+    The first event of a trail is signed with it, by the same append or
+    sequencer run: a trail whose first kept event is older than the policy's
+    interval and that has no checkpoint at all had its checkpoints deleted
+    (or its key unreadable all along, logged then). Signing its head vouches
+    for whatever chain is there, possibly rewritten (decision 0005): the
+    operator must check it against the logged checkpoints. One ``EXISTS`` per
+    checkpoint written; the rest only in that case.
+    """
+    if AuditCheckpoint.objects.exists():
+        return
+    first = AuditEvent.objects.order_by("seq").values_list("seq", "occurred_at").first()
+    if first is None:
+        return
+    first_seq, first_at = first
+    interval = dt.timedelta(minutes=checkpoint_every_minutes())
+    if seq - first_seq < checkpoint_every_events() and now - first_at < interval:
+        return  # a new trail's first checkpoint
+    logger.error(
+        "audit: events #%d to #%d have no checkpoint at all: signing the head now; if"
+        " checkpoints were written before, they were deleted and the chain may have been"
+        " rewritten: compare it with the logged 'audit checkpoint' lines",
+        first_seq,
+        seq,
+    )
 
 
 # --------------------------------------------------------------------------- the sequencer
