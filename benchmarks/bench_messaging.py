@@ -550,8 +550,18 @@ WRK_SECONDS = 8
 
 
 def _lua(value: str) -> str:
-    """A Lua string literal (JSON's escapes are Lua's for what we write)."""
-    return json.dumps(value)
+    """A Lua string literal: printable ASCII as is, every other byte as ``\\ddd``
+    (the escape every Lua reads; a work directory's name may be UTF-8)."""
+    return (
+        '"'
+        + "".join(
+            char
+            if " " <= char <= "~" and char not in '"\\'
+            else "".join(f"\\{byte:03d}" for byte in char.encode())
+            for char in value
+        )
+        + '"'
+    )
 
 
 def ingest_wrk(
