@@ -1,9 +1,10 @@
 """The messaging tables carry no index that another index of theirs already gives.
 
 Each index is one more insertion per row a send writes (a delivery per
-recipient, a copy per mailbox), inside the send's transaction: five such
-duplicates cost about a quarter of PostgreSQL's time on a ten-recipient send
-(benchmarks/README.md, "Messaging"). Checked on the database itself, SQLite
+recipient, a copy per mailbox), inside the send's transaction: the three such
+duplicates on the send's tables took PostgreSQL's CPU for a ten-recipient
+send's one statement from 0.595 to 0.835 ms (one pair of runs,
+benchmarks/README.md, "Messaging"). Checked on the database itself, SQLite
 or PostgreSQL, as the migrations leave it.
 """
 
