@@ -335,7 +335,7 @@ def do_record_events(events: Sequence[EventFields]) -> None:
         now_us = (now - EPOCH) // MICROSECOND
         seq, _previous, hash_, checkpoint_seq, checkpoint_us = _append_sqlite(now, now_us, events)
         if _checkpoint_due(seq, now_us, checkpoint_seq, checkpoint_us, every_events, every_us):
-            _write_checkpoint(seq, hash_, now)
+            _write_checkpoint(seq, hash_, now, first=checkpoint_seq is None)
 
 
 def _append(fields: EventFields) -> AuditEvent:
@@ -360,7 +360,7 @@ def _append(fields: EventFields) -> AuditEvent:
             connection.alias, _EVENT_COLUMNS, (seq, now, *fields, last_hash, hash_)
         )
         if _checkpoint_due(seq, now_us, checkpoint_seq, checkpoint_us, every_events, every_us):
-            _write_checkpoint(seq, hash_, now)
+            _write_checkpoint(seq, hash_, now, first=checkpoint_seq is None)
     return event
 
 
@@ -422,7 +422,9 @@ def _append_postgresql(
     return seq, last_hash, hash_, checkpoint_seq, signed_at_us
 
 
-def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint | None:
+def _write_checkpoint(
+    seq: int, hash_: str, now: dt.datetime, *, first: bool
+) -> AuditCheckpoint | None:
     """Sign (position, hash, time) of the head with the operator audit key.
 
     A key that cannot be read must not stop the action being recorded: the
@@ -435,7 +437,8 @@ def _write_checkpoint(seq: int, hash_: str, now: dt.datetime) -> AuditCheckpoint
     except AuditError as error:
         logger.exception("audit checkpoint not written: %s: %s", error.code, error.detail)
         return None
-    _warn_if_checkpoints_vanished(seq, now)
+    if first:  # the caller read the last checkpoint: there is none
+        _warn_if_checkpoints_vanished(seq, now)
     fingerprint = key.verifying_key().fingerprint
     message = checkpoint_message(seq, hash_, micros(now), fingerprint)
     checkpoint = AuditCheckpoint.objects.create(
@@ -458,11 +461,9 @@ def _warn_if_checkpoints_vanished(seq: int, now: dt.datetime) -> None:
     interval and that has no checkpoint at all had its checkpoints deleted
     (or its key unreadable all along, logged then). Signing its head vouches
     for whatever chain is there, possibly rewritten (decision 0005): the
-    operator must check it against the logged checkpoints. One ``EXISTS`` per
-    checkpoint written; the rest only in that case.
+    operator must check it against the logged checkpoints. Called only when
+    the caller found no checkpoint, so it costs nothing otherwise.
     """
-    if AuditCheckpoint.objects.exists():
-        return
     first = AuditEvent.objects.order_by("seq").values_list("seq", "occurred_at").first()
     if first is None:
         return
@@ -599,7 +600,7 @@ def sequence_pending_events(batch: int = SEQUENCE_BATCH) -> int:
             if _checkpoint_due(
                 seq, micros(now), checkpoint_seq, checkpoint_us, every_events, every_us
             ):
-                _write_checkpoint(seq, hash_, now)
+                _write_checkpoint(seq, hash_, now, first=checkpoint_seq is None)
         if len(chained) < batch:
             return total
 
@@ -675,7 +676,7 @@ def do_write_checkpoint() -> AuditCheckpoint | None:
         last_seq, last_hash, checkpoint_seq, _ = _lock_head()
         if last_seq in (0, checkpoint_seq):
             return None
-        return _write_checkpoint(last_seq, last_hash, timezone.now())
+        return _write_checkpoint(last_seq, last_hash, timezone.now(), first=checkpoint_seq is None)
 
 
 # --------------------------------------------------------------------------- retention
