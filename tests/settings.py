@@ -13,6 +13,11 @@ os.environ.setdefault("PLI_ARGON2_MEMORY_KIB", "1024")
 os.environ.setdefault("PLI_ARGON2_TIME", "1")
 os.environ.setdefault("PLI_ARGON2_PARALLELISM", "1")
 os.environ.setdefault("PLI_SECRET_KEY", "test-secret-key-" + "x" * 32)
+# The suite chains the audit journal in the committing request (decision 0010's
+# first form): pytest-django empties the tables between tests, and a background
+# run could write a checkpoint after that. tests/test_audit_sequencer.py runs the
+# background sequencer itself, and stops it before its test ends.
+os.environ.setdefault("PLI_AUDIT_SEQUENCER_DELAY_MS", "0")
 
 from pli.server.settings import *  # noqa: F403
 

@@ -10,9 +10,12 @@ PostgreSQL (``-m django_db``).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from pli.server.audit.actions import (
 )
 from pli.server.audit.chain import verify_trail
 from pli.server.audit.models import AuditEvent, AuditPendingEvent
+from pli.server.config import ConfigurationError
 from pli.server.messaging.actions import do_send_message
 from tests.test_messaging_api import A, B, a_to_b, blob_dir, make_world, world  # noqa: F401
 
@@ -92,6 +96,30 @@ def in_threads(threads: int, work: Callable[[int], None]) -> list[BaseException]
     for thread in workers:
         thread.join()
     return errors
+
+
+def deferred_sends_from_threads(threads: int, appends: int) -> None:
+    """``threads`` threads at once, each committing ``appends`` deferred events."""
+
+    def worker(number: int) -> None:
+        for n in range(appends):
+            do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
+
+    assert in_threads(threads, worker) == []
+
+
+def counting_runs(monkeypatch: pytest.MonkeyPatch, pause: float = 0.0) -> list[int]:
+    """The sequencer, each run recorded (by thread), ``pause`` seconds long at least."""
+    runs: list[int] = []
+    chain = audit_actions.sequence_pending_events
+
+    def counted(batch: int = audit_actions.SEQUENCE_BATCH) -> int:
+        runs.append(threading.get_ident())
+        time.sleep(pause)
+        return chain(batch)
+
+    monkeypatch.setattr(audit_actions, "sequence_pending_events", counted)
+    return runs
 
 
 @pytest.mark.requirement("REQ-TRACE")
@@ -191,22 +219,10 @@ def test_on_postgresql_concurrent_commits_share_sequencer_runs_and_leave_nothing
     audit_key: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _postgresql_only()
-    runs: list[int] = []
-    chain = audit_actions.sequence_pending_events
-
-    def slow_sequencer(batch: int = audit_actions.SEQUENCE_BATCH) -> int:
-        runs.append(threading.get_ident())
-        time.sleep(0.02)  # long enough for the other threads' commits to find it busy
-        return chain(batch)
-
-    monkeypatch.setattr(audit_actions, "sequence_pending_events", slow_sequencer)
+    # Each run long enough for the other threads' commits to find it busy.
+    runs = counting_runs(monkeypatch, pause=0.02)
     threads, appends = 6, 10
-
-    def worker(number: int) -> None:
-        for n in range(appends):
-            do_record_event_deferred("messages.sent", target=f"message:{number}-{n}")
-
-    assert in_threads(threads, worker) == []
+    deferred_sends_from_threads(threads, appends)
     # Fewer runs than commits (a busy sequencer runs once more for the others), and
     # still every event chained by the time the last committer returned.
     assert 0 < len(runs) < threads * appends
@@ -260,3 +276,190 @@ def test_several_events_appended_at_once_chain_as_one_append_each(audit_key: Pat
     ]
     assert [e.prev_hash for e in chained[1:]] == [e.hash for e in chained[:-1]]
     assert verify_trail([keys.verifying_key_from_file(audit_key)]).events == 3
+
+
+# --------------------------------------------------------------------------- in the background
+
+
+@pytest.fixture
+def background(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    """Turns the background sequencer on with a window of ``ms``; stopped (its last run
+    made, its connection closed) before pytest-django empties the tables."""
+
+    def window(ms: int) -> None:
+        monkeypatch.setenv("PLI_AUDIT_SEQUENCER_DELAY_MS", str(ms))
+
+    yield window
+    audit_actions.stop_background_sequencer()
+
+
+def wait_for(done: Callable[[], bool], failure: str, seconds: float = 10.0) -> float:
+    """Seconds until ``done()``; fails the test with ``failure`` if not within ``seconds``."""
+    began = time.monotonic()
+    while not done():
+        assert time.monotonic() - began < seconds, failure
+        time.sleep(0.005)
+    return time.monotonic() - began
+
+
+def wait_until_chained() -> float:
+    """Seconds until the journal is empty and the run that emptied it has ended.
+
+    The events commit before the run writes its checkpoint, in a second
+    transaction: the journal is empty a moment before the trail verifies (a
+    CI run verified in that moment and found no checkpoint). The run holds
+    the process's sequencing lock from before the chaining until after the
+    checkpoint, so an empty journal seen before a free lock means that run
+    is over.
+    """
+    return wait_for(
+        lambda: pending_events() == 0 and not audit_actions._SEQUENCING.locked(),
+        "the background sequencer chained nothing",
+    )
+
+
+@pytest.mark.requirement("REQ-TRACE")
+def test_the_sequencer_window_is_a_whole_number_of_milliseconds_up_to_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PLI_AUDIT_SEQUENCER_DELAY_MS")
+    assert audit_actions.sequencer_delay_ms() == 10  # the default
+    for value, accepted in (
+        ("0", True),
+        ("1000", True),
+        ("1001", False),
+        ("-1", False),
+        ("x", False),
+    ):
+        monkeypatch.setenv("PLI_AUDIT_SEQUENCER_DELAY_MS", value)
+        if accepted:
+            assert audit_actions.sequencer_delay_ms() == int(value)
+        else:
+            with pytest.raises(ConfigurationError, match="SEQUENCER_DELAY_MS"):
+                audit_actions.sequencer_delay_ms()
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_background_sequencer_chains_a_send_within_its_window(
+    world: Any,  # noqa: F811 - the messaging tests' fixture
+    audit_key: Path,
+    background: Callable[[int], None],
+) -> None:
+    _postgresql_only()
+    background(300)  # long enough to see the events wait, on a loaded machine
+    message = do_send_message(world.a, A, [B], a_to_b(world))
+    # The send returned (its 201 would leave now); its events wait in the journal.
+    assert pending_events() == 2
+    assert not AuditEvent.objects.filter(target=f"message:{message.public_id}").exists()
+    waited = wait_until_chained()
+    assert waited > 0.1  # the window, not the send, chained them
+    assert list(
+        AuditEvent.objects.filter(target=f"message:{message.public_id}")
+        .order_by("seq")
+        .values_list("action", flat=True)
+    ) == ["messages.sent", "messages.delivered"]
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events >= 2
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_background_sequencer_chains_many_commits_in_few_runs(
+    audit_key: Path, monkeypatch: pytest.MonkeyPatch, background: Callable[[int], None]
+) -> None:
+    _postgresql_only()
+    background(5)
+    runs = counting_runs(monkeypatch)
+    threads, appends = 6, 15
+    deferred_sends_from_threads(threads, appends)
+    wait_until_chained()
+    # One thread ran them all, and fewer times than there were commits.
+    assert len(set(runs)) == 1 and 0 < len(runs) < threads * appends
+    assert seqs() == list(range(1, threads * appends + 1))
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events == threads * appends
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_stopping_the_background_sequencer_chains_what_waits_at_once(
+    background: Callable[[int], None],
+) -> None:
+    _postgresql_only()
+    background(1000)
+    do_record_event_deferred("messages.sent", target="message:last")
+    began = time.monotonic()
+    audit_actions.stop_background_sequencer()  # what atexit does when a worker leaves
+    assert time.monotonic() - began < 0.9  # without waiting for the window
+    assert pending_events() == 0
+    assert [e.target for e in AuditEvent.objects.all()] == ["message:last"]
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_failed_background_run_is_logged_and_the_next_commit_chains_both(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    background: Callable[[int], None],
+) -> None:
+    _postgresql_only()
+    background(5)
+    chain = audit_actions.sequence_pending_events
+    failures = [DatabaseError("the connection dropped")]
+
+    def failing_once(batch: int = audit_actions.SEQUENCE_BATCH) -> int:
+        if failures:
+            raise failures.pop()
+        return chain(batch)
+
+    monkeypatch.setattr(audit_actions, "sequence_pending_events", failing_once)
+    with caplog.at_level("ERROR", logger="pli.server.audit.actions"):
+        do_record_event_deferred("messages.sent", target="message:first")
+        wait_for(
+            lambda: any("could not be chained" in r.getMessage() for r in caplog.records),
+            "the failed run was not logged",
+        )
+    assert pending_events() == 1  # committed, waiting: the send stood
+    do_record_event_deferred("messages.sent", target="message:second")
+    wait_until_chained()
+    assert [e.target for e in AuditEvent.objects.order_by("seq")] == [
+        "message:first",
+        "message:second",
+    ]
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_process_that_exits_chains_its_events_on_the_way_out(
+    audit_key: Path,
+) -> None:
+    """A gunicorn worker leaves through ``sys.exit``: the ``atexit`` run chains what waits."""
+    _postgresql_only()
+    settings = connection.settings_dict
+    url = f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    child = (
+        "import sys\n"
+        "from pli.server.commands import setup_django\n"
+        "setup_django()\n"
+        "from pli.server.audit.actions import do_record_event_deferred\n"
+        "do_record_event_deferred('messages.sent', target='message:leaving')\n"
+        "sys.exit(0)\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        "PLI_DATABASE_URL": url,
+        "PLI_AUDIT_SEQUENCER_DELAY_MS": "1000",
+        "PLI_AUDIT_KEY_FILE": str(audit_key),
+    }
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert pending_events() == 0
+    assert [e.target for e in AuditEvent.objects.all()] == ["message:leaving"]
+    assert time.monotonic() - began < 60

@@ -12,10 +12,13 @@ event at the end of the action, after any slow work.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -208,6 +211,24 @@ def checkpoint_every_events() -> int:
 
 def checkpoint_every_minutes() -> int:
     return _whole_number("AUDIT_CHECKPOINT_MINUTES", 10, 1)
+
+
+#: Longest coalescing window an operator may set (decision 0010): a second.
+MAX_SEQUENCER_DELAY_MS = 1000
+
+
+def sequencer_delay_ms() -> int:
+    """How long the background sequencer waits after a commit before chaining (decision 0010).
+
+    ``PLI_AUDIT_SEQUENCER_DELAY_MS``, default 10. ``0`` chains in the request
+    that committed, before its answer (the first form of 0010).
+    """
+    value = _whole_number("AUDIT_SEQUENCER_DELAY_MS", 10, 0)
+    if value > MAX_SEQUENCER_DELAY_MS:
+        raise ConfigurationError(
+            f"PLI_AUDIT_SEQUENCER_DELAY_MS must be at most {MAX_SEQUENCER_DELAY_MS}, not {value}"
+        )
+    return value
 
 
 def retention_days() -> int:
@@ -548,7 +569,100 @@ _SEQUENCE_AGAIN = threading.Event()
 
 
 def sequence_after_commit() -> None:
-    """The sequencer run by the request that committed journal rows: never fails the action.
+    """Have the journal chained now that an action committed rows to it (decision 0010).
+
+    With a coalescing window (``PLI_AUDIT_SEQUENCER_DELAY_MS``, default 10 ms),
+    the process's background sequencer is woken and the caller returns at
+    once: the events are chained within that window after the commit,
+    together with every other commit of the window, in one round trip. With
+    ``0``, the caller chains them itself before it returns
+    (:func:`sequence_now`). Either way this never fails the action.
+    """
+    delay = sequencer_delay_ms()
+    if delay == 0:
+        sequence_now()
+    else:
+        _BACKGROUND.wake(delay / 1000)
+
+
+def stop_background_sequencer(timeout: float = 10.0) -> None:
+    """Chain what is pending, then stop this process's background sequencer and
+    close its connection (at exit, and for tests that must drop their database)."""
+    _BACKGROUND.stop(timeout)
+
+
+class _BackgroundSequencer:
+    """One thread per process that chains the journal a few milliseconds after commits.
+
+    Started by the first commit that wakes it, in the process that commits
+    (a gunicorn worker after its fork: a forked child starts its own). It
+    waits for a wake, lets the window pass so that other commits join the
+    run, clears the wake, then chains: a commit whose wake came before the
+    clear was committed before the run starts, and the run sees it; a wake
+    after the clear makes another run. At exit (``atexit``: gunicorn's worker
+    leaves through ``sys.exit``) it chains what is left without waiting, and
+    closes its connection. If a process dies without that, its events wait,
+    committed, for the next run anywhere (decision 0010, "Catch-up").
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._registered = False
+
+    def wake(self, delay: float) -> None:
+        with self._guard:
+            thread = self._thread
+            if thread is None or self._pid != os.getpid() or not thread.is_alive():
+                self._stopping = False
+                self._pid = os.getpid()
+                thread = threading.Thread(
+                    target=self._run, args=(delay,), name="pli-audit-sequencer", daemon=True
+                )
+                self._thread = thread
+                thread.start()
+                if not self._registered:
+                    atexit.register(self.stop)
+                    self._registered = True
+        self._wake.set()
+
+    def _run(self, delay: float) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                if not self._stopping:
+                    time.sleep(delay)  # the coalescing window
+                self._wake.clear()
+                sequence_now()
+                # As Django does between requests: a broken connection (the database
+                # restarted) is dropped so that the next run connects again.
+                connection.close_if_unusable_or_obsolete()
+                if self._stopping:
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._guard:
+            thread = self._thread
+            if thread is None or self._pid != os.getpid():
+                return
+            self._stopping = True
+            self._wake.set()
+        thread.join(timeout)
+        with self._guard:
+            if self._thread is thread and not thread.is_alive():
+                self._thread = None
+
+
+_BACKGROUND = _BackgroundSequencer()
+
+
+def sequence_now() -> None:
+    """The sequencer run by whoever must see the journal chained now: never fails the action.
 
     The action is committed (a ``201`` means stored): if chaining fails here,
     the events stay in the journal, committed, and the next run (another

@@ -77,9 +77,9 @@ def verify_command(public_keys: tuple[Path, ...]) -> None:
         keys = []  # nothing signed yet (a new trail): no key is needed, and none is made
     # Catch-up (decision 0010): events committed but not chained yet (a process that
     # stopped between a commit and its sequencer) take their place before the proof.
-    from pli.server.audit.actions import pending_events, sequence_after_commit  # noqa: PLC0415
+    from pli.server.audit.actions import pending_events, sequence_now  # noqa: PLC0415
 
-    sequence_after_commit()
+    sequence_now()
     try:
         report = verify_trail(keys)
     except AuditChainBroken:

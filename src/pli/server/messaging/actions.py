@@ -505,7 +505,8 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             store.delete(stored.blob_id)
         raise
     if at_once:
-        # Committed: the events take their place in the chain now, before the answer.
+        # Committed: the events take their place in the chain within the sequencer's
+        # window, with the other sends of that window (decision 0010).
         sequence_after_commit()
     return message
 
