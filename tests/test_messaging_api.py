@@ -517,7 +517,9 @@ def test_small_envelopes_are_kept_in_the_database_larger_ones_in_the_blob_store(
         assert bob.get(f"{MESSAGES}/{message_id}/envelope").content == envelope
 
     # Altered at rest: refused by the digest recorded at send, never served.
-    MessageEnvelope.objects.filter(pk=first.pk).update(data=envelope[:-1] + b"\x00")
+    MessageEnvelope.objects.filter(pk=first.pk).update(
+        data=envelope[:-1] + bytes([envelope[-1] ^ 0xFF])
+    )
     damaged = bob.get(f"{MESSAGES}/{in_database}/envelope")
     assert (damaged.status_code, damaged.json()["code"]) == (503, "envelope_unavailable")
     MessageEnvelope.objects.filter(pk=first.pk).delete()
