@@ -27,6 +27,24 @@ def status_mb(field: str, pid: int | str = "self") -> float:
     return 0.0
 
 
+def status_fields_mb(pid: int, fields: tuple[str, ...]) -> dict[str, float]:
+    """Several ``/proc/<pid>/status`` values from one read, in MB (0 if gone)."""
+    found = dict.fromkeys(fields, 0.0)
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name = line.split(":", 1)[0]
+        if name in found:
+            found[name] = int(line.split()[1]) * 1024 / MB
+    return found
+
+
+#: What a process's resident set is made of: its own memory, mapped files, shared memory.
+_PARTS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
 def process_tree(root: int) -> list[int]:
     """``root`` and its descendants (gunicorn's master and workers)."""
     children: dict[int, list[int]] = {}
@@ -65,22 +83,36 @@ class RssSampler:
     shared since the fork are counted in each process), ``peak_workers`` the
     same over the workers only, ``peak_pss`` the largest sum of PSS (each
     shared page counted once: the memory really used), ``peak_process`` the
-    largest VmRSS of one process.
+    largest VmRSS of one process, and ``peak_process_parts`` what that
+    process's resident set was made of at that moment (anonymous memory,
+    mapped files, shared memory; whether the master or a worker): a peak
+    that appears in some runs only (benchmarks/README.md) can then be told
+    apart from the page cache of a mapped file.
     """
 
     def __init__(self, root: int) -> None:
         self.root = root
         self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
+        self.peak_process_parts: JSON = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _measure(self) -> None:
         pids = process_tree(self.root)
-        rss = {pid: status_mb("VmRSS", pid) for pid in pids}
+        parts = {pid: status_fields_mb(pid, _PARTS) for pid in pids}
+        rss = {pid: found["VmRSS"] for pid, found in parts.items()}
         self.peak = max(self.peak, sum(rss.values()))
         workers = sum(v for pid, v in rss.items() if pid != self.root)
         self.peak_workers = max(self.peak_workers, workers)
-        self.peak_process = max(self.peak_process, *rss.values())
+        largest = max(rss, key=lambda pid: rss[pid])
+        if rss[largest] > self.peak_process:
+            self.peak_process = rss[largest]
+            self.peak_process_parts = {
+                "process": "master" if largest == self.root else "worker",
+                "anon_mb": round(parts[largest]["RssAnon"], 1),
+                "file_mb": round(parts[largest]["RssFile"], 1),
+                "shmem_mb": round(parts[largest]["RssShmem"], 1),
+            }
         self.peak_pss = max(self.peak_pss, sum(pss_mb(pid) for pid in pids))
 
     def figures(self) -> JSON:
@@ -89,10 +121,12 @@ class RssSampler:
             "server_peak_rss_workers_mb": round(self.peak_workers, 1),
             "server_peak_pss_mb": round(self.peak_pss, 1),
             "server_peak_rss_one_process_mb": round(self.peak_process, 1),
+            "server_peak_one_process_parts": self.peak_process_parts,
         }
 
     def __enter__(self) -> RssSampler:
         self.peak = self.peak_workers = self.peak_pss = self.peak_process = 0.0
+        self.peak_process_parts = {}
         self._measure()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
