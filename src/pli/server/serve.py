@@ -46,6 +46,32 @@ def access_logger_class() -> type:
     return AccessLogger
 
 
+def warm_worker() -> Any:
+    """The WSGI application, with what its first request would otherwise do done now.
+
+    Called in each worker after the fork, before it takes a request: Django's
+    set-up, every view module (the URLconf, which Django imports at the first
+    request) and the passphrase check's timing-equaliser hash (an Argon2id run,
+    64 MiB while it runs; ``accounts/hashers.py``). Without this, a worker's
+    first request paid for all of it: a slower first answer, and a worker 64
+    MiB larger for a moment in the middle of whatever it served first (the 1 GiB
+    upload of issue 5's benchmark, in some runs: decision 0015).
+    """
+    # Django's set-up first (DJANGO_SETTINGS_MODULE, django.setup): the modules
+    # imported after it read its settings and models.
+    from pli.server.wsgi import application  # noqa: PLC0415
+
+    wrapped = application
+    from django.urls import get_resolver  # noqa: PLC0415
+
+    from pli.server.accounts.hashers import timing_equaliser_hash  # noqa: PLC0415
+    from pli.server.tls import PeerCertificateMiddleware  # noqa: PLC0415
+
+    get_resolver().url_patterns  # noqa: B018 - imports every view module now
+    timing_equaliser_hash()
+    return PeerCertificateMiddleware(wrapped)
+
+
 def run(bind: str, workers: int) -> None:
     """gunicorn, in this process (never Django's development server).
 
@@ -77,10 +103,7 @@ def run(bind: str, workers: int) -> None:
 
         def load(self) -> Any:
             # In the worker (no preload_app): Django is imported there, after the fork.
-            from pli.server.tls import PeerCertificateMiddleware  # noqa: PLC0415
-            from pli.server.wsgi import application  # noqa: PLC0415
-
-            return PeerCertificateMiddleware(application)
+            return warm_worker()
 
     PliApplication().run()
 

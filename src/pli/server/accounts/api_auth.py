@@ -45,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 from pli.server.accounts import factors, throttle
 from pli.server.accounts.actions import has_second_factor, passphrase_login_refusal
 from pli.server.accounts.custody import lock_vault
+from pli.server.accounts.hashers import timing_equaliser_hash
 from pli.server.accounts.models import User
 from pli.server.accounts.sessions import (
     begin_second_factor,
@@ -54,7 +55,7 @@ from pli.server.accounts.sessions import (
     do_revoke_session,
     pending_user,
 )
-from pli.server.accounts.views import _DUMMY_HASH, _fail, _locked
+from pli.server.accounts.views import _fail, _locked
 from pli.server.audit.actions import do_record_event
 from pli.server.validation import StrictSchema, field_errors
 
@@ -191,7 +192,7 @@ def login(request: HttpRequest) -> Status[NextOut] | Status[ErrorOut]:
         valid = check_password(body.passphrase, user.password)
     else:
         # As long as a real check: the answer's time does not tell which accounts exist.
-        check_password(body.passphrase, _DUMMY_HASH)
+        check_password(body.passphrase, timing_equaliser_hash())
         valid = False
     if user is None or not valid:
         return _answer(_fail(request, keys, user, "passphrase"))

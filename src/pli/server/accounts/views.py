@@ -12,7 +12,7 @@ from typing import Any
 
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.hashers import check_password, make_password
+from django.contrib.auth.hashers import check_password
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -43,6 +43,7 @@ from pli.server.accounts.forms import (
     RecoveryForm,
     RequestAccessForm,
 )
+from pli.server.accounts.hashers import timing_equaliser_hash
 from pli.server.accounts.models import User, UserSession
 from pli.server.accounts.sessions import (
     ENROLLING,
@@ -59,8 +60,6 @@ from pli.server.audit.actions import do_record_event
 
 #: How long an activated, unfinished enrolment stays open in the browser.
 ENROLLING_SECONDS = 1800
-#: Compared against when the account is unknown, so both answers take as long.
-_DUMMY_HASH = make_password("pli-timing-equaliser")
 
 
 def _user(request: HttpRequest) -> User:
@@ -136,7 +135,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
             if user is not None and user.has_usable_password():
                 valid = check_password(form.cleaned_data["passphrase"], user.password)
             else:
-                check_password(form.cleaned_data["passphrase"], _DUMMY_HASH)
+                check_password(form.cleaned_data["passphrase"], timing_equaliser_hash())
                 valid = False
             if user is None or not valid:
                 error = _fail(request, keys, user, "passphrase")
