@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -608,6 +607,8 @@ class _BackgroundSequencer:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._wake = threading.Event()
+        #: Set by stop(): cuts the window short, so that a leaving worker does not wait it out.
+        self._halt = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -618,6 +619,7 @@ class _BackgroundSequencer:
             thread = self._thread
             if thread is None or self._pid != os.getpid() or not thread.is_alive():
                 self._stopping = False
+                self._halt.clear()
                 self._pid = os.getpid()
                 thread = threading.Thread(
                     target=self._run, args=(delay,), name="pli-audit-sequencer", daemon=True
@@ -633,8 +635,7 @@ class _BackgroundSequencer:
         try:
             while True:
                 self._wake.wait()
-                if not self._stopping:
-                    time.sleep(delay)  # the coalescing window
+                self._halt.wait(delay)  # the coalescing window, unless stopping
                 self._wake.clear()
                 sequence_now()
                 # As Django does between requests: a broken connection (the database
@@ -651,6 +652,7 @@ class _BackgroundSequencer:
             if thread is None or self._pid != os.getpid():
                 return
             self._stopping = True
+            self._halt.set()
             self._wake.set()
         thread.join(timeout)
         with self._guard:
