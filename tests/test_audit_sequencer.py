@@ -347,13 +347,14 @@ def test_on_postgresql_the_background_sequencer_chains_a_send_within_its_window(
     background: Callable[[int], None],
 ) -> None:
     _postgresql_only()
-    background(300)  # long enough to see the events wait, on a loaded machine
-    message = do_send_message(world.a, A, [B], a_to_b(world))
+    envelope = a_to_b(world)  # sealed before the window starts
+    background(1000)  # the longest allowed: the events seen waiting even on a loaded machine
+    message = do_send_message(world.a, A, [B], envelope)
     # The send returned (its 201 would leave now); its events wait in the journal.
     assert pending_events() == 2
     assert not AuditEvent.objects.filter(target=f"message:{message.public_id}").exists()
     waited = wait_until_chained()
-    assert waited > 0.1  # the window, not the send, chained them
+    assert waited > 0.3  # the window, not the send, chained them
     assert list(
         AuditEvent.objects.filter(target=f"message:{message.public_id}")
         .order_by("seq")
@@ -368,7 +369,7 @@ def test_on_postgresql_the_background_sequencer_chains_many_commits_in_few_runs(
     audit_key: Path, monkeypatch: pytest.MonkeyPatch, background: Callable[[int], None]
 ) -> None:
     _postgresql_only()
-    background(5)
+    background(50)  # commits of the same 50 ms share a run, even on a loaded machine
     runs = counting_runs(monkeypatch)
     threads, appends = 6, 15
     deferred_sends_from_threads(threads, appends)
