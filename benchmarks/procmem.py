@@ -17,17 +17,10 @@ JSON = dict[str, Any]
 
 def status_mb(field: str, pid: int | str = "self") -> float:
     """A ``/proc/<pid>/status`` value (VmRSS, VmHWM), in MB; 0 if the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / MB
-    return 0.0
+    return status_fields_mb(pid, (field,))[field]
 
 
-def status_fields_mb(pid: int, fields: tuple[str, ...]) -> dict[str, float]:
+def status_fields_mb(pid: int | str, fields: tuple[str, ...]) -> dict[str, float]:
     """Several ``/proc/<pid>/status`` values from one read, in MB (0 if gone)."""
     found = dict.fromkeys(fields, 0.0)
     try:

@@ -607,9 +607,9 @@ class _BackgroundSequencer:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._wake = threading.Event()
-        #: Set by stop(): cuts the window short, so that a leaving worker does not wait it out.
+        #: Set by stop(): the thread makes its last run at once (the window cut short,
+        #: so that a leaving worker does not wait it out), then ends.
         self._halt = threading.Event()
-        self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._registered = False
@@ -618,7 +618,6 @@ class _BackgroundSequencer:
         with self._guard:
             thread = self._thread
             if thread is None or self._pid != os.getpid() or not thread.is_alive():
-                self._stopping = False
                 self._halt.clear()
                 self._pid = os.getpid()
                 thread = threading.Thread(
@@ -641,7 +640,7 @@ class _BackgroundSequencer:
                 # As Django does between requests: a broken connection (the database
                 # restarted) is dropped so that the next run connects again.
                 connection.close_if_unusable_or_obsolete()
-                if self._stopping:
+                if self._halt.is_set():
                     return
         finally:
             connection.close()  # this thread's own connection
@@ -651,7 +650,6 @@ class _BackgroundSequencer:
             thread = self._thread
             if thread is None or self._pid != os.getpid():
                 return
-            self._stopping = True
             self._halt.set()
             self._wake.set()
         thread.join(timeout)
