@@ -35,6 +35,7 @@ runs in its processes and is counted by neither measure.
     .venv/bin/python benchmarks/bench_send_cost.py                 # PostgreSQL, process time
     .venv/bin/python benchmarks/bench_send_cost.py --callgrind     # and instruction counts
     .venv/bin/python benchmarks/bench_send_cost.py --sqlite
+    .venv/bin/python benchmarks/bench_send_cost.py --profile send_10_recipients   # cProfile, stderr
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ def log(message: str) -> None:
 
 
 def child_requests(
-    setup: JSON, session: JSON, *, warmup: int, count: int, marks: bool, profile: str | None
+    setup: JSON,
+    session: JSON,
+    *,
+    warmup: int,
+    count: int,
+    marks: bool,
+    profile: str | None,
+    profile_out: str | None,
 ) -> JSON:
     """The cases through the WSGI application, in this process; CPU and round trips."""
     from pli.server.commands import setup_django  # noqa: PLC0415
@@ -159,6 +167,8 @@ def child_requests(
             spent = time.process_time() - before
             if profiler is not None:
                 profiler.disable()
+                if profile_out:
+                    profiler.dump_stats(profile_out)  # for pstats, or to compare two runs
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(60)
             if marks:
                 os.getppid()  # callgrind: this case's counters are dumped
@@ -213,6 +223,7 @@ def run(args: argparse.Namespace) -> JSON:
             "--warmup",
             str(args.warmup),
             *(["--profile", args.profile] if args.profile else []),
+            *(["--profile-out", args.profile_out] if args.profile_out else []),
         ]
         log(f"process time: {args.requests} requests per case, one thread")
         completed = subprocess.run(
@@ -271,6 +282,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--profile", choices=CASES, help="cProfile one case (its figures then include the profiler)"
     )
+    parser.add_argument("--profile-out", help="with --profile: also save the statistics there")
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
     parser.add_argument("--postgres-url", default=messaging.DEFAULT_POSTGRES)
     parser.add_argument("--workdir", default=None, help="where the temporary data goes")
@@ -295,6 +307,7 @@ def main() -> None:
                     count=args.requests,
                     marks=args.marks,
                     profile=args.profile,
+                    profile_out=args.profile_out,
                 )
             )
         )

@@ -25,6 +25,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -955,6 +956,49 @@ def test_a_send_without_the_api_checks_the_same(world: World) -> None:
     with transaction.atomic():
         message = do_send_message(world.a, A, [B], a_to_b(world), patient_id=valid_nir())
     assert len(message.patient_key) == 64 and valid_nir() not in message.patient_key
+
+
+@pytest.mark.django_db
+@pytest.mark.requirement("REQ-DIRECTORY")
+@pytest.mark.requirement("REQ-CITY-HOSPITAL")
+def test_the_sender_the_recipients_and_their_certificates_are_read_in_one_query(
+    world: World,
+) -> None:
+    """The routing of a send (who may send from where, who receives, who can open) is one
+    directory query (benchmarks/README.md, "Messaging"): the checks it feeds still hold."""
+    envelope = seal(
+        letter(B, [A, WARD]),
+        world.b_key,
+        [world.a_key.certificate, world.ward_key.certificate],
+    )
+    with CaptureQueriesContext(connection) as queries:
+        message = do_send_message(world.b, B, [A, WARD], envelope)
+    directory_reads = [
+        q["sql"] for q in queries if "directory_mailbox" in q["sql"] and "INSERT" not in q["sql"]
+    ]
+    assert len(directory_reads) == 1, directory_reads
+    assert [d.recipient_address for d in message.deliveries.all()] == [A, WARD]
+    # Bob reaches the ward as a member and names it as a recipient: both halves of the
+    # query return it, and its certificate is required once, like any other.
+    assert MessageCopy.objects.filter(message=message, mailbox=world.ward).count() == 1
+    without_ward = seal(letter(B, [A, WARD]), world.b_key, [world.a_key.certificate])
+    with pytest.raises(MessagingError) as refused:
+        do_send_message(world.b, B, [A, WARD], without_ward)
+    assert refused.value.code == "not_encrypted_to_recipient"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("recipients", [[], ["  "], [B, WARD, D]])
+def test_a_sender_the_person_may_not_use_is_named_before_the_recipients_count(
+    world: World, recipients: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLI_MAX_RECIPIENTS", "2")
+    with pytest.raises(MessagingError) as refused:
+        do_send_message(world.c, A, recipients, a_to_b(world))
+    assert refused.value.code == "not_allowed_sender"
+    with pytest.raises(MessagingError) as refused:
+        do_send_message(world.a, A, recipients, a_to_b(world))
+    assert refused.value.code == ("too_many_recipients" if recipients[2:] else "no_recipient")
 
 
 # --------------------------------------------------------------------------- lifecycle

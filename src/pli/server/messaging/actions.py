@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.db.models import Count, Model, Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -56,7 +56,14 @@ from pli.server.compliance.errors import ComplianceError
 from pli.server.config import ConfigurationError, setting
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxCertificate
-from pli.server.messaging.access import MessagingError, sending_mailbox, visible_copies
+from pli.server.messaging.access import (
+    MessagingError,
+    choose_sending_mailbox,
+    reachable_parameters,
+    reachable_subquery,
+    sending_mailbox,
+    visible_copies,
+)
 from pli.server.messaging.models import (
     Delivery,
     DeliveryState,
@@ -212,56 +219,90 @@ _Certificates = dict[int, list[str]]
 
 
 @cache
-def _recipients_query(count: int) -> str:
-    """Active mailboxes by address and the sender, with their valid certificates: one query."""
+def _routing_query(count: int) -> str:
+    """The mailboxes the person reaches (to choose the sending one), the active mailboxes
+    of ``count`` addresses (the recipients), each with its valid certificates: one query.
+
+    Rows ``(part, id, address, active, pem, certificate id)``: ``part`` is
+    how the person reaches a mailbox of theirs (:func:`reachable_subquery`), NULL for
+    a recipient; the certificates of each mailbox in :func:`current_certificates`'s order.
+    """
     quote = connection.ops.quote_name
-    mailbox, certificate = Mailbox._meta.db_table, MailboxCertificate._meta.db_table
+    mailbox, certificate = quote(Mailbox._meta.db_table), quote(MailboxCertificate._meta.db_table)
+    valid = "c.revoked_at IS NULL AND c.not_before <= %s AND c.not_after >= %s"
     # No address at all (every one given was malformed): "IN (NULL)" matches nothing,
     # where "IN ()" is a syntax error on PostgreSQL.
     places = ", ".join(["%s"] * count) or "NULL"
     return (
-        f"SELECT m.id, m.address, c.pem FROM {quote(mailbox)} AS m"  # noqa: S608 - our names
-        f" LEFT JOIN {quote(certificate)} AS c ON c.mailbox_id = m.id"
-        " AND c.revoked_at IS NULL AND c.not_before <= %s AND c.not_after >= %s"
-        f" WHERE (m.active = %s AND m.address IN ({places})) OR m.id = %s"
-        " ORDER BY m.id, c.not_after DESC, c.id"
+        # The outer SELECT orders by the certificates' dates without returning them.
+        "SELECT u.part, u.id, u.address, u.active, u.pem, u.certificate FROM ("  # noqa: S608 - our names
+        "SELECT s.part, s.id, s.address, s.active, c.pem, c.not_after, c.id AS certificate"
+        f" FROM ({reachable_subquery()}) AS s"
+        f" LEFT JOIN {certificate} AS c ON c.mailbox_id = s.id AND {valid}"
+        " UNION ALL SELECT NULL, m.id, m.address, m.active, c.pem, c.not_after, c.id"
+        f" FROM {mailbox} AS m LEFT JOIN {certificate} AS c ON c.mailbox_id = m.id AND {valid}"
+        f" WHERE m.active = %s AND m.address IN ({places})"
+        ") AS u ORDER BY u.id, u.not_after DESC, u.certificate"
     )
 
 
-def _recipients_and_certificates(
-    addresses: Sequence[str], sender: Mailbox
-) -> tuple[dict[str, Mailbox], _Certificates]:
-    """The active directory mailboxes by address (REQ-DIRECTORY), and who can open what.
+@dataclass(frozen=True)
+class _Routing:
+    sender: Mailbox
+    #: The active directory mailboxes of the recipients' addresses, by address.
+    recipients: dict[str, Mailbox]
+    #: Their valid certificates (PEM), and the sender's, by mailbox id.
+    certificates: _Certificates
 
-    The valid certificates of those mailboxes and of the sender, as
-    :func:`current_certificates` lists them, in the same query: a send's
-    round trips are most of its cost (``benchmarks/README.md``). Addresses
-    stored with capitals (a local entry) cost one more lookup, for those only.
+
+def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routing:
+    """The sending mailbox (REQ-CITY-HOSPITAL: owner, member or substitute), the
+    recipients' active directory mailboxes (REQ-DIRECTORY), and who can open what.
+
+    One query for all three (:func:`_routing_query`): a send's round trips are
+    most of its cost (``benchmarks/README.md``). The choice of the sending
+    mailbox is :func:`~pli.server.messaging.access.choose_sending_mailbox`'s, on
+    the same rows :func:`~pli.server.messaging.access.sending_mailbox` reads.
+    Addresses stored with capitals (a local entry) cost one more lookup, for those only.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(_recipients_query(len(addresses)), [now, now, True, *addresses, sender.pk])
+        cursor.execute(
+            _routing_query(len(addresses)),
+            [*reachable_parameters(user), now, now, now, now, True, *addresses],
+        )
         rows = cursor.fetchall()
-    by_address: dict[str, Mailbox] = {}
-    certificates: _Certificates = {sender.pk: []}
-    for pk, address, pem in rows:
-        if pk not in certificates:
-            certificates[pk] = []
-            if pk != sender.pk:
-                # Only what a send uses; any other field is loaded if ever read.
-                mailbox = Mailbox.from_db(
-                    connection.alias, ["id", "address", "active"], [pk, address, True]
-                )
-                by_address[address.lower()] = mailbox
+    reachable: dict[tuple[int, str], tuple[int, str, bool, str]] = {}
+    recipients: dict[str, Mailbox] = {}
+    # Mailbox id -> certificate id -> PEM, in the query's order. A mailbox both reached
+    # and named as a recipient comes in both halves: its certificates are kept once.
+    pems: dict[int, dict[int, str]] = {}
+    for part, pk, address, active, pem, certificate_id in rows:
+        if part is not None:
+            reachable[pk, part] = (pk, address, bool(active), part)
+        elif address.lower() not in recipients:
+            # Only what a send uses; any other field is loaded if ever read.
+            recipients[address.lower()] = Mailbox.from_db(
+                DEFAULT_DB_ALIAS, ["id", "address", "active"], [pk, address, True]
+            )
         if pem is not None:
-            certificates[pk].append(pem)
-    missing = [a for a in addresses if a not in by_address]
+            pems.setdefault(pk, {}).setdefault(certificate_id, pem)
+    sender_pk = choose_sending_mailbox(reachable.values(), from_address)
+    sender_address = next(row[1] for row in reachable.values() if row[0] == sender_pk)
+    sender = Mailbox.from_db(
+        DEFAULT_DB_ALIAS, ["id", "address", "active"], [sender_pk, sender_address, True]
+    )
+    certificates: _Certificates = {
+        pk: list(pems.get(pk, {}).values())
+        for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
+    }
+    missing = [a for a in addresses if a not in recipients]
     if missing:
         extra = _directory_mailboxes(missing)
-        by_address.update(extra)
+        recipients.update(extra)
         for pk, listed in current_certificates(extra.values()).items():
             certificates[pk] = [row.pem for row in listed]
-    return by_address, certificates
+    return _Routing(sender, recipients, certificates)
 
 
 @lru_cache(maxsize=1024)
@@ -425,13 +466,14 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             _("Le message chiffré dépasse la taille admise (%(limit)s octets).") % {"limit": limit},
             limit=limit,
         )
-    sender = sending_mailbox(user, asked.from_address)
-
     listed = _normalised_recipients(asked.recipients)
-    if not listed:
-        raise _error("no_recipient", _("Indiquez au moins un destinataire."))
     most = max_recipients()
-    if len(listed) > most:
+    if not listed or len(listed) > most:
+        # Refused before the directory is asked; a sender the person may not use is
+        # named first, as it is for every other refusal.
+        sending_mailbox(user, asked.from_address)
+        if not listed:
+            raise _error("no_recipient", _("Indiquez au moins un destinataire."))
         raise _error(
             "too_many_recipients",
             _("Trop de destinataires : %(most)s au plus (évitez les envois groupés inutiles).")
@@ -439,12 +481,13 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             limit=most,
         )
     addresses = [normalised for _given, normalised in listed if normalised]
+    routing = _routing(user, asked.from_address, addresses)
+    sender, found, certificates = routing.sender, routing.recipients, routing.certificates
     if sender.address.lower() in addresses:
         raise _error(
             "recipient_is_sender",
             _("La boîte d'envoi ne peut pas être destinataire : sa copie est dans « Envoyés »."),
         )
-    found, certificates = _recipients_and_certificates(addresses, sender)
     unknown = [normalised or given for given, normalised in listed if normalised not in found]
     if unknown:
         raise _error(
@@ -580,19 +623,35 @@ def _stored(instance: Model, pk: int) -> None:
     """An instance written by our own ``INSERT … RETURNING``, marked as ``save()`` marks it."""
     instance.pk = pk
     instance._state.adding = False
-    instance._state.db = connection.alias
+    instance._state.db = DEFAULT_DB_ALIAS
+
+
+@cache
+def _delivery_columns() -> list[str]:
+    return [field.attname for field in Delivery._meta.concrete_fields]
 
 
 def _delivered(message: Message, mailbox: Mailbox, pk: int) -> Delivery:
-    """A local delivery, stored under ``pk``: delivered when the message was sent."""
-    delivery = Delivery(
-        message=message,
-        recipient_mailbox=mailbox,
-        recipient_address=mailbox.address,
-        state=DeliveryState.DELIVERED,
-        delivered_at=message.created_at,
-    )
-    _stored(delivery, pk)
+    """A local delivery, stored under ``pk``: delivered when the message was sent.
+
+    Built as the ORM builds a row it read (``Model.from_db``, positional), its
+    message and mailbox attached as ``select_related`` attaches them: a send
+    to ten mailboxes builds ten, and the keyword path of ``Model.__init__``
+    (each relation through its descriptor) cost a tenth of such a send.
+    """
+    row = {
+        "id": pk,
+        "message_id": message.pk,
+        "recipient_mailbox_id": mailbox.pk,
+        "recipient_address": mailbox.address,
+        "state": DeliveryState.DELIVERED,
+        "delivered_at": message.created_at,
+        "read_at": None,
+    }
+    columns = _delivery_columns()
+    delivery = Delivery.from_db(DEFAULT_DB_ALIAS, columns, [row[name] for name in columns])
+    Delivery.message.field.set_cached_value(delivery, message)
+    Delivery.recipient_mailbox.field.set_cached_value(delivery, mailbox)
     return delivery
 
 
