@@ -203,7 +203,9 @@ def run(args: argparse.Namespace) -> JSON:
         "PLI_CA_DIR": str(work / "ca"),
         "PLI_CA_PASSPHRASE": messaging.CA_PASSPHRASE,
         "PLI_ALLOWED_HOSTS": "127.0.0.1",
-        "PYTHONPATH": str(HERE),
+        # bench_messaging beside this script; a PYTHONPATH given (another checkout's
+        # src, to measure its code with this script) stays in front.
+        "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p),
     }
     if not args.sqlite:
         env["PLI_DATABASE_URL"] = messaging.postgres_database(args.postgres_url, database)
