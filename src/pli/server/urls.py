@@ -11,9 +11,10 @@ admin.site.login = RedirectView.as_view(url=reverse_lazy("accounts:login"))  # t
 admin.site.site_header = "Pli — console d'administration"
 
 urlpatterns = [
+    # Tried in order: the API, which practice software calls most, first.
+    path("api/", api.urls),
     path("admin/", admin.site.urls),
     path("compte/", include("pli.server.accounts.urls")),
-    path("api/", api.urls),
     path("fhir/", include("pli.server.directory.fhir_urls")),
     path("messagerie/", include("pli.server.webmail.urls")),
     path("", directory_views.home, name="home"),

@@ -39,7 +39,7 @@ from django.contrib.auth.middleware import (
 )
 from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
 from django.contrib.sessions.models import Session
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Field, Model
 from django.http import HttpRequest
 from django.utils import timezone
@@ -110,30 +110,34 @@ def _statement(vendor: str) -> str:
 
 
 @cache
-def _converters(vendor: str, model: type[Model]) -> list[tuple[Any, list[_Converter]]]:
-    """What the ORM applies to each column it reads (SQLite's datetimes, for one)."""
+def _converters(vendor: str, model: type[Model]) -> list[tuple[int, Any, list[_Converter]]]:
+    """What the ORM applies to the columns it reads (SQLite's datetimes, for one):
+    ``(position, column, converters)`` for the columns that have any."""
     found = []
-    for field in _fields(model):
+    for position, field in enumerate(_fields(model)):
         column = field.get_col(model._meta.db_table)
-        found.append(
-            (
-                column,
-                connection.ops.get_db_converters(column) + column.get_db_converters(connection),
-            )
-        )
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if converters:
+            found.append((position, column, converters))
     return found
 
 
+@cache
+def _attnames(model: type[Model]) -> list[str]:
+    return [field.attname for field in _fields(model)]
+
+
 def _instance(model: type[Model], values: Sequence[Any]) -> Any:
-    converted = []
-    for raw, (column, converters) in zip(
-        values, _converters(connection.vendor, model), strict=True
-    ):
-        value = raw
+    converted = list(values)
+    if len(converted) != len(_attnames(model)):
+        raise ValueError(f"{model.__name__}: {len(converted)} columns read")
+    # Every request reads two rows here: only the columns that need it are converted.
+    for position, column, converters in _converters(connection.vendor, model):
+        value = converted[position]
         for converter in converters:
             value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [field.attname for field in _fields(model)], converted)
+        converted[position] = value
+    return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), converted)
 
 
 class SessionStore(DbSessionStore):
