@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -126,6 +127,13 @@ def source_address(value: object) -> str:
     """The peer address as the server saw it (REMOTE_ADDR), normalised; empty if not one."""
     if not isinstance(value, str) or not value:
         return ""
+    return _normalised_address(value)
+
+
+@lru_cache(maxsize=4096)
+def _normalised_address(value: str) -> str:
+    # Every event of a request asks for the same few peers' addresses: parsed once each
+    # (a send records two events; ipaddress's parse cost more than the rest of an event).
     try:
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
