@@ -12,12 +12,21 @@ REQ-AUTH-STRONG, REQ-INFO-PRO.
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.db import connection
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
+from django.utils.functional import SimpleLazyObject
 
 from pli.server.accounts.models import Charter, User, UserSession
-from pli.server.accounts.session_auth import _LOADED_USER, SessionStore, SessionUserBackend
+from pli.server.accounts.session_auth import (
+    _LOADED_USER,
+    AuthenticationMiddleware,
+    SessionStore,
+    SessionUserBackend,
+    signed_in_user,
+)
 from tests.accounts_support import PASSPHRASE, make_account, signed_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.requirement("REQ-AUTH-STRONG")]
@@ -103,3 +112,24 @@ def test_a_session_opened_with_djangos_backend_still_works() -> None:
     client = Client()
     client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
     assert client.get(ME).status_code == 200
+
+
+def test_a_view_is_given_the_signed_in_user_itself_not_its_lazy_proxy() -> None:
+    """``signed_in_user``: the same user as ``request.user``, without the proxy (whose
+    every attribute read is a call), and what the middleware read, not a second query."""
+    user, client = _account("dr.sans-mandataire@cabinet.pli.test")
+    request = RequestFactory().get(ME)
+    request.COOKIES[settings.SESSION_COOKIE_NAME] = client.cookies[
+        settings.SESSION_COOKIE_NAME
+    ].value
+    SessionMiddleware(lambda _request: None).process_request(request)  # type: ignore[arg-type]
+    AuthenticationMiddleware(lambda _request: None).process_request(request)  # type: ignore[arg-type]
+    assert isinstance(vars(request)["user"], SimpleLazyObject)
+    with CaptureQueriesContext(connection) as queries:
+        found = signed_in_user(request)
+        assert signed_in_user(request) is found
+    assert type(found) is User and found.pk == user.pk
+    assert len(queries.captured_queries) == 1  # the session's one statement, read once
+    # A user set on the request directly (as another middleware may) is returned as is.
+    request.user = user
+    assert signed_in_user(request) is user

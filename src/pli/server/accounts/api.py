@@ -13,7 +13,8 @@ from django.utils.translation import gettext as _
 from ninja import Router, Schema, Status
 from ninja.security import django_auth
 
-from pli.server.accounts.models import User, UserSession
+from pli.server.accounts.models import UserSession
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import current_record, do_revoke_session
 
 router = Router(tags=["accounts"], auth=django_auth)
@@ -42,15 +43,9 @@ class ErrorOut(Schema):
     message: str
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - the API's auth guarantees it
-    return user
-
-
 @router.get("/me", response=MeOut)
 def me(request: HttpRequest) -> MeOut:
-    user = _user(request)
+    user = signed_in_user(request)
     return MeOut(
         username=user.username,
         role=user.role,
@@ -62,7 +57,7 @@ def me(request: HttpRequest) -> MeOut:
 
 @router.get("/sessions", response=list[SessionOut])
 def list_sessions(request: HttpRequest) -> list[SessionOut]:
-    user = _user(request)
+    user = signed_in_user(request)
     current = current_record(request)
     rows = UserSession.objects.filter(user=user, revoked_at__isnull=True).order_by("-last_seen_at")
     return [
@@ -81,6 +76,6 @@ def list_sessions(request: HttpRequest) -> list[SessionOut]:
 
 @router.delete("/sessions/{session_id}", response={204: None, 404: ErrorOut})
 def revoke_session(request: HttpRequest, session_id: int) -> Status[ErrorOut | None]:
-    if not do_revoke_session(_user(request), session_id, request):
+    if not do_revoke_session(signed_in_user(request), session_id, request):
         return Status(404, ErrorOut(code="not_found", message=_("Session introuvable.")))
     return Status(204, None)

@@ -30,8 +30,8 @@ from pli.server.accounts.custody import (
     member_wrapped_keys,
     vault_unlocked,
 )
-from pli.server.accounts.models import User
 from pli.server.accounts.operator_ca import trust_anchor
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import recently_authenticated
 from pli.server.validation import StrictSchema
 
@@ -113,12 +113,6 @@ class ErrorOut(_Strict):
     message: str
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - the API's auth guarantees it
-    return user
-
-
 def _error(failure: CustodyError) -> Status[ErrorOut]:
     return Status(
         _STATUS.get(failure.code, 422), ErrorOut(code=failure.code, message=failure.message)
@@ -127,7 +121,7 @@ def _error(failure: CustodyError) -> Status[ErrorOut]:
 
 @router.get("/keys", response=KeysOut, summary="Mes certificats et la garde de mes clés")
 def list_keys(request: HttpRequest) -> KeysOut:
-    user = _user(request)
+    user = signed_in_user(request)
     return KeysOut(
         custody=user.custody,
         vault_unlocked=vault_unlocked(request),
@@ -175,7 +169,7 @@ def request_certificate(
             )
         )
     try:
-        published = do_issue_workstation_certificate(_user(request), body.csr, request)
+        published = do_issue_workstation_certificate(signed_in_user(request), body.csr, request)
         anchor = trust_anchor()
     except CustodyError as failure:
         return _error(failure)
@@ -206,7 +200,7 @@ def shared_keys(request: HttpRequest, address: str = "") -> SharedKeysOut | Stat
     or not yours: the same 404.
     """
     try:
-        held = member_wrapped_keys(_user(request), address)
+        held = member_wrapped_keys(signed_in_user(request), address)
     except CustodyError as failure:
         return _error(failure)
     return SharedKeysOut(

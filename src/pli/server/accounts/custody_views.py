@@ -32,6 +32,7 @@ from pli.server.accounts.custody import (
     vault_unlocked,
 )
 from pli.server.accounts.models import Custody, User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import client_address
 
 _TEMPLATE = "accounts/custody/unlock.html"
@@ -77,12 +78,6 @@ class ChangeUnlockPassphraseForm(NewUnlockPassphraseForm):
     field_order = ["current", "passphrase", "confirmation"]  # noqa: RUF012 - read by Django
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - guaranteed by login_required
-    return user
-
-
 def _error(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
 
@@ -113,7 +108,7 @@ def _locked_out() -> dict[str, str]:
 @login_required
 def vault_unlock_view(request: HttpRequest) -> HttpResponse:
     """Enter the passphrase that opens the vault (or choose it, the first time)."""
-    user = _user(request)
+    user = signed_in_user(request)
     if user.custody != Custody.VAULT or personal_mailbox(user) is None:
         return render(request, _TEMPLATE, {"mode": "none"})
     choosing = not has_vault_key(user) and needs_unlock_passphrase(user)
@@ -168,7 +163,7 @@ def _unlock(
 @login_required
 def unlock_passphrase_view(request: HttpRequest) -> HttpResponse:
     """Change the separate unlock passphrase (certificate and OpenID Connect users)."""
-    user = _user(request)
+    user = signed_in_user(request)
     if (
         user.custody != Custody.VAULT
         or not needs_unlock_passphrase(user)

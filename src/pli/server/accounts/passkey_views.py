@@ -24,13 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pli.server.accounts import factors, throttle
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.models import User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import (
     client_address,
     complete_login,
     pending_user,
     recently_authenticated,
 )
-from pli.server.accounts.views import _enrolling, _error, _fail, _locked, _next_page, _user
+from pli.server.accounts.views import _enrolling, _error, _fail, _locked, _next_page
 
 #: The largest answer a browser sends (an attestation object with a certificate chain).
 MAX_BODY = 64 * 1024
@@ -255,7 +256,7 @@ def remove_view(request: HttpRequest, credential_id: int) -> HttpResponse:
     if not recently_authenticated(request):
         # Back to the factors page afterwards: this URL takes only POST.
         return HttpResponseRedirect(_reauth_url(reverse("accounts:factors")))
-    user = _user(request)
+    user = signed_in_user(request)
     try:
         from pli.server.accounts import passkeys  # noqa: PLC0415 - webauthn on first use
 

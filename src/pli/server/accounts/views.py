@@ -45,6 +45,7 @@ from pli.server.accounts.forms import (
 )
 from pli.server.accounts.hashers import timing_equaliser_hash
 from pli.server.accounts.models import User, UserSession
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import (
     ENROLLING,
     begin_second_factor,
@@ -60,12 +61,6 @@ from pli.server.audit.actions import do_record_event
 
 #: How long an activated, unfinished enrolment stays open in the browser.
 ENROLLING_SECONDS = 1800
-
-
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - guaranteed by login_required
-    return user
 
 
 def _error(code: str, message: str) -> dict[str, str]:
@@ -421,12 +416,12 @@ def _charter_page(request: HttpRequest, user: User, *, enrolling: bool) -> HttpR
 
 @login_required
 def charter_view(request: HttpRequest) -> HttpResponse:
-    return _charter_page(request, _user(request), enrolling=False)
+    return _charter_page(request, signed_in_user(request), enrolling=False)
 
 
 @login_required
 def sessions_view(request: HttpRequest) -> HttpResponse:
-    user = _user(request)
+    user = signed_in_user(request)
     current = current_record(request)
     if request.method == "POST":
         try:
@@ -460,7 +455,7 @@ def _sessions_context(
 @login_required
 def reauth_view(request: HttpRequest) -> HttpResponse:
     """Sensitive actions ask for the passphrase again (re-authentication)."""
-    user = _user(request)
+    user = signed_in_user(request)
     form = ReauthForm(request.POST or None)
     error: dict[str, str] | None = None
     if request.method == "POST" and form.is_valid():
@@ -494,7 +489,7 @@ def _needs_reauth(request: HttpRequest) -> HttpResponse | None:
 
 @login_required
 def factors_view(request: HttpRequest) -> HttpResponse:
-    user = _user(request)
+    user = signed_in_user(request)
     return render(
         request,
         "accounts/factors.html",
@@ -511,7 +506,7 @@ def recovery_codes_view(request: HttpRequest) -> HttpResponse:
     leave = _needs_reauth(request)
     if leave is not None:
         return leave
-    user = _user(request)
+    user = signed_in_user(request)
     if request.method != "POST":
         return redirect("accounts:factors")
     codes = factors.new_recovery_codes(user)
@@ -527,7 +522,7 @@ def totp_change_view(request: HttpRequest) -> HttpResponse:
         return leave
     return _totp_page(
         request,
-        _user(request),
+        signed_in_user(request),
         "accounts/enrol_totp.html",
         reverse("accounts:factors"),
         {"step": None},
@@ -540,7 +535,7 @@ def totp_remove_view(request: HttpRequest) -> HttpResponse:
     leave = _needs_reauth(request)
     if leave is not None:
         return leave
-    user = _user(request)
+    user = signed_in_user(request)
     if not user.webauthn_credentials.exists():
         return render(
             request,

@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from ninja import Field, Router, Status
 from ninja.security import django_auth
 
-from pli.server.accounts.models import User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.compliance.actions import (
     MAX_PATIENT_ID_LENGTH,
     do_check_opposition,
@@ -75,12 +75,6 @@ class ErrorOut(_Strict):
     message: str
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - the router's auth guarantees it
-    return user
-
-
 def _error(failure: ComplianceError) -> Status[OppositionOut | ErrorOut]:
     return Status(
         _STATUS.get(failure.code, 422), ErrorOut(code=failure.code, message=failure.message)
@@ -113,7 +107,7 @@ def record_opposition(request: HttpRequest, body: RecordIn) -> Status[Opposition
     """201 when recorded, 200 when the patient's opposition was already in force."""
     try:
         opposition, created = do_record_opposition(
-            _user(request), body.patient_id, request, reason=body.reason, kind=body.kind
+            signed_in_user(request), body.patient_id, request, reason=body.reason, kind=body.kind
         )
     except ComplianceError as failure:
         return _error(failure)
@@ -129,7 +123,7 @@ def lift_opposition(request: HttpRequest, body: LiftIn) -> Status[OppositionOut 
     """409 ``not_opposed`` when the patient has no opposition in force."""
     try:
         opposition = do_lift_opposition(
-            _user(request), body.patient_id, request, reason=body.reason
+            signed_in_user(request), body.patient_id, request, reason=body.reason
         )
     except ComplianceError as failure:
         return _error(failure)
@@ -143,7 +137,7 @@ def lift_opposition(request: HttpRequest, body: LiftIn) -> Status[OppositionOut 
 )
 def check_opposition(request: HttpRequest, body: CheckIn) -> Status[OppositionOut | ErrorOut]:
     try:
-        opposition = do_check_opposition(_user(request), body.patient_id, request)
+        opposition = do_check_opposition(signed_in_user(request), body.patient_id, request)
     except ComplianceError as failure:
         return _error(failure)
     return Status(200, _out(opposition))

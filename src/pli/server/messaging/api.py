@@ -26,7 +26,7 @@ from ninja import Field, Router, Status
 from ninja.security import django_auth
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pli.server.accounts.models import User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.messaging.access import (
     MessagingError,
     access_copy_by_message_id,
@@ -164,12 +164,6 @@ class DeleteOut(_Strict):
 # --------------------------------------------------------------------------- helpers
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - django_auth guarantees it
-    return user
-
-
 def _refusal(error: MessagingError) -> Status[ErrorOut]:
     return Status(
         STATUS.get(error.code, 422),
@@ -278,7 +272,7 @@ def _message_out(copy: MessageCopy, *, with_deliveries: bool) -> MessageOut:
 
 
 def _copy(request: HttpRequest, message_id: str, mailbox: str | None) -> MessageCopy:
-    return access_copy_by_message_id(_user(request), message_id[:_ID_MAX], mailbox or None)
+    return access_copy_by_message_id(signed_in_user(request), message_id[:_ID_MAX], mailbox or None)
 
 
 _ERRORS: dict[int, type[ErrorOut]] = {
@@ -298,7 +292,7 @@ _ERRORS: dict[int, type[ErrorOut]] = {
 @router.get("/mailboxes", response=list[MailboxOut], summary="Mes boîtes aux lettres")
 def list_mailboxes(request: HttpRequest) -> list[MailboxOut]:
     """The caller's personal mailbox and the ones they are member or substitute of."""
-    reachable = reachable_mailboxes(_user(request))
+    reachable = reachable_mailboxes(signed_in_user(request))
     unread = dict(
         MessageCopy.objects.filter(
             mailbox_id__in=[r.mailbox.pk for r in reachable], folder=Folder.INBOX, read=False
@@ -329,7 +323,7 @@ def list_messages(
     request: HttpRequest, address: str, folder: str = "inbox", page: str = "1"
 ) -> Status[MessagePageOut] | Status[ErrorOut]:
     try:
-        mailbox = access_mailbox_by_address(_user(request), address)
+        mailbox = access_mailbox_by_address(signed_in_user(request), address)
         if folder not in Folder.values:
             raise _bad_request(_("Dossier inconnu."), allowed=list(Folder.values))
         number = whole_number(page, digits=7) or 0
@@ -364,7 +358,7 @@ def list_messages(
     openapi_extra=_body_schema(SendIn),
 )
 def send_message(request: HttpRequest) -> Status[SendOut] | Status[ErrorOut]:
-    user = _user(request)
+    user = signed_in_user(request)
     limit = (max_envelope_bytes() + 2) // 3 * 4 + _JSON_OVERHEAD + max_recipients() * 512
     try:
         body = _read_body(request, SendIn, limit)
@@ -435,7 +429,7 @@ def get_envelope(
 ) -> HttpResponse | Status[ErrorOut]:
     try:
         copy = _copy(request, message_id, mailbox)
-        data = do_open_envelope(_user(request), copy, request)
+        data = do_open_envelope(signed_in_user(request), copy, request)
     except MessagingError as error:
         return _refusal(error)
     response = HttpResponse(
@@ -456,7 +450,7 @@ def get_envelope(
 def mark_read(
     request: HttpRequest, message_id: str, mailbox: str = ""
 ) -> Status[ReadOut] | Status[ErrorOut]:
-    user = _user(request)
+    user = signed_in_user(request)
     limit = (max_envelope_bytes() + 2) // 3 * 4 + _JSON_OVERHEAD
     try:
         copy = _copy(request, message_id, mailbox)
@@ -495,7 +489,7 @@ def move_message(
     try:
         copy = _copy(request, message_id, mailbox)
         body = _read_body(request, MoveIn, 4096)
-        copy = do_move_message(_user(request), copy, body.folder, request)
+        copy = do_move_message(signed_in_user(request), copy, body.folder, request)
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _message_out(copy, with_deliveries=True))
@@ -514,7 +508,7 @@ def flag_message(
     try:
         copy = _copy(request, message_id, mailbox)
         body = _read_body(request, FlagIn, 4096)
-        copy = do_flag_message(_user(request), copy, body.flagged, request)
+        copy = do_flag_message(signed_in_user(request), copy, body.flagged, request)
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _message_out(copy, with_deliveries=True))
@@ -530,7 +524,7 @@ def delete_message(
 ) -> Status[DeleteOut] | Status[ErrorOut]:
     try:
         copy = _copy(request, message_id, mailbox)
-        result = do_delete_message(_user(request), copy, request)
+        result = do_delete_message(signed_in_user(request), copy, request)
     except MessagingError as error:
         return _refusal(error)
     return Status(

@@ -29,7 +29,7 @@ from ninja import Field, Router, Status
 from ninja.security import django_auth
 from pydantic import ValidationError
 
-from pli.server.accounts.models import User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.messaging.access import MessagingError, access_copy_by_message_id
 from pli.server.messaging.actions import STATUS, max_envelope_bytes
 from pli.server.messaging.uploads import (
@@ -103,12 +103,6 @@ _ERRORS: dict[int, type[ErrorOut]] = dict.fromkeys(
 )
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - django_auth guarantees it
-    return user
-
-
 def _status(code: str) -> int:
     return UPLOAD_STATUS.get(code) or STATUS.get(code, 422)
 
@@ -174,7 +168,7 @@ def upload_limits(request: HttpRequest) -> LimitsOut:
 def create_upload(request: HttpRequest) -> Status[UploadOut] | Status[ErrorOut]:
     try:
         body = _read_create(request)
-        upload = do_create_upload(_user(request), body.size, body.sha256)
+        upload = do_create_upload(signed_in_user(request), body.size, body.sha256)
     except MessagingError as error:
         return _refusal(error)
     return Status(201, _upload_out(upload))
@@ -187,7 +181,7 @@ def create_upload(request: HttpRequest) -> Status[UploadOut] | Status[ErrorOut]:
 )
 def get_upload(request: HttpRequest, upload_id: str) -> Status[UploadOut] | Status[ErrorOut]:
     try:
-        upload = access_upload(_user(request), upload_id[:_ID_MAX])
+        upload = access_upload(signed_in_user(request), upload_id[:_ID_MAX])
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _upload_out(upload))
@@ -218,7 +212,9 @@ def put_chunk(
         if length is None and not announced and not request.META.get("HTTP_TRANSFER_ENCODING"):
             length = 0  # no body
         # Otherwise None: chunked, or nonsense; the length must be known in advance.
-        upload = do_receive_chunk(_user(request), upload_id[:_ID_MAX], start, length, request)
+        upload = do_receive_chunk(
+            signed_in_user(request), upload_id[:_ID_MAX], start, length, request
+        )
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _upload_out(upload))
@@ -231,7 +227,7 @@ def put_chunk(
 )
 def delete_upload(request: HttpRequest, upload_id: str) -> Status[None] | Status[ErrorOut]:
     try:
-        do_delete_upload(_user(request), upload_id[:_ID_MAX])
+        do_delete_upload(signed_in_user(request), upload_id[:_ID_MAX])
     except MessagingError as error:
         return _refusal(error)
     return Status(204, None)
@@ -254,7 +250,7 @@ def delete_upload(request: HttpRequest, upload_id: str) -> Status[None] | Status
 def get_blob(
     request: HttpRequest, message_id: str, blob_id: str, mailbox: str = ""
 ) -> HttpResponseBase | Status[ErrorOut]:
-    user = _user(request)
+    user = signed_in_user(request)
     try:
         copy = access_copy_by_message_id(user, message_id[:_ID_MAX], mailbox or None)
         opened = open_message_blob(

@@ -39,6 +39,7 @@ from pli.crypto import SoftwareKey
 from pli.mime import Attachment, InnerMessage
 from pli.server.accounts.custody import CustodyError, personal_mailbox, vault_keys_for
 from pli.server.accounts.models import Custody, User
+from pli.server.accounts.session_auth import signed_in_user
 from pli.server.audit.actions import do_record_event
 from pli.server.audit.models import AuditAction
 from pli.server.directory.models import Mailbox
@@ -110,12 +111,6 @@ FOLDER_ORDER = (Folder.INBOX, Folder.SENT, Folder.ARCHIVE, Folder.TRASH)
 # --------------------------------------------------------------------------- helpers
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)  # noqa: S101 - login_required guarantees it
-    return user
-
-
 def _not_found(request: HttpRequest) -> HttpResponse:
     return render(request, "webmail/not_found.html", status=404)
 
@@ -149,7 +144,7 @@ def _copy(request: HttpRequest, message_id: str) -> MessageCopy | HttpResponse:
         return _not_found(request)
     address = request.GET.get("boite", "")[:254] or None
     try:
-        return access_copy_by_message_id(_user(request), message_id, address)
+        return access_copy_by_message_id(signed_in_user(request), message_id, address)
     except MessagingError as error:
         if error.code == "mailbox_ambiguous" and request.method == "GET":
             mailboxes = error.details.get("mailboxes")
@@ -167,7 +162,7 @@ def _open(request: HttpRequest, copy: MessageCopy, keys: Sequence[SoftwareKey]) 
     except TrustUnavailable:
         return OpenedCopy(copy, Signature("trust_unavailable"))
     try:
-        envelope = do_open_envelope(_user(request), copy, request)
+        envelope = do_open_envelope(signed_in_user(request), copy, request)
     except MessagingError as error:
         return OpenedCopy(copy, Signature(error.code))
     return open_copy(copy, envelope, keys, trust=trust)
@@ -258,7 +253,7 @@ def _delivery_summary(deliveries: Sequence[Delivery]) -> list[str]:
 @never_cache
 def folder_view(request: HttpRequest) -> HttpResponse:
     """A folder of one mailbox, newest first, with the subjects opened in memory."""
-    user = _user(request)
+    user = signed_in_user(request)
     reachable = reachable_mailboxes(user)
     if not reachable:
         return render(request, "webmail/no_mailbox.html")
@@ -399,7 +394,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
     if isinstance(found, HttpResponse):
         return found
     copy = found
-    user = _user(request)
+    user = signed_in_user(request)
     keys, failure = _keys(request, copy.mailbox)
     if failure == "vault_locked":
         return HttpResponseRedirect(_unlock_url(request))
@@ -543,7 +538,7 @@ def move_view(request: HttpRequest, message_id: str) -> HttpResponse:
     copy, before = found, found.folder
     folder = request.POST.get("folder", "")[:16]
     try:
-        do_move_message(_user(request), copy, folder, request)
+        do_move_message(signed_in_user(request), copy, folder, request)
     except MessagingError as error:
         messages.error(request, error.message)
         return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
@@ -560,7 +555,7 @@ def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
     if isinstance(found, HttpResponse):
         return found
     copy, before = found, found.folder
-    result = do_delete_message(_user(request), copy, request)
+    result = do_delete_message(signed_in_user(request), copy, request)
     messages.success(
         request,
         _("Message supprimé définitivement.")
@@ -591,7 +586,7 @@ def directory_view(request: HttpRequest) -> HttpResponse:
 @never_cache
 def recipients_view(request: HttpRequest) -> HttpResponse:
     """Who each typed address is, and which need a first-time confirmation (a fragment)."""
-    user = _user(request)
+    user = signed_in_user(request)
     try:
         sender: Mailbox | None = sending_mailbox(user, request.GET.get("de", "")[:254])
     except MessagingError:
@@ -701,7 +696,7 @@ def _compose_response(
     kept: Sequence[int] | None,
     status: int = 200,
 ) -> HttpResponse:
-    user = _user(request)
+    user = signed_in_user(request)
     try:
         sender: Mailbox | None = sending_mailbox(user, sender_address)
     except MessagingError:
@@ -787,7 +782,7 @@ def _compose(
 ) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
-    user = _user(request)
+    user = signed_in_user(request)
     found = _copy(request, message_id) if message_id is not None else None
     if isinstance(found, HttpResponse):
         return found  # not the caller's: the same 404 whatever else holds
@@ -938,7 +933,9 @@ def _compose_post(
             patient_consent=form.cleaned_data["patient_consent"],
         )
         try:
-            message = send_from_web(request, _user(request), outgoing, original=state.original)
+            message = send_from_web(
+                request, signed_in_user(request), outgoing, original=state.original
+            )
         except CustodyError as error:
             state.errors.append(
                 _locked_error()
