@@ -56,6 +56,22 @@ def _owned(user: User) -> QuerySet[Mailbox]:
     )
 
 
+def _reachable_union(columns: str) -> str:
+    """The owned mailbox and the memberships' mailboxes, ``columns`` of each (``m.``),
+    then how the person reaches it, named ``part``: the one text of that rule.
+
+    Its parameters are :func:`reachable_parameters`.
+    """
+    quote = connection.ops.quote_name
+    mailbox, membership = quote(Mailbox._meta.db_table), quote(Membership._meta.db_table)
+    return (
+        f"SELECT {columns}, %s AS part FROM {mailbox} AS m"  # noqa: S608 - our names
+        " WHERE m.address = %s AND m.kind = %s AND m.professional_id = %s"
+        f" UNION ALL SELECT {columns}, ms.role FROM {membership} AS ms"
+        f" JOIN {mailbox} AS m ON m.id = ms.mailbox_id WHERE ms.user_id = %s"
+    )
+
+
 @cache
 def _reachable_query() -> tuple[str, tuple[str, ...]]:
     """The owned mailbox and the memberships' mailboxes in one query (one round trip).
@@ -67,24 +83,14 @@ def _reachable_query() -> tuple[str, tuple[str, ...]]:
     quote = connection.ops.quote_name
     attnames = tuple(field.attname for field in Mailbox._meta.concrete_fields)
     columns = ", ".join(f"m.{quote(field.column)}" for field in Mailbox._meta.concrete_fields)
-    mailbox, membership = Mailbox._meta.db_table, Membership._meta.db_table
-    query = (
-        f"SELECT {columns}, %s FROM {quote(mailbox)} AS m"  # noqa: S608 - our names
-        " WHERE m.address = %s AND m.kind = %s AND m.professional_id = %s"
-        f" UNION ALL SELECT {columns}, ms.role FROM {quote(membership)} AS ms"
-        f" JOIN {quote(mailbox)} AS m ON m.id = ms.mailbox_id WHERE ms.user_id = %s"
-    )
-    return query, attnames
+    return _reachable_union(columns), attnames
 
 
 def reachable_mailboxes(user: User) -> list[ReachableMailbox]:
     """Every mailbox the person may read: their own first, then by address."""
     query, attnames = _reachable_query()
     with connection.cursor() as cursor:
-        # No professional: "professional_id = NULL" matches nothing, as _owned's none().
-        cursor.execute(
-            query, [OWNER, user.username, MailboxType.PERSONAL, user.professional_id, user.pk]
-        )
+        cursor.execute(query, reachable_parameters(user))
         rows = cursor.fetchall()
     owned = [row for row in rows if row[-1] == OWNER]
     members = sorted((row for row in rows if row[-1] != OWNER), key=lambda row: row[1])
@@ -139,16 +145,9 @@ def reachable_subquery() -> str:
     caller that asks them within a larger statement (a send asks them with its
     recipients, in one round trip); its parameters: :func:`reachable_parameters`.
 
-    The same rows as :func:`reachable_mailboxes`, from the same two index lookups.
+    The same rows as :func:`reachable_mailboxes`, from the same rule.
     """
-    quote = connection.ops.quote_name
-    mailbox, membership = quote(Mailbox._meta.db_table), quote(Membership._meta.db_table)
-    return (
-        f"SELECT m.id, m.address, m.active, %s AS part FROM {mailbox} AS m"  # noqa: S608 - our names
-        " WHERE m.address = %s AND m.kind = %s AND m.professional_id = %s"
-        f" UNION ALL SELECT m.id, m.address, m.active, ms.role FROM {membership} AS ms"
-        f" JOIN {mailbox} AS m ON m.id = ms.mailbox_id WHERE ms.user_id = %s"
-    )
+    return _reachable_union("m.id, m.address, m.active")
 
 
 def reachable_parameters(user: User) -> list[str | int | None]:
