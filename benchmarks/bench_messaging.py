@@ -811,6 +811,19 @@ def run_attachment(
     }
 
 
+def server_env(base: dict[str, str], work: Path, name: str) -> dict[str, str]:
+    """``base`` and a throw-away Pli's settings: data directory and CA under ``work``."""
+    return {
+        **base,
+        "PLI_DATA_DIR": str(work / "data"),
+        "PLI_SECRET_KEY": f"{name}-secret-key-" + "x" * 32,
+        "PLI_EMAIL": "file",
+        "PLI_LOG_LEVEL": "WARNING",
+        "PLI_CA_DIR": str(work / "ca"),
+        "PLI_CA_PASSPHRASE": CA_PASSPHRASE,
+    }
+
+
 def postgres_database(admin_url: str, name: str) -> str:
     import psycopg  # noqa: PLC0415
 
@@ -957,15 +970,7 @@ def main() -> None:
         for name in databases:
             work = root / name
             work.mkdir()
-            env = {
-                **base,
-                "PLI_DATA_DIR": str(work / "data"),
-                "PLI_SECRET_KEY": "bench-messaging-secret-key-" + "x" * 32,
-                "PLI_EMAIL": "file",
-                "PLI_LOG_LEVEL": "WARNING",
-                "PLI_CA_DIR": str(work / "ca"),
-                "PLI_CA_PASSPHRASE": CA_PASSPHRASE,
-            }
+            env = server_env(base, work, "bench-messaging")
             database = f"pli_bench_messaging_{os.getpid()}"
             if name == "postgresql":
                 env["PLI_DATABASE_URL"] = postgres_database(args.postgres_url, database)

@@ -195,13 +195,7 @@ def run(args: argparse.Namespace) -> JSON:
     work = Path(tempfile.mkdtemp(prefix="pli-bench-send-cost-", dir=args.workdir))
     database = f"pli_bench_send_cost_{os.getpid()}"
     env = {
-        **base,
-        "PLI_DATA_DIR": str(work / "data"),
-        "PLI_SECRET_KEY": "bench-send-cost-secret-key-" + "x" * 32,
-        "PLI_EMAIL": "file",
-        "PLI_LOG_LEVEL": "WARNING",
-        "PLI_CA_DIR": str(work / "ca"),
-        "PLI_CA_PASSPHRASE": messaging.CA_PASSPHRASE,
+        **messaging.server_env(base, work, "bench-send-cost"),
         "PLI_ALLOWED_HOSTS": "127.0.0.1",
         # bench_messaging beside this script; a PYTHONPATH given (another checkout's
         # src, to measure its code with this script) stays in front.

@@ -637,7 +637,7 @@ def _delivered(message: Message, mailbox: Mailbox, pk: int) -> Delivery:
     Built as the ORM builds a row it read (``Model.from_db``, positional), its
     message and mailbox attached as ``select_related`` attaches them: a send
     to ten mailboxes builds ten, and the keyword path of ``Model.__init__``
-    (each relation through its descriptor) cost a tenth of such a send.
+    (each relation through its descriptor) cost about a twentieth of such a send.
     """
     row = {
         "id": pk,
