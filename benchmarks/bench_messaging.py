@@ -70,6 +70,19 @@ LETTER_BYTES = 10_000
 WARMUP = 100
 #: The other load generator (``--load-generator wrk``, Debian package ``wrk``).
 WRK = shutil.which("wrk") or "wrk"
+#: floor_app.py's tables, created in the benchmark's database before the floor server starts.
+#: ``{id}``: the key's type (BIGSERIAL, INTEGER); ``{blob}``: the bytes' (BYTEA, BLOB).
+FLOOR_SCHEMA = (
+    "CREATE TABLE floor_message (id {id} PRIMARY KEY, envelope {blob} NOT NULL)",
+    (
+        "CREATE TABLE floor_delivery (id {id} PRIMARY KEY,"
+        " message_id BIGINT NOT NULL REFERENCES floor_message (id), recipient TEXT NOT NULL)"
+    ),
+    "CREATE INDEX floor_delivery_message ON floor_delivery (message_id)",
+)
+#: PostgreSQL only: as Pli's envelopes (decision 0013), ciphertext is not compressed.
+FLOOR_SCHEMA_POSTGRESQL = ("ALTER TABLE floor_message ALTER COLUMN envelope SET STORAGE EXTERNAL",)
+
 TARGETS = {
     "postgresql_messages_per_s_min": 500,
     "p99_ms_max": 100,
@@ -752,6 +765,133 @@ def run_database(
                 f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per message"
             )
     result["stored"] = run_child("count", env)
+    if not args.skip_floor:
+        result["floor"] = run_floor(name, env, work, args, setup)
+    return result
+
+
+def create_floor_tables(name: str, env: dict[str, str], work: Path) -> None:
+    """floor_app's tables, in the database Pli's cases used (after them: they do not meet)."""
+    if name == "postgresql":
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(env["PLI_DATABASE_URL"], autocommit=True) as server:
+            for statement in (*FLOOR_SCHEMA, *FLOOR_SCHEMA_POSTGRESQL):
+                server.execute(statement.format(id="BIGSERIAL", blob="BYTEA"))
+        return
+    import sqlite3  # noqa: PLC0415
+
+    connection = sqlite3.connect(work / "data" / "pli.sqlite3")
+    try:
+        for statement in FLOOR_SCHEMA:
+            connection.execute(statement.format(id="INTEGER", blob="BLOB"))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def floor_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
+    """gunicorn serving ``floor_app`` as ``pli serve`` serves Pli (gthread); (port, pid)."""
+    port = free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    process = subprocess.Popen(
+        [
+            str(gunicorn),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "4",
+            "--access-logfile",
+            "-",
+            "--chdir",
+            str(HERE),
+            "floor_app:application",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,  # the access log, written and dropped as Pli's
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/api/uploads/limits")
+                if connection.getresponse().status == 200:
+                    connection.close()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the floor server did not answer")
+        deadline = time.time() + 60
+        while len(process_tree(process.pid)) < workers + 1 and time.time() < deadline:
+            time.sleep(0.2)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        try:
+            _out, errors = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _out, errors = process.communicate()
+        tail = [
+            line for line in (errors or "").splitlines() if "Traceback" in line or "ERROR" in line
+        ]
+        if tail:
+            log(f"floor server errors: {tail[:5]}")
+
+
+def run_floor(
+    name: str, env: dict[str, str], work: Path, args: argparse.Namespace, setup: JSON
+) -> JSON:
+    """The same loads on ``floor_app`` (gunicorn and Django, none of Pli): the stack's floor."""
+    create_floor_tables(name, env, work)
+    load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    result: JSON = {}
+    with floor_serve(env, args.workers) as (port, pid):
+        bodies: list[tuple[str, bytes | None, str]] = [
+            ("get", None, "/api/uploads/limits"),
+            *(
+                (
+                    f"send_{count}_recipient{'s' if count > 1 else ''}",
+                    json.dumps(
+                        {
+                            "from": SENDER,
+                            "recipients": RECIPIENTS[:count],
+                            "envelope": setup["envelopes"][str(count)],
+                        }
+                    ).encode(),
+                    "/api/messages",
+                )
+                for count in (1, 10)
+            ),
+        ]
+        for case, body, path in bodies:
+            with CpuMeter(pid) as cpu:
+                measured = load_generator(
+                    port,
+                    headers,
+                    body,
+                    clients=args.clients,
+                    messages=args.messages,
+                    warmup=WARMUP,
+                    path=path,
+                    work=work,
+                )
+            measured |= cpu.per_message(measured["messages"] + measured["warmup"])
+            measured["load_average_after"] = load_average()
+            result[case] = measured
+            log(
+                f"{name}: floor {case}: {measured['messages_per_s']} requests/s,"
+                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms"
+            )
     return result
 
 
@@ -925,6 +1065,11 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="500 messages, a 50 MiB attachment")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--skip-floor",
+        action="store_true",
+        help="leave out the stack's floor (floor_app.py: gunicorn and Django, none of Pli)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--workdir", default=None, help="where the data directories go")
