@@ -713,60 +713,63 @@ def run_database(
             started = time.perf_counter()
             os.sync()
             result["attachment"]["sync_seconds_after"] = round(time.perf_counter() - started, 2)
-        log(f"{name}: baseline, GET /api/uploads/limits (session, middleware; no send)")
-        load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
-        with CpuMeter(pid) as cpu:
-            baseline = load_generator(
-                port,
-                headers,
-                None,
-                clients=args.clients,
-                messages=args.messages,
-                warmup=WARMUP,
-                path="/api/uploads/limits",
-                work=work,
-            )
-        baseline |= cpu.per_message(baseline["messages"] + baseline["warmup"])
-        baseline["load_average_after"] = load_average()
-        result["baseline_authenticated_get"] = baseline
-        log(
-            f"{name}: baseline {baseline['messages_per_s']} requests/s, p50 {baseline['p50_ms']} ms"
-        )
-        for count in (1, 10):
-            body = json.dumps(
-                {
-                    "from": SENDER,
-                    "recipients": RECIPIENTS[:count],
-                    "envelope": setup["envelopes"][str(count)],
-                }
-            ).encode()
-            log(f"{name}: ingest, {count} recipient(s), {args.messages} messages")
-            load = load_average()
-            with sampler, CpuMeter(pid) as cpu:
-                measured = load_generator(
-                    port,
-                    headers,
-                    body,
-                    clients=args.clients,
-                    messages=args.messages,
-                    warmup=WARMUP,
-                    work=work,
+        with contextlib.ExitStack() as stack:
+            floor: Floor | None = None
+            if not args.skip_floor:
+                create_floor_tables(name, env, work)
+                floor_port, floor_pid = stack.enter_context(floor_serve(env, args.workers))
+                floor = Floor(floor_port, floor_pid, args, work)
+                result["floor"] = {}
+            load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
+            cases: list[tuple[str, str, bytes | None, str]] = [
+                ("baseline_authenticated_get", "get", None, "/api/uploads/limits"),
+                *(
+                    (
+                        f"ingest_{count}_recipient{'s' if count > 1 else ''}",
+                        f"send_{count}_recipient{'s' if count > 1 else ''}",
+                        json.dumps(
+                            {
+                                "from": SENDER,
+                                "recipients": RECIPIENTS[:count],
+                                "envelope": setup["envelopes"][str(count)],
+                            }
+                        ).encode(),
+                        "/api/messages",
+                    )
+                    for count in (1, 10)
+                ),
+            ]
+            for case, floor_case, body, path in cases:
+                # The floor just before Pli, for each case: the machine's speed moves
+                # within minutes, and the two are read side by side.
+                if floor is not None:
+                    result["floor"][floor_case] = floor.measure(name, floor_case, body, path)
+                log(f"{name}: {case} ({path})")
+                load = load_average()
+                with sampler, CpuMeter(pid) as cpu:
+                    measured = load_generator(
+                        port,
+                        headers,
+                        body,
+                        clients=args.clients,
+                        messages=args.messages,
+                        warmup=WARMUP,
+                        path=path,
+                        work=work,
+                    )
+                measured |= sampler.figures()
+                # Over the warm-up and the measured requests (the meter cannot tell them apart).
+                measured |= cpu.per_message(measured["messages"] + measured["warmup"])
+                measured["load_average_before"] = load
+                measured["load_average_after"] = load_average()
+                result[case] = measured
+                log(
+                    f"{name}: {measured['messages_per_s']} requests/s,"
+                    f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
+                    f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
+                    f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
                 )
-            measured |= sampler.figures()
-            # Over the warm-up and the measured sends (the meter cannot tell them apart).
-            measured |= cpu.per_message(measured["messages"] + measured["warmup"])
-            measured["load_average_before"] = load
-            measured["load_average_after"] = load_average()
-            result[f"ingest_{count}_recipient{'s' if count > 1 else ''}"] = measured
-            log(
-                f"{name}: {measured['messages_per_s']} messages/s,"
-                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
-                f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
-                f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per message"
-            )
     result["stored"] = run_child("count", env)
-    if not args.skip_floor:
-        result["floor"] = run_floor(name, env, work, args, setup)
     return result
 
 
@@ -847,52 +850,35 @@ def floor_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
             log(f"floor server errors: {tail[:5]}")
 
 
-def run_floor(
-    name: str, env: dict[str, str], work: Path, args: argparse.Namespace, setup: JSON
-) -> JSON:
+class Floor:
     """The same loads on ``floor_app`` (gunicorn and Django, none of Pli): the stack's floor."""
-    create_floor_tables(name, env, work)
-    load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    result: JSON = {}
-    with floor_serve(env, args.workers) as (port, pid):
-        bodies: list[tuple[str, bytes | None, str]] = [
-            ("get", None, "/api/uploads/limits"),
-            *(
-                (
-                    f"send_{count}_recipient{'s' if count > 1 else ''}",
-                    json.dumps(
-                        {
-                            "from": SENDER,
-                            "recipients": RECIPIENTS[:count],
-                            "envelope": setup["envelopes"][str(count)],
-                        }
-                    ).encode(),
-                    "/api/messages",
-                )
-                for count in (1, 10)
-            ),
-        ]
-        for case, body, path in bodies:
-            with CpuMeter(pid) as cpu:
-                measured = load_generator(
-                    port,
-                    headers,
-                    body,
-                    clients=args.clients,
-                    messages=args.messages,
-                    warmup=WARMUP,
-                    path=path,
-                    work=work,
-                )
-            measured |= cpu.per_message(measured["messages"] + measured["warmup"])
-            measured["load_average_after"] = load_average()
-            result[case] = measured
-            log(
-                f"{name}: floor {case}: {measured['messages_per_s']} requests/s,"
-                f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms"
+
+    def __init__(self, port: int, pid: int, args: argparse.Namespace, work: Path) -> None:
+        self.port, self.pid, self.args, self.work = port, pid, args, work
+
+    def measure(self, name: str, case: str, body: bytes | None, path: str) -> JSON:
+        load_generator = ingest_wrk if self.args.load_generator == "wrk" else ingest
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        with CpuMeter(self.pid) as cpu:
+            measured = load_generator(
+                self.port,
+                headers,
+                body,
+                clients=self.args.clients,
+                messages=self.args.messages,
+                warmup=WARMUP,
+                path=path,
+                work=self.work,
             )
-    return result
+        measured |= cpu.per_message(measured["messages"] + measured["warmup"])
+        measured["load_average_after"] = load_average()
+        log(
+            f"{name}: floor {case}: {measured['messages_per_s']} requests/s,"
+            f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
+            f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
+            f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
+        )
+        return measured
 
 
 def run_attachment(
