@@ -769,6 +769,16 @@ def run_database(
                     f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
                     f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
                 )
+    if "floor" in result:
+        # Pli's rate as a share of the floor's, measured just before it on the same load.
+        result["share_of_floor"] = {
+            case: round(result[case]["messages_per_s"] / floor["messages_per_s"], 3)
+            for case, floor in (
+                ("baseline_authenticated_get", result["floor"]["get"]),
+                ("ingest_1_recipient", result["floor"]["send_1_recipient"]),
+                ("ingest_10_recipients", result["floor"]["send_10_recipients"]),
+            )
+        }
     result["stored"] = run_child("count", env)
     return result
 
