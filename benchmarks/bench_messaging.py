@@ -83,6 +83,8 @@ FLOOR_SCHEMA = (
 #: PostgreSQL only: as Pli's envelopes (decision 0013), ciphertext is not compressed.
 FLOOR_SCHEMA_POSTGRESQL = ("ALTER TABLE floor_message ALTER COLUMN envelope SET STORAGE EXTERNAL",)
 
+#: The floor asks for no session, no CSRF token, no origin.
+FLOOR_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 TARGETS = {
     "postgresql_messages_per_s_min": 500,
     "p99_ms_max": 100,
@@ -394,12 +396,15 @@ class CpuMeter:
 
 
 @contextlib.contextmanager
-def pli_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
-    """``pli serve`` (migrations, then gunicorn) on a free port; (port, pid)."""
+def served(
+    command: list[str], env: dict[str, str], workers: int, ready_path: str, what: str
+) -> Iterator[tuple[int, int]]:
+    """``command`` (a gunicorn master, on ``--bind 127.0.0.1:PORT``) until every worker
+    has booted and ``GET ready_path`` answers 200; (port, pid). Stopped at the end,
+    its errors (tracebacks, ``ERROR`` lines on stderr) logged."""
     port = free_port()
-    pli = Path(sys.executable).parent / "pli"
     process = subprocess.Popen(
-        [str(pli), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        [*command, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,  # the access log: written, as in production, then dropped
         stderr=subprocess.PIPE,
@@ -407,16 +412,20 @@ def pli_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
     )
     try:
         for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode} at start")
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/api/health")
+                connection.request("GET", ready_path)
                 if connection.getresponse().status == 200:
-                    connection.close()
                     break
             except OSError:
-                time.sleep(0.2)
+                pass
+            finally:
+                connection.close()
+            time.sleep(0.2)
         else:
-            raise RuntimeError("pli serve did not answer")
+            raise RuntimeError(f"{what} did not answer")
         # Every worker has booted (imports done) before anything is measured.
         deadline = time.time() + 60
         while len(process_tree(process.pid)) < workers + 1 and time.time() < deadline:
@@ -433,7 +442,45 @@ def pli_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
             line for line in (errors or "").splitlines() if "Traceback" in line or "ERROR" in line
         ]
         if tail:
-            log(f"server errors: {tail[:5]}")
+            log(f"{what} errors: {tail[:5]}")
+
+
+def pli_serve(
+    env: dict[str, str], workers: int
+) -> contextlib.AbstractContextManager[tuple[int, int]]:
+    """``pli serve`` (migrations, then gunicorn) on a free port; (port, pid)."""
+    pli = Path(sys.executable).parent / "pli"
+    return served([str(pli), "serve"], env, workers, "/api/health", "pli serve")
+
+
+def floor_serve(
+    env: dict[str, str], workers: int
+) -> contextlib.AbstractContextManager[tuple[int, int]]:
+    """``floor_app`` served by ``pli.server.serve.run``, as Pli is (floor_serve.py); (port, pid)."""
+    command = [sys.executable, str(HERE / "floor_serve.py")]
+    return served(command, env, workers, "/api/uploads/limits", "the floor server")
+
+
+def settle(name: str, env: dict[str, str]) -> None:
+    """Before each measured phase: the dirty pages written back and, on PostgreSQL, a
+    checkpoint, so that a phase does not pay for the writes of the one before it
+    (the floor's and Pli's phases alternate on the same database)."""
+    os.sync()
+    if name == "postgresql":
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(env["PLI_DATABASE_URL"], autocommit=True) as server:
+            server.execute("CHECKPOINT")
+
+
+def expect_statuses(measured: JSON, expected: str, what: str) -> None:
+    """Every answer ``expected``: a phase that failed must not pass for a fast one."""
+    wrong = {status: n for status, n in measured["statuses"].items() if status != expected}
+    if wrong or measured.get("socket_errors"):
+        raise RuntimeError(
+            f"{what}: answers other than {expected}: {wrong},"
+            f" socket errors {measured.get('socket_errors', 0)}"
+        )
 
 
 # --------------------------------------------------------------------------- ingest
@@ -714,13 +761,11 @@ def run_database(
             os.sync()
             result["attachment"]["sync_seconds_after"] = round(time.perf_counter() - started, 2)
         with contextlib.ExitStack() as stack:
-            floor: Floor | None = None
+            floor: tuple[int, int] | None = None
             if not args.skip_floor:
                 create_floor_tables(name, env, work)
-                floor_port, floor_pid = stack.enter_context(floor_serve(env, args.workers))
-                floor = Floor(floor_port, floor_pid, args, work)
+                floor = stack.enter_context(floor_serve(env, args.workers))
                 result["floor"] = {}
-            load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
             cases: list[tuple[str, str, bytes | None, str]] = [
                 ("baseline_authenticated_get", "get", None, "/api/uploads/limits"),
                 *(
@@ -743,37 +788,33 @@ def run_database(
                 # The floor just before Pli, for each case: the machine's speed moves
                 # within minutes, and the two are read side by side.
                 if floor is not None:
-                    result["floor"][floor_case] = floor.measure(name, floor_case, body, path)
-                log(f"{name}: {case} ({path})")
-                load = load_average()
-                with sampler, CpuMeter(pid) as cpu:
-                    measured = load_generator(
-                        port,
-                        headers,
-                        body,
-                        clients=args.clients,
-                        messages=args.messages,
-                        warmup=WARMUP,
+                    result["floor"][floor_case] = measure(
+                        name,
+                        f"floor {floor_case}",
+                        floor,
+                        headers=FLOOR_HEADERS,
+                        body=body,
                         path=path,
+                        args=args,
                         work=work,
+                        env=env,
                     )
-                measured |= sampler.figures()
-                # Over the warm-up and the measured requests (the meter cannot tell them apart).
-                measured |= cpu.per_message(measured["messages"] + measured["warmup"])
-                measured["load_average_before"] = load
-                measured["load_average_after"] = load_average()
-                result[case] = measured
-                log(
-                    f"{name}: {measured['messages_per_s']} requests/s,"
-                    f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
-                    f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
-                    f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
+                result[case] = measure(
+                    name,
+                    case,
+                    (port, pid),
+                    headers=headers,
+                    body=body,
+                    path=path,
+                    args=args,
+                    work=work,
+                    env=env,
                 )
     if "floor" in result:
         # Pli's rate as a share of the floor's, measured just before it on the same load.
         result["share_of_floor"] = {
-            case: round(result[case]["messages_per_s"] / floor["messages_per_s"], 3)
-            for case, floor in (
+            case: round(result[case]["messages_per_s"] / base["messages_per_s"], 3)
+            for case, base in (
                 ("baseline_authenticated_get", result["floor"]["get"]),
                 ("ingest_1_recipient", result["floor"]["send_1_recipient"]),
                 ("ingest_10_recipients", result["floor"]["send_10_recipients"]),
@@ -784,7 +825,7 @@ def run_database(
 
 
 def create_floor_tables(name: str, env: dict[str, str], work: Path) -> None:
-    """floor_app's tables, in the database Pli's cases used (after them: they do not meet)."""
+    """floor_app's tables, beside Pli's in its database (floor_* names: they do not meet)."""
     if name == "postgresql":
         import psycopg  # noqa: PLC0415
 
@@ -803,92 +844,49 @@ def create_floor_tables(name: str, env: dict[str, str], work: Path) -> None:
         connection.close()
 
 
-@contextlib.contextmanager
-def floor_serve(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
-    """gunicorn serving ``floor_app`` as ``pli serve`` serves Pli (gthread); (port, pid)."""
-    port = free_port()
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    process = subprocess.Popen(
-        [
-            str(gunicorn),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
-            "--access-logfile",
-            "-",
-            "--chdir",
-            str(HERE),
-            "floor_app:application",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,  # the access log, written and dropped as Pli's
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(300):
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/api/uploads/limits")
-                if connection.getresponse().status == 200:
-                    connection.close()
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("the floor server did not answer")
-        deadline = time.time() + 60
-        while len(process_tree(process.pid)) < workers + 1 and time.time() < deadline:
-            time.sleep(0.2)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        try:
-            _out, errors = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _out, errors = process.communicate()
-        tail = [
-            line for line in (errors or "").splitlines() if "Traceback" in line or "ERROR" in line
-        ]
-        if tail:
-            log(f"floor server errors: {tail[:5]}")
-
-
-class Floor:
-    """The same loads on ``floor_app`` (gunicorn and Django, none of Pli): the stack's floor."""
-
-    def __init__(self, port: int, pid: int, args: argparse.Namespace, work: Path) -> None:
-        self.port, self.pid, self.args, self.work = port, pid, args, work
-
-    def measure(self, name: str, case: str, body: bytes | None, path: str) -> JSON:
-        load_generator = ingest_wrk if self.args.load_generator == "wrk" else ingest
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        with CpuMeter(self.pid) as cpu:
-            measured = load_generator(
-                self.port,
-                headers,
-                body,
-                clients=self.args.clients,
-                messages=self.args.messages,
-                warmup=WARMUP,
-                path=path,
-                work=self.work,
-            )
-        measured |= cpu.per_message(measured["messages"] + measured["warmup"])
-        measured["load_average_after"] = load_average()
-        log(
-            f"{name}: floor {case}: {measured['messages_per_s']} requests/s,"
-            f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
-            f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
-            f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
+def measure(
+    name: str,
+    label: str,
+    server: tuple[int, int],
+    *,
+    headers: dict[str, str],
+    body: bytes | None,
+    path: str,
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+) -> JSON:
+    """One phase against ``server`` (port, pid), measured the same way for Pli and the floor:
+    the rate and latencies, the server's memory, the CPU of the server and of PostgreSQL."""
+    port, pid = server
+    settle(name, env)
+    load_generator = ingest_wrk if args.load_generator == "wrk" else ingest
+    load = load_average()
+    sampler = RssSampler(pid)
+    with sampler, CpuMeter(pid) as cpu:
+        measured = load_generator(
+            port,
+            headers,
+            body,
+            clients=args.clients,
+            messages=args.messages,
+            warmup=WARMUP,
+            path=path,
+            work=work,
         )
-        return measured
+    measured |= sampler.figures()
+    # Over the warm-up and the measured requests (the meter cannot tell them apart).
+    measured |= cpu.per_message(measured["messages"] + measured["warmup"])
+    measured["load_average_before"] = load
+    measured["load_average_after"] = load_average()
+    expect_statuses(measured, "200" if body is None else "201", f"{name}: {label}")
+    log(
+        f"{name}: {label}: {measured['messages_per_s']} requests/s,"
+        f" p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms,"
+        f" CPU {measured['server_cpu_ms_per_message']} ms (server)"
+        f" + {measured['postgresql_cpu_ms_per_message']} ms (PostgreSQL) per request"
+    )
+    return measured
 
 
 def run_attachment(

@@ -1,7 +1,8 @@
 """The stack's floor for the messaging benchmark: gunicorn and Django with none of Pli's work.
 
-``bench_messaging.py`` serves this module with the same gunicorn configuration
-as ``pli serve`` (gthread, the same workers and threads) and loads it with the
+``bench_messaging.py`` serves this module through ``floor_serve.py``, that is
+``pli.server.serve.run`` (the same gunicorn master, gthread workers and
+threads, access log format and logger as ``pli serve``), and loads it with the
 same clients and the same request bodies, in the same run, so that Pli's
 figures can be read beside what the framework alone does on the machine of
 the moment (the quality bar: every figure beside the same run's baseline).
@@ -44,6 +45,14 @@ settings.configure(
     USE_TZ=True,
     USE_I18N=False,
     DATA_UPLOAD_MAX_MEMORY_SIZE=None,
+    # A failing request is written to stderr with its traceback, which the benchmark
+    # reports (Django's default sends it only to the site's admins, and there are none).
+    LOGGING={
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+        "loggers": {"django.request": {"handlers": ["stderr"], "level": "ERROR"}},
+    },
 )
 django.setup()
 

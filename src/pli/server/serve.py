@@ -12,6 +12,7 @@ benchmark (issue 5, ``benchmarks/README.md``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 #: The access log's line. Query strings can hold search terms: the path only.
@@ -72,8 +73,11 @@ def warm_worker() -> Any:
     return PeerCertificateMiddleware(wrapped)
 
 
-def run(bind: str, workers: int) -> None:
+def run(bind: str, workers: int, application: Callable[[], Any] = warm_worker) -> None:
     """gunicorn, in this process (never Django's development server).
+
+    ``application`` gives each worker its WSGI application (Pli's; the messaging
+    benchmark passes its floor application, served the same way).
 
     The application is loaded by each worker (``load()``), not by the master.
     Workers are ``gthread``, 4 threads each, ``PLI_WORKERS`` (default 2) of
@@ -103,7 +107,7 @@ def run(bind: str, workers: int) -> None:
 
         def load(self) -> Any:
             # In the worker (no preload_app): Django is imported there, after the fork.
-            return warm_worker()
+            return application()
 
     PliApplication().run()
 
