@@ -701,18 +701,18 @@ def ingest_wrk(
 # --------------------------------------------------------------------------- parent
 
 
-def run_child(kind: str, env: dict[str, str], *extra: str) -> JSON:
-    completed = subprocess.run(
-        [sys.executable, __file__, "--child", kind, *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def run_checked(command: list[str], env: dict[str, str], what: str) -> str:
+    """``command``'s stdout; if it fails, the end of its stderr, then an error naming ``what``."""
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-5000:])
-        raise RuntimeError(f"child {kind} exited with {completed.returncode}")
-    result: JSON = json.loads(completed.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} exited with {completed.returncode}")
+    return completed.stdout
+
+
+def run_child(kind: str, env: dict[str, str], *extra: str) -> JSON:
+    output = run_checked([sys.executable, __file__, "--child", kind, *extra], env, f"child {kind}")
+    result: JSON = json.loads(output.strip().splitlines()[-1])
     return result
 
 

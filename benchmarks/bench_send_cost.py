@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> JSON:
         if args.callgrind:
             log(f"callgrind: {args.callgrind_requests} requests per case (a few minutes)")
             out = work / "callgrind.out"
-            completed = subprocess.run(
+            messaging.run_checked(
                 [
                     shutil.which("valgrind") or "valgrind",
                     "--tool=callgrind",
@@ -245,14 +245,9 @@ def run(args: argparse.Namespace) -> JSON:
                     "--marks",
                 ],
                 # Each send chains its own events: repeatable counts (see above).
-                env={**env, "PLI_AUDIT_SEQUENCER_DELAY_MS": "0", "PYTHONMALLOC": "malloc"},
-                capture_output=True,
-                text=True,
-                check=False,
+                {**env, "PLI_AUDIT_SEQUENCER_DELAY_MS": "0", "PYTHONMALLOC": "malloc"},
+                "callgrind's run",
             )
-            if completed.returncode != 0:
-                sys.stderr.write(completed.stderr[-5000:])
-                raise RuntimeError(f"callgrind's run exited with {completed.returncode}")
             # Dumps 1, 3, 5 are the warm-ups (and the start-up), 2, 4, 6 the cases.
             for number, case in zip((2, 4, 6), CASES, strict=True):
                 total = _instructions(Path(f"{out}.{number}"))
