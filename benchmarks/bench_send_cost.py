@@ -78,15 +78,25 @@ def child_requests(
     marks: bool,
     profile: str | None,
     profile_out: str | None,
+    floor: bool = False,
 ) -> JSON:
-    """The cases through the WSGI application, in this process; CPU and round trips."""
-    from pli.server.commands import setup_django  # noqa: PLC0415
+    """The cases through the WSGI application, in this process; CPU and round trips.
 
-    setup_django()
+    ``floor``: ``floor_app``'s application (the stack's floor, see its docstring)
+    instead of Pli's, with the same requests and bodies.
+    """
+    stop: Any = None
+    if floor:
+        import floor_app  # noqa: PLC0415 - configures Django with the floor's settings
+
+        application = floor_app.application
+    else:
+        from pli.server.commands import setup_django  # noqa: PLC0415
+
+        setup_django()
+        from pli.server.audit.actions import stop_background_sequencer as stop  # noqa: PLC0415
+        from pli.server.wsgi import application  # noqa: PLC0415
     from django.db import connection  # noqa: PLC0415
-
-    from pli.server.audit.actions import stop_background_sequencer  # noqa: PLC0415
-    from pli.server.wsgi import application  # noqa: PLC0415
 
     round_trips = [0]
 
@@ -176,7 +186,8 @@ def child_requests(
                 "cpu_ms_per_request": round(1000 * spent / count, 3),
                 "database_round_trips_per_request": round(round_trips[0] / count, 2),
             }
-    stop_background_sequencer()
+    if stop is not None:
+        stop()
     return results
 
 
@@ -188,6 +199,47 @@ def _instructions(dump: Path) -> int:
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
     raise RuntimeError(f"no totals in {dump}")
+
+
+def measure_cases(
+    args: argparse.Namespace, child: list[str], env: dict[str, str], work: Path, what: str
+) -> JSON:
+    """One application's cases: process time, then (``--callgrind``) instructions."""
+    log(f"{what}, process time: {args.requests} requests per case, one thread")
+    # stderr is not captured: --profile writes there.
+    completed = subprocess.run(
+        [*child, "--requests", str(args.requests)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    cases: JSON = json.loads(completed.stdout.strip().splitlines()[-1])
+    if args.callgrind:
+        log(f"{what}, callgrind: {args.callgrind_requests} requests per case (a few minutes)")
+        out = work / "callgrind.out"
+        messaging.run_checked(
+            [
+                shutil.which("valgrind") or "valgrind",
+                "--tool=callgrind",
+                "--dump-before=getppid",
+                f"--callgrind-out-file={out}",
+                *child,
+                "--requests",
+                str(args.callgrind_requests),
+                "--marks",
+            ],
+            # Each send chains its own events: repeatable counts (see above).
+            {**env, "PLI_AUDIT_SEQUENCER_DELAY_MS": "0", "PYTHONMALLOC": "malloc"},
+            f"{what} under callgrind",
+        )
+        # Dumps 1, 3, 5 are the warm-ups (and the start-up), 2, 4, 6 the cases.
+        for number, case in zip((2, 4, 6), CASES, strict=True):
+            dump = Path(f"{out}.{number}")
+            cases[case]["instructions_per_request"] = _instructions(dump) // args.callgrind_requests
+        for dump in work.glob("callgrind.out*"):
+            dump.unlink()
+    return cases
 
 
 def run(args: argparse.Namespace) -> JSON:
@@ -221,42 +273,25 @@ def run(args: argparse.Namespace) -> JSON:
             *(["--profile", args.profile] if args.profile else []),
             *(["--profile-out", args.profile_out] if args.profile_out else []),
         ]
-        log(f"process time: {args.requests} requests per case, one thread")
-        completed = subprocess.run(
-            [*child, "--requests", str(args.requests)],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-            check=True,
-        )
-        cases: JSON = json.loads(completed.stdout.strip().splitlines()[-1])
-        if args.callgrind:
-            log(f"callgrind: {args.callgrind_requests} requests per case (a few minutes)")
-            out = work / "callgrind.out"
-            messaging.run_checked(
-                [
-                    shutil.which("valgrind") or "valgrind",
-                    "--tool=callgrind",
-                    "--dump-before=getppid",
-                    f"--callgrind-out-file={out}",
-                    *child,
-                    "--requests",
-                    str(args.callgrind_requests),
-                    "--marks",
-                ],
-                # Each send chains its own events: repeatable counts (see above).
-                {**env, "PLI_AUDIT_SEQUENCER_DELAY_MS": "0", "PYTHONMALLOC": "malloc"},
-                "callgrind's run",
-            )
-            # Dumps 1, 3, 5 are the warm-ups (and the start-up), 2, 4, 6 the cases.
-            for number, case in zip((2, 4, 6), CASES, strict=True):
-                total = _instructions(Path(f"{out}.{number}"))
-                cases[case]["instructions_per_request"] = total // args.callgrind_requests
+        cases = measure_cases(args, child, env, work, "Pli")
+        floor: JSON | None = None
+        if not args.skip_floor:
+            messaging.create_floor_tables(setup["database"], env, work)
+            floor = measure_cases(args, [*child, "--floor"], env, work, "the floor")
+            for case, figures in cases.items():
+                figures["times_floor"] = {
+                    key: round(value / floor[case][key], 2)
+                    for key, value in figures.items()
+                    if key in {"cpu_ms_per_request", "instructions_per_request"}
+                }
         return {
             "database": setup["database"],
             "database_version": setup["database_version"],
             "envelope_bytes": setup["envelope_bytes"],
             "cases": cases,
+            # The stack's floor (floor_app.py), the same requests: Django and the
+            # database driver with none of Pli's work. Its CSRF token and cookie are ignored.
+            "floor_cases": floor,
         }
     finally:
         if not args.sqlite:
@@ -275,6 +310,8 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--profile-out", help="with --profile: also save the statistics there")
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    parser.add_argument("--skip-floor", action="store_true", help="leave out the stack's floor")
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--postgres-url", default=messaging.DEFAULT_POSTGRES)
     parser.add_argument("--workdir", default=None, help="where the temporary data goes")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -299,6 +336,7 @@ def main() -> None:
                     marks=args.marks,
                     profile=args.profile,
                     profile_out=args.profile_out,
+                    floor=args.floor,
                 )
             )
         )
