@@ -50,10 +50,27 @@ def printable(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
 
 
+#: UTF-8 bytes a file name is cut to: file systems hold 255, and ``name (999).ext`` needs room.
+_NAME_BYTES = 200
+
+
 def _safe_filename(name: str) -> str:
-    """A plain file name: no directories, no hidden file, no control or bidi characters."""
-    base = printable(Path(name.replace("\\", "/")).name).strip().lstrip(".")
-    return base[:200] or "attachment"
+    """A plain file name: no directories, no hidden file, no control or bidi characters.
+
+    A surrogate (an undecodable byte of a name read from a non-UTF-8 file system)
+    becomes ``_``: it could not be encoded into a message nor a file name. A name
+    longer than 200 UTF-8 bytes is cut, its extension kept: 200 characters of
+    ``é`` would not fit a file system's 255 bytes.
+    """
+    text = "".join("_" if unicodedata.category(c) == "Cs" else c for c in name)
+    base = printable(Path(text.replace("\\", "/")).name).strip().lstrip(".")
+    if len(base.encode()) > _NAME_BYTES:
+        suffix = Path(base).suffix
+        if len(suffix.encode()) > _NAME_BYTES // 10:
+            suffix = ""
+        stem = base.removesuffix(suffix).encode()[: _NAME_BYTES - len(suffix.encode())]
+        base = (stem.decode("utf-8", "ignore").rstrip() + suffix).lstrip(".")
+    return base or "attachment"
 
 
 def _claim_path(directory: Path, name: str) -> Path:
