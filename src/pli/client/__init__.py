@@ -8,9 +8,11 @@ from pli.client.sdk import (
     AuthenticationRequired,
     Client,
     ClientError,
+    PendingUpload,
     PolicyRefused,
     ReadMessage,
     SendResult,
+    UploadInterrupted,
 )
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "AuthenticationRequired",
     "Client",
     "ClientError",
+    "PendingUpload",
     "PolicyRefused",
     "ReadMessage",
     "SendResult",
+    "UploadInterrupted",
 ]

@@ -161,7 +161,15 @@ def default_session_file() -> Path:
 
 # --- errors --------------------------------------------------------------------------------------
 class ClientError(Exception):
-    """Base of the SDK's errors: ``code`` is stable (act on it), ``detail`` is for people."""
+    """Base of the SDK's errors: ``code`` is stable (act on it), ``detail`` is for people.
+
+    Raised as such for local problems (``server_unreachable``, ``bad_server_url``,
+    ``attachment_unreadable``, ``attachment_too_large``, ``attachment_type_not_allowed``,
+    ``bad_response``…). Keys and signatures raise :class:`pli.crypto.CryptoError`
+    (``wrong_passphrase``, ``signer_untrusted``…) and a message that cannot be built
+    :class:`pli.mime.MimeError` (``bad_patient_id``, ``bad_header``…): both carry a
+    ``code`` and a ``detail`` too (docs/sdk.md, "Errors").
+    """
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
@@ -199,6 +207,7 @@ class PolicyRefused(ClientError):
 
     @property
     def codes(self) -> list[str]:
+        """The codes of every refusing finding, in order."""
         return [f.code.value for f in self.findings if f.severity is Severity.REFUSE]
 
 
@@ -228,6 +237,9 @@ def _time(value: object) -> dt.datetime | None:
 
 @dataclass(frozen=True)
 class Mailbox:
+    """A mailbox the caller reaches: ``kind`` (``PER``, ``ORG``, ``APP``, ``CAB``), ``part``
+    (``owner``, ``member``, ``manager``, ``substitute``), ``unread`` messages in its inbox."""
+
     address: str
     kind: str
     part: str
@@ -237,6 +249,8 @@ class Mailbox:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One recipient's copy of a sent message: its ``state`` and when it changed."""
+
     recipient: str
     state: str
     delivered_at: dt.datetime | None
@@ -296,6 +310,8 @@ class MessageSummary:
 
 @dataclass(frozen=True)
 class MessagePage:
+    """One page of a folder, newest first (:meth:`Client.inbox`)."""
+
     results: list[MessageSummary]
     page: int
     has_next: bool
@@ -303,12 +319,16 @@ class MessagePage:
 
 @dataclass(frozen=True)
 class LoginResult:
+    """Who logged in, and with which factors (``passphrase+totp``…)."""
+
     username: str
     method: str
 
 
 @dataclass(frozen=True)
 class SendResult:
+    """A message the server accepted: its ``id``, ``thread`` and one delivery per recipient."""
+
     id: str
     thread: str
     deliveries: list[Delivery]
@@ -418,6 +438,7 @@ class ReadMessage:
 
     @property
     def id(self) -> str:
+        """The server's id of the message (``msg_…``)."""
         return self.summary.id
 
     def save_attachments(self, directory: str | os.PathLike[str]) -> list[Path]:
@@ -522,7 +543,10 @@ class Client:
         allowed_types: Sequence[str] | None = None,
         work_dir: PathLike | None = None,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
+        try:
+            parsed = urllib.parse.urlsplit(base_url)
+        except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+            parsed = urllib.parse.SplitResult("", "", "", "", "")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ClientError("bad_server_url", f"not an http(s) URL: {base_url!r}")
         self.base_url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
@@ -1030,6 +1054,13 @@ class Client:
         a keyed hash only). ``patient_names``: the patient's names, so that the
         subject check finds them too. ``in_reply_to``: the server id of the message
         answered (the thread); :meth:`reply` also sets the inner In-Reply-To.
+
+        Raises :class:`PolicyRefused` before anything is opened or sent;
+        :class:`ClientError` for an attachment (``attachment_unreadable``,
+        ``attachment_too_large``, ``attachment_type_not_allowed``…) before anything
+        is sent; :class:`ApiError` when the server refuses; :class:`UploadInterrupted`
+        when a large attachment's upload stops (resumable; any other failure removes
+        the uploads of this send, best effort).
         """
         if isinstance(to, str):
             raise TypeError("to is a list of addresses, not one string")
@@ -1271,6 +1302,14 @@ class Client:
                 time.sleep(min(self.retry_delay * 2 ** (failures - 1), 10.0))
                 offset = None  # where is the server? (a chunk may have arrived, or half of one)
 
+    def cancel_upload(self, pending: PendingUpload) -> None:
+        """Give up an upload: delete it on the server, and its local ciphertext.
+
+        Best effort on the server's side: an upload it cannot be told of (the
+        network is down) is removed there after ``PLI_UPLOAD_EXPIRY_HOURS``.
+        """
+        self._abandon([pending])
+
     def _abandon(self, created: Sequence[PendingUpload]) -> None:
         """A send that failed: its uploads go (best effort: they expire anyway)."""
         for pending in created:
@@ -1500,11 +1539,18 @@ def _source(item: PathLike | Attachment) -> _Source:
             item.filename, _media_type(item.content_type), len(item.data), None, item.data
         )
     path = _path(item)
+    try:
+        with path.open("rb") as handle:  # there, a file (not a folder), readable
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as error:
+        raise ClientError(
+            "attachment_unreadable", f"{_single_line(str(path))}: {error.strerror or error}"
+        ) from None
     guessed, _ = mimetypes.guess_type(path.name)
     return _Source(
         _safe_filename(path.name),
         _media_type(guessed or "application/octet-stream"),
-        path.stat().st_size,
+        size,
         path,
         None,
     )
