@@ -18,7 +18,7 @@ import click
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
 from pli.client.demo import run_demo
-from pli.client.messaging_cli import MESSAGING_COMMANDS
+from pli.client.messaging_cli import MESSAGING_COMMANDS, read_text
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
     open_file_message,
@@ -87,7 +87,7 @@ class PliGroup(click.Group):
 
 def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
     if passphrase_file is not None:
-        text = passphrase_file.read_text(encoding="utf-8")
+        text = read_text(passphrase_file)
         # The first line, without its line ending; other separators are part of it.
         passphrase = text.split("\n", 1)[0].removesuffix("\r")
     elif os.environ.get("PLI_PASSPHRASE"):

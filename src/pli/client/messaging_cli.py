@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import click
 
-from pli.client.sdk import Client, ClientError, ReadMessage, SendResult
+from pli.client.sdk import Client, ClientError, ReadMessage, SendResult, UploadInterrupted
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -41,10 +42,20 @@ def _printable_body(text: str) -> str:
     )
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; another encoding (cp1252 from an old editor) is named, not a crash."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ClientError(
+            "not_utf8", f"{path} is not UTF-8 text: save it again as UTF-8 (Unicode)"
+        ) from None
+
+
 def _secret(passphrase_file: Path | None, what: str) -> str:
     if passphrase_file is not None:
         # The first line, without its line ending; other separators are part of it.
-        text = passphrase_file.read_text(encoding="utf-8")
+        text = read_text(passphrase_file)
         value = text.split("\n", 1)[0].removesuffix("\r")
     elif os.environ.get("PLI_PASSPHRASE"):
         value = os.environ["PLI_PASSPHRASE"]
@@ -131,8 +142,41 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _read_body(body_file: str) -> str:
     if body_file == "-":
-        return sys.stdin.read()
-    return Path(body_file).read_text(encoding="utf-8")
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError:
+            raise ClientError("not_utf8", "the standard input is not UTF-8 text") from None
+    return read_text(Path(body_file))
+
+
+def _sent(client: Client, send: Callable[[], SendResult]) -> SendResult:
+    """Run a send; an upload cut off is given up here, since no command resumes it."""
+    try:
+        return send()
+    except UploadInterrupted as interrupted:
+        # The SDK keeps it for resume_upload(); a shell cannot, and would leave the
+        # upload on the server and its ciphertext (with no key left) in a temporary dir.
+        for pending in [interrupted.pending, *interrupted.completed]:
+            client.cancel_upload(pending)
+        raise ClientError(
+            "upload_interrupted",
+            f"the connection broke while uploading an attachment ({interrupted.cause.code}):"
+            " nothing was sent, send again",
+        ) from None
+
+
+def _attachment_directory(directory: Path) -> Path:
+    """Made (``0700``) and writable before the message is read, marked read and answered."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ClientError(
+            "save_directory_unusable",
+            f"cannot write attachments into {directory}: {error.strerror or error}",
+        ) from None
+    return directory
 
 
 def _report_sent(result: SendResult) -> None:
@@ -242,14 +286,18 @@ def send_command(  # noqa: PLR0917 - click passes each option as a parameter
         trust=trust,
         crl=crl,
     )
-    result = client.send(
-        from_,
-        list(to),
-        subject,
-        _read_body(body_file),
-        patient_id=patient_ins,
-        attachments=list(attach),
-        patient_names=list(patient_name),
+    body = _read_body(body_file)
+    result = _sent(
+        client,
+        lambda: client.send(
+            from_,
+            list(to),
+            subject,
+            body,
+            patient_id=patient_ins,
+            attachments=list(attach),
+            patient_names=list(patient_name),
+        ),
     )
     _report_sent(result)
 
@@ -329,7 +377,7 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
     "--save-attachments",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write the attachments into this directory (never overwrites).",
+    help="Write the attachments into this directory (made if missing; never overwrites).",
 )
 @_key_options
 def read_command(  # noqa: PLR0917 - click passes each option as a parameter
@@ -352,8 +400,9 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
         trust=trust,
         crl=crl,
     )
+    directory = _attachment_directory(save_attachments) if save_attachments else None
     message = client.read(message_id, mailbox)
-    saved = message.save_attachments(save_attachments) if save_attachments else []
+    saved = message.save_attachments(directory) if directory else []
     _show(message, saved)
 
 
@@ -390,7 +439,10 @@ def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
         trust=trust,
         crl=crl,
     )
-    _report_sent(client.reply(message_id, _read_body(body_file), list(attach), mailbox=mailbox))
+    body = _read_body(body_file)
+    _report_sent(
+        _sent(client, lambda: client.reply(message_id, body, list(attach), mailbox=mailbox))
+    )
 
 
 MESSAGING_COMMANDS = [
