@@ -10,6 +10,7 @@ that does not exist (CONVENTIONS, habit 8): :class:`NotFound`, one code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,8 @@ from pli.server.messaging.models import MessageCopy
 
 #: How the caller reaches a mailbox: "owner", or a membership role.
 OWNER = "owner"
+#: A message's public id (``actions.new_message_id``): ``msg_`` + 32 hexadecimal digits.
+MESSAGE_ID = re.compile(r"msg_[0-9a-f]{32}")
 
 
 class MessagingError(Exception):
@@ -187,7 +190,12 @@ def access_copy_by_message_id(
     ward's) names the one whose copy they act on; without it, the choice would
     be a guess: ``mailbox_ambiguous`` lists their mailboxes that hold it (their
     own mailboxes only: nothing is revealed).
+
+    An id of another shape is not looked up: it names nothing, and a NUL in it
+    (from the URL) is a server error on PostgreSQL, whose text cannot hold one.
     """
+    if not MESSAGE_ID.fullmatch(public_id):
+        raise not_found()
     if mailbox_address:
         mailboxes = [access_mailbox_by_address(user, mailbox_address).pk]
     else:

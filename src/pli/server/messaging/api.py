@@ -272,7 +272,8 @@ def _message_out(copy: MessageCopy, *, with_deliveries: bool) -> MessageOut:
 
 
 def _copy(request: HttpRequest, message_id: str, mailbox: str | None) -> MessageCopy:
-    return access_copy_by_message_id(signed_in_user(request), message_id[:_ID_MAX], mailbox or None)
+    # Checked whole (its shape) by the access helper, never cut to a length.
+    return access_copy_by_message_id(signed_in_user(request), message_id, mailbox or None)
 
 
 _ERRORS: dict[int, type[ErrorOut]] = {

@@ -181,7 +181,7 @@ def create_upload(request: HttpRequest) -> Status[UploadOut] | Status[ErrorOut]:
 )
 def get_upload(request: HttpRequest, upload_id: str) -> Status[UploadOut] | Status[ErrorOut]:
     try:
-        upload = access_upload(signed_in_user(request), upload_id[:_ID_MAX])
+        upload = access_upload(signed_in_user(request), upload_id)
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _upload_out(upload))
@@ -212,9 +212,7 @@ def put_chunk(
         if length is None and not announced and not request.META.get("HTTP_TRANSFER_ENCODING"):
             length = 0  # no body
         # Otherwise None: chunked, or nonsense; the length must be known in advance.
-        upload = do_receive_chunk(
-            signed_in_user(request), upload_id[:_ID_MAX], start, length, request
-        )
+        upload = do_receive_chunk(signed_in_user(request), upload_id, start, length, request)
     except MessagingError as error:
         return _refusal(error)
     return Status(200, _upload_out(upload))
@@ -227,7 +225,7 @@ def put_chunk(
 )
 def delete_upload(request: HttpRequest, upload_id: str) -> Status[None] | Status[ErrorOut]:
     try:
-        do_delete_upload(signed_in_user(request), upload_id[:_ID_MAX])
+        do_delete_upload(signed_in_user(request), upload_id)
     except MessagingError as error:
         return _refusal(error)
     return Status(204, None)
@@ -252,7 +250,7 @@ def get_blob(
 ) -> HttpResponseBase | Status[ErrorOut]:
     user = signed_in_user(request)
     try:
-        copy = access_copy_by_message_id(user, message_id[:_ID_MAX], mailbox or None)
+        copy = access_copy_by_message_id(user, message_id, mailbox or None)
         opened = open_message_blob(
             user, copy, blob_id[:_ID_MAX], request.headers.get("Range"), request
         )
