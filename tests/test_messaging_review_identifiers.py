@@ -209,6 +209,21 @@ def test_a_malformed_message_id_answers_as_a_missing_one_on_every_endpoint(
     assert journal() == logged
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("suffix", ["0", "x" * 10, "%00"])
+def test_a_blob_name_longer_than_its_digest_is_not_found(world: World, suffix: str) -> None:
+    """The name was cut to 64 characters before it was looked up: the digest followed
+    by anything served the blob, under as many names as one wished."""
+    scene = make_scene(world)
+    bob = world.client(world.b)
+    path = f"{MESSAGES}/{scene.message}/blobs/{scene.digest}"
+    assert bob.get(path).status_code == 200
+    before, logged = stored(world), journal()
+    answer = bob.get(path + suffix)
+    assert (answer.status_code, answer.json()) == (404, NOT_FOUND)
+    assert (stored(world), journal()) == (before, logged)  # not traced as a download
+
+
 # --------------------------------------------------------------------------- rule 3
 
 
