@@ -13,6 +13,9 @@
  * Both fragments are HTML rendered (and escaped) by the server. Keyboard:
  * Down arrow from the search field enters the suggestions, Up/Down move in
  * them, Escape goes back to the field.
+ * A page sent back with errors has their summary focused, so that a screen
+ * reader reads it first and the keyboard starts from it (its links lead to
+ * the fields to correct).
  */
 (function () {
   "use strict";
@@ -27,6 +30,7 @@
   var suggestions = form.querySelector("#directory-suggestions");
   var status = form.querySelector("#directory-status");
   var check = form.querySelector("#recipient-check");
+  var errors = document.getElementById("compose-errors");
   var searchUrl = form.getAttribute("data-search-url");
   var checkUrl = form.getAttribute("data-check-url");
   var searchTimer = null;
@@ -164,6 +168,10 @@
       runSearch();
     }
   });
+
+  if (errors) {
+    errors.focus();
+  }
 
   recipients.addEventListener("input", scheduleCheck);
   recipients.addEventListener("change", runCheck);
