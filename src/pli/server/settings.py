@@ -178,6 +178,8 @@ PLI_SESSION_MAX_HOURS = int(setting("SESSION_MAX_HOURS", "12") or 12)
 SESSION_COOKIE_AGE = PLI_SESSION_MAX_HOURS * 3600
 SESSION_COOKIE_NAME = "pli_session"
 CSRF_COOKIE_HTTPONLY = True
+# A refused form in the interface's language, never Django's technical page.
+CSRF_FAILURE_VIEW = "pli.server.errors.csrf_failure"
 LOGIN_URL = "accounts:login"
 
 #: Page size of directory searches.

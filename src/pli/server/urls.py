@@ -20,3 +20,9 @@ urlpatterns = [
     path("", directory_views.home, name="home"),
     path("annuaire/", directory_views.search_page, name="directory-search"),
 ]
+
+# Pli's answers, in the interface's language, JSON under /api/ (pli/server/errors.py).
+handler400 = "pli.server.errors.bad_request"
+handler403 = "pli.server.errors.permission_denied"
+handler404 = "pli.server.errors.page_not_found"
+handler500 = "pli.server.errors.server_error"
