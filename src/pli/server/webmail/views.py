@@ -44,6 +44,7 @@ from pli.server.audit.actions import do_record_event
 from pli.server.audit.models import AuditAction
 from pli.server.directory.models import Mailbox
 from pli.server.messaging.access import (
+    MESSAGE_ID,
     MessagingError,
     access_copy_by_message_id,
     access_mailbox_by_address,
@@ -85,7 +86,6 @@ from pli.server.webmail.uploads import (
 )
 
 PAGE_SIZE = 25
-_MESSAGE_ID = re.compile(r"msg_[0-9a-f]{32}")
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 #: Types a downloaded attachment keeps; anything else is application/octet-stream.
 _DOWNLOAD_TYPES = frozenset(
@@ -140,7 +140,7 @@ def _keys(request: HttpRequest, mailbox: Mailbox) -> tuple[list[SoftwareKey], st
 
 def _copy(request: HttpRequest, message_id: str) -> MessageCopy | HttpResponse:
     """The caller's copy, or the 404 page (missing and not yours answer alike)."""
-    if not _MESSAGE_ID.fullmatch(message_id):
+    if not MESSAGE_ID.fullmatch(message_id):
         return _not_found(request)
     address = request.GET.get("boite", "")[:254] or None
     try:
