@@ -29,11 +29,13 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path_info.startswith("/api/")
 
 
-def _answer(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+def _answer(
+    request: HttpRequest, status: int, code: str, message: str, template: str = ""
+) -> HttpResponse:
     if _is_api(request):
         return JsonResponse({"code": code, "message": message}, status=status)
-    template = loader.get_template(f"errors/{status}.html")
-    return HttpResponse(template.render({"message": message}, request), status=status)
+    page = loader.get_template(template or f"errors/{status}.html")
+    return HttpResponse(page.render({"message": message}, request), status=status)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -54,12 +56,9 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     ``reason`` is Django's technical account: logged, never shown.
     """
     logger.warning("CSRF check refused: %s", reason)
-    if _is_api(request):
-        return JsonResponse(
-            {"code": "csrf_failed", "message": _("Jeton CSRF absent ou invalide.")}, status=403
-        )
-    template = loader.get_template("errors/403_csrf.html")
-    return HttpResponse(template.render({}, request), status=403)
+    return _answer(
+        request, 403, "csrf_failed", _("Jeton CSRF absent ou invalide."), "errors/403_csrf.html"
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
