@@ -47,6 +47,39 @@ def access_logger_class() -> type:
     return AccessLogger
 
 
+def balanced_thread_worker() -> type:
+    """gunicorn's ``gthread`` worker, taking a new connection only while one of its
+    threads is free.
+
+    Every worker listens on the same socket and gthread accepts whenever it
+    is woken, up to ``worker_connections`` (1,000): when several clients
+    connect at once, the first worker to wake can take them all, and with
+    keep-alive they stay there. The messaging benchmark (issue 5) saw it: its
+    eight connections on one worker, held to one core by its interpreter lock
+    at 88 %, while the other worker sat idle and the machine was a quarter
+    unused (``benchmarks/README.md``). Here a worker whose threads are all
+    busy leaves a new connection in the kernel's queue, for a worker with a
+    free thread. Idle keep-alive connections do not count: a worker holding
+    browsers' idle connections still takes new ones. gunicorn's loop reads
+    ``worker_connections`` before each wait, so the limit is that attribute,
+    computed (``tests/test_serve.py`` checks the balance on a live server).
+    """
+    from gunicorn.workers.gthread import ThreadWorker  # noqa: PLC0415
+
+    class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
+        @property
+        def worker_connections(self) -> int:
+            idle = len(self.keepalived_conns) + len(self.pending_conns)
+            return min(self._connection_cap, idle + int(self.cfg.threads))
+
+        @worker_connections.setter
+        def worker_connections(self, value: int) -> None:
+            # ThreadWorker.__init__ sets it from the configuration: the overall cap.
+            self._connection_cap = value
+
+    return BalancedThreadWorker
+
+
 def warm_worker() -> Any:
     """The WSGI application, with what its first request would otherwise do done now.
 
@@ -83,6 +116,8 @@ def run(bind: str, workers: int, application: Callable[[], Any] = warm_worker) -
     Workers are ``gthread``, 4 threads each, ``PLI_WORKERS`` (default 2) of
     them: on 2 cores, two processes use both cores for Python while a request
     waits for the database or a ``fsync`` in another thread (decision 0010).
+    A worker takes a new connection only while it has a free thread
+    (:func:`balanced_thread_worker`).
     """
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415
 
@@ -97,7 +132,7 @@ def run(bind: str, workers: int, application: Callable[[], Any] = warm_worker) -
         def load_config(self) -> None:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", balanced_thread_worker())
             self.cfg.set("threads", 4)
             self.cfg.set("accesslog", "-")
             self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
