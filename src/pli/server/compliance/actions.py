@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -105,6 +106,18 @@ def is_opposed(identifier: str | Identifier) -> bool:
     """Whether the patient opposed exchanges about them; :func:`bad_patient_id` if invalid."""
     key = patient_key(identifier)
     return Opposition.objects.filter(patient_key=key, lifted_at__isnull=True).exists()
+
+
+def opposed_among(keys: Iterable[str]) -> set[str]:
+    """Of these patient keys, those with an active opposition: one query (a batch of sends)."""
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    return set(
+        Opposition.objects.filter(patient_key__in=wanted, lifted_at__isnull=True).values_list(
+            "patient_key", flat=True
+        )
+    )
 
 
 def check_not_opposed(identifier: str | Identifier) -> str:

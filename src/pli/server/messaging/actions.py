@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.db.models import Count, Model, Q
@@ -51,7 +51,8 @@ from pli.server.audit.actions import (
 )
 from pli.server.audit.models import AuditAction
 from pli.server.blobs import BlobStore, StoredBlob, blob_store
-from pli.server.compliance.actions import check_not_opposed
+from pli.server.compliance.actions import check_not_opposed, opposed_among, patient_opposed
+from pli.server.compliance.actions import patient_key as compliance_patient_key
 from pli.server.compliance.errors import ComplianceError
 from pli.server.config import ConfigurationError, setting
 from pli.server.directory.actions import BadAddress, normalise_address
@@ -81,6 +82,8 @@ MAX_RECIPIENTS_DEFAULT = 20
 MAX_ENVELOPE_BYTES_DEFAULT = 10 * 1024 * 1024
 #: Envelopes up to this size are kept in the database, beside their message (decision 0013).
 ENVELOPE_IN_DATABASE_BYTES_DEFAULT = 64 * 1024
+#: The most messages in one batch (do_send_messages).
+MAX_BATCH_MESSAGES_DEFAULT = 100
 #: The HTTP status of each refusal code (the API's table; codes are stable).
 STATUS = {
     "not_found": 404,
@@ -255,15 +258,26 @@ class _Routing:
     certificates: _Certificates
 
 
-def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routing:
-    """The sending mailbox (REQ-CITY-HOSPITAL: owner, member or substitute), the
-    recipients' active directory mailboxes (REQ-DIRECTORY), and who can open what.
+@dataclass(frozen=True)
+class _RoutingRows:
+    """What :func:`_routing_query` read: enough to route any send of these addresses."""
+
+    #: The mailboxes the person reaches, as :func:`choose_sending_mailbox` reads them.
+    reachable: list[tuple[int, str, bool, str]]
+    #: The active directory mailboxes of the addresses asked, by lower-case address.
+    recipients: dict[str, Mailbox]
+    #: Mailbox id -> certificate id -> PEM, the newest first.
+    pems: dict[int, dict[int, str]]
+
+
+def _routing_rows(user: User, addresses: Sequence[str]) -> _RoutingRows:
+    """The mailboxes the person reaches (to choose a sending one), the recipients' active
+    directory mailboxes (REQ-DIRECTORY), and the certificates of all of them.
 
     One query for all three (:func:`_routing_query`): a send's round trips are
-    most of its cost (``benchmarks/README.md``). The choice of the sending
-    mailbox is :func:`~pli.server.messaging.access.choose_sending_mailbox`'s, on
-    the same rows :func:`~pli.server.messaging.access.sending_mailbox` reads.
-    Addresses stored with capitals (a local entry) cost one more lookup, for those only.
+    most of its cost (``benchmarks/README.md``); a batch of sends asks it once
+    for every address of the batch. Addresses stored with capitals (a local
+    entry) cost one more lookup, for those only.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
@@ -274,8 +288,8 @@ def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routin
         rows = cursor.fetchall()
     reachable: dict[tuple[int, str], tuple[int, str, bool, str]] = {}
     recipients: dict[str, Mailbox] = {}
-    # Mailbox id -> certificate id -> PEM, in the query's order. A mailbox both reached
-    # and named as a recipient comes in both halves: its certificates are kept once.
+    # A mailbox both reached and named as a recipient comes in both halves of the
+    # query: its certificates are kept once.
     pems: dict[int, dict[int, str]] = {}
     for part, pk, address, active, pem, certificate_id in rows:
         if part is not None:
@@ -287,22 +301,35 @@ def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routin
             )
         if pem is not None:
             pems.setdefault(pk, {}).setdefault(certificate_id, pem)
-    sender_pk = choose_sending_mailbox(reachable.values(), from_address)
-    sender_address = next(row[1] for row in reachable.values() if row[0] == sender_pk)
-    sender = Mailbox.from_db(
-        DEFAULT_DB_ALIAS, ["id", "address", "active"], [sender_pk, sender_address, True]
-    )
-    certificates: _Certificates = {
-        pk: list(pems.get(pk, {}).values())
-        for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
-    }
     missing = [a for a in addresses if a not in recipients]
     if missing:
         extra = _directory_mailboxes(missing)
         recipients.update(extra)
         for pk, listed in current_certificates(extra.values()).items():
-            certificates[pk] = [row.pem for row in listed]
+            pems[pk] = {row.pk: row.pem for row in listed}
+    return _RoutingRows(list(reachable.values()), recipients, pems)
+
+
+def _route(rows: _RoutingRows, from_address: str, addresses: Sequence[str]) -> _Routing:
+    """The sending mailbox (REQ-CITY-HOSPITAL: owner, member or substitute), chosen as
+    :func:`~pli.server.messaging.access.sending_mailbox` chooses it, and who can
+    open what, for one send of ``addresses``."""
+    sender_pk = choose_sending_mailbox(rows.reachable, from_address)
+    sender_address = next(row[1] for row in rows.reachable if row[0] == sender_pk)
+    sender = Mailbox.from_db(
+        DEFAULT_DB_ALIAS, ["id", "address", "active"], [sender_pk, sender_address, True]
+    )
+    recipients = {a: rows.recipients[a] for a in addresses if a in rows.recipients}
+    certificates: _Certificates = {
+        pk: list(rows.pems.get(pk, {}).values())
+        for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
+    }
     return _Routing(sender, recipients, certificates)
+
+
+def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routing:
+    """One send's routing: :func:`_routing_rows` then :func:`_route`."""
+    return _route(_routing_rows(user, addresses), from_address, addresses)
 
 
 @lru_cache(maxsize=1024)
@@ -458,6 +485,37 @@ class _SendRequest:
 
 
 def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
+    checked = _check_send(asked, partial(_routing, asked.user), patient_key)
+    (message,) = _store_checked(
+        asked.user, [checked], request, store, within_transaction=asked.within_transaction
+    )
+    return message
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A send that passed every check: what storing it needs."""
+
+    sender: Mailbox
+    targets: list[Mailbox]
+    envelope_der: bytes
+    hashed_patient: str
+    parent: Message | None
+    #: Complete uploads of the sender, to claim in the send's transaction (decision 0003).
+    blobs: list[str]
+
+
+def _check_send(
+    asked: _SendRequest,
+    routing: Callable[[str, Sequence[str]], _Routing],
+    patient: Callable[[str | None], str],
+) -> _Checked:
+    """Every check of a send, in the order of :func:`do_send_message`'s list; nothing written.
+
+    ``routing(from_address, addresses)`` routes it (:func:`_routing`, or a batch's
+    shared rows); ``patient(patient_id)`` gives the patient's key after the
+    opposition check (:func:`patient_key`, or a batch's shared answer).
+    """
     user, envelope_der = asked.user, asked.envelope_der
     limit = max_envelope_bytes()
     if len(envelope_der) > limit:
@@ -481,8 +539,8 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
             limit=most,
         )
     addresses = [normalised for _given, normalised in listed if normalised]
-    routing = _routing(user, asked.from_address, addresses)
-    sender, found, certificates = routing.sender, routing.recipients, routing.certificates
+    routed = routing(asked.from_address, addresses)
+    sender, found, certificates = routed.sender, routed.recipients, routed.certificates
     if sender.address.lower() in addresses:
         raise _error(
             "recipient_is_sender",
@@ -498,60 +556,247 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
         )
     targets = [found[a] for a in addresses]
 
-    hashed_patient = patient_key(asked.patient_id)
+    hashed_patient = patient(asked.patient_id)
     parent = _parent(user, asked.in_reply_to)
     # Streamed attachments (decision 0003): complete uploads of this person, claimed
-    # under a lock in the transaction below (uploads.attach_uploads).
+    # under a lock in the transaction that stores the send (uploads.attach_uploads).
     blobs = check_uploads(user, asked.blobs) if asked.blobs else []
     _check_envelope(envelope_der, [sender, *targets], certificates)
+    return _Checked(sender, targets, envelope_der, hashed_patient, parent, blobs)
 
+
+def _store_checked(
+    user: User,
+    sends: Sequence[_Checked],
+    request: HttpRequest | None,
+    store: BlobStore,
+    *,
+    within_transaction: bool = False,
+) -> list[Message]:
+    """Store checked sends, all or none (one transaction), in their order."""
+    limit = max_envelope_bytes()
     # A small envelope is written by the send's own statement and made durable by its
     # commit (one WAL flush shared by concurrent sends); a larger one goes to the blob
     # store first, with its own fsyncs (decision 0013).
-    small = len(envelope_der) <= envelope_in_database_bytes()
-    in_database = envelope_der if small or asked.within_transaction else None
-    if in_database is not None:
-        stored = StoredBlob("", len(envelope_der), hashlib.sha256(envelope_der).hexdigest())
-    else:
-        stored = store.write(envelope_der, max_bytes=limit)
-    # PostgreSQL, the send its own transaction, no attachment to claim under a lock:
-    # one statement writes everything, its events to the audit journal (decision 0010).
-    at_once = not blobs and defers_events()
+    kept: list[tuple[StoredBlob, bytes | None]] = []
     try:
-        if at_once:
-            message = _store_message_at_once(
-                user,
-                sender,
-                targets,
-                stored=stored,
-                in_database=in_database,
-                hashed_patient=hashed_patient,
-                parent=parent,
-                request=request,
-            )
+        for checked in sends:
+            envelope_der = checked.envelope_der
+            small = len(envelope_der) <= envelope_in_database_bytes()
+            in_database = envelope_der if small or within_transaction else None
+            if in_database is not None:
+                stored = StoredBlob("", len(envelope_der), hashlib.sha256(envelope_der).hexdigest())
+            else:
+                stored = store.write(envelope_der, max_bytes=limit)
+            kept.append((stored, in_database))
+        # PostgreSQL, no attachment to claim under a lock: one statement writes each send,
+        # its events to the audit journal (decision 0010); a single send outside any
+        # transaction is then its own transaction.
+        at_once = not any(checked.blobs for checked in sends) and defers_events()
+        if at_once and len(sends) == 1:
+            messages = [_store_one(user, sends[0], kept[0], request, at_once=True)]
         else:
             with transaction.atomic():
-                message = _store_message(
-                    user,
-                    sender,
-                    targets,
-                    stored=stored,
-                    in_database=in_database,
-                    hashed_patient=hashed_patient,
-                    parent=parent,
-                    request=request,
-                    blobs=blobs,
-                )
+                messages = [
+                    _store_one(user, checked, stored, request, at_once=at_once)
+                    for checked, stored in zip(sends, kept, strict=True)
+                ]
     except BaseException:
-        # No half-stored state: the blob goes with the rows that would have named it.
-        if stored.blob_id:
-            store.delete(stored.blob_id)
+        # No half-stored state: the blobs go with the rows that would have named them.
+        for stored, _in_database in kept:
+            if stored.blob_id:
+                store.delete(stored.blob_id)
         raise
     if at_once:
         # Committed: the events take their place in the chain within the sequencer's
         # window, with the other sends of that window (decision 0010).
         sequence_after_commit()
-    return message
+    return messages
+
+
+def _store_one(
+    user: User,
+    checked: _Checked,
+    kept: tuple[StoredBlob, bytes | None],
+    request: HttpRequest | None,
+    *,
+    at_once: bool,
+) -> Message:
+    stored, in_database = kept
+    if at_once:
+        return _store_message_at_once(
+            user,
+            checked.sender,
+            checked.targets,
+            stored=stored,
+            in_database=in_database,
+            hashed_patient=checked.hashed_patient,
+            parent=checked.parent,
+            request=request,
+        )
+    return _store_message(
+        user,
+        checked.sender,
+        checked.targets,
+        stored=stored,
+        in_database=in_database,
+        hashed_patient=checked.hashed_patient,
+        parent=checked.parent,
+        request=request,
+        blobs=checked.blobs,
+    )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message of a batch (:func:`do_send_messages`), as the client sealed it."""
+
+    from_address: str
+    recipients: Sequence[str]
+    envelope_der: bytes
+    patient_id: str | None = None
+    in_reply_to: str | None = None
+
+
+class BatchRefused(MessagingError):
+    """Some messages of a batch were refused: none was stored.
+
+    ``details["refused"]`` lists each refused message: its ``index`` in the
+    batch and its refusal (``code``, ``message``, ``details``), as a single send
+    would have been refused.
+    """
+
+    def __init__(self, refusals: Sequence[tuple[int, MessagingError]]) -> None:
+        super().__init__(
+            "batch_refused",
+            _("Aucun message du lot n'a été envoyé : %(count)s sont refusés.")
+            % {"count": len(refusals)},
+            {
+                "refused": [
+                    {
+                        "index": index,
+                        "code": error.code,
+                        "message": error.message,
+                        "details": dict(error.details),
+                    }
+                    for index, error in refusals
+                ]
+            },
+        )
+        self.refusals = list(refusals)
+
+
+def max_batch_messages() -> int:
+    """``PLI_MAX_BATCH_MESSAGES``: the most messages in one batch, 100 by default."""
+    return _positive("MAX_BATCH_MESSAGES", MAX_BATCH_MESSAGES_DEFAULT)
+
+
+def do_send_messages(
+    user: User,
+    messages: Sequence[OutgoingMessage],
+    *,
+    request: HttpRequest | None = None,
+    store: BlobStore | None = None,
+) -> list[Message]:
+    """Store a batch of messages sealed by the client: all of them, or none.
+
+    For practice software that sends many messages at once (a laboratory's
+    results, a practice's letters: REQ-LPS). Each message is checked exactly as
+    :func:`do_send_message` checks one, and is stored and audited as one send;
+    the batch shares one directory query, one opposition query and one
+    transaction. If any message is refused, none is stored:
+    :class:`BatchRefused` names every refused message with its own code, and
+    each refusal is audited as a refused send. The envelopes together may not
+    exceed ``PLI_MAX_ENVELOPE_BYTES`` (the memory of one request stays that of a
+    single send), nor the batch ``PLI_MAX_BATCH_MESSAGES`` messages. Streamed
+    attachments are not taken in a batch: such a message is sent on its own.
+    """
+    try:
+        most = max_batch_messages()
+        if not messages:
+            raise _error("no_message", _("Le lot ne contient aucun message."))
+        if len(messages) > most:
+            raise _error(
+                "too_many_messages",
+                _("Trop de messages dans le lot : %(most)s au plus.") % {"most": most},
+                limit=most,
+            )
+        limit = max_envelope_bytes()
+        if sum(len(outgoing.envelope_der) for outgoing in messages) > limit:
+            raise _error(
+                "envelope_too_large",
+                _(
+                    "Les messages chiffrés du lot dépassent ensemble la taille admise"
+                    " (%(limit)s octets)."
+                )
+                % {"limit": limit},
+                limit=limit,
+            )
+    except MessagingError as error:
+        record_refused_send(user, request, error.code)
+        raise
+    addresses = sorted(
+        {
+            normalised
+            for outgoing in messages
+            for _given, normalised in _normalised_recipients(outgoing.recipients)[
+                : max_recipients()
+            ]
+            if normalised
+        }
+    )
+    rows = _routing_rows(user, addresses)
+    patient = _batch_patients(messages)
+    checked: list[_Checked] = []
+    refusals: list[tuple[int, MessagingError]] = []
+    for index, outgoing in enumerate(messages):
+        asked = _SendRequest(
+            user,
+            outgoing.from_address,
+            outgoing.recipients,
+            outgoing.envelope_der,
+            outgoing.patient_id,
+            outgoing.in_reply_to,
+            (),
+        )
+        try:
+            checked.append(_check_send(asked, partial(_route, rows), patient))
+        except MessagingError as error:
+            refusals.append((index, error))
+    if refusals:
+        for _index, refusal in refusals:
+            record_refused_send(user, request, refusal.code)
+        raise BatchRefused(refusals)
+    return _store_checked(user, checked, request, store or blob_store())
+
+
+def _batch_patients(messages: Sequence[OutgoingMessage]) -> Callable[[str | None], str]:
+    """:func:`patient_key` for the messages of a batch, the register asked once for all."""
+    keys: dict[str, str] = {}
+    for outgoing in messages:
+        text = (outgoing.patient_id or "").strip()
+        if text and text not in keys:
+            try:
+                keys[text] = compliance_patient_key(text)
+            except ComplianceError:
+                continue  # refused with its message's own check below
+    opposed = opposed_among(keys.values())
+
+    def check(patient_id: str | None) -> str:
+        text = (patient_id or "").strip()
+        if not text:
+            return ""
+        if text not in keys:
+            return patient_key(text)  # bad_patient_id, as a single send says it
+        if keys[text] in opposed:
+            refusal = patient_opposed()
+            raise _error(refusal.code, refusal.message)
+        return keys[text]
+
+    return check
 
 
 def _with_deliveries(message: Message, deliveries: list[Delivery]) -> Message:

@@ -35,17 +35,20 @@ from pli.server.messaging.access import (
 )
 from pli.server.messaging.actions import (
     STATUS,
+    OutgoingMessage,
     do_delete_message,
     do_flag_message,
     do_mark_read,
     do_move_message,
     do_open_envelope,
     do_send_message,
+    do_send_messages,
+    max_batch_messages,
     max_envelope_bytes,
     max_recipients,
     record_refused_send,
 )
-from pli.server.messaging.models import Delivery, Folder, MessageCopy
+from pli.server.messaging.models import Delivery, Folder, Message, MessageCopy
 from pli.server.validation import StrictSchema, field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
@@ -75,6 +78,21 @@ class SendIn(_Strict):
     envelope: str
     #: Ids of streamed attachments already uploaded (decision 0003): none can exist yet.
     blobs: list[str] = Field(default_factory=list, max_length=100)
+
+
+class BatchItemIn(_Strict):
+    """One message of a batch: a send's fields, without streamed attachments."""
+
+    from_address: str = Field(alias="from", max_length=_ADDRESS_MAX)
+    recipients: list[str] = Field(min_length=1, max_length=1000)
+    patient_id: str | None = Field(default=None, max_length=64)
+    in_reply_to: str | None = Field(default=None, max_length=_ID_MAX)
+    envelope: str
+
+
+class BatchIn(_Strict):
+    #: At most ``PLI_MAX_BATCH_MESSAGES`` (100), checked by the action (``too_many_messages``).
+    messages: list[BatchItemIn] = Field(min_length=1)
 
 
 class ReadIn(_Strict):
@@ -108,6 +126,11 @@ class SendOut(_Strict):
     id: str
     thread: str
     deliveries: list[DeliveryOut]
+
+
+class BatchOut(_Strict):
+    #: The messages sent, in the batch's order.
+    messages: list[SendOut]
 
 
 class MailboxOut(_Strict):
@@ -381,16 +404,59 @@ def send_message(request: HttpRequest) -> Status[SendOut] | Status[ErrorOut]:
         )
     except MessagingError as error:
         return _refusal(error)
+    return Status(201, _send_out(message))
+
+
+def _send_out(message: Message) -> SendOut:
     # Known from the send itself (its prefetch cache): nothing is read back.
     deliveries = sorted(message.deliveries.all(), key=lambda delivery: delivery.pk)
-    return Status(
-        201,
-        SendOut.model_construct(  # our own values: no validation (see _delivery_out)
-            id=message.public_id,
-            thread=message.thread_id,
-            deliveries=[_delivery_out(d) for d in deliveries],
-        ),
+    return SendOut.model_construct(  # our own values: no validation (see _delivery_out)
+        id=message.public_id,
+        thread=message.thread_id,
+        deliveries=[_delivery_out(d) for d in deliveries],
     )
+
+
+@router.post(
+    "/messages/batch",
+    response={201: BatchOut, **_ERRORS},
+    summary="Envoyer un lot de messages scellés (tous ou aucun)",
+    openapi_extra=_body_schema(BatchIn),
+)
+def send_messages(request: HttpRequest) -> Status[BatchOut] | Status[ErrorOut]:
+    """Several sealed messages in one request, stored all or none (REQ-LPS).
+
+    For practice software with many messages to send at once. Each message is
+    checked as ``POST /api/messages`` checks one; a refusal of any of them
+    (``batch_refused``, each refused message named by its index and code)
+    stores none. docs/api/messaging.md, "Sending a batch".
+    """
+    user = signed_in_user(request)
+    per_message = max_recipients() * 512 + 1024
+    limit = (
+        (max_envelope_bytes() + 2) // 3 * 4 + _JSON_OVERHEAD + max_batch_messages() * per_message
+    )
+    try:
+        body = _read_body(request, BatchIn, limit)
+        outgoing = [
+            OutgoingMessage(
+                item.from_address,
+                item.recipients,
+                _decode(item.envelope, f"messages[{index}].envelope"),
+                item.patient_id,
+                item.in_reply_to,
+            )
+            for index, item in enumerate(body.messages)
+        ]
+    except MessagingError as error:
+        if error.code != "bad_request":  # the request's shape is not a send attempt
+            record_refused_send(user, request, error.code)
+        return _refusal(error)
+    try:
+        messages = do_send_messages(user, outgoing, request=request)
+    except MessagingError as error:
+        return _refusal(error)
+    return Status(201, BatchOut.model_construct(messages=[_send_out(m) for m in messages]))
 
 
 # --------------------------------------------------------------------------- one message
