@@ -62,6 +62,13 @@ HOST = "127.0.0.1:8000"
 CASES = ("baseline_authenticated_get", "send_1_recipient", "send_10_recipients")
 
 
+def cases_of(*, floor: bool, batch: int) -> list[str]:
+    """The cases measured: with ``batch`` > 1, Pli's batch endpoint too (not the floor's)."""
+    if floor or batch <= 1:
+        return list(CASES)
+    return [*CASES, f"batch_{batch}_of_1_recipient", f"batch_{batch}_of_10_recipients"]
+
+
 def log(message: str) -> None:
     print(f"[bench_send_cost] {message}", file=sys.stderr, flush=True)
 
@@ -79,6 +86,7 @@ def child_requests(
     profile: str | None,
     profile_out: str | None,
     floor: bool = False,
+    batch: int = 1,
 ) -> JSON:
     """The cases through the WSGI application, in this process; CPU and round trips.
 
@@ -158,10 +166,30 @@ def child_requests(
             )
             for n in (1, 10)
         },
+        **{
+            f"batch_{batch}_of_{n}_recipient{'s' if n > 1 else ''}": (
+                "POST",
+                "/api/messages/batch",
+                json.dumps(
+                    {
+                        "messages": [
+                            {
+                                "from": messaging.SENDER,
+                                "recipients": messaging.RECIPIENTS[:n],
+                                "envelope": setup["envelopes"][str(n)],
+                            }
+                        ]
+                        * batch
+                    }
+                ).encode(),
+                201,
+            )
+            for n in (1, 10)
+        },
     }
     results: JSON = {}
     with connection.execute_wrapper(counting):
-        for case in CASES:
+        for case in cases_of(floor=floor, batch=batch):
             method, path, body, expected = bodies[case]
             for _ in range(warmup):
                 request(method, path, body, expected)
@@ -233,8 +261,9 @@ def measure_cases(
             {**env, "PLI_AUDIT_SEQUENCER_DELAY_MS": "0", "PYTHONMALLOC": "malloc"},
             f"{what} under callgrind",
         )
-        # Dumps 1, 3, 5 are the warm-ups (and the start-up), 2, 4, 6 the cases.
-        for number, case in zip((2, 4, 6), CASES, strict=True):
+        # Dumps 1, 3, 5… are the warm-ups (and the start-up), 2, 4, 6… the cases.
+        for index, case in enumerate(cases_of(floor="--floor" in child, batch=args.batch)):
+            number = 2 * (index + 1)
             dump = Path(f"{out}.{number}")
             cases[case]["instructions_per_request"] = _instructions(dump) // args.callgrind_requests
         for dump in work.glob("callgrind.out*"):
@@ -270,6 +299,8 @@ def run(args: argparse.Namespace) -> JSON:
             str(work),
             "--warmup",
             str(args.warmup),
+            "--batch",
+            str(args.batch),
             *(["--profile", args.profile] if args.profile else []),
             *(["--profile-out", args.profile_out] if args.profile_out else []),
         ]
@@ -279,6 +310,8 @@ def run(args: argparse.Namespace) -> JSON:
             messaging.create_floor_tables(setup["database"], env, work)
             floor = measure_cases(args, [*child, "--floor"], env, work, "the floor")
             for case, figures in cases.items():
+                if case not in floor:
+                    continue  # the batch endpoint is Pli's own
                 figures["times_floor"] = {
                     key: round(value / floor[case][key], 2)
                     for key, value in figures.items()
@@ -304,9 +337,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000, help="requests per case")
     parser.add_argument("--warmup", type=int, default=50, help="requests before each case")
     parser.add_argument("--callgrind", action="store_true", help="also count instructions")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=20,
+        help="messages per request of the batch cases (POST /api/messages/batch; 1: none)",
+    )
     parser.add_argument("--callgrind-requests", type=int, default=50, help="per case, callgrind")
     parser.add_argument(
-        "--profile", choices=CASES, help="cProfile one case (its figures then include the profiler)"
+        "--profile", help="cProfile one case (its figures then include the profiler)"
     )
     parser.add_argument("--profile-out", help="with --profile: also save the statistics there")
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
@@ -337,6 +376,7 @@ def main() -> None:
                     profile=args.profile,
                     profile_out=args.profile_out,
                     floor=args.floor,
+                    batch=args.batch,
                 )
             )
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 from typing import ClassVar
 
 from django.db import IntegrityError, transaction
@@ -70,6 +71,16 @@ def normalise_address(value: str) -> str:
     to the receiving host) on purpose: MSSanté addresses are case-insensitive and
     a directory must not hold two mailboxes that differ only by case.
     """
+    normalised = _normalised_address(value)
+    if normalised is None:
+        raise BadAddress(_("Adresse de messagerie invalide."))
+    return normalised
+
+
+@lru_cache(maxsize=4096)
+def _normalised_address(value: str) -> str | None:
+    # A pure function of the text, asked for every recipient of every send (twice in a
+    # batch): the answers are kept, the refusal is raised (translated) by the caller.
     address = value.strip()
     local = address.partition("@")[0]
     if (
@@ -77,7 +88,7 @@ def normalise_address(value: str) -> str:
         or len(local) > _MAX_LOCAL_PART
         or _ADDRESS.fullmatch(address) is None
     ):
-        raise BadAddress(_("Adresse de messagerie invalide."))
+        return None
     return address.lower()
 
 
