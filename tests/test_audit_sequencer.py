@@ -40,7 +40,9 @@ from pli.server.audit.actions import (
 from pli.server.audit.chain import verify_trail
 from pli.server.audit.models import AuditEvent, AuditPendingEvent
 from pli.server.config import ConfigurationError
-from pli.server.messaging.actions import do_send_message
+from pli.server.messaging import actions as messaging_actions
+from pli.server.messaging.actions import OutgoingMessage, do_send_message, do_send_messages
+from pli.server.messaging.models import Message
 from tests.test_messaging_api import A, B, a_to_b, blob_dir, make_world, world  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -256,6 +258,55 @@ def test_on_postgresql_a_send_is_one_statement_and_its_events_are_chained_when_i
     ) == ["messages.sent", "messages.delivered"]
     assert message.deliveries.count() == 1 and message.copies.count() == 2
     assert verify_trail([keys.verifying_key_from_file(audit_key)]).events >= 2
+
+
+@pytest.mark.requirement("REQ-TRACE")
+@pytest.mark.requirement("REQ-LPS")
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_batch_is_one_transaction_of_one_statement_per_message(
+    world: Any,  # noqa: F811 - the messaging tests' fixture
+    audit_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch (decision 0016) on the path production takes: each message one statement
+    (its rows and its journal events), all of them in one transaction, chained after it."""
+    _postgresql_only()
+    statements: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    batch = [OutgoingMessage(A, [B], a_to_b(world)) for _ in range(3)]
+    with connection.execute_wrapper(count):
+        messages = do_send_messages(world.a, batch)
+    writes = [s for s in statements if "INSERT" in s and "auditcheckpoint" not in s]
+    assert len(writes) == 3 and all("audit_auditpendingevent" in w for w in writes)
+    assert pending_events() == 0
+    for message in messages:
+        assert list(
+            AuditEvent.objects.filter(target=f"message:{message.public_id}")
+            .order_by("seq")
+            .values_list("action", flat=True)
+        ) == ["messages.sent", "messages.delivered"]
+    assert verify_trail([keys.verifying_key_from_file(audit_key)]).events >= 6
+
+    # The third statement fails: the transaction takes the first two with it.
+    before = (Message.objects.count(), AuditEvent.objects.count())
+    original = messaging_actions._store_message_at_once
+    calls: list[int] = []
+
+    def failing_third(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise DatabaseError("the connection was lost")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(messaging_actions, "_store_message_at_once", failing_third)
+    with pytest.raises(DatabaseError):
+        do_send_messages(world.a, batch)
+    assert (Message.objects.count(), AuditEvent.objects.count()) == before
+    assert pending_events() == 0
 
 
 @pytest.mark.requirement("REQ-TRACE")
