@@ -623,18 +623,9 @@ def _store_one(
     at_once: bool,
 ) -> Message:
     stored, in_database = kept
-    if at_once:
-        return _store_message_at_once(
-            user,
-            checked.sender,
-            checked.targets,
-            stored=stored,
-            in_database=in_database,
-            hashed_patient=checked.hashed_patient,
-            parent=checked.parent,
-            request=request,
-        )
-    return _store_message(
+    # Streamed attachments are claimed under a lock in the transaction (never at once).
+    write = _store_message_at_once if at_once else partial(_store_message, blobs=checked.blobs)
+    return write(
         user,
         checked.sender,
         checked.targets,
@@ -643,7 +634,6 @@ def _store_one(
         hashed_patient=checked.hashed_patient,
         parent=checked.parent,
         request=request,
-        blobs=checked.blobs,
     )
 
 

@@ -68,7 +68,9 @@ class _Strict(StrictSchema):
 # --------------------------------------------------------------------------- schemas
 
 
-class SendIn(_Strict):
+class BatchItemIn(_Strict):
+    """One message of a batch: a send's fields, without streamed attachments."""
+
     from_address: str = Field(alias="from", max_length=_ADDRESS_MAX)
     recipients: list[str] = Field(min_length=1, max_length=1000)
     #: INS/NIR or NISS, for the opposition check; stored only as a keyed hash.
@@ -76,18 +78,11 @@ class SendIn(_Strict):
     in_reply_to: str | None = Field(default=None, max_length=_ID_MAX)
     #: Base64 (RFC 4648 §4) of the DER CMS EnvelopedData; line breaks are allowed.
     envelope: str
+
+
+class SendIn(BatchItemIn):
     #: Ids of streamed attachments already uploaded (decision 0003): none can exist yet.
     blobs: list[str] = Field(default_factory=list, max_length=100)
-
-
-class BatchItemIn(_Strict):
-    """One message of a batch: a send's fields, without streamed attachments."""
-
-    from_address: str = Field(alias="from", max_length=_ADDRESS_MAX)
-    recipients: list[str] = Field(min_length=1, max_length=1000)
-    patient_id: str | None = Field(default=None, max_length=64)
-    in_reply_to: str | None = Field(default=None, max_length=_ID_MAX)
-    envelope: str
 
 
 class BatchIn(_Strict):
