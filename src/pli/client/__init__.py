@@ -8,9 +8,11 @@ from pli.client.sdk import (
     AuthenticationRequired,
     Client,
     ClientError,
+    OutgoingLetter,
     PendingUpload,
     PolicyRefused,
     ReadMessage,
+    RefusedMessage,
     SendResult,
     UploadInterrupted,
 )
@@ -20,9 +22,11 @@ __all__ = [
     "AuthenticationRequired",
     "Client",
     "ClientError",
+    "OutgoingLetter",
     "PendingUpload",
     "PolicyRefused",
     "ReadMessage",
+    "RefusedMessage",
     "SendResult",
     "UploadInterrupted",
 ]

@@ -41,7 +41,7 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message as EmailHeaders
 from http.cookies import CookieError, SimpleCookie
@@ -102,9 +102,11 @@ __all__ = [
     "Mailbox",
     "MessagePage",
     "MessageSummary",
+    "OutgoingLetter",
     "PendingUpload",
     "PolicyRefused",
     "ReadMessage",
+    "RefusedMessage",
     "SendResult",
     "SignatureStatus",
     "UploadInterrupted",
@@ -169,12 +171,17 @@ class ClientError(Exception):
     (``wrong_passphrase``, ``signer_untrusted``…) and a message that cannot be built
     :class:`pli.mime.MimeError` (``bad_patient_id``, ``bad_header``…): both carry a
     ``code`` and a ``detail`` too (docs/sdk.md, "Errors").
+
+    ``index``: in :meth:`Client.send_batch`, the position in the batch of the
+    message that was being checked or sealed when the error arose (``None``
+    otherwise, and for a whole batch's refusal: see :attr:`ApiError.refused`).
     """
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.index: int | None = None
 
 
 class ApiError(ClientError):
@@ -188,6 +195,20 @@ class ApiError(ClientError):
         self.status = status
         self.details: dict[str, Any] = dict(details or {})
 
+    @property
+    def refused(self) -> list[RefusedMessage]:
+        """For ``batch_refused``: each refused message of the batch, in the batch's order.
+
+        Read from ``details["refused"]``; empty for any other refusal (and for
+        items of another shape, which a server of this contract never sends).
+        """
+        if self.code != "batch_refused":
+            return []
+        items = self.details.get("refused")
+        if not isinstance(items, list):
+            return []
+        return [RefusedMessage.from_json(item) for item in items if _is_refusal(item)]
+
 
 class AuthenticationRequired(ApiError):
     """No session, or it ended (idle, expired, revoked): log in again (``not_logged_in``…)."""
@@ -198,6 +219,8 @@ class PolicyRefused(ClientError):
 
     ``code`` is the first refusing finding's code (``subject_contains_patient_id``…);
     ``findings`` holds every finding, warnings included, each with its stable code.
+    ``index`` is the refused message's position in :meth:`Client.send_batch`'s
+    batch (the first refused one), ``None`` for :meth:`Client.send`.
     """
 
     def __init__(self, findings: Sequence[Finding], language: str) -> None:
@@ -233,6 +256,31 @@ class UploadInterrupted(ClientError):
 # --- results -------------------------------------------------------------------------------------
 def _time(value: object) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value)) if value else None
+
+
+def _is_refusal(item: object) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("index"), int)
+
+
+@dataclass(frozen=True)
+class RefusedMessage:
+    """One message of a refused batch (:attr:`ApiError.refused`): its position, and the
+    ``code``, ``message`` and ``details`` a single send of it would have been refused with."""
+
+    index: int
+    code: str
+    message: str
+    details: dict[str, Any]
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> RefusedMessage:
+        details = data.get("details")
+        return RefusedMessage(
+            index=int(data["index"]),
+            code=str(data.get("code") or ""),
+            message=_single_line(str(data.get("message") or "")),
+            details=dict(details) if isinstance(details, dict) else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -501,6 +549,39 @@ def _single_line(text: str) -> str:
 
 # --- the client ----------------------------------------------------------------------------------
 PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class OutgoingLetter:
+    """One message of :meth:`Client.send_batch`: the parameters of :meth:`Client.send`.
+
+    ``from_`` None: the identity's own mailbox. ``attachments``: paths or
+    :class:`pli.mime.Attachment`, carried inside the envelope (a batch streams
+    nothing: a message with a larger attachment is sent alone, with
+    :meth:`Client.send`). ``reply_headers``: the inner In-Reply-To and References
+    of an answer, as :meth:`Client.reply` sets them.
+    """
+
+    from_: str | None
+    to: Sequence[str]
+    subject: str
+    body: str
+    patient_id: str | None = None
+    attachments: Sequence[PathLike | Attachment] = ()
+    in_reply_to: str | None = None
+    patient_names: Sequence[str] = ()
+    reply_headers: tuple[str, list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.to, str):
+            raise TypeError("to is a list of addresses, not one string")
+        if any(isinstance(item, PendingUpload) for item in self.attachments):
+            # Sealing would leave it out: an uploaded attachment goes with send alone.
+            raise TypeError("an OutgoingLetter carries inline attachments only, not uploads")
+        # Tuples: a letter kept in a queue, then sent, is the one that was written.
+        object.__setattr__(self, "to", tuple(self.to))
+        object.__setattr__(self, "attachments", tuple(self.attachments))
+        object.__setattr__(self, "patient_names", tuple(self.patient_names))
 
 
 class Client:
@@ -1062,72 +1143,32 @@ class Client:
         when a large attachment's upload stops (resumable; any other failure removes
         the uploads of this send, best effort).
         """
-        if isinstance(to, str):
-            raise TypeError("to is a list of addresses, not one string")
-        patient = _tagged_patient_id(patient_id) if patient_id else None
-        findings = check_recipients(to, self.max_recipients) + check_subject(
+        letter = OutgoingLetter(
+            from_,
+            to,
             subject,
-            patient_names=list(patient_names),
-            patient_ids=[patient_id] if patient_id else [],
+            body,
+            patient_id,
+            [item for item in attachments if not isinstance(item, PendingUpload)],
+            in_reply_to,
+            patient_names,
+            reply_headers,
         )
-        if any(f.severity is Severity.REFUSE for f in findings):
-            raise PolicyRefused(findings, self.language)
-        recipients = fold_recipients(to)
-        plan = self._plan_attachments(attachments, body)
-        signer = self._identity()
-        own = certificate_emails(signer.certificate)
-        sending = (from_ or (own[0] if own else "")).strip().lower()
-        if not sending:
-            raise ClientError("sender_missing", "give the sending mailbox (from_)")
-        sealed_to: list[Certificate] = []
-        for address in [*recipients, sending]:
-            sealed_to += self._validated_certificates(address) or []
-
-        def sealed(inline: list[Attachment], streamed: list[PendingUpload]) -> tuple[bytes, str]:
-            inner = build_inner_message(
-                Draft(
-                    from_address=sending,
-                    # Several recipients do not see each other (REQ-FEW-RECIPIENTS): the
-                    # protected To names the sending mailbox only, as a blind copy does.
-                    to=recipients if len(recipients) == 1 else [sending],
-                    # Writing for an organisational mailbox: the signer is the Sender.
-                    sender=own[0] if own and sending not in own else None,
-                    subject=subject,
-                    body_text=body,
-                    patient_id=patient,
-                    in_reply_to=reply_headers[0] if reply_headers else None,
-                    references=reply_headers[1] if reply_headers else [],
-                    attachments=inline,
-                    external_parts=[pending.part for pending in streamed],
-                )
-            )
-            # Nothing to seal to when no address is known: sealing to ourselves keeps the
-            # flow, and the server answers which address is missing (it stores nothing then).
-            envelope = seal(inner, signer, sealed_to or [signer.certificate], chain=self._chain)
-            return envelope, parse_inner_message(inner).message_id
-
+        prepared = self._prepare(
+            self._check(letter),
+            pending=[item for item in attachments if isinstance(item, PendingUpload)],
+        )
+        plan = prepared.plan
         created: list[PendingUpload] = []
         try:
             streamed = [*plan.pending, *self._upload_sources(plan.stream, created)]
-            inline = [source.attachment() for source in plan.inline]
-            envelope, message_id_header = sealed(inline, streamed)
-            if plan.inline and plan.limits and len(envelope) > plan.limits.max_envelope_bytes:
+            sealed = prepared.seal(plan.inline_attachments(), streamed)
+            if plan.inline and plan.limits and sealed.size > plan.limits.max_envelope_bytes:
                 # Still too large (a long body, an attachment that grew more than 1.9x):
                 # every attachment goes out of the envelope, which must then fit.
                 streamed += self._upload_sources(plan.inline, created)
-                envelope, message_id_header = sealed([], streamed)
-            payload: dict[str, Any] = {
-                "from": sending,
-                "recipients": recipients,
-                "envelope": _b64(envelope),
-            }
-            if patient:
-                payload["patient_id"] = patient.split(":", 1)[1]
-            if in_reply_to:
-                payload["in_reply_to"] = in_reply_to
-            if streamed:
-                payload["blobs"] = [pending.upload_id for pending in streamed]
-            data = self._call("POST", "/api/messages", body=payload, ok=(201,)).json()
+                sealed = prepared.seal([], streamed)
+            data = self._call("POST", "/api/messages", body=sealed.payload, ok=(201,)).json()
         except UploadInterrupted as interrupted:
             # Resumable: the interrupted upload and those already complete stay (see
             # UploadInterrupted.completed); their ciphertext files too.
@@ -1138,12 +1179,136 @@ class Client:
             raise
         for pending in created:
             pending.discard()
-        return SendResult(
-            id=str(data["id"]),
-            thread=str(data["thread"]),
-            deliveries=[Delivery.from_json(d) for d in data["deliveries"]],
-            message_id=message_id_header,
-            warnings=[f for f in findings if f.severity is not Severity.REFUSE],
+        return prepared.result(data, sealed)
+
+    def send_batch(self, messages: Sequence[OutgoingLetter]) -> list[SendResult]:
+        """Check and seal every message here, then send them in one request: all, or none.
+
+        For practice software with many messages at once (a laboratory's
+        results: REQ-LPS). Each :class:`OutgoingLetter` gets exactly the checks
+        and the sealing of :meth:`send`; the batch goes in one
+        ``POST /api/messages/batch``, which the server stores whole or not at all.
+        Returns one :class:`SendResult` per message, in the batch's order.
+
+        Raises, before any message is sent: :class:`ClientError` ``no_message``
+        for an empty batch (without asking the server anything);
+        :class:`PolicyRefused` for the first message the pre-send checks refuse
+        (before any request, its ``index`` naming it);
+        ``batch_attachment_too_large`` for a message that :meth:`send` would
+        have to stream an attachment of (nothing is uploaded in a batch: send it
+        alone); ``batch_too_large`` when the envelopes together exceed the
+        server's ``max_envelope_bytes`` (:meth:`limits`; ``index`` is the first
+        message that does not fit: split the batch there); and any error of
+        :meth:`send` about one message, its ``index`` set. :class:`ApiError`
+        when the server refuses: ``batch_refused`` lists each refused message
+        (:attr:`ApiError.refused`), ``too_many_messages`` (more than
+        ``PLI_MAX_BATCH_MESSAGES``, 100 by default; ``details["limit"]``).
+        """
+        letters = list(messages)
+        if not letters:
+            raise ClientError("no_message", "the batch holds no message")
+        checked: list[_Checked] = []
+        # The pre-send checks of every message come first: a refused subject stops the
+        # batch before any key is opened or any request is made.
+        for index, letter in enumerate(letters):
+            if not isinstance(letter, OutgoingLetter):
+                raise TypeError(f"message {index} is not an OutgoingLetter")
+            with _batch_message(index):
+                checked.append(self._check(letter))
+        limits = self.limits()
+        # A laboratory writes to the same few doctors: each address's certificates are
+        # fetched and validated once per batch.
+        certificates: dict[str, list[Certificate] | None] = {}
+        prepared: list[tuple[_Prepared, _Sealed]] = []
+        total = 0
+        for index, one in enumerate(checked):
+            with _batch_message(index):
+                ready = self._prepare(one, certificates=certificates)
+                streamed = [source.filename for source in ready.plan.stream]
+                sealed = None if streamed else ready.seal(ready.plan.inline_attachments(), [])
+                # A batch carries envelopes only: what send would upload (an attachment
+                # over the inline threshold, or one that leaves the envelope too large)
+                # cannot go, and nothing is uploaded for a batch that may be refused whole.
+                if sealed is None or (
+                    ready.plan.inline and sealed.size > limits.max_envelope_bytes
+                ):
+                    raise ClientError(
+                        "batch_attachment_too_large",
+                        f"message {index}: {', '.join(streamed) or 'its attachments'} too large"
+                        " to travel inside the envelope: send this message alone (send)",
+                    )
+                total += sealed.size
+                if total > limits.max_envelope_bytes:
+                    raise ClientError(
+                        "batch_too_large",
+                        f"the envelopes up to message {index} exceed the server's"
+                        f" {limits.max_envelope_bytes} bytes: split the batch before it",
+                    )
+            prepared.append((ready, sealed))
+        data = self._call(
+            "POST",
+            "/api/messages/batch",
+            body={"messages": [sealed.payload for _ready, sealed in prepared]},
+            ok=(201,),
+        ).json()
+        answers = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(prepared):
+            raise ClientError("bad_response", "the server's answer does not list each message")
+        return [
+            ready.result(answer, sealed)
+            for (ready, sealed), answer in zip(prepared, answers, strict=True)
+        ]
+
+    def _check(self, letter: OutgoingLetter) -> _Checked:
+        """The pre-send checks (REQ-SUBJECT, REQ-FEW-RECIPIENTS): local, nothing asked yet."""
+        patient = _tagged_patient_id(letter.patient_id) if letter.patient_id else None
+        findings = check_recipients(letter.to, self.max_recipients) + check_subject(
+            letter.subject,
+            patient_names=list(letter.patient_names),
+            patient_ids=[letter.patient_id] if letter.patient_id else [],
+        )
+        if any(f.severity is Severity.REFUSE for f in findings):
+            raise PolicyRefused(findings, self.language)
+        return _Checked(letter, patient, findings)
+
+    def _prepare(
+        self,
+        checked: _Checked,
+        *,
+        pending: Sequence[PendingUpload] = (),
+        certificates: dict[str, list[Certificate] | None] | None = None,
+    ) -> _Prepared:
+        """A checked letter made ready to seal: attachments planned, certificates validated.
+
+        ``certificates``: validated certificates by address, shared by the messages of
+        a batch (filled here); ``None`` asks the directory for each address.
+        """
+        letter = checked.letter
+        recipients = fold_recipients(letter.to)
+        plan = self._plan_attachments([*pending, *letter.attachments], letter.body)
+        signer = self._identity()
+        own = certificate_emails(signer.certificate)
+        sending = (letter.from_ or (own[0] if own else "")).strip().lower()
+        if not sending:
+            raise ClientError("sender_missing", "give the sending mailbox (from_)")
+        cache: dict[str, list[Certificate] | None] = {} if certificates is None else certificates
+        sealed_to: list[Certificate] = []
+        for address in [*recipients, sending]:
+            if address not in cache:
+                cache[address] = self._validated_certificates(address)
+            sealed_to += cache[address] or []
+        return _Prepared(
+            checked,
+            sending,
+            recipients,
+            plan,
+            signer,
+            # Writing for an organisational mailbox: the signer is the Sender.
+            own[0] if own and sending not in own else None,
+            # Nothing to seal to when no address is known: sealing to ourselves keeps the
+            # flow, and the server answers which address is missing (it stores nothing then).
+            sealed_to or [signer.certificate],
+            self._chain,
         )
 
     # --- large attachments -----------------------------------------------------------------------
@@ -1597,6 +1762,101 @@ class _Plan:
     stream: list[_Source]
     pending: list[PendingUpload]
     limits: AttachmentLimits | None
+
+    def inline_attachments(self) -> list[Attachment]:
+        return [source.attachment() for source in self.inline]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A letter the pre-send checks let through, with its findings (warnings kept)."""
+
+    letter: OutgoingLetter
+    #: ``nir:…`` / ``niss:…``, as the inner message's X-MSS-Patient-Id names it.
+    patient: str | None
+    findings: list[Finding]
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """One sealed message: its JSON for ``POST /api/messages`` (or one batch item)."""
+
+    payload: dict[str, Any]
+    size: int
+    #: The inner Message-ID (what a reply's In-Reply-To names).
+    message_id: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked letter whose recipients' certificates are validated: ready to seal."""
+
+    checked: _Checked
+    sending: str
+    recipients: list[str]
+    plan: _Plan
+    signer: SoftwareKey
+    sender: str | None
+    sealed_to: list[Certificate]
+    chain: list[Certificate]
+
+    def seal(self, inline: list[Attachment], streamed: list[PendingUpload]) -> _Sealed:
+        """Build the inner message, sign and encrypt it here; its payload for the server."""
+        letter = self.checked.letter
+        reply = letter.reply_headers
+        inner = build_inner_message(
+            Draft(
+                from_address=self.sending,
+                # Several recipients do not see each other (REQ-FEW-RECIPIENTS): the
+                # protected To names the sending mailbox only, as a blind copy does.
+                to=self.recipients if len(self.recipients) == 1 else [self.sending],
+                sender=self.sender,
+                subject=letter.subject,
+                body_text=letter.body,
+                patient_id=self.checked.patient,
+                in_reply_to=reply[0] if reply else None,
+                references=reply[1] if reply else [],
+                attachments=inline,
+                external_parts=[pending.part for pending in streamed],
+            )
+        )
+        envelope = seal(inner, self.signer, self.sealed_to, chain=self.chain)
+        payload: dict[str, Any] = {
+            "from": self.sending,
+            "recipients": self.recipients,
+            "envelope": _b64(envelope),
+        }
+        if self.checked.patient:
+            payload["patient_id"] = self.checked.patient.split(":", 1)[1]
+        if letter.in_reply_to:
+            payload["in_reply_to"] = letter.in_reply_to
+        if streamed:
+            payload["blobs"] = [pending.upload_id for pending in streamed]
+        return _Sealed(payload, len(envelope), parse_inner_message(inner).message_id)
+
+    def result(self, data: Mapping[str, Any], sealed: _Sealed) -> SendResult:
+        """What the server answered for this message, with what only this workstation knows."""
+        return SendResult(
+            id=str(data["id"]),
+            thread=str(data["thread"]),
+            deliveries=[Delivery.from_json(d) for d in data["deliveries"]],
+            message_id=sealed.message_id,
+            warnings=[f for f in self.checked.findings if f.severity is not Severity.REFUSE],
+        )
+
+
+@contextlib.contextmanager
+def _batch_message(index: int) -> Iterator[None]:
+    """Errors raised while one message of a batch is checked or sealed name that message."""
+    try:
+        yield
+    except ClientError as error:
+        error.index = index
+        error.add_note(f"message {index} of the batch")
+        raise
+    except (CryptoError, MimeError) as error:
+        error.add_note(f"message {index} of the batch")
+        raise
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
