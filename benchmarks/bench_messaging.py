@@ -772,13 +772,7 @@ def run_database(
                     (
                         f"ingest_{count}_recipient{'s' if count > 1 else ''}",
                         f"send_{count}_recipient{'s' if count > 1 else ''}",
-                        json.dumps(
-                            {
-                                "from": SENDER,
-                                "recipients": RECIPIENTS[:count],
-                                "envelope": setup["envelopes"][str(count)],
-                            }
-                        ).encode(),
+                        json.dumps(send_body(setup, count)).encode(),
                         "/api/messages",
                     )
                     for count in (1, 10)
@@ -813,11 +807,7 @@ def run_database(
             # The same messages, args.batch per request (POST /api/messages/batch, REQ-LPS),
             # from args.batch_clients connections: a few practice systems sending in bulk.
             for count in (1, 10) if args.batch > 1 else ():
-                item = {
-                    "from": SENDER,
-                    "recipients": RECIPIENTS[:count],
-                    "envelope": setup["envelopes"][str(count)],
-                }
+                item = send_body(setup, count)
                 case = f"ingest_batch_{count}_recipient{'s' if count > 1 else ''}"
                 result[case] = measure(
                     name,
@@ -844,6 +834,16 @@ def run_database(
         }
     result["stored"] = run_child("count", env)
     return result
+
+
+def send_body(setup: JSON, count: int) -> JSON:
+    """The body of a send of the pre-sealed envelope to ``count`` recipients (1 or 10);
+    a batch's items have the same fields."""
+    return {
+        "from": SENDER,
+        "recipients": RECIPIENTS[:count],
+        "envelope": setup["envelopes"][str(count)],
+    }
 
 
 def create_floor_tables(name: str, env: dict[str, str], work: Path) -> None:

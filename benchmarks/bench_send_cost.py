@@ -155,13 +155,7 @@ def child_requests(
             f"send_{n}_recipient{'s' if n > 1 else ''}": (
                 "POST",
                 "/api/messages",
-                json.dumps(
-                    {
-                        "from": messaging.SENDER,
-                        "recipients": messaging.RECIPIENTS[:n],
-                        "envelope": setup["envelopes"][str(n)],
-                    }
-                ).encode(),
+                json.dumps(messaging.send_body(setup, n)).encode(),
                 201,
             )
             for n in (1, 10)
@@ -170,18 +164,7 @@ def child_requests(
             f"batch_{batch}_of_{n}_recipient{'s' if n > 1 else ''}": (
                 "POST",
                 "/api/messages/batch",
-                json.dumps(
-                    {
-                        "messages": [
-                            {
-                                "from": messaging.SENDER,
-                                "recipients": messaging.RECIPIENTS[:n],
-                                "envelope": setup["envelopes"][str(n)],
-                            }
-                        ]
-                        * batch
-                    }
-                ).encode(),
+                json.dumps({"messages": [messaging.send_body(setup, n)] * batch}).encode(),
                 201,
             )
             for n in (1, 10)

@@ -728,13 +728,13 @@ def do_send_messages(
     except MessagingError as error:
         record_refused_send(user, request, error.code)
         raise
+    # A message with more recipients is refused by its own check: its others need no lookup.
+    most_recipients = max_recipients()
     addresses = sorted(
         {
             normalised
             for outgoing in messages
-            for _given, normalised in _normalised_recipients(outgoing.recipients)[
-                : max_recipients()
-            ]
+            for _given, normalised in _normalised_recipients(outgoing.recipients)[:most_recipients]
             if normalised
         }
     )
