@@ -769,6 +769,31 @@ def test_a_read_receipt_is_stored_as_a_message_to_the_sender(world: World) -> No
 
 
 @pytest.mark.django_db
+def test_a_receipt_after_the_first_read_is_ignored_whatever_it_holds(world: World) -> None:
+    # Documented: a receipt goes with the first read only. Garbled base64 and an
+    # envelope that could not be stored are ignored alike, on the reader's copy once
+    # read and on the sender's own copy; nothing is stored or traced as a send.
+    alice, bob = world.client(world.a), world.client(world.b)
+    message_id = send(alice, A, [B], a_to_b(world)).json()["id"]
+    first = post_json(bob, f"{MESSAGES}/{message_id}/read", {})
+    assert (first.status_code, first.json()["receipt"]) == (200, None)
+    unsealed = encoded(seal(letter(B, [A]), world.b_key, [world.ward_key.certificate]))
+    stored = Message.objects.count()
+    answers = [
+        post_json(bob, f"{MESSAGES}/{message_id}/read", {"receipt": "%%%"}),
+        post_json(bob, f"{MESSAGES}/{message_id}/read", {"receipt": unsealed}),
+        post_json(alice, f"{MESSAGES}/{message_id}/read", {"receipt": "%%%"}),
+        post_json(alice, f"{MESSAGES}/{message_id}/read", {"receipt": unsealed}),
+    ]
+    assert [(a.status_code, a.json()["receipt"]) for a in answers] == [(200, None)] * 4
+    assert Message.objects.count() == stored
+    assert [e for e in events("messages.sent") if e.outcome == "failure"] == []
+    # A body that is not the documented shape is still refused, read or not.
+    wrong = post_json(bob, f"{MESSAGES}/{message_id}/read", {"receipt": 1})
+    assert (wrong.status_code, wrong.json()["code"]) == (422, "bad_request")
+
+
+@pytest.mark.django_db
 @pytest.mark.requirement("REQ-AT-REST")
 def test_a_read_that_fails_after_its_receipt_leaves_neither_behind(
     world: World, monkeypatch: pytest.MonkeyPatch, blob_dir: Path

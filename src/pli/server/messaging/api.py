@@ -519,8 +519,12 @@ def mark_read(
         body = _read_body(request, ReadIn, limit, empty_ok=True)
     except MessagingError as error:
         return _refusal(error)
+    # A receipt goes with the first read of a received copy only, and is otherwise
+    # ignored whatever it holds: decoding it here for a copy already read (or the
+    # sender's own) would refuse bad base64 where an unopenable envelope is ignored.
+    wanted = body.receipt is not None and not copy.read and copy.delivery_id is not None
     try:
-        receipt = _decode(body.receipt, "receipt") if body.receipt is not None else None
+        receipt = _decode(body.receipt, "receipt") if wanted and body.receipt is not None else None
     except MessagingError as error:  # a receipt is a send: its refusal is traced as one
         record_refused_send(user, request, error.code)
         return _refusal(error)
