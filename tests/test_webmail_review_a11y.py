@@ -158,44 +158,71 @@ def assert_every_control_named(page: Page) -> None:
 # --------------------------------------------------------------------------- compose
 
 
+def assert_active_option(search: Any, listbox: Any, option: Any) -> None:
+    """The focus never leaves the combobox: it points at the active option, the one selected and
+    outlined."""
+    expect(search).to_be_focused()
+    expect(search).to_have_attribute("aria-activedescendant", option.get_attribute("id"))
+    expect(option).to_have_attribute("aria-selected", "true")
+    assert listbox.locator("[aria-selected=true]").count() == 1
+    outline = option.evaluate("e => getComputedStyle(e).outlineStyle")
+    assert outline != "none", outline
+
+
 def take_d_from_the_directory_with_the_keyboard(a: Page) -> None:
-    """The directory suggestions: announced, walked with the arrows, taken with Space."""
+    """The directory search is an ARIA combobox: announced, walked with the arrows, Enter takes."""
     # From the top of the page, Tab alone reaches the directory search.
-    search = a.get_by_role("searchbox", name="Nom, prénom ou adresse")
+    search = a.get_by_role("combobox", name="Nom, prénom ou adresse")
     tab_to(a, search)
+    expect(search).to_have_attribute("aria-expanded", "false")
     a.keyboard.type("dur")
     status = a.locator("#directory-status")
     expect(status).to_have_text("2 correspondants trouvés")
     expect(status).to_have_attribute("role", "status")
-    durand = a.get_by_role("button", name=re.compile("Dr Alice Durand Médecin Clinique B"))
-    duroc = a.get_by_role("button", name=re.compile("Dr Alice Duroc Infirmier Clinique B"))
-    # Down and Up move through the suggestions and back to the field; Escape closes them.
+    listbox = a.get_by_role("listbox", name="Correspondants proposés")
+    expect(search).to_have_attribute("aria-expanded", "true")
+    expect(search).to_have_attribute("aria-controls", "directory-listbox")
+    expect(listbox).to_have_attribute("id", "directory-listbox")
+    durand = listbox.get_by_role("option", name=re.compile("Dr Alice Durand Médecin Clinique B"))
+    duroc = listbox.get_by_role("option", name=re.compile("Dr Alice Duroc Infirmier Clinique B"))
+
+    def active_is(option: Any) -> None:
+        assert_active_option(search, listbox, option)
+
+    # Down and Up move through the suggestions and back to the text; Escape closes them.
     a.keyboard.press("ArrowDown")
-    expect(durand).to_be_focused()
-    assert_focus_ring(a)
+    active_is(durand)
     a.keyboard.press("ArrowDown")
-    expect(duroc).to_be_focused()
+    active_is(duroc)
     a.keyboard.press("ArrowDown")  # the last one stays
-    expect(duroc).to_be_focused()
+    active_is(duroc)
     a.keyboard.press("ArrowUp")
+    active_is(durand)
     a.keyboard.press("ArrowUp")
     expect(search).to_be_focused()
+    expect(search).not_to_have_attribute("aria-activedescendant", re.compile(".*"))
+    expect(listbox.locator("[aria-selected=true]")).to_have_count(0)
     a.keyboard.press("Escape")
     expect(durand).to_have_count(0)
+    expect(search).to_have_attribute("aria-expanded", "false")
     expect(status).to_have_text("")
-    # Enter in the field searches in place (never sends); Down, Down, Space takes Duroc.
-    a.keyboard.press("Control+A")
+    expect(search).to_have_value("dur")  # Escape on a closed list empties the field
+    a.keyboard.press("Escape")
+    expect(search).to_have_value("")
+    # Enter with no active option searches in place (never sends); Down, Down, Enter takes Duroc.
     a.keyboard.type("dur")
     a.keyboard.press("Enter")
     expect(durand).to_be_visible()
     assert Message.objects.count() == 0
     a.keyboard.press("ArrowDown")
     a.keyboard.press("ArrowDown")
-    a.keyboard.press("Space")
+    a.keyboard.press("Enter")
+    assert Message.objects.count() == 0
     to = a.get_by_role("textbox", name="À", exact=True)
     expect(to).to_have_value(D)
     expect(to).to_be_focused()
     expect(status).to_have_text(f"Destinataire ajouté : {D}")
+    expect(search).to_have_attribute("aria-expanded", "false")
 
 
 @pytest.mark.requirement("REQ-VERIFY-RECIPIENT")

@@ -570,12 +570,21 @@ def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
 @login_required
 @never_cache
 def directory_view(request: HttpRequest) -> HttpResponse:
-    """Directory suggestions for the compose page (a fragment: name, profession, place)."""
+    """Directory suggestions for the compose page (a fragment: name, profession, place).
+
+    ``liste=1`` (the page's script): the options of an ARIA listbox; otherwise
+    buttons that post the form back, as the page itself shows them without script.
+    """
     query = request.GET.get("q", "")[:100]
     return render(
         request,
         "webmail/_suggestions.html",
-        {"suggestions": suggestions(query), "q": query, "searched": len(query.strip()) >= 2},
+        {
+            "suggestions": suggestions(query),
+            "q": query,
+            "searched": len(query.strip()) >= 2,
+            "listbox": request.GET.get("liste") == "1",
+        },
     )
 
 

@@ -10,9 +10,12 @@
  *    without reloading the page (so chosen attachments are kept);
  *  - the recipient check (who each address belongs to, and the first-time
  *    confirmation, REQ-VERIFY-RECIPIENT) follows the "À" field.
- * Both fragments are HTML rendered (and escaped) by the server. Keyboard:
- * Down arrow from the search field enters the suggestions, Up/Down move in
- * them, Escape goes back to the field.
+ * Both fragments are HTML rendered (and escaped) by the server. The search
+ * field becomes an ARIA combobox with a listbox popup (WAI-ARIA Authoring
+ * Practices, "editable combobox with list autocomplete"): the focus stays in
+ * the field, Down and Up move the active option (aria-activedescendant, which
+ * screen readers announce), Enter takes it, Escape closes the list (and, when
+ * it is closed, empties the field); a click takes an option too.
  * A page sent back with errors has their summary focused, so that a screen
  * reader reads it first and the keyboard starts from it (its links lead to
  * the fields to correct).
@@ -50,23 +53,58 @@
     });
   }
 
-  function buttons() {
-    return Array.prototype.slice.call(suggestions.querySelectorAll("button[name=add_recipient]"));
+  var active = -1;
+
+  // Without the script the field is a plain search box and the suggestions are
+  // buttons posting the form back; with it, a combobox controlling a listbox.
+  search.setAttribute("role", "combobox");
+  search.setAttribute("aria-autocomplete", "list");
+  search.setAttribute("aria-expanded", "false");
+  search.setAttribute("aria-controls", "directory-listbox");
+
+  function options() {
+    return Array.prototype.slice.call(suggestions.querySelectorAll("[role=option]"));
+  }
+
+  function setActive(index) {
+    var list = options();
+    active = index >= 0 && index < list.length ? index : -1;
+    list.forEach(function (option, at) {
+      option.setAttribute("aria-selected", at === active ? "true" : "false");
+    });
+    if (active >= 0) {
+      search.setAttribute("aria-activedescendant", list[active].id);
+      list[active].scrollIntoView({ block: "nearest" });
+    } else {
+      search.removeAttribute("aria-activedescendant");
+    }
+  }
+
+  function show(html) {
+    suggestions.innerHTML = html;
+    setActive(-1);
+    search.setAttribute("aria-expanded", options().length ? "true" : "false");
+  }
+
+  function closeList() {
+    searchRound++;  // an answer still on its way must not reopen it
+    show("");
+    status.textContent = "";
   }
 
   function runSearch() {
     var query = search.value.trim();
     var round = ++searchRound;
     if (query.length < 2) {
-      suggestions.innerHTML = "";
+      show("");
       status.textContent = "";
       return;
     }
-    get(searchUrl + "?q=" + encodeURIComponent(query)).then(function (html) {
+    get(searchUrl + "?liste=1&q=" + encodeURIComponent(query)).then(function (html) {
       if (round !== searchRound) {
         return;
       }
-      suggestions.innerHTML = html;
+      show(html);
       var root = suggestions.querySelector("[data-status]");
       status.textContent = root ? root.getAttribute("data-status") : "";
     }).catch(function () {
@@ -106,7 +144,7 @@
       current.push(address);
     }
     recipients.value = current.join(", ");
-    suggestions.innerHTML = "";
+    closeList();
     search.value = "";
     status.textContent = (form.getAttribute("data-added-text") || "") + " " + address;
     runCheck();
@@ -119,42 +157,50 @@
   });
 
   search.addEventListener("keydown", function (event) {
+    var list = options();
     if (event.key === "ArrowDown") {
-      var list = buttons();
       if (list.length) {
         event.preventDefault();
-        list[0].focus();
+        setActive(active < 0 ? 0 : Math.min(active + 1, list.length - 1));
+      }
+    } else if (event.key === "ArrowUp") {
+      if (list.length) {
+        event.preventDefault();
+        // Up from the first option leaves the list for the field's own text.
+        setActive(active - 1);
+      }
+    } else if (event.key === "Enter") {
+      if (active >= 0) {
+        event.preventDefault();  // takes the option; never submits the form
+        addRecipient(list[active].getAttribute("data-address"));
       }
     } else if (event.key === "Escape") {
-      suggestions.innerHTML = "";
-      status.textContent = "";
+      event.preventDefault();
+      if (list.length || suggestions.innerHTML) {
+        closeList();
+      } else {
+        search.value = "";
+      }
     }
   });
 
-  suggestions.addEventListener("keydown", function (event) {
-    var list = buttons();
-    var at = list.indexOf(document.activeElement);
-    if (at < 0) {
-      return;
-    }
-    if (event.key === "ArrowDown" && at + 1 < list.length) {
+  search.addEventListener("blur", function () {
+    setActive(-1);
+  });
+
+  // The pointer takes an option without moving the focus out of the field first.
+  suggestions.addEventListener("mousedown", function (event) {
+    if (event.target.closest("[role=option]")) {
       event.preventDefault();
-      list[at + 1].focus();
-    } else if (event.key === "ArrowUp") {
-      event.preventDefault();
-      (at > 0 ? list[at - 1] : search).focus();
-    } else if (event.key === "Escape") {
-      event.preventDefault();
-      suggestions.innerHTML = "";
-      search.focus();
     }
   });
 
   suggestions.addEventListener("click", function (event) {
+    var option = event.target.closest("[role=option]");
     var button = event.target.closest("button[name=add_recipient]");
-    if (button) {
+    if (option || button) {
       event.preventDefault();
-      addRecipient(button.value);
+      addRecipient(option ? option.getAttribute("data-address") : button.value);
     }
   });
 
@@ -168,6 +214,10 @@
       runSearch();
     }
   });
+
+  if (suggestions.querySelector("button[name=add_recipient]")) {
+    runSearch();  // a page sent back with its suggestions: the same, as a listbox
+  }
 
   if (errors) {
     errors.focus();
