@@ -772,7 +772,7 @@ def run_database(
                     (
                         f"ingest_{count}_recipient{'s' if count > 1 else ''}",
                         f"send_{count}_recipient{'s' if count > 1 else ''}",
-                        json.dumps(send_body(setup, count)).encode(),
+                        json.dumps(send_body(setup, count, patient=args.patient)).encode(),
                         "/api/messages",
                     )
                     for count in (1, 10)
@@ -807,7 +807,7 @@ def run_database(
             # The same messages, args.batch per request (POST /api/messages/batch, REQ-LPS),
             # from args.batch_clients connections: a few practice systems sending in bulk.
             for count in (1, 10) if args.batch > 1 else ():
-                item = send_body(setup, count)
+                item = send_body(setup, count, patient=args.patient)
                 case = f"ingest_batch_{count}_recipient{'s' if count > 1 else ''}"
                 result[case] = measure(
                     name,
@@ -836,14 +836,23 @@ def run_database(
     return result
 
 
-def send_body(setup: JSON, count: int) -> JSON:
+#: The patient a benchmark's messages are about: a valid NIR (its key checks), whom no
+#: opposition names. A real send declares its patient (issue 5; REQ-OPPOSITION), and the
+#: server then checks the opposition register: one more query per send, measured here.
+PATIENT_NIR = "185057800608491"
+
+
+def send_body(setup: JSON, count: int, *, patient: bool = True) -> JSON:
     """The body of a send of the pre-sealed envelope to ``count`` recipients (1 or 10);
-    a batch's items have the same fields."""
-    return {
+    a batch's items have the same fields. ``patient``: with the patient's identifier."""
+    body: JSON = {
         "from": SENDER,
         "recipients": RECIPIENTS[:count],
         "envelope": setup["envelopes"][str(count)],
     }
+    if patient:
+        body["patient_id"] = PATIENT_NIR
+    return body
 
 
 def create_floor_tables(name: str, env: dict[str, str], work: Path) -> None:
@@ -1114,6 +1123,12 @@ def arguments() -> argparse.Namespace:
         default=1024.0,
         help="attachment size in MiB (0: none); default 1 GiB",
     )
+    parser.add_argument(
+        "--no-patient",
+        dest="patient",
+        action="store_false",
+        help="sends without a patient identifier (no opposition-register query)",
+    )
     parser.add_argument("--quick", action="store_true", help="500 messages, a 50 MiB attachment")
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
@@ -1193,6 +1208,9 @@ def main() -> None:
                     "workers": args.workers,
                     "threads_per_worker": 4,
                     "attachment_bytes": attachment,
+                    "batch": args.batch,
+                    "batch_clients": args.batch_clients,
+                    "patient_id": PATIENT_NIR if args.patient else None,
                 },
                 "cases": cases,
                 "targets": TARGETS,
