@@ -56,7 +56,7 @@ from pli.server.blobs import (
     InvalidBlobId,
     LocalBlobStore,
 )
-from pli.server.compliance.actions import do_record_opposition
+from pli.server.compliance.actions import do_lift_opposition, do_record_opposition
 from pli.server.config import ConfigurationError
 from pli.server.directory.actions import do_publish_mailbox_certificate
 from pli.server.directory.models import Mailbox, Organisation
@@ -1010,6 +1010,40 @@ def test_the_sender_the_recipients_and_their_certificates_are_read_in_one_query(
     with pytest.raises(MessagingError) as refused:
         do_send_message(world.b, B, [A, WARD], without_ward)
     assert refused.value.code == "not_encrypted_to_recipient"
+
+
+@pytest.mark.django_db
+@pytest.mark.requirement("REQ-OPPOSITION")
+def test_a_send_asks_the_opposition_register_in_its_directory_query(world: World) -> None:
+    """A send declaring its patient still reads the directory and the register in one
+    query; the register's answer is the one of that moment, recorded or lifted."""
+    officer, _ = make_account("dpo@operator.pli.test", role=Role.DPO)
+    other = valid_nir("2850578006084")
+
+    def routing_reads(patient_id: str) -> tuple[list[str], str]:
+        with CaptureQueriesContext(connection) as queries:
+            try:
+                do_send_message(world.a, A, [B], a_to_b(world), patient_id=patient_id)
+                outcome = "sent"
+            except MessagingError as refused:
+                outcome = refused.code
+        reads = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+        return [sql for sql in reads if "opposition" in sql or "directory_mailbox" in sql], outcome
+
+    reads, outcome = routing_reads(valid_nir())
+    assert (len(reads), outcome) == (1, "sent")
+    assert "opposition" in reads[0] and "directory_mailbox" in reads[0]
+    do_record_opposition(officer, valid_nir(), None)
+    assert routing_reads(valid_nir())[1] == "patient_opposed"
+    assert routing_reads(f" {valid_nir()} ")[1] == "patient_opposed"  # as declared, trimmed
+    assert routing_reads(other)[1] == "sent"  # another patient is not concerned
+    do_lift_opposition(officer, valid_nir(), None)
+    reads, outcome = routing_reads(valid_nir())
+    assert (len(reads), outcome) == (1, "sent")
+    # An identifier that is not one is refused in its place, after the directory's checks.
+    assert routing_reads("1850578006084" + "00")[1] == "bad_patient_id"
+    assert Message.objects.filter(patient_key="").count() == 0
+    assert Message.objects.count() == 3
 
 
 @pytest.mark.django_db

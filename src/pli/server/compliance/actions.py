@@ -18,9 +18,10 @@ Changing ``PLI_SECRET_KEY`` changes every key: the register (and the keys
 stored with messages) would no longer match, so the secret must be kept for
 the life of the data.
 
-The messaging send path calls :func:`check_not_opposed` (``bad_patient_id``,
-``patient_opposed``) and stores the key it returns; :func:`is_opposed` is the
-plain yes/no.
+The messaging send path computes :func:`patient_key` (``bad_patient_id``) and
+asks the register in its own directory query (:func:`opposed_among_query`,
+``patient_opposed``), then stores the key; the web mail's check before sealing
+calls :func:`check_not_opposed`; :func:`is_opposed` is the plain yes/no.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import hmac
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -118,6 +119,15 @@ def opposed_among(keys: Iterable[str]) -> set[str]:
             "patient_key", flat=True
         )
     )
+
+
+def opposed_among_query(count: int) -> str:
+    """SQL for :func:`opposed_among` inside a caller's own query (its ``count`` keys as
+    parameters): a send asks the register in the query that reads its directory rows,
+    one round trip instead of two."""
+    table = connection.ops.quote_name(Opposition._meta.db_table)
+    places = ", ".join(["%s"] * count) or "NULL"
+    return f"SELECT patient_key FROM {table} WHERE lifted_at IS NULL AND patient_key IN ({places})"  # noqa: S608 - our names
 
 
 def check_not_opposed(identifier: str | Identifier) -> str:

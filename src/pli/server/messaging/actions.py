@@ -51,7 +51,12 @@ from pli.server.audit.actions import (
 )
 from pli.server.audit.models import AuditAction
 from pli.server.blobs import BlobStore, StoredBlob, blob_store
-from pli.server.compliance.actions import check_not_opposed, opposed_among, patient_opposed
+from pli.server.compliance.actions import (
+    check_not_opposed,
+    opposed_among,
+    opposed_among_query,
+    patient_opposed,
+)
 from pli.server.compliance.actions import patient_key as compliance_patient_key
 from pli.server.compliance.errors import ComplianceError
 from pli.server.config import ConfigurationError, setting
@@ -221,14 +226,20 @@ def current_certificates(mailboxes: Iterable[Mailbox]) -> dict[int, list[Mailbox
 _Certificates = dict[int, list[str]]
 
 
+#: The ``part`` of :func:`_routing_query`'s rows that name an opposed patient key.
+_OPPOSED = "opposed"
+
+
 @cache
-def _routing_query(count: int) -> str:
+def _routing_query(count: int, patients: int = 0) -> str:
     """The mailboxes the person reaches (to choose the sending one), the active mailboxes
-    of ``count`` addresses (the recipients), each with its valid certificates: one query.
+    of ``count`` addresses (the recipients), each with its valid certificates, and which
+    of ``patients`` patient keys an active opposition names (REQ-OPPOSITION): one query.
 
     Rows ``(part, id, address, active, pem, certificate id)``: ``part`` is
     how the person reaches a mailbox of theirs (:func:`reachable_subquery`), NULL for
     a recipient; the certificates of each mailbox in :func:`current_certificates`'s order.
+    An opposed key comes as ``(_OPPOSED, NULL, key, NULL, NULL, NULL)``.
     """
     quote = connection.ops.quote_name
     mailbox, certificate = quote(Mailbox._meta.db_table), quote(MailboxCertificate._meta.db_table)
@@ -245,7 +256,13 @@ def _routing_query(count: int) -> str:
         " UNION ALL SELECT NULL, m.id, m.address, m.active, c.pem, c.not_after, c.id"
         f" FROM {mailbox} AS m LEFT JOIN {certificate} AS c ON c.mailbox_id = m.id AND {valid}"
         f" WHERE m.active = %s AND m.address IN ({places})"
-        ") AS u ORDER BY u.id, u.not_after DESC, u.certificate"
+        + (
+            f" UNION ALL SELECT '{_OPPOSED}', NULL, o.patient_key, NULL, NULL, NULL, NULL"  # noqa: S608 - our names
+            f" FROM ({opposed_among_query(patients)}) AS o"
+            if patients
+            else ""
+        )
+        + ") AS u ORDER BY u.id, u.not_after DESC, u.certificate"
     )
 
 
@@ -268,11 +285,16 @@ class _RoutingRows:
     recipients: dict[str, Mailbox]
     #: Mailbox id -> certificate id -> PEM, the newest first.
     pems: dict[int, dict[int, str]]
+    #: Of the patient keys asked, those an active opposition names.
+    opposed: set[str]
 
 
-def _routing_rows(user: User, addresses: Sequence[str]) -> _RoutingRows:
+def _routing_rows(
+    user: User, addresses: Sequence[str], patient_keys: Iterable[str] = ()
+) -> _RoutingRows:
     """The mailboxes the person reaches (to choose a sending one), the recipients' active
-    directory mailboxes (REQ-DIRECTORY), and the certificates of all of them.
+    directory mailboxes (REQ-DIRECTORY), the certificates of all of them, and which of
+    ``patient_keys`` are opposed (REQ-OPPOSITION).
 
     One query for all three (:func:`_routing_query`): a send's round trips are
     most of its cost (``benchmarks/README.md``); a batch of sends asks it once
@@ -280,19 +302,23 @@ def _routing_rows(user: User, addresses: Sequence[str]) -> _RoutingRows:
     entry) cost one more lookup, for those only.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
+    keys = sorted(set(patient_keys))
     with connection.cursor() as cursor:
         cursor.execute(
-            _routing_query(len(addresses)),
-            [*reachable_parameters(user), now, now, now, now, True, *addresses],
+            _routing_query(len(addresses), len(keys)),
+            [*reachable_parameters(user), now, now, now, now, True, *addresses, *keys],
         )
         rows = cursor.fetchall()
     reachable: dict[tuple[int, str], tuple[int, str, bool, str]] = {}
     recipients: dict[str, Mailbox] = {}
+    opposed: set[str] = set()
     # A mailbox both reached and named as a recipient comes in both halves of the
     # query: its certificates are kept once.
     pems: dict[int, dict[int, str]] = {}
     for part, pk, address, active, pem, certificate_id in rows:
-        if part is not None:
+        if part == _OPPOSED:
+            opposed.add(address)
+        elif part is not None:
             reachable[pk, part] = (pk, address, bool(active), part)
         elif address.lower() not in recipients:
             # Only what a send uses; any other field is loaded if ever read.
@@ -307,7 +333,7 @@ def _routing_rows(user: User, addresses: Sequence[str]) -> _RoutingRows:
         recipients.update(extra)
         for pk, listed in current_certificates(extra.values()).items():
             pems[pk] = {row.pk: row.pem for row in listed}
-    return _RoutingRows(list(reachable.values()), recipients, pems)
+    return _RoutingRows(list(reachable.values()), recipients, pems, opposed)
 
 
 def _route(rows: _RoutingRows, from_address: str, addresses: Sequence[str]) -> _Routing:
@@ -325,11 +351,6 @@ def _route(rows: _RoutingRows, from_address: str, addresses: Sequence[str]) -> _
         for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
     }
     return _Routing(sender, recipients, certificates)
-
-
-def _routing(user: User, from_address: str, addresses: Sequence[str]) -> _Routing:
-    """One send's routing: :func:`_routing_rows` then :func:`_route`."""
-    return _route(_routing_rows(user, addresses), from_address, addresses)
 
 
 @lru_cache(maxsize=1024)
@@ -485,7 +506,15 @@ class _SendRequest:
 
 
 def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
-    checked = _check_send(asked, partial(_routing, asked.user), patient_key)
+    patients = _Patients([asked.patient_id])
+
+    def routing(from_address: str, addresses: Sequence[str]) -> _Routing:
+        # The opposition register is asked in the directory's query (one round trip).
+        rows = _routing_rows(asked.user, addresses, patients.keys.values())
+        patients.opposed = rows.opposed
+        return _route(rows, from_address, addresses)
+
+    checked = _check_send(asked, routing, patients.check)
     (message,) = _store_checked(
         asked.user, [checked], request, store, within_transaction=asked.within_transaction
     )
@@ -738,8 +767,9 @@ def do_send_messages(
             if normalised
         }
     )
-    rows = _routing_rows(user, addresses)
-    patient = _batch_patients(messages)
+    patients = _Patients(outgoing.patient_id for outgoing in messages)
+    rows = _routing_rows(user, addresses, patients.keys.values())
+    patients.opposed = rows.opposed
     checked: list[_Checked] = []
     refusals: list[tuple[int, MessagingError]] = []
     for index, outgoing in enumerate(messages):
@@ -753,7 +783,7 @@ def do_send_messages(
             (),
         )
         try:
-            checked.append(_check_send(asked, partial(_route, rows), patient))
+            checked.append(_check_send(asked, partial(_route, rows), patients.check))
         except MessagingError as error:
             refusals.append((index, error))
     if refusals:
@@ -763,30 +793,37 @@ def do_send_messages(
     return _store_checked(user, checked, request, store or blob_store())
 
 
-def _batch_patients(messages: Sequence[OutgoingMessage]) -> Callable[[str | None], str]:
-    """:func:`patient_key` for the messages of a batch, the register asked once for all."""
-    keys: dict[str, str] = {}
-    for outgoing in messages:
-        text = (outgoing.patient_id or "").strip()
-        if text and text not in keys:
-            try:
-                keys[text] = compliance_patient_key(text)
-            except ComplianceError:
-                continue  # refused with its message's own check below
-    opposed = opposed_among(keys.values())
+class _Patients:
+    """:func:`patient_key` for the patients of one or more sends, the register asked once.
 
-    def check(patient_id: str | None) -> str:
+    ``keys``: each valid identifier's key (an invalid one is refused by its own
+    send's check, in that check's order). ``opposed``: the keys an active
+    opposition names, read by the caller's routing query; asked here if not.
+    """
+
+    def __init__(self, patient_ids: Iterable[str | None]) -> None:
+        self.keys: dict[str, str] = {}
+        self.opposed: set[str] | None = None
+        for patient_id in patient_ids:
+            text = (patient_id or "").strip()
+            if text and text not in self.keys:
+                try:
+                    self.keys[text] = compliance_patient_key(text)
+                except ComplianceError:
+                    continue  # refused with its message's own check
+
+    def check(self, patient_id: str | None) -> str:
         text = (patient_id or "").strip()
         if not text:
             return ""
-        if text not in keys:
+        if text not in self.keys:
             return patient_key(text)  # bad_patient_id, as a single send says it
-        if keys[text] in opposed:
+        if self.opposed is None:
+            self.opposed = opposed_among(self.keys.values())
+        if self.keys[text] in self.opposed:
             refusal = patient_opposed()
             raise _error(refusal.code, refusal.message)
-        return keys[text]
-
-    return check
+        return self.keys[text]
 
 
 def _with_deliveries(message: Message, deliveries: list[Delivery]) -> Message:
