@@ -46,11 +46,15 @@ class Workstation:
         self.session = server.tmp / f"cli-{persona.address.split('@', maxsplit=1)[0]}.json"
         self.runner = CliRunner()
 
-    def run(self, *args: str, passphrase: str = IDENTITY_PASSPHRASE) -> Result:
+    def run(
+        self, *args: str, passphrase: str = IDENTITY_PASSPHRASE, language: str | None = "en"
+    ) -> Result:
+        """``pli ARGS``; in English unless told (these tests check behaviour, not wording:
+        tests/test_client_i18n.py checks the French default). ``None``: no PLI_LANGUAGE."""
         env = {
             "PLI_SESSION_FILE": str(self.session),
             "PLI_PASSPHRASE": passphrase,
-            "PLI_LANGUAGE": "en",
+            "PLI_LANGUAGE": language,
         }
         return self.runner.invoke(main, list(args), env=env, catch_exceptions=False)
 
@@ -64,7 +68,7 @@ class Workstation:
             str(self.server.crl),
         ]
 
-    def login(self) -> Result:
+    def login(self, language: str | None = "en") -> Result:
         return self.run(
             "login",
             self.persona.address,
@@ -73,6 +77,7 @@ class Workstation:
             "--code",
             self.persona.code(),
             passphrase=PASSPHRASE,
+            language=language,
         )
 
 

@@ -346,7 +346,8 @@ def test_a_genuine_letter_replayed_by_someone_else_is_not_shown_as_theirs(
     with pytest.raises(SenderMismatch) as refused:
         practice.read(posted["id"])
     assert refused.value.code == "sender_mismatch"
-    assert refused.value.detail == f"signed by {A}, but sent by {B}"  # the routing check
+    # The routing check, in the client's language (French by default).
+    assert refused.value.detail == f"signé par {A}, mais envoyé par {B}"
     assert not Message.objects.get(public_id=posted["id"]).copies.get(mailbox__address=A).read
 
 

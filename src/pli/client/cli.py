@@ -18,6 +18,7 @@ import click
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
 from pli.client.demo import run_demo
+from pli.client.i18n import _
 from pli.client.messaging_cli import MESSAGING_COMMANDS, read_text
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
@@ -67,7 +68,7 @@ def _error_line(error: BaseException) -> str:
         return f"{code}: {getattr(error, 'detail', None) or error}"
     if isinstance(error, OSError):
         return f"io_error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
-    return "internal_error: unexpected failure (run with --debug for details)"
+    return "internal_error: " + _("échec inattendu (relancez avec --debug pour le détail)")
 
 
 class PliGroup(click.Group):
@@ -93,11 +94,20 @@ def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
     elif os.environ.get("PLI_PASSPHRASE"):
         passphrase = os.environ["PLI_PASSPHRASE"]
     elif sys.stdin.isatty():
-        passphrase = click.prompt("Passphrase", hide_input=True, confirmation_prompt=new)
+        passphrase = click.prompt(
+            _("Phrase secrète : "),
+            hide_input=True,
+            # click's own "Repeat for confirmation" is English whatever the language.
+            confirmation_prompt=_("Confirmez la phrase secrète : ") if new else False,
+            prompt_suffix="",
+        )
     else:
-        raise CliError("passphrase_missing", "give --passphrase-file FILE or set PLI_PASSPHRASE")
+        raise CliError(
+            "passphrase_missing",
+            _("indiquez --passphrase-file FICHIER ou définissez PLI_PASSPHRASE"),
+        )
     if not passphrase:
-        raise CliError("passphrase_missing", "the passphrase is empty")
+        raise CliError("passphrase_missing", _("la phrase secrète est vide"))
     return passphrase
 
 
@@ -195,11 +205,11 @@ def ca_revoke(
 ) -> None:
     """Revoke a certificate (then publish a CRL with `pli ca crl`)."""
     if (cert is None) == (serial is None):
-        raise CliError("usage", "give exactly one of --cert and --serial")
+        raise CliError("usage", _("indiquez soit --cert, soit --serial"))
     try:
         number = serial_of(cert) if cert is not None else int(str(serial), 16)
     except ValueError:
-        raise CliError("usage", "--serial must be hexadecimal") from None
+        raise CliError("usage", _("--serial doit être en hexadécimal")) from None
     ca = CaDirectory.open(ca_dir, _read_passphrase(passphrase_file))
     ca.revoke(number, reason)
     click.echo(f"revoked serial {number:x} ({reason})")
@@ -244,7 +254,9 @@ def keys_new(
 ) -> None:
     """Create an RSA-3072 key in an encrypted PKCS#12 file, and its certificate request."""
     if out.exists():
-        raise CliError("file_exists", f"{out} exists: refusing to overwrite a key")
+        raise CliError(
+            "file_exists", _("{path} existe déjà : une clé n'est jamais écrasée", path=out)
+        )
     passphrase = _read_passphrase(passphrase_file, new=True)
     key = generate_private_key()
     request = build_certificate_request(
@@ -286,7 +298,10 @@ def _identity(
     contents = load_pkcs12(identity.read_bytes(), _read_passphrase(passphrase_file))
     certificate = load_certificate(cert.read_bytes()) if cert else None
     if certificate is None and contents.certificate is None:
-        raise CliError("certificate_missing", "the identity holds no certificate: give --cert")
+        raise CliError(
+            "certificate_missing",
+            _("le fichier d'identité ne contient aucun certificat : indiquez --cert"),
+        )
     return contents.software_key(certificate), contents.chain
 
 

@@ -10,6 +10,11 @@ passphrase (``pli login``) and the identity's passphrase (``send``, ``read``,
 ``PLI_PASSPHRASE`` or a hidden prompt. The TOTP code is short-lived: ``--code``
 is for scripts, otherwise a hidden prompt asks for it once the passphrase is
 accepted.
+
+French first (``PLI_LANGUAGE``, :mod:`pli.client.i18n`): output lines, prompts,
+help texts and the detail of errors. What scripts rely on does not change with
+the language: the ``pli: error: <code>: `` and ``warning: <code>: `` prefixes,
+the codes, exit codes, identifiers and addresses.
 """
 
 from __future__ import annotations
@@ -24,9 +29,76 @@ from typing import Any
 
 import click
 
+from pli.client.i18n import N_, _, cli_language
 from pli.client.sdk import Client, ClientError, ReadMessage, SendResult, UploadInterrupted
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class LocalizedCommand(click.Command):
+    """A command whose help is translated when shown (``help=N_(…)``), not when imported."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.help and not self.short_help:
+            return click.Command(self.name, help=_(self.help)).get_short_help_str(limit)
+        return super().get_short_help_str(limit)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        pieces = self.collect_usage_pieces(ctx)
+        formatter.write_usage(ctx.command_path, " ".join(pieces), prefix=_("Utilisation :") + " ")
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.help:
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text(_(self.help))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        records = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):
+                continue
+            if param is help_option:
+                # click's own text, in English whatever the language.
+                record = (record[0], _("Afficher cette aide et quitter."))
+            records.append(record)
+        if records:
+            with formatter.section(_("Options")):
+                formatter.write_dl(records)
+
+
+class LocalizedOption(click.Option):
+    """An option whose help (``help=N_(…)``) and ``[default: …]`` follow ``PLI_LANGUAGE``."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        extra = self.get_help_extra(ctx)
+        items = []
+        if "default" in extra:
+            items.append(_("par défaut : {default}", default=extra["default"]))
+        if "range" in extra:
+            items.append(extra["range"])
+        if "required" in extra:
+            items.append(_("obligatoire"))
+        text = _(self.help) if self.help else ""
+        if items:
+            extras = "[" + _(" ; ").join(items) + "]"
+            text = f"{text}  {extras}" if text else extras
+        return record[0], text
+
+
+def _command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Command]:  # noqa: A002 - click's name
+    return click.command(name, cls=LocalizedCommand, help=help)
+
+
+def _option(
+    *declarations: str, **attributes: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(*declarations, cls=LocalizedOption, **attributes)
 
 
 def _printable_line(text: str) -> str:
@@ -48,7 +120,11 @@ def read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ClientError(
-            "not_utf8", f"{path} is not UTF-8 text: save it again as UTF-8 (Unicode)"
+            "not_utf8",
+            _(
+                "{path} n'est pas un texte en UTF-8 : enregistrez-le de nouveau en UTF-8 (Unicode)",
+                path=path,
+            ),
         ) from None
 
 
@@ -60,11 +136,14 @@ def _secret(passphrase_file: Path | None, what: str) -> str:
     elif os.environ.get("PLI_PASSPHRASE"):
         value = os.environ["PLI_PASSPHRASE"]
     elif sys.stdin.isatty():
-        value = click.prompt(what, hide_input=True)
+        value = click.prompt(what, hide_input=True, prompt_suffix="")
     else:
-        raise ClientError("passphrase_missing", "give --passphrase-file FILE or set PLI_PASSPHRASE")
+        raise ClientError(
+            "passphrase_missing",
+            _("indiquez --passphrase-file FICHIER ou définissez PLI_PASSPHRASE"),
+        )
     if not value:
-        raise ClientError("passphrase_missing", "the passphrase is empty")
+        raise ClientError("passphrase_missing", _("la phrase secrète est vide"))
     return value
 
 
@@ -77,62 +156,78 @@ def _client(
     trust: tuple[Path, ...] = (),
     crl: tuple[Path, ...] = (),
 ) -> Client:
-    base_url = server or Client.saved_server(session_file)
+    base_url = server or Client.saved_server(session_file, language=cli_language())
     if not base_url:
-        raise ClientError("server_missing", "give --server URL (or PLI_SERVER), then pli login")
+        raise ClientError(
+            "server_missing", _("indiquez --server URL (ou PLI_SERVER), puis lancez pli login")
+        )
     return Client(
         base_url,
         identity=identity,
         # Asked only when the key is needed, after the server answered.
-        passphrase=lambda: _secret(passphrase_file, "Identity passphrase"),
+        passphrase=lambda: _secret(
+            passphrase_file, _("Phrase secrète de votre fichier de clé (PKCS#12) : ")
+        ),
         trust=list(trust) or None,
         crl=list(crl),
         session_file=session_file,
-        language=os.environ.get("PLI_LANGUAGE", "fr"),
+        language=cli_language(),
     )
 
 
 def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option(
+    function = _option(
         "--session-file",
         envvar="PLI_SESSION_FILE",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Where the session is kept (default ~/.config/pli/session.json).",
+        help=N_("Où la session est gardée (par défaut ~/.config/pli/session.json)."),
     )(function)
-    return click.option(
+    return _option(
         "--server",
         envvar="PLI_SERVER",
         default=None,
-        help="The Pli server's URL (default: the last one logged in to).",
+        help=N_("L'URL du serveur Pli (par défaut : le dernier auquel vous vous êtes connecté)."),
     )(function)
 
 
 def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option(
+            _option(
                 "--identity",
                 envvar="PLI_IDENTITY",
                 required=True,
                 type=_FILE,
-                help="Your PKCS#12 file (key and certificate): it never leaves this machine.",
+                help=N_(
+                    "Votre fichier PKCS#12 (clé et certificat) : il ne quitte jamais ce poste."
+                ),
             ),
-            click.option(
+            _option(
                 "--trust",
                 envvar="PLI_TRUST",
                 multiple=True,
                 required=True,
                 type=_FILE,
-                help="Trust anchors (the operator CA's PEM): signers and recipients chain to it.",
+                help=N_(
+                    "Ancres de confiance (le PEM de l'autorité de certification de l'opérateur) :"
+                    " signataires et destinataires doivent s'y rattacher."
+                ),
             ),
-            click.option(
-                "--crl", envvar="PLI_CRL", multiple=True, type=_FILE, help="CRLs of the anchors."
+            _option(
+                "--crl",
+                envvar="PLI_CRL",
+                multiple=True,
+                type=_FILE,
+                help=N_("Listes de révocation (CRL) des ancres."),
             ),
-            click.option(
+            _option(
                 "--passphrase-file",
                 type=_FILE,
-                help="File whose first line opens the identity (else PLI_PASSPHRASE).",
+                help=N_(
+                    "Fichier dont la première ligne ouvre votre fichier de clé"
+                    " (sinon PLI_PASSPHRASE)."
+                ),
             ),
         ]
     ):
@@ -145,7 +240,9 @@ def _read_body(body_file: str) -> str:
         try:
             return sys.stdin.read()
         except UnicodeDecodeError:
-            raise ClientError("not_utf8", "the standard input is not UTF-8 text") from None
+            raise ClientError(
+                "not_utf8", _("l'entrée standard n'est pas un texte en UTF-8")
+            ) from None
     return read_text(Path(body_file))
 
 
@@ -160,8 +257,11 @@ def _sent(client: Client, send: Callable[[], SendResult]) -> SendResult:
             client.cancel_upload(pending)
         raise ClientError(
             "upload_interrupted",
-            f"the connection broke while uploading an attachment ({interrupted.cause.code}):"
-            " nothing was sent, send again",
+            _(
+                "la connexion a été coupée pendant l'envoi d'une pièce jointe ({code}) :"
+                " rien n'a été envoyé, envoyez de nouveau",
+                code=interrupted.cause.code,
+            ),
         ) from None
 
 
@@ -174,29 +274,74 @@ def _attachment_directory(directory: Path) -> Path:
     except OSError as error:
         raise ClientError(
             "save_directory_unusable",
-            f"cannot write attachments into {directory}: {error.strerror or error}",
+            _(
+                "impossible d'écrire les pièces jointes dans {directory} : {reason}",
+                directory=directory,
+                reason=error.strerror or error,
+            ),
         ) from None
     return directory
 
 
+#: How people read the server's codes (as the web mail names them); unknown ones are shown as is.
+_FOLDERS = {
+    "inbox": N_("Boîte de réception"),
+    "sent": N_("Envoyés"),
+    "archive": N_("Archives"),
+    "trash": N_("Corbeille"),
+}
+_DELIVERY_STATES = {
+    "queued": N_("en attente"),
+    "delivered": N_("distribué"),
+    "read": N_("lu"),
+    "failed": N_("échec"),
+}
+_PARTS = {
+    "owner": N_("titulaire"),
+    "member": N_("membre"),
+    "manager": N_("gestionnaire"),
+    "substitute": N_("remplaçant"),
+}
+_SIGNATURE_STATUSES = {"valid": N_("valide")}
+
+
+def _label(labels: dict[str, str], code: str) -> str:
+    return _(labels[code]) if code in labels else code
+
+
+def _warn(code: str, detail: str) -> None:
+    """``warning: <code>: <detail>``: the prefix and code stay, like ``pli: error:``."""
+    click.echo(f"warning: {code}: {detail}", err=True)
+
+
 def _report_sent(result: SendResult) -> None:
     for finding in result.warnings:
-        click.echo(f"warning: {finding.code.value}: {finding.message_en}", err=True)
-    click.echo(f"sent {result.id} (thread {result.thread})")
+        _warn(finding.code.value, finding.message(cli_language()))
+    # The id stays the second word in both languages (scripts pick it up).
+    click.echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
     for delivery in result.deliveries:
-        click.echo(f"  {delivery.recipient}: {delivery.state}")
+        state = _label(_DELIVERY_STATES, delivery.state)
+        click.echo("  " + _("{recipient} : {state}", recipient=delivery.recipient, state=state))
 
 
 # --- commands ------------------------------------------------------------------------------------
-@click.command("login")
+@_command(
+    "login",
+    help=N_(
+        "Se connecter (phrase secrète, puis code TOTP ou code de secours) ; la session est"
+        " gardée pour les commandes suivantes."
+    ),
+)
 @click.argument("username", required=False)
 @_server_options
-@click.option(
+@_option(
     "--passphrase-file",
     type=_FILE,
-    help="File whose first line is the account passphrase (else PLI_PASSPHRASE).",
+    help=N_(
+        "Fichier dont la première ligne est la phrase secrète du compte (sinon PLI_PASSPHRASE)."
+    ),
 )
-@click.option("--code", default=None, help="The TOTP or recovery code, for scripts.")
+@_option("--code", default=None, help=N_("Le code TOTP ou le code de secours, pour les scripts."))
 def login_command(
     username: str | None,
     server: str | None,
@@ -204,63 +349,97 @@ def login_command(
     passphrase_file: Path | None,
     code: str | None,
 ) -> None:
-    """Log in (passphrase, then TOTP or recovery code); the session is kept for later commands."""
     client = _client(server, session_file)
     if not username:
         if not sys.stdin.isatty():
-            raise ClientError("username_missing", "give USERNAME (your mailbox address)")
-        username = str(click.prompt("Address"))
-    passphrase = _secret(passphrase_file, "Passphrase")
+            raise ClientError(
+                "username_missing", _("indiquez USERNAME (votre adresse de messagerie)")
+            )
+        username = str(click.prompt(_("Adresse : "), prompt_suffix=""))
+    passphrase = _secret(passphrase_file, _("Phrase secrète : "))
 
     def second_factor() -> str:
         if code:
             return code
         if not sys.stdin.isatty():
-            raise ClientError("code_missing", "give --code (TOTP or recovery code)")
-        return str(click.prompt("Code (TOTP or recovery)", hide_input=True))
-
-    result = client.login(username, passphrase, second_factor)
-    click.echo(f"logged in as {result.username} ({result.method}) on {client.base_url}")
-
-
-@click.command("logout")
-@_server_options
-def logout_command(server: str | None, session_file: Path | None) -> None:
-    """End the session on the server and forget it here."""
-    client = _client(server, session_file)
-    client.logout()
-    click.echo(f"logged out of {client.base_url}")
-
-
-@click.command("mailboxes")
-@_server_options
-def mailboxes_command(server: str | None, session_file: Path | None) -> None:
-    """The mailboxes you reach: yours, then those you are member or substitute of."""
-    for mailbox in _client(server, session_file).mailboxes():
-        state = "" if mailbox.active else " (inactive)"
-        click.echo(
-            f"{mailbox.address}  {mailbox.kind} {mailbox.part}  unread {mailbox.unread}{state}"
+            raise ClientError("code_missing", _("indiquez --code (code TOTP ou code de secours)"))
+        return str(
+            click.prompt(_("Code (TOTP ou code de secours) : "), hide_input=True, prompt_suffix="")
         )
 
+    result = client.login(username, passphrase, second_factor)
+    click.echo(
+        _(
+            "Connecté en tant que {username} ({method}) sur {server}",
+            username=result.username,
+            method=result.method,
+            server=client.base_url,
+        )
+    )
 
-@click.command("send")
+
+@_command("logout", help=N_("Terminer la session sur le serveur et l'oublier sur ce poste."))
 @_server_options
-@click.option("--from", "from_", required=True, help="The sending mailbox.")
-@click.option("--to", "to", multiple=True, required=True, help="A recipient (repeat for more).")
-@click.option("--subject", required=True, help="Pseudonymised: no patient name nor number.")
-@click.option("--patient-ins", default=None, help="The patient's INS/NIR (or NISS).")
-@click.option(
+def logout_command(server: str | None, session_file: Path | None) -> None:
+    client = _client(server, session_file)
+    client.logout()
+    click.echo(_("Déconnecté de {server}", server=client.base_url))
+
+
+@_command(
+    "mailboxes",
+    help=N_(
+        "Les boîtes auxquelles vous accédez : la vôtre, puis celles dont vous êtes membre ou"
+        " remplaçant."
+    ),
+)
+@_server_options
+def mailboxes_command(server: str | None, session_file: Path | None) -> None:
+    for mailbox in _client(server, session_file).mailboxes():
+        line = _(
+            "{address}  {kind} {part}  non lus : {unread}",
+            address=mailbox.address,
+            kind=mailbox.kind,
+            part=_label(_PARTS, mailbox.part),
+            unread=mailbox.unread,
+        )
+        click.echo(line if mailbox.active else line + _(" (inactive)"))
+
+
+@_command(
+    "send",
+    help=N_(
+        "Vérifier l'objet et les destinataires, signer et chiffrer sur ce poste, puis envoyer."
+    ),
+)
+@_server_options
+@_option("--from", "from_", required=True, help=N_("La boîte d'envoi."))
+@_option(
+    "--to",
+    "to",
+    multiple=True,
+    required=True,
+    help=N_("Un destinataire (à répéter pour plusieurs)."),
+)
+@_option("--subject", required=True, help=N_("Pseudonymisé : ni nom ni numéro de patient."))
+@_option("--patient-ins", default=None, help=N_("L'INS/NIR du patient (ou son NISS)."))
+@_option(
     "--patient-name",
     multiple=True,
-    help="The patient's last or first name: the subject is checked not to contain it.",
+    help=N_("Le nom ou le prénom du patient : pli vérifie que l'objet ne le contient pas."),
 )
-@click.option(
+@_option(
     "--body-file",
     required=True,
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="UTF-8 text of the message ('-': standard input).",
+    help=N_("Le texte du message, en UTF-8 (« - » : l'entrée standard)."),
 )
-@click.option("--attach", multiple=True, type=_FILE, help="A file to attach (repeat for more).")
+@_option(
+    "--attach",
+    multiple=True,
+    type=_FILE,
+    help=N_("Un fichier à joindre (à répéter pour plusieurs)."),
+)
 @_key_options
 def send_command(  # noqa: PLR0917 - click passes each option as a parameter
     server: str | None,
@@ -277,7 +456,6 @@ def send_command(  # noqa: PLR0917 - click passes each option as a parameter
     crl: tuple[Path, ...],
     passphrase_file: Path | None,
 ) -> None:
-    """Check the subject and recipients, sign and encrypt here, then send."""
     client = _client(
         server,
         session_file,
@@ -302,82 +480,139 @@ def send_command(  # noqa: PLR0917 - click passes each option as a parameter
     _report_sent(result)
 
 
-@click.command("inbox")
+@_command(
+    "inbox",
+    help=N_(
+        "Lister un dossier, du plus récent au plus ancien : métadonnées seulement (l'objet est"
+        " dans l'enveloppe chiffrée)."
+    ),
+)
 @_server_options
-@click.option("--mailbox", default=None, help="Which mailbox (default: your own).")
-@click.option(
+@_option("--mailbox", default=None, help=N_("Quelle boîte (par défaut : la vôtre)."))
+@_option(
     "--folder",
-    type=click.Choice(["inbox", "sent", "archive", "trash"]),
+    type=click.Choice(list(_FOLDERS)),
     default="inbox",
     show_default=True,
 )
-@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@_option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 def inbox_command(
     server: str | None, session_file: Path | None, mailbox: str | None, folder: str, page: int
 ) -> None:
-    """List a folder, newest first: metadata only (the subject is inside the envelope)."""
     listing = _client(server, session_file).inbox(mailbox, folder, page)
     if not listing.results:
-        click.echo(f"no message in {folder}")
+        click.echo(_("Le dossier « {folder} » est vide.", folder=_label(_FOLDERS, folder)))
     for item in listing.results:
         mark = " " if item.read else "*"
         other = ", ".join(item.recipients) if folder == "sent" else item.from_
-        click.echo(
-            f"{mark} {item.id}  {item.received_at.astimezone():%Y-%m-%d %H:%M}"
-            f"  {_printable_line(other)}  {item.size} B" + ("  (reply)" if item.in_reply_to else "")
+        line = _(
+            "{mark} {id}  {date}  {other}  {size} o",
+            mark=mark,
+            id=item.id,
+            date=f"{item.received_at.astimezone():%Y-%m-%d %H:%M}",
+            other=_printable_line(other),
+            size=item.size,
         )
+        click.echo(line + (_("  (réponse)") if item.in_reply_to else ""))
     if listing.has_next:
-        click.echo(f"more: pli inbox --folder {folder} --page {listing.page + 1}")
+        click.echo(
+            _(
+                "Suite : pli inbox --folder {folder} --page {page}",
+                folder=folder,
+                page=listing.page + 1,
+            )
+        )
 
 
 def _show(message: ReadMessage, saved: list[Path]) -> None:
     signature = message.signature
-    click.echo(f"From: {_printable_line(message.from_address)}")
+    click.echo(_("De : {address}", address=_printable_line(message.from_address)))
     if message.sender:
-        click.echo(f"Sender: {_printable_line(message.sender)}")
-    click.echo(f"To: {_printable_line(', '.join(message.to))}")
+        click.echo(_("Envoyé par : {address}", address=_printable_line(message.sender)))
+    click.echo(_("À : {addresses}", addresses=_printable_line(", ".join(message.to))))
     if message.cc:
-        click.echo(f"Cc: {_printable_line(', '.join(message.cc))}")
-    click.echo(f"Date: {message.date.isoformat()}")
-    click.echo(f"Subject: {_printable_line(message.subject)}")
+        click.echo(_("Cc : {addresses}", addresses=_printable_line(", ".join(message.cc))))
+    click.echo(_("Date : {date}", date=message.date.isoformat()))
+    click.echo(_("Objet : {subject}", subject=_printable_line(message.subject)))
     if message.patient_id:
-        click.echo(f"Patient: {message.patient_id}")
-    click.echo(f"Message: {message.id} in {message.summary.mailbox} ({message.summary.folder})")
-    click.echo(f"Signature: {signature.status}, signed by {', '.join(signature.signer_emails)}")
+        click.echo(_("Patient : {patient}", patient=message.patient_id))
     click.echo(
-        f"Signer: {_printable_line(signature.common_name or '-')}"
-        f", national id {signature.national_id or '-'}"
+        _(
+            "Message : {id} dans {mailbox} ({folder})",
+            id=message.id,
+            mailbox=message.summary.mailbox,
+            folder=_label(_FOLDERS, message.summary.folder),
+        )
     )
-    click.echo(f"Certificate sha256: {signature.fingerprint}")
+    click.echo(
+        _(
+            "Signature : {status}, signée par {signers}",
+            status=_label(_SIGNATURE_STATUSES, signature.status),
+            signers=", ".join(signature.signer_emails),
+        )
+    )
+    click.echo(
+        _(
+            "Signataire : {name}, identifiant national {national_id}",
+            name=_printable_line(signature.common_name or "-"),
+            national_id=signature.national_id or "-",
+        )
+    )
+    click.echo(
+        _("Empreinte SHA-256 du certificat : {fingerprint}", fingerprint=signature.fingerprint)
+    )
     if signature.signed_at:
-        click.echo(f"Signed at: {signature.signed_at.isoformat()}")
+        click.echo(_("Signé le : {date}", date=signature.signed_at.isoformat()))
     if not signature.revocation_checked:
-        click.echo("warning: revocation_not_checked: no CRL covers the signer (--crl)", err=True)
+        _warn(
+            "revocation_not_checked",
+            _("aucune liste de révocation ne couvre le signataire (--crl)"),
+        )
     for index, attachment in enumerate(message.attachments):
         where = f" -> {saved[index]}" if saved else ""
         click.echo(
-            f"Attachment: {_printable_line(attachment.filename)}"
-            f" ({attachment.content_type}, {len(attachment.data)} bytes){where}"
+            _(
+                "Pièce jointe : {name} ({content_type}, {size} octets)",
+                name=_printable_line(attachment.filename),
+                content_type=attachment.content_type,
+                size=len(attachment.data),
+            )
+            + where
         )
     for part in message.external_parts:
-        click.echo(
-            f"warning: external_part_unavailable: {_printable_line(part.filename)}"
-            " is stored outside the message; this server cannot serve it yet",
-            err=True,
+        _warn(
+            "external_part_unavailable",
+            _(
+                "{name} : pièce stockée hors du message ; ce serveur ne peut pas encore la fournir",
+                name=_printable_line(part.filename),
+            ),
         )
     click.echo("")
     click.echo(_printable_body(message.body))
 
 
-@click.command("read")
+@_command(
+    "read",
+    help=N_(
+        "Déchiffrer et vérifier un message sur ce poste ; afficher les en-têtes, le signataire"
+        " et le corps ; le marquer comme lu."
+    ),
+)
 @click.argument("message_id")
 @_server_options
-@click.option("--mailbox", default=None, help="Which of your mailboxes' copy, when several.")
-@click.option(
+@_option(
+    "--mailbox",
+    default=None,
+    help=N_("La boîte dont prendre la copie, quand plusieurs de vos boîtes l'ont reçue."),
+)
+@_option(
     "--save-attachments",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write the attachments into this directory (made if missing; never overwrites).",
+    help=N_(
+        "Enregistrer les pièces jointes dans ce dossier (créé s'il manque ; aucun fichier"
+        " n'est écrasé)."
+    ),
 )
 @_key_options
 def read_command(  # noqa: PLR0917 - click passes each option as a parameter
@@ -391,7 +626,6 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     crl: tuple[Path, ...],
     passphrase_file: Path | None,
 ) -> None:
-    """Decrypt and verify a message here; print headers, signer and body; mark it read."""
     client = _client(
         server,
         session_file,
@@ -406,17 +640,32 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     _show(message, saved)
 
 
-@click.command("reply")
+@_command(
+    "reply",
+    help=N_(
+        "Répondre à un message, à son expéditeur, dans sa conversation (l'original est"
+        " d'abord vérifié)."
+    ),
+)
 @click.argument("message_id")
 @_server_options
-@click.option("--mailbox", default=None, help="Which of your mailboxes' copy, when several.")
-@click.option(
+@_option(
+    "--mailbox",
+    default=None,
+    help=N_("La boîte dont prendre la copie, quand plusieurs de vos boîtes l'ont reçue."),
+)
+@_option(
     "--body-file",
     required=True,
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="UTF-8 text of the answer ('-': standard input).",
+    help=N_("Le texte de la réponse, en UTF-8 (« - » : l'entrée standard)."),
 )
-@click.option("--attach", multiple=True, type=_FILE, help="A file to attach (repeat for more).")
+@_option(
+    "--attach",
+    multiple=True,
+    type=_FILE,
+    help=N_("Un fichier à joindre (à répéter pour plusieurs)."),
+)
 @_key_options
 def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
     message_id: str,
@@ -430,7 +679,6 @@ def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
     crl: tuple[Path, ...],
     passphrase_file: Path | None,
 ) -> None:
-    """Answer a message, to its sender, in its thread (the original is verified first)."""
     client = _client(
         server,
         session_file,

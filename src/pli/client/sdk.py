@@ -50,6 +50,7 @@ from typing import Any, BinaryIO, cast
 
 from pli import __version__
 from pli.client.castore import write_atomically
+from pli.client.i18n import N_, translate
 from pli.client.sealing import _claim_path, _safe_filename
 from pli.crypto import (
     Certificate,
@@ -242,10 +243,15 @@ class UploadInterrupted(ClientError):
     on disk until :meth:`PendingUpload.discard`.
     """
 
-    def __init__(self, pending: PendingUpload, cause: ClientError) -> None:
+    def __init__(self, pending: PendingUpload, cause: ClientError, language: str = "fr") -> None:
         super().__init__(
             "upload_interrupted",
-            f"the upload {pending.upload_id} stopped ({cause.code}): resume it",
+            translate(
+                language,
+                "le téléversement {upload} s'est arrêté ({code}) : reprenez-le",
+                upload=pending.upload_id,
+                code=cause.code,
+            ),
         )
         self.pending = pending
         self.cause = cause
@@ -254,10 +260,6 @@ class UploadInterrupted(ClientError):
 
 
 # --- results -------------------------------------------------------------------------------------
-def _time(value: object) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(str(value)) if value else None
-
-
 def _is_refusal(item: object) -> bool:
     return isinstance(item, dict) and isinstance(item.get("index"), int)
 
@@ -305,12 +307,12 @@ class Delivery:
     read_at: dt.datetime | None
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> Delivery:
+    def _from_answer(answer: _Answer) -> Delivery:
         return Delivery(
-            recipient=str(data["recipient"]),
-            state=str(data["state"]),
-            delivered_at=_time(data.get("delivered_at")),
-            read_at=_time(data.get("read_at")),
+            recipient=answer.text("recipient"),
+            state=answer.text("state"),
+            delivered_at=answer.optional_time("delivered_at"),
+            read_at=answer.optional_time("read_at"),
         )
 
 
@@ -333,25 +335,23 @@ class MessageSummary:
     deliveries: list[Delivery] | None
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> MessageSummary:
-        deliveries = data.get("deliveries")
-        received = _time(data["received_at"])
-        assert received is not None  # noqa: S101 - the contract makes it required
+    def _from_answer(answer: _Answer) -> MessageSummary:
+        deliveries = answer.optional_objects("deliveries")
         return MessageSummary(
-            id=str(data["id"]),
-            mailbox=str(data["mailbox"]),
-            folder=str(data["folder"]),
-            from_=str(data["from"]),
-            sender_person=str(data["sender_person"]),
-            received_at=received,
-            size=int(data["size"]),
-            read=bool(data["read"]),
-            flagged=bool(data["flagged"]),
-            thread=str(data["thread"]),
-            in_reply_to=data.get("in_reply_to"),
-            recipients=[str(r) for r in data.get("recipients") or []],
+            id=answer.text("id"),
+            mailbox=answer.text("mailbox"),
+            folder=answer.text("folder"),
+            from_=answer.text("from"),
+            sender_person=answer.text("sender_person"),
+            received_at=answer.time("received_at"),
+            size=answer.integer("size"),
+            read=answer.flag("read"),
+            flagged=answer.flag("flagged"),
+            thread=answer.text("thread"),
+            in_reply_to=answer.optional_text("in_reply_to"),
+            recipients=answer.texts("recipients", optional=True),
             deliveries=(
-                [Delivery.from_json(d) for d in deliveries] if deliveries is not None else None
+                [Delivery._from_answer(d) for d in deliveries] if deliveries is not None else None
             ),
         )
 
@@ -399,14 +399,14 @@ class AttachmentLimits:
     allowed_types: tuple[str, ...]
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> AttachmentLimits:
+    def _from_answer(answer: _Answer) -> AttachmentLimits:
         return AttachmentLimits(
-            max_attachment_bytes=int(data["max_attachment_bytes"]),
-            max_upload_bytes=int(data["max_upload_bytes"]),
-            chunk_bytes=int(data["chunk_bytes"]),
-            max_envelope_bytes=int(data["max_envelope_bytes"]),
-            inline_attachment_bytes=int(data["inline_attachment_bytes"]),
-            allowed_types=tuple(str(t).lower() for t in data["allowed_types"]),
+            max_attachment_bytes=answer.integer("max_attachment_bytes"),
+            max_upload_bytes=answer.integer("max_upload_bytes"),
+            chunk_bytes=answer.integer("chunk_bytes"),
+            max_envelope_bytes=answer.integer("max_envelope_bytes"),
+            inline_attachment_bytes=answer.integer("inline_attachment_bytes"),
+            allowed_types=tuple(t.lower() for t in answer.texts("allowed_types")),
         )
 
 
@@ -507,8 +507,12 @@ class ReadMessage:
             saved.append(path)
         for part in self.external_parts:
             if self.fetch_external is None:
+                # Not read through a Client, whose language would be known: French first.
                 raise ClientError(
-                    "blob_unavailable", "this message was not read through a Client: no download"
+                    "blob_unavailable",
+                    translate(
+                        "fr", "ce message n'a pas été lu par un Client : aucun téléchargement"
+                    ),
                 )
             saved.append(self.fetch_external(part, target))
         return saved
@@ -535,12 +539,159 @@ class _Response:
     status: int
     headers: EmailHeaders
     body: bytes
+    #: What was asked (``GET /api/mailboxes``: method and path, never a query nor a body),
+    #: named by the errors about the answer.
+    request: str = ""
+    language: str = "fr"
 
     def json(self) -> Any:
         try:
             return json.loads(self.body)
         except ValueError:
-            raise ClientError("bad_response", "the server's answer is not JSON") from None
+            raise ClientError(
+                "bad_response",
+                translate(
+                    self.language,
+                    "la réponse du serveur à {request} n'est pas du JSON",
+                    request=self.request,
+                ),
+            ) from None
+
+    def object(self) -> _Answer:
+        """The answer, which must be a JSON object (``unexpected_answer`` otherwise)."""
+        return _Answer(self.json(), self.request, self.language)
+
+    def objects(self) -> list[_Answer]:
+        """The answer, which must be a JSON list of objects (``unexpected_answer`` otherwise)."""
+        data = self.json()
+        if not isinstance(data, list):
+            raise _unexpected(self.request, self.language, None, _EXPECTED_LIST)
+        return [
+            _Answer(item, self.request, self.language, f"[{index}]")
+            for index, item in enumerate(data)
+        ]
+
+
+#: What a field should have been, for ``unexpected_answer``'s detail.
+_EXPECTED_OBJECT = N_("un objet JSON")
+_EXPECTED_LIST = N_("une liste JSON")
+_EXPECTED_TEXT = N_("un texte")
+_EXPECTED_INTEGER = N_("un nombre entier")
+_EXPECTED_BOOLEAN = N_("un booléen")
+_EXPECTED_TIME = N_("une date ISO 8601")
+_MISSING = object()
+
+
+def _unexpected(
+    request: str, language: str, field: str | None, expected: str | None
+) -> ClientError:
+    """``unexpected_answer``: names the request and the field, never a value (health data)."""
+    if field is None:
+        wanted = expected or _EXPECTED_OBJECT
+        detail = translate(
+            language,
+            "réponse inattendue du serveur à {request} : ce n'est pas {expected}",
+            request=request,
+            expected=translate(language, wanted),
+        )
+    elif expected is None:
+        detail = translate(
+            language,
+            "réponse inattendue du serveur à {request} : le champ « {field} » manque",
+            request=request,
+            field=field,
+        )
+    else:
+        detail = translate(
+            language,
+            "réponse inattendue du serveur à {request} : le champ « {field} » n'est pas {expected}",
+            request=request,
+            field=field,
+            expected=translate(language, expected),
+        )
+    return ClientError("unexpected_answer", detail)
+
+
+class _Answer:
+    """A JSON object the server answered, its fields read with the type each must have.
+
+    A 200 of another shape (a proxy or a captive portal answering in its place,
+    another version of the API) becomes ``unexpected_answer`` naming the request
+    and the field, where the SDK reads it, rather than a KeyError or TypeError
+    that the command line could only call ``internal_error``.
+    """
+
+    def __init__(self, data: object, request: str, language: str, where: str = "") -> None:
+        if not isinstance(data, dict):
+            raise _unexpected(request, language, where or None, _EXPECTED_OBJECT)
+        self._data: dict[str, Any] = data
+        self._request = request
+        self._language = language
+        self._where = where
+
+    def _name(self, key: str) -> str:
+        return f"{self._where}.{key}" if self._where else key
+
+    def _value(self, key: str, kind: type, expected: str) -> Any:
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            raise _unexpected(self._request, self._language, self._name(key), None)
+        # JSON's true and false are not numbers, though Python's bool is an int.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _unexpected(self._request, self._language, self._name(key), expected)
+        return value
+
+    def has(self, key: str) -> bool:
+        """Whether the field is there and not null."""
+        return self._data.get(key) is not None
+
+    def text(self, key: str) -> str:
+        return str(self._value(key, str, _EXPECTED_TEXT))
+
+    def optional_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
+
+    def integer(self, key: str) -> int:
+        return int(self._value(key, int, _EXPECTED_INTEGER))
+
+    def flag(self, key: str) -> bool:
+        return bool(self._value(key, bool, _EXPECTED_BOOLEAN))
+
+    def optional_flag(self, key: str) -> bool:
+        """``False`` when absent or null."""
+        return self.flag(key) if self.has(key) else False
+
+    def time(self, key: str) -> dt.datetime:
+        try:
+            return dt.datetime.fromisoformat(self.text(key))
+        except ValueError:
+            raise _unexpected(
+                self._request, self._language, self._name(key), _EXPECTED_TIME
+            ) from None
+
+    def optional_time(self, key: str) -> dt.datetime | None:
+        return self.time(key) if self.has(key) else None
+
+    def texts(self, key: str, *, optional: bool = False) -> list[str]:
+        """A list of strings; ``optional``: absent or null is an empty list."""
+        if optional and not self.has(key):
+            return []
+        items = self._value(key, list, _EXPECTED_LIST)
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                name = f"{self._name(key)}[{index}]"
+                raise _unexpected(self._request, self._language, name, _EXPECTED_TEXT)
+        return [str(item) for item in items]
+
+    def objects(self, key: str) -> list[_Answer]:
+        items = self._value(key, list, _EXPECTED_LIST)
+        return [
+            _Answer(item, self._request, self._language, f"{self._name(key)}[{index}]")
+            for index, item in enumerate(items)
+        ]
+
+    def optional_objects(self, key: str) -> list[_Answer] | None:
+        return self.objects(key) if self.has(key) else None
 
 
 def _single_line(text: str) -> str:
@@ -624,16 +775,20 @@ class Client:
         allowed_types: Sequence[str] | None = None,
         work_dir: PathLike | None = None,
     ) -> None:
+        #: Of the server's messages (Accept-Language) and of this SDK's errors' detail.
+        self.language = language
         try:
             parsed = urllib.parse.urlsplit(base_url)
         except ValueError:  # "http://[::1": an unclosed IPv6 bracket
             parsed = urllib.parse.SplitResult("", "", "", "", "")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ClientError("bad_server_url", f"not an http(s) URL: {base_url!r}")
+            raise ClientError(
+                "bad_server_url",
+                translate(language, "ce n'est pas une URL http(s) : {url!r}", url=base_url),
+            )
         self.base_url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         #: Django checks the Origin of unsafe requests against its own host (CSRF, over HTTPS).
         self._origin = f"{parsed.scheme}://{parsed.netloc}"
-        self.language = language
         self.timeout = timeout
         self.max_recipients = max_recipients
         self.inline_threshold = inline_threshold
@@ -667,7 +822,7 @@ class Client:
 
     # --- session file ----------------------------------------------------------------------------
     @staticmethod
-    def _read_session_file(path: Path) -> dict[str, Any]:
+    def _read_session_file(path: Path, language: str) -> dict[str, Any]:
         try:
             mode = path.stat().st_mode
         except FileNotFoundError:
@@ -677,32 +832,42 @@ class Client:
         if mode & 0o077:
             raise ClientError(
                 "session_file_insecure",
-                f"{path} is readable by others: remove it (chmod 600 will not undo a leak)",
+                translate(
+                    language,
+                    "{path} est lisible par d'autres : supprimez-le (chmod 600 ne rattraperait"
+                    " pas une fuite)",
+                    path=path,
+                ),
             )
+        corrupted = translate(language, "{path} n'est pas une session Pli", path=path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
-            raise ClientError("session_file_corrupted", f"{path} is not a Pli session") from None
+            raise ClientError("session_file_corrupted", corrupted) from None
         if not isinstance(data, dict) or not isinstance(data.get("servers"), dict):
-            raise ClientError("session_file_corrupted", f"{path} is not a Pli session")
+            raise ClientError("session_file_corrupted", corrupted)
         return data
 
     @staticmethod
-    def saved_server(session_file: PathLike | None = None) -> str | None:
-        """The server of the last login kept in ``session_file`` (the CLI's default)."""
+    def saved_server(session_file: PathLike | None = None, *, language: str = "fr") -> str | None:
+        """The server of the last login kept in ``session_file`` (the CLI's default).
+
+        ``language``: of the errors' detail, as :attr:`language` for a client.
+        """
         path = _path(session_file) if session_file else default_session_file()
-        current = Client._read_session_file(path).get("current")
+        current = Client._read_session_file(path, language).get("current")
         return str(current) if current else None
 
     def _load_session(self) -> None:
-        entry = self._read_session_file(self.session_file)["servers"].get(self.base_url) or {}
+        servers = self._read_session_file(self.session_file, self.language)["servers"]
+        entry = servers.get(self.base_url) or {}
         cookies = entry.get("cookies") or {}
         self._cookies = {str(k): str(v) for k, v in cookies.items()}
         self._csrf = entry.get("csrf_token") or None
         self.username = entry.get("username") or None
 
     def _save_session(self) -> None:
-        data = self._read_session_file(self.session_file)
+        data = self._read_session_file(self.session_file, self.language)
         if self._cookies or self._csrf:
             data["servers"][self.base_url] = {
                 "cookies": self._cookies,
@@ -760,11 +925,24 @@ class Client:
         except urllib.error.HTTPError as error:
             response = _Response(error.code, error.headers, error.read())
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            reason = getattr(error, "reason", error)
-            raise ClientError("server_unreachable", f"{self.base_url}: {reason}") from None
+            raise self._unreachable(error) from None
+        response.request = f"{method} {path}"
+        response.language = self.language
         if self._absorb_cookies(response.headers):
             self._save_session()
         return response
+
+    def _unreachable(self, error: Exception) -> ClientError:
+        reason = getattr(error, "reason", error)
+        return ClientError(
+            "server_unreachable",
+            translate(
+                self.language,
+                "{server} injoignable : {reason}",
+                server=self.base_url,
+                reason=reason,
+            ),
+        )
 
     def _request(
         self,
@@ -819,8 +997,7 @@ class Client:
             self._absorb_cookies(failed.headers)
             raise self._error(failed) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            reason = getattr(error, "reason", error)
-            raise ClientError("server_unreachable", f"{self.base_url}: {reason}") from None
+            raise self._unreachable(error) from None
         if self._absorb_cookies(answer.headers):
             self._save_session()
         return cast("http.client.HTTPResponse", answer)
@@ -863,7 +1040,7 @@ class Client:
         response = self._send_request("GET", "/api/auth/csrf")
         if response.status != 200:
             raise self._error(response)
-        self._csrf = str(response.json()["csrf_token"])
+        self._csrf = response.object().text("csrf_token")
         self._save_session()
 
     def _error(self, response: _Response) -> ApiError:
@@ -878,7 +1055,10 @@ class Client:
         detail = data.get("detail")
         message = str(data.get("message") or (detail if isinstance(detail, str) else "") or "")
         if 300 <= status < 400:
-            code, message = "unexpected_redirect", f"the server redirected ({status})"
+            code = "unexpected_redirect"
+            message = translate(
+                self.language, "le serveur a redirigé la requête ({status})", status=status
+            )
         elif not isinstance(code, str) or not code:
             # django-ninja's own answers carry no code: give them stable ones.
             if status == 401:
@@ -908,15 +1088,22 @@ class Client:
         self._refresh_csrf()
         step = self._call(
             "POST", "/api/auth/login", body={"username": username, "passphrase": passphrase}
-        ).json()
-        if step.get("next") != "second_factor":
-            raise ClientError("bad_response", f"unexpected login step {step.get('next')!r}")
+        ).object()
+        following = step.optional_text("next")
+        if following != "second_factor":
+            raise ClientError(
+                "bad_response",
+                translate(
+                    self.language, "étape de connexion inattendue : {step!r}", step=following
+                ),
+            )
         typed = code() if callable(code) else code
-        done = self._call("POST", "/api/auth/second-factor", body={"code": typed}).json()
-        self._csrf = str(done["csrf_token"])
-        self.username = str(done["username"])
+        done = self._call("POST", "/api/auth/second-factor", body={"code": typed}).object()
+        csrf, username, method = done.text("csrf_token"), done.text("username"), done.text("method")
+        self._csrf = csrf
+        self.username = username
         self._save_session()
-        return LoginResult(username=self.username, method=str(done["method"]))
+        return LoginResult(username=username, method=method)
 
     def logout(self) -> None:
         """End the session on the server (it is revoked) and forget it here."""
@@ -933,13 +1120,13 @@ class Client:
         """The caller's mailboxes: their own first, then those they are member of."""
         return [
             Mailbox(
-                address=str(m["address"]),
-                kind=str(m["kind"]),
-                part=str(m["part"]),
-                active=bool(m["active"]),
-                unread=int(m["unread"]),
+                address=m.text("address"),
+                kind=m.text("kind"),
+                part=m.text("part"),
+                active=m.flag("active"),
+                unread=m.integer("unread"),
             )
-            for m in self._call("GET", "/api/mailboxes").json()
+            for m in self._call("GET", "/api/mailboxes").objects()
         ]
 
     def inbox(
@@ -949,26 +1136,34 @@ class Client:
         if mailbox is None:
             own = self.mailboxes()
             if not own:
-                raise ClientError("no_mailbox", "this account reaches no mailbox")
+                raise ClientError(
+                    "no_mailbox",
+                    translate(self.language, "ce compte n'accède à aucune boîte de messagerie"),
+                )
             mailbox = own[0].address
         path = f"/api/mailboxes/{urllib.parse.quote(mailbox, safe='@')}/messages"
-        data = self._call("GET", path, query={"folder": folder, "page": str(page)}).json()
+        data = self._call("GET", path, query={"folder": folder, "page": str(page)}).object()
         return MessagePage(
-            results=[MessageSummary.from_json(m) for m in data["results"]],
-            page=int(data["page"]),
-            has_next=bool(data["has_next"]),
+            results=[MessageSummary._from_answer(m) for m in data.objects("results")],
+            page=data.integer("page"),
+            has_next=data.flag("has_next"),
         )
 
     def message(self, message_id: str, mailbox: str | None = None) -> MessageSummary:
         """A message's metadata (with the deliveries, on the sending mailbox's copy)."""
-        return MessageSummary.from_json(
-            self._call("GET", self._message_path(message_id), query=_mailbox(mailbox)).json()
+        return MessageSummary._from_answer(
+            self._call("GET", self._message_path(message_id), query=_mailbox(mailbox)).object()
         )
 
-    @staticmethod
-    def _message_path(message_id: str, suffix: str = "") -> str:
+    def _message_path(self, message_id: str, suffix: str = "") -> str:
         if not message_id or not set(message_id) <= _ID_CHARS or len(message_id) > 64:
-            raise ClientError("bad_message_id", "a message id looks like msg_ and 32 hex digits")
+            raise ClientError(
+                "bad_message_id",
+                translate(
+                    self.language,
+                    "un identifiant de message s'écrit msg_ suivi de 32 chiffres hexadécimaux",
+                ),
+            )
         return f"/api/messages/{message_id}{suffix}"
 
     # --- keys and trust --------------------------------------------------------------------------
@@ -976,15 +1171,25 @@ class Client:
         if self._key is not None:
             return self._key
         if self._identity_source is None or isinstance(self._identity_source, SoftwareKey):
-            raise ClientError("identity_missing", "give the PKCS#12 identity file (identity=)")
+            raise ClientError(
+                "identity_missing",
+                translate(self.language, "indiquez le fichier d'identité PKCS#12 (identity=)"),
+            )
         secret = self._passphrase() if callable(self._passphrase) else self._passphrase
         if not secret:
-            raise ClientError("passphrase_missing", "the identity file needs its passphrase")
+            raise ClientError(
+                "passphrase_missing",
+                translate(self.language, "le fichier d'identité demande sa phrase secrète"),
+            )
         contents = load_pkcs12(_path(self._identity_source).read_bytes(), secret)
         if contents.certificate is None:
             raise ClientError(
                 "certificate_missing",
-                "the identity holds no certificate: install it (pli keys install)",
+                translate(
+                    self.language,
+                    "le fichier d'identité ne contient aucun certificat : installez-le"
+                    " (pli keys install)",
+                ),
             )
         self._key = contents.software_key()
         self._chain = contents.chain
@@ -995,7 +1200,12 @@ class Client:
             return self._trust
         if not self._trust_source:
             raise ClientError(
-                "trust_missing", "give the trust anchors (the operator CA's PEM file, trust=)"
+                "trust_missing",
+                translate(
+                    self.language,
+                    "indiquez les ancres de confiance (le fichier PEM de l'autorité de"
+                    " certification de l'opérateur, trust=)",
+                ),
             )
         anchors: list[Certificate] = []
         for item in cast("Sequence[PathLike | Certificate]", self._trust_source):
@@ -1026,28 +1236,38 @@ class Client:
         cached = self._shared_keys.get(address)
         if cached is not None:
             return cached
-        data = self._call("GET", "/api/accounts/keys/shared", query={"address": address}).json()
+        data = self._call("GET", "/api/accounts/keys/shared", query={"address": address}).object()
         member = self._identity()
         trust = self._trust_store()
         keys: list[SoftwareKey] = []
-        for item in data.get("keys", []):
-            certificate = load_certificate(str(item["certificate"]).encode())
+        for item in data.optional_objects("keys") or []:
+            certificate = load_certificate(item.text("certificate").encode())
             if address not in certificate_emails(certificate):
                 raise ClientError(
                     "certificate_address_mismatch",
-                    f"a key offered for {address} belongs to another address",
+                    translate(
+                        self.language,
+                        "une clé proposée pour {address} appartient à une autre adresse",
+                        address=address,
+                    ),
                 )
-            if item.get("current"):
+            if item.optional_flag("current"):
                 try:
                     trust.verify_signer(certificate)
                 except CryptoError as error:
                     raise ClientError(
                         "mailbox_certificate_untrusted",
-                        f"the certificate of {address} is not valid here ({error.code})",
+                        translate(
+                            self.language,
+                            "le certificat de {address} n'est pas valide sur ce poste ({code})",
+                            address=address,
+                            code=error.code,
+                        ),
                     ) from None
+            wrapped = item.text("wrapped_key")
             try:
                 key = unwrap_private_key_from(
-                    base64.b64decode(str(item["wrapped_key"]), validate=True), member, certificate
+                    base64.b64decode(wrapped, validate=True), member, certificate
                 )
             except (CryptoError, ValueError):
                 continue  # wrapped to another of the member's keys (another workstation)
@@ -1075,13 +1295,21 @@ class Client:
                 return open_envelope(envelope, shared, trust)
             except NotARecipient:
                 continue
-        raise NotARecipient(f"this message was not sealed for a key you hold ({mailbox})")
+        raise NotARecipient(
+            translate(
+                self.language,
+                "ce message n'a été chiffré pour aucune des clés que vous détenez ({mailbox})",
+                mailbox=mailbox,
+            )
+        )
 
     def certificates(self, address: str) -> list[Certificate]:
         """The current certificates the directory lists for ``address`` (not yet validated)."""
-        data = self._call("GET", "/api/directory/certificates", query={"address": address}).json()
+        data = self._call("GET", "/api/directory/certificates", query={"address": address}).object()
         return [
-            c for entry in data["certificates"] for c in load_certificates(entry["pem"].encode())
+            c
+            for entry in data.objects("certificates")
+            for c in load_certificates(entry.text("pem").encode())
         ]
 
     def _validated_certificates(self, address: str) -> list[Certificate] | None:
@@ -1103,14 +1331,25 @@ class Client:
             if address.strip().lower() not in certificate_emails(certificate):
                 raise ClientError(
                     "certificate_address_mismatch",
-                    f"the directory's certificate for {address} names another address",
+                    translate(
+                        self.language,
+                        "le certificat de l'annuaire pour {address} désigne une autre adresse",
+                        address=address,
+                    ),
                 )
             try:
                 trust.verify_signer(certificate)
             except CryptoError as error:
                 raise ClientError(
                     "recipient_certificate_untrusted",
-                    f"a certificate of {address} is not valid here ({error.code}): {error.detail}",
+                    translate(
+                        self.language,
+                        "un certificat de {address} n'est pas valide sur ce poste ({code}) :"
+                        " {detail}",
+                        address=address,
+                        code=error.code,
+                        detail=error.detail,
+                    ),
                 ) from None
         return found
 
@@ -1168,7 +1407,7 @@ class Client:
                 # every attachment goes out of the envelope, which must then fit.
                 streamed += self._upload_sources(plan.inline, created)
                 sealed = prepared.seal([], streamed)
-            data = self._call("POST", "/api/messages", body=sealed.payload, ok=(201,)).json()
+            data = self._call("POST", "/api/messages", body=sealed.payload, ok=(201,)).object()
         except UploadInterrupted as interrupted:
             # Resumable: the interrupted upload and those already complete stay (see
             # UploadInterrupted.completed); their ciphertext files too.
@@ -1206,7 +1445,9 @@ class Client:
         """
         letters = list(messages)
         if not letters:
-            raise ClientError("no_message", "the batch holds no message")
+            raise ClientError(
+                "no_message", translate(self.language, "le lot ne contient aucun message")
+            )
         checked: list[_Checked] = []
         # The pre-send checks of every message come first: a refused subject stops the
         # batch before any key is opened or any request is made.
@@ -1234,29 +1475,54 @@ class Client:
                 ):
                     raise ClientError(
                         "batch_attachment_too_large",
-                        f"message {index}: {', '.join(streamed) or 'its attachments'} too large"
-                        " to travel inside the envelope: send this message alone (send)",
+                        translate(
+                            self.language,
+                            "message {index} : {names} trop volumineux pour tenir dans"
+                            " l'enveloppe : envoyez ce message seul (send)",
+                            index=index,
+                            names=", ".join(streamed),
+                        )
+                        if streamed
+                        else translate(
+                            self.language,
+                            "message {index} : ses pièces jointes sont trop volumineuses pour"
+                            " tenir dans l'enveloppe : envoyez ce message seul (send)",
+                            index=index,
+                        ),
                     )
                 total += sealed.size
                 if total > limits.max_envelope_bytes:
                     raise ClientError(
                         "batch_too_large",
-                        f"the envelopes up to message {index} exceed the server's"
-                        f" {limits.max_envelope_bytes} bytes: split the batch before it",
+                        translate(
+                            self.language,
+                            "les enveloppes jusqu'au message {index} dépassent les {limit} octets"
+                            " admis par le serveur : scindez le lot avant ce message",
+                            index=index,
+                            limit=limits.max_envelope_bytes,
+                        ),
                     )
             prepared.append((ready, sealed))
-        data = self._call(
+        response = self._call(
             "POST",
             "/api/messages/batch",
             body={"messages": [sealed.payload for _ready, sealed in prepared]},
             ok=(201,),
-        ).json()
+        )
+        data = response.json()
         answers = data.get("messages") if isinstance(data, dict) else None
         if not isinstance(answers, list) or len(answers) != len(prepared):
-            raise ClientError("bad_response", "the server's answer does not list each message")
+            raise ClientError(
+                "bad_response",
+                translate(
+                    self.language, "la réponse du serveur ne reprend pas chacun des messages"
+                ),
+            )
         return [
-            ready.result(answer, sealed)
-            for (ready, sealed), answer in zip(prepared, answers, strict=True)
+            ready.result(
+                _Answer(answer, response.request, self.language, f"messages[{index}]"), sealed
+            )
+            for index, ((ready, sealed), answer) in enumerate(zip(prepared, answers, strict=True))
         ]
 
     def _check(self, letter: OutgoingLetter) -> _Checked:
@@ -1290,7 +1556,9 @@ class Client:
         own = certificate_emails(signer.certificate)
         sending = (letter.from_ or (own[0] if own else "")).strip().lower()
         if not sending:
-            raise ClientError("sender_missing", "give the sending mailbox (from_)")
+            raise ClientError(
+                "sender_missing", translate(self.language, "indiquez la boîte d'envoi (from_)")
+            )
         cache: dict[str, list[Certificate] | None] = {} if certificates is None else certificates
         sealed_to: list[Certificate] = []
         for address in [*recipients, sending]:
@@ -1315,8 +1583,8 @@ class Client:
     def limits(self) -> AttachmentLimits:
         """The server's attachment settings (asked once per client)."""
         if self._limits is None:
-            self._limits = AttachmentLimits.from_json(
-                self._call("GET", "/api/uploads/limits").json()
+            self._limits = AttachmentLimits._from_answer(
+                self._call("GET", "/api/uploads/limits").object()
             )
         return self._limits
 
@@ -1335,7 +1603,11 @@ class Client:
         attachment is streamed, and the largest ones go too until the rest fits.
         """
         pending = [item for item in attachments if isinstance(item, PendingUpload)]
-        sources = [_source(item) for item in attachments if not isinstance(item, PendingUpload)]
+        sources = [
+            _source(item, self.language)
+            for item in attachments
+            if not isinstance(item, PendingUpload)
+        ]
         if not sources:
             return _Plan([], [], pending, self.limits() if pending else None)
         limits = self.limits()
@@ -1344,10 +1616,21 @@ class Client:
             if source.size > limits.max_attachment_bytes:
                 raise ClientError(
                     "attachment_too_large",
-                    f"{source.filename}: {source.size} bytes, more than the"
-                    f" {limits.max_attachment_bytes} allowed",
+                    translate(
+                        self.language,
+                        "{name} : {size} octets, plus que les {limit} autorisés",
+                        name=source.filename,
+                        size=source.size,
+                        limit=limits.max_attachment_bytes,
+                    ),
                 )
-            check_attachment_type(source.filename, source.content_type, source.head(), allowed)
+            check_attachment_type(
+                source.filename,
+                source.content_type,
+                source.head(),
+                allowed,
+                language=self.language,
+            )
         budget = (
             limits.inline_attachment_bytes - len(body.encode()) * _ENVELOPE_GROWTH_PERCENT // 100
         )
@@ -1378,15 +1661,24 @@ class Client:
         Give the result to :meth:`send` among the attachments. An interrupted
         upload raises :class:`UploadInterrupted`: :meth:`resume_upload` goes on.
         """
-        source = _source(item)
+        source = _source(item, self.language)
         limits = self.limits()
         if source.size > limits.max_attachment_bytes:
             raise ClientError(
                 "attachment_too_large",
-                f"{source.filename}: more than the {limits.max_attachment_bytes} bytes allowed",
+                translate(
+                    self.language,
+                    "{name} : plus que les {limit} octets autorisés",
+                    name=source.filename,
+                    limit=limits.max_attachment_bytes,
+                ),
             )
         check_attachment_type(
-            source.filename, source.content_type, source.head(), self._allowed_types(limits)
+            source.filename,
+            source.content_type,
+            source.head(),
+            self._allowed_types(limits),
+            language=self.language,
         )
         return self._upload(source, [])
 
@@ -1396,14 +1688,18 @@ class Client:
         try:
             with source.open() as plaintext, ciphertext.open("xb") as destination:
                 stream = encrypt_stream(plaintext, destination)
-            answer = self._call(
-                "POST", "/api/uploads", body={"size": stream.size, "sha256": stream.sha256}
-            ).json()
+            upload_id = (
+                self._call(
+                    "POST", "/api/uploads", body={"size": stream.size, "sha256": stream.sha256}
+                )
+                .object()
+                .text("id")
+            )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         pending = PendingUpload(
-            upload_id=str(answer["id"]),
+            upload_id=upload_id,
             ciphertext=ciphertext,
             part=ExternalPart(
                 filename=_safe_filename(source.filename),
@@ -1427,7 +1723,14 @@ class Client:
     def _push(self, pending: PendingUpload, received: int | None) -> None:
         """Upload the ciphertext in chunks; after a failure, ask the server and resume."""
         if not set(pending.upload_id) <= _ID_CHARS or len(pending.upload_id) > 64:
-            raise ClientError("bad_upload_id", "an upload id looks like upl_ and 32 hex digits")
+            raise ClientError(
+                "bad_upload_id",
+                translate(
+                    self.language,
+                    "un identifiant de téléversement s'écrit upl_ suivi de 32 chiffres"
+                    " hexadécimaux",
+                ),
+            )
         path = f"/api/uploads/{pending.upload_id}"
         size = pending.part.size
         chunk = min(self.chunk_bytes or DEFAULT_CHUNK_BYTES, self.limits().chunk_bytes)
@@ -1437,18 +1740,18 @@ class Client:
             while True:
                 try:
                     if offset is None:
-                        status = self._call("GET", path).json()
-                        if status["state"] == "complete":
+                        status = self._call("GET", path).object()
+                        if status.text("state") == "complete":
                             return
-                        offset = int(status["received"])
+                        offset = status.integer("received")
                     handle.seek(offset)
                     piece = handle.read(min(chunk, size - offset))
                     answer = self._call(
                         "PUT", path, query={"offset": str(offset)}, raw=piece
-                    ).json()
-                    if answer["state"] == "complete":
+                    ).object()
+                    if answer.text("state") == "complete":
                         return
-                    offset = int(answer["received"])
+                    offset = answer.integer("received")
                     failures = 0
                     continue
                 except AuthenticationRequired:
@@ -1463,7 +1766,7 @@ class Client:
                     cause = error
                 failures += 1
                 if failures > self.upload_retries:
-                    raise UploadInterrupted(pending, cause)
+                    raise UploadInterrupted(pending, cause, self.language)
                 time.sleep(min(self.retry_delay * 2 ** (failures - 1), 10.0))
                 offset = None  # where is the server? (a chunk may have arrived, or half of one)
 
@@ -1498,7 +1801,10 @@ class Client:
         range request.
         """
         if not _SHA256.fullmatch(part.blob_id):
-            raise ClientError("bad_response", "an external part names no valid blob")
+            raise ClientError(
+                "bad_response",
+                translate(self.language, "une pièce externe ne désigne aucun contenu valide"),
+            )
         target = _path(directory)
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._message_path(message_id, f"/blobs/{part.blob_id}")
@@ -1556,7 +1862,12 @@ class Client:
         routing = {summary.from_.lower(), summary.sender_person.lower()}
         if not routing.intersection(opened.signer.emails):
             raise SenderMismatch(
-                f"signed by {', '.join(opened.signer.emails)}, but sent by {summary.from_}"
+                translate(
+                    self.language,
+                    "signé par {signers}, mais envoyé par {sender}",
+                    signers=", ".join(opened.signer.emails),
+                    sender=summary.from_,
+                )
             )
         inner = parse_inner_message(opened.mime)
         receipt_id = receipt_error = None
@@ -1627,7 +1938,7 @@ class Client:
         disposition = receipt if isinstance(receipt, Disposition) else Disposition()
         try:
             envelope = self._sealed_receipt(summary, inner, disposition)
-            answer = self._call("POST", path, query=at, body={"receipt": _b64(envelope)}).json()
+            response = self._call("POST", path, query=at, body={"receipt": _b64(envelope)})
         except ApiError as error:
             if error.status not in (403, 413, 422):
                 raise  # not found, logged out, the server down: the read did not happen
@@ -1635,7 +1946,9 @@ class Client:
         except (ClientError, CryptoError, MimeError) as error:
             failure = error.code
         else:
-            return (str(answer["receipt"]) if answer.get("receipt") else None), None
+            # Read outside the try: the copy is marked read, its answer only is not as
+            # expected (unexpected_answer), which is no reason to mark it read again.
+            return response.object().optional_text("receipt") or None, None
         self._call("POST", path, query=at)
         return None, failure
 
@@ -1698,7 +2011,7 @@ class Client:
         )
 
 
-def _source(item: PathLike | Attachment) -> _Source:
+def _source(item: PathLike | Attachment, language: str) -> _Source:
     if isinstance(item, Attachment):
         return _Source(
             item.filename, _media_type(item.content_type), len(item.data), None, item.data
@@ -1709,7 +2022,13 @@ def _source(item: PathLike | Attachment) -> _Source:
             size = os.fstat(handle.fileno()).st_size
     except OSError as error:
         raise ClientError(
-            "attachment_unreadable", f"{_single_line(str(path))}: {error.strerror or error}"
+            "attachment_unreadable",
+            translate(
+                language,
+                "{path} illisible : {reason}",
+                path=_single_line(str(path)),
+                reason=error.strerror or error,
+            ),
         ) from None
     guessed, _ = mimetypes.guess_type(path.name)
     return _Source(
@@ -1834,12 +2153,12 @@ class _Prepared:
             payload["blobs"] = [pending.upload_id for pending in streamed]
         return _Sealed(payload, len(envelope), parse_inner_message(inner).message_id)
 
-    def result(self, data: Mapping[str, Any], sealed: _Sealed) -> SendResult:
+    def result(self, answer: _Answer, sealed: _Sealed) -> SendResult:
         """What the server answered for this message, with what only this workstation knows."""
         return SendResult(
-            id=str(data["id"]),
-            thread=str(data["thread"]),
-            deliveries=[Delivery.from_json(d) for d in data["deliveries"]],
+            id=answer.text("id"),
+            thread=answer.text("thread"),
+            deliveries=[Delivery._from_answer(d) for d in answer.objects("deliveries")],
             message_id=sealed.message_id,
             warnings=[f for f in self.checked.findings if f.severity is not Severity.REFUSE],
         )
@@ -1869,6 +2188,8 @@ def check_attachment_type(
     content_type: str,
     head: bytes,
     allowed: Iterable[str] = DEFAULT_ATTACHMENT_TYPES,
+    *,
+    language: str = "fr",
 ) -> str:
     """The attachment's media type, if allowed and if its first bytes are of that type.
 
@@ -1876,7 +2197,7 @@ def check_attachment_type(
     by default PDF, JPEG, PNG, TIFF, XML / CDA, ZIP / IHE XDM, plain text) is
     enforced here, before sealing: ``attachment_type_not_allowed`` for another
     type, ``attachment_content_mismatch`` when the content is not what its type
-    says (an executable named ``.pdf``).
+    says (an executable named ``.pdf``). ``language``: of the errors' detail.
     """
     kind = _media_type(content_type)
     if kind in ("", "application/octet-stream"):
@@ -1886,8 +2207,13 @@ def check_attachment_type(
     if kind not in accepted:
         raise ClientError(
             "attachment_type_not_allowed",
-            f"{_single_line(filename)}: {kind} is not an accepted attachment type"
-            f" ({', '.join(accepted)})",
+            translate(
+                language,
+                "{name} : {kind} n'est pas un type de pièce jointe accepté ({accepted})",
+                name=_single_line(filename),
+                kind=kind,
+                accepted=", ".join(accepted),
+            ),
         )
     magic = _MAGIC.get(kind)
     if kind in _XML_TYPES:
@@ -1900,7 +2226,12 @@ def check_attachment_type(
     if not matches:
         raise ClientError(
             "attachment_content_mismatch",
-            f"{_single_line(filename)} does not hold {kind} content",
+            translate(
+                language,
+                "{name} : son contenu n'est pas du type {kind}",
+                name=_single_line(filename),
+                kind=kind,
+            ),
         )
     return kind
 
@@ -1928,7 +2259,10 @@ class _BlobReader:
                 expected
             ):
                 answer.close()
-                raise ClientError("bad_response", "the server did not resume the download")
+                raise ClientError(
+                    "bad_response",
+                    translate(self._client.language, "le serveur n'a pas repris le téléchargement"),
+                )
         return answer
 
     def read(self, size: int = -1) -> bytes:
@@ -1943,7 +2277,13 @@ class _BlobReader:
                     self._answer = self._open()
                 piece = self._answer.read(wanted - len(out))
                 if not piece:
-                    raise ClientError("server_unreachable", "the download stopped early")
+                    raise ClientError(
+                        "server_unreachable",
+                        translate(
+                            self._client.language,
+                            "le téléchargement s'est arrêté avant la fin",
+                        ),
+                    )
             except AuthenticationRequired:
                 raise
             except (ClientError, OSError, http.client.HTTPException) as error:
@@ -1953,7 +2293,12 @@ class _BlobReader:
                 failures += 1
                 if failures > self._client.upload_retries:
                     raise ClientError(
-                        "download_interrupted", f"the download stopped at byte {self._position}"
+                        "download_interrupted",
+                        translate(
+                            self._client.language,
+                            "le téléchargement s'est arrêté à l'octet {position}",
+                            position=self._position,
+                        ),
                     ) from None
                 time.sleep(min(self._client.retry_delay * 2 ** (failures - 1), 10.0))
                 continue
