@@ -181,7 +181,7 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
         envvar="PLI_SESSION_FILE",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help=N_("Où la session est gardée (par défaut ~/.config/pli/session.json)."),
+        help=N_("Le fichier où la session est conservée (par défaut ~/.config/pli/session.json)."),
     )(function)
     return _option(
         "--server",
@@ -259,7 +259,7 @@ def _sent(client: Client, send: Callable[[], SendResult]) -> SendResult:
             "upload_interrupted",
             _(
                 "la connexion a été coupée pendant l'envoi d'une pièce jointe ({code}) :"
-                " rien n'a été envoyé, envoyez de nouveau",
+                " rien n'a été envoyé, renvoyez le message",
                 code=interrupted.cause.code,
             ),
         ) from None
@@ -603,7 +603,7 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
 @_option(
     "--mailbox",
     default=None,
-    help=N_("La boîte dont prendre la copie, quand plusieurs de vos boîtes l'ont reçue."),
+    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
 )
 @_option(
     "--save-attachments",
@@ -652,7 +652,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
 @_option(
     "--mailbox",
     default=None,
-    help=N_("La boîte dont prendre la copie, quand plusieurs de vos boîtes l'ont reçue."),
+    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
 )
 @_option(
     "--body-file",

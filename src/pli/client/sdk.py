@@ -511,7 +511,8 @@ class ReadMessage:
                 raise ClientError(
                     "blob_unavailable",
                     translate(
-                        "fr", "ce message n'a pas été lu par un Client : aucun téléchargement"
+                        "fr",
+                        "ce message n'a pas été lu par un Client : aucun téléchargement possible",
                     ),
                 )
             saved.append(self.fetch_external(part, target))
