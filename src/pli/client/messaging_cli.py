@@ -191,6 +191,15 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+#: ``--attach``, the same for a message and a reply.
+_attach_option = _option(
+    "--attach",
+    multiple=True,
+    type=_FILE,
+    help=N_("Un fichier à joindre (à répéter pour plusieurs)."),
+)
+
+
 def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
@@ -434,12 +443,7 @@ def mailboxes_command(server: str | None, session_file: Path | None) -> None:
     type=click.Path(dir_okay=False, allow_dash=True),
     help=N_("Le texte du message, en UTF-8 (« - » : l'entrée standard)."),
 )
-@_option(
-    "--attach",
-    multiple=True,
-    type=_FILE,
-    help=N_("Un fichier à joindre (à répéter pour plusieurs)."),
-)
+@_attach_option
 @_key_options
 def send_command(  # noqa: PLR0917 - click passes each option as a parameter
     server: str | None,
@@ -660,12 +664,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     type=click.Path(dir_okay=False, allow_dash=True),
     help=N_("Le texte de la réponse, en UTF-8 (« - » : l'entrée standard)."),
 )
-@_option(
-    "--attach",
-    multiple=True,
-    type=_FILE,
-    help=N_("Un fichier à joindre (à répéter pour plusieurs)."),
-)
+@_attach_option
 @_key_options
 def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
     message_id: str,

@@ -1614,24 +1614,7 @@ class Client:
         limits = self.limits()
         allowed = self._allowed_types(limits)
         for source in sources:
-            if source.size > limits.max_attachment_bytes:
-                raise ClientError(
-                    "attachment_too_large",
-                    translate(
-                        self.language,
-                        "{name} : {size} octets, plus que les {limit} autorisés",
-                        name=source.filename,
-                        size=source.size,
-                        limit=limits.max_attachment_bytes,
-                    ),
-                )
-            check_attachment_type(
-                source.filename,
-                source.content_type,
-                source.head(),
-                allowed,
-                language=self.language,
-            )
+            self._check_source(source, limits, allowed)
         budget = (
             limits.inline_attachment_bytes - len(body.encode()) * _ENVELOPE_GROWTH_PERCENT // 100
         )
@@ -1664,13 +1647,21 @@ class Client:
         """
         source = _source(item, self.language)
         limits = self.limits()
+        self._check_source(source, limits, self._allowed_types(limits))
+        return self._upload(source, [])
+
+    def _check_source(
+        self, source: _Source, limits: AttachmentLimits, allowed: tuple[str, ...]
+    ) -> None:
+        """An attachment within the server's size limit and of an allowed type."""
         if source.size > limits.max_attachment_bytes:
             raise ClientError(
                 "attachment_too_large",
                 translate(
                     self.language,
-                    "{name} : plus que les {limit} octets autorisés",
+                    "{name} : {size} octets, plus que les {limit} autorisés",
                     name=source.filename,
+                    size=source.size,
                     limit=limits.max_attachment_bytes,
                 ),
             )
@@ -1678,10 +1669,9 @@ class Client:
             source.filename,
             source.content_type,
             source.head(),
-            self._allowed_types(limits),
+            allowed,
             language=self.language,
         )
-        return self._upload(source, [])
 
     def _upload(self, source: _Source, created: list[PendingUpload]) -> PendingUpload:
         work = Path(tempfile.mkdtemp(prefix="pli-upload-", dir=self.work_dir))  # 0700
