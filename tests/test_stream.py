@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pli.crypto import BlobCorrupted, decrypt_stream, encrypt_stream
+from pli.crypto import BlobCorrupted, decrypt_stream, encrypt_stream, iter_decrypted
 from pli.crypto.stream import StreamSeal
 
 RS = 64  # small records so that tests cross many record boundaries
@@ -117,3 +117,59 @@ def test_write_errors_reach_the_caller() -> None:
 
     with pytest.raises(OSError, match="No space"):
         encrypt_stream(io.BytesIO(b"y" * 1000), Full(), record_size=RS)
+
+
+# --- iter_decrypted: the pull form, for a download answered as it is decrypted ----------------
+
+
+def pieces(blob: bytes, sealed: StreamSeal, **checks: object) -> list[bytes]:
+    """What a reader receives before the stream stops, whether it ends well or not."""
+    received: list[bytes] = []
+    arguments: dict[str, object] = {"sha256": sealed.sha256, "size": sealed.size, **checks}
+    try:
+        for piece in iter_decrypted(io.BytesIO(blob), key=sealed.key, **arguments):  # type: ignore[arg-type]
+            received.append(piece)
+    except BlobCorrupted:
+        received.append(b"<corrupted>")
+    return received
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3])
+def test_the_pull_form_gives_the_same_plaintext_record_by_record(size: int) -> None:
+    data = os.urandom(size)
+    blob, sealed = seal_bytes(data)
+    received = pieces(blob, sealed, plaintext_size=size)
+    assert b"".join(received) == data
+    assert len(received) == max(1, -(-size // CHUNK))  # one piece per record
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+@pytest.mark.parametrize(
+    ("what", "checks"),
+    [
+        ("digest", {"sha256": "0" * 64}),
+        ("size", {"size": 1}),
+        ("plaintext", {"plaintext_size": 5 * CHUNK + 4}),
+    ],
+)
+def test_the_pull_form_withholds_the_last_piece_until_every_check_passes(
+    what: str, checks: dict[str, object]
+) -> None:
+    """The reader never receives all the bytes it was promised from a stream that fails."""
+    data = os.urandom(5 * CHUNK + 3)
+    blob, sealed = seal_bytes(data)
+    received = pieces(blob, sealed, **{"plaintext_size": len(data), **checks})
+    assert received[-1] == b"<corrupted>", what
+    assert len(b"".join(received[:-1])) < len(data)
+    assert data.startswith(b"".join(received[:-1]))
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_the_pull_form_stops_at_the_first_altered_record() -> None:
+    data = os.urandom(5 * CHUNK + 3)
+    blob, sealed = seal_bytes(data)
+    tampered = bytearray(blob)
+    tampered[21 + 2 * RS + 5] ^= 1  # inside the third record
+    # The digest is the altered stream's own: only the record's tag can tell.
+    received = pieces(bytes(tampered), sealed, sha256=hashlib.sha256(tampered).hexdigest())
+    assert received == [data[:CHUNK], b"<corrupted>"]

@@ -107,7 +107,7 @@ from pli.crypto.smime import (
     open_envelope,
     seal,
 )
-from pli.crypto.stream import StreamSeal, decrypt_stream, encrypt_stream
+from pli.crypto.stream import StreamSeal, decrypt_stream, encrypt_stream, iter_decrypted
 from pli.crypto.trust import RevocationPolicy, TrustStore
 
 __all__ = [
@@ -184,6 +184,7 @@ __all__ = [
     "generate_signing_key",
     "inspect_envelope",
     "issue_certificate",
+    "iter_decrypted",
     "load_certificate",
     "load_certificate_request",
     "load_certificates",

@@ -25,7 +25,7 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -178,6 +178,50 @@ def encrypt_stream(
     )
 
 
+def _plain_records(read: Callable[[int], bytes], key: bytes) -> Iterator[bytes]:
+    """The plaintext of each record in turn, each authenticated before it is given.
+
+    RFC 8188 §2: the nonce of a record is its sequence number, and only the
+    last one ends with 0x02, so records cut, reordered or added fail here.
+    The digest of the whole ciphertext is the caller's (``read`` sees it all).
+    """
+    header = read(_HEADER.size)
+    if len(header) != _HEADER.size:
+        raise BlobCorrupted("truncated header")
+    salt, record_size, id_length = _HEADER.unpack(header)
+    if id_length:
+        read(id_length)
+    if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
+        raise BlobCorrupted("bad record size")
+    aead, base = _derive(key, salt)
+    sequence = 0
+    while True:
+        record = read(record_size)
+        if not record:
+            raise BlobCorrupted("truncated: the last record is missing")
+        try:
+            plain = aead.decrypt(_nonce(base, sequence), record, None)
+        except InvalidTag:
+            raise BlobCorrupted(f"record {sequence} fails authentication") from None
+        data, delimiter = plain[:-1], plain[-1:]
+        if delimiter == b"\x02":
+            if read(1):
+                raise BlobCorrupted("data after the last record")
+            yield data
+            return
+        if delimiter != b"\x01" or len(record) != record_size:
+            raise BlobCorrupted(f"record {sequence} is badly framed")
+        yield data
+        sequence += 1
+
+
+def _check_digest(digest: _Digest, sha256: str, size: int | None) -> None:
+    if digest.hash.hexdigest() != sha256.lower():
+        raise BlobCorrupted("the ciphertext digest does not match the sealed message")
+    if size is not None and digest.size != size:
+        raise BlobCorrupted("the ciphertext size does not match the sealed message")
+
+
 def decrypt_stream(
     source: BinaryIO,
     destination: BinaryIO,
@@ -201,40 +245,49 @@ def decrypt_stream(
 
     written = 0
     try:
-        header = read(_HEADER.size)
-        if len(header) != _HEADER.size:
-            raise BlobCorrupted("truncated header")
-        salt, record_size, id_length = _HEADER.unpack(header)
-        if id_length:
-            read(id_length)
-        if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
-            raise BlobCorrupted("bad record size")
-        aead, base = _derive(key, salt)
-        sequence = 0
-        while True:
-            record = read(record_size)
-            if not record:
-                raise BlobCorrupted("truncated: the last record is missing")
-            try:
-                plain = aead.decrypt(_nonce(base, sequence), record, None)
-            except InvalidTag:
-                raise BlobCorrupted(f"record {sequence} fails authentication") from None
-            data, delimiter = plain[:-1], plain[-1:]
-            if delimiter == b"\x02":
-                if read(1):
-                    raise BlobCorrupted("data after the last record")
-                pipeline.writer.put(data)
-                written += len(data)
-                break
-            if delimiter != b"\x01" or len(record) != record_size:
-                raise BlobCorrupted(f"record {sequence} is badly framed")
+        for data in _plain_records(read, key):
             pipeline.writer.put(data)
             written += len(data)
-            sequence += 1
     finally:
         pipeline.close()
-    if pipeline.digest.hash.hexdigest() != sha256.lower():
-        raise BlobCorrupted("the ciphertext digest does not match the sealed message")
-    if size is not None and pipeline.digest.size != size:
-        raise BlobCorrupted("the ciphertext size does not match the sealed message")
+    _check_digest(pipeline.digest, sha256, size)
     return written
+
+
+def iter_decrypted(
+    source: BinaryIO,
+    *,
+    key: bytes,
+    sha256: str,
+    size: int | None = None,
+    plaintext_size: int | None = None,
+) -> Iterator[bytes]:
+    """The plaintext of a stream, record by record, for a reader that cannot wait for the end.
+
+    For an HTTP answer that streams a download (the web mail's large
+    attachments): each piece is given once its record authenticates, and the
+    **last** piece only once the whole ciphertext has matched ``sha256`` and
+    ``size`` and the plaintext ``plaintext_size``. A stream that fails any
+    check raises :class:`BlobCorrupted` before that piece, so the reader never
+    receives every byte it was promised (``Content-Length``) and sees the
+    download fail, instead of keeping a file that looks whole.
+    """
+    digest = _Digest()
+
+    def read(size: int) -> bytes:
+        chunk = source.read(size)
+        digest.update(chunk)
+        return chunk
+
+    held: bytes | None = None
+    given = 0
+    for data in _plain_records(read, key):
+        if held is not None:
+            given += len(held)
+            yield held
+        held = data
+    assert held is not None  # noqa: S101 - _plain_records gives at least the last record
+    _check_digest(digest, sha256, size)
+    if plaintext_size is not None and given + len(held) != plaintext_size:
+        raise BlobCorrupted("the plaintext size does not match the sealed message")
+    yield held

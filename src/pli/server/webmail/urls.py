@@ -21,4 +21,9 @@ urlpatterns = [
         views.attachment_view,
         name="attachment",
     ),
+    path(
+        "message/<str:message_id>/pieces-volumineuses/<int:index>/",
+        views.large_attachment_view,
+        name="large_attachment",
+    ),
 ]

@@ -26,7 +26,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import Count, Prefetch
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import formats, timezone
@@ -60,6 +66,7 @@ from pli.server.messaging.actions import (
     read_envelope,
 )
 from pli.server.messaging.models import Delivery, DeliveryState, Folder, MessageCopy
+from pli.server.messaging.uploads import open_message_blob
 from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
     check_recipients,
@@ -72,6 +79,7 @@ from pli.server.webmail.opening import (
     OpenedCopy,
     Signature,
     TrustUnavailable,
+    decrypted_pieces,
     open_copy,
     trust_store,
 )
@@ -451,6 +459,18 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     + urlencode({"boite": copy.mailbox.address}),
                 }
                 for index, a in enumerate(inner.attachments if inner else [])
+            ]
+            + [
+                {
+                    "index": index,
+                    "name": safe_filename(part.filename),
+                    "size": part.plaintext_size,
+                    "large": True,
+                    "url": reverse("webmail:large_attachment", args=[message.public_id, index])
+                    + "?"
+                    + urlencode({"boite": copy.mailbox.address}),
+                }
+                for index, part in enumerate(inner.external_parts if inner else [])
             ],
             "thread": [
                 {
@@ -522,6 +542,51 @@ def attachment_view(request: HttpRequest, message_id: str, index: int) -> HttpRe
         content_type=kind if kind in _DOWNLOAD_TYPES else "application/octet-stream",
     )
     response["Content-Disposition"] = content_disposition(attachment.filename)
+    response["Content-Security-Policy"] = _DOWNLOAD_CSP
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+@login_required
+@never_cache
+def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> HttpResponseBase:
+    """A large attachment (streamed encryption, decision 0003), decrypted as it downloads.
+
+    The same checks as :func:`attachment_view`; the ciphertext is the blob the
+    API serves (``open_message_blob``: only through a copy of the message, traced
+    as ``messages.opened`` with the blob), and the key is in the signed message
+    that the vault opens. Only a genuine message's parts are served.
+    """
+    found = _copy(request, message_id)
+    if isinstance(found, HttpResponse):
+        return found
+    copy = found
+    keys, failure = _keys(request, copy.mailbox)
+    if failure == "vault_locked":
+        return HttpResponseRedirect(_unlock_url(request))
+    if not keys:
+        return _not_found(request)
+    opened = _open(request, copy, keys)
+    if opened.message is None or not 0 <= index < len(opened.message.external_parts):
+        return _not_found(request)
+    part = opened.message.external_parts[index]
+    try:
+        blob = open_message_blob(signed_in_user(request), copy, part.blob_id, None, request)
+    except MessagingError as error:
+        if error.code == "not_found":
+            return _not_found(request)
+        # blob_unavailable: the store lacks it or holds another size (logged there).
+        messages.error(request, error.message)
+        return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
+    kind = part.content_type.lower()
+    response = StreamingHttpResponse(
+        decrypted_pieces(blob.handle, part, message_id),
+        content_type=kind if kind in _DOWNLOAD_TYPES else "application/octet-stream",
+    )
+    # Promised in full: a stream cut short by a failed check is a failed download.
+    response["Content-Length"] = str(part.plaintext_size)
+    response["Content-Disposition"] = content_disposition(part.filename)
     response["Content-Security-Policy"] = _DOWNLOAD_CSP
     response["Cache-Control"] = "no-store"
     return response
@@ -716,6 +781,13 @@ def _compose_response(
             {"index": i, "name": safe_filename(a.filename), "size": len(a.data), "kept": i in keep}
             for i, a in enumerate(original.message.attachments)
         ]
+    # Large parts are not carried: the web mail seals inline attachments only (the
+    # envelope's limit), so the page names each one instead of dropping it unseen.
+    left_out = (
+        [safe_filename(part.filename) for part in original.message.external_parts]
+        if original is not None and original.forward
+        else []
+    )
     return render(
         request,
         "webmail/compose.html",
@@ -725,6 +797,7 @@ def _compose_response(
             "state": state,
             "checks": check_recipients(sender, _split(recipients_text), confirmed),
             "forwarded": forwarded,
+            "forward_left_out": left_out,
             "forward_patient": (
                 original.message.patient_id if original and original.forward else None
             ),
