@@ -59,6 +59,7 @@ from pli.server.messaging.uploads import DEFAULT_ATTACHMENT_TYPES as SERVER_TYPE
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
 from tests.test_audit_sequencer import in_threads
+from tests.test_client_cli_messaging import Workstation
 from tests.test_client_sdk import (
     CA_PASSPHRASE,
     A,
@@ -606,6 +607,39 @@ def test_the_sdk_streams_a_large_attachment_and_the_recipient_decrypts_it_to_a_f
         outsider.download_attachment(sent.id, opened.external_parts[0], tmp_path / "stolen")
     assert refused.value.code == "not_found"
     assert not list((tmp_path / "stolen").iterdir())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.requirement("REQ-LPS")
+def test_pli_read_lists_a_large_attachment_and_saves_it_decrypted(
+    server: Server, alice: Persona, bob: Persona, tmp_path: Path
+) -> None:
+    """The command names the large part; ``--save-attachments`` fetches and decrypts it."""
+    report = scan(200_000)
+    sent = streaming_client(server, alice).send(
+        A,
+        [B],
+        "Dossier",
+        "Voici.\n",
+        attachments=[Attachment("irm.pdf", "application/pdf", report)],
+    )
+    shell = Workstation(server, bob)
+    assert shell.login().exit_code == 0
+
+    listed = shell.run("read", sent.id, *shell.key_options(), language=None)
+    assert listed.exit_code == 0, listed.output
+    assert "Pièce jointe volumineuse : irm.pdf (application/pdf, 200000 octets)" in listed.stdout
+    assert "--save-attachments DOSSIER les télécharge" in listed.stdout
+    assert "warning" not in listed.output
+
+    folder = tmp_path / "recus"
+    saved = shell.run("read", sent.id, "--save-attachments", str(folder), *shell.key_options())
+    assert saved.exit_code == 0, saved.output
+    assert f"Large attachment: irm.pdf (application/pdf, 200000 bytes) -> {folder / 'irm.pdf'}" in (
+        saved.stdout
+    )
+    assert "--save-attachments" not in saved.stdout
+    assert (folder / "irm.pdf").read_bytes() == report
 
 
 @pytest.mark.django_db(transaction=True)

@@ -583,13 +583,23 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
             )
             + where
         )
-    for part in message.external_parts:
-        _warn(
-            "external_part_unavailable",
+    for index, part in enumerate(message.external_parts, start=len(message.attachments)):
+        # Streamed (decision 0003): fetched and decrypted only by --save-attachments.
+        click.echo(
             _(
-                "{name} : pièce stockée hors du message ; ce serveur ne peut pas encore la fournir",
+                "Pièce jointe volumineuse : {name} ({content_type}, {size} octets)",
                 name=_printable_line(part.filename),
-            ),
+                content_type=part.content_type,
+                size=part.plaintext_size,
+            )
+            + (f" -> {saved[index]}" if saved else "")
+        )
+    if message.external_parts and not saved:
+        click.echo(
+            _(
+                "(les pièces volumineuses restent sur le serveur :"
+                " --save-attachments DOSSIER les télécharge et les déchiffre)"
+            )
         )
     click.echo("")
     click.echo(_printable_body(message.body))
