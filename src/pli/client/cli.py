@@ -18,7 +18,7 @@ import click
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
 from pli.client.demo import run_demo
-from pli.client.i18n import _
+from pli.client.i18n import N_, _
 from pli.client.messaging_cli import MESSAGING_COMMANDS, read_text
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
@@ -26,6 +26,7 @@ from pli.client.sealing import (
     printable,
     seal_file_message,
 )
+from pli.client.usage import LocalizedGroup, LocalizedOption
 from pli.crypto import (
     CryptoError,
     RevocationPolicy,
@@ -71,14 +72,21 @@ def _error_line(error: BaseException) -> str:
     return "internal_error: " + _("échec inattendu (relancez avec --debug pour le détail)")
 
 
-class PliGroup(click.Group):
-    """Turns every domain error into ``pli: error: <code>: <detail>`` and exit code 1."""
+class PliGroup(LocalizedGroup):
+    """Turns every domain error into ``pli: error: <code>: <detail>`` and exit code 1.
+
+    Usage errors keep click's exit code, 2, in the same form (:mod:`pli.client.usage`).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (click.exceptions.Exit, click.ClickException):
             raise
+        except (click.Abort, KeyboardInterrupt):
+            # Ctrl-C, or the end of input at a prompt: click would print "Aborted!".
+            click.echo("pli: " + _("interrompu"), err=True)
+            ctx.exit(1)
         except Exception as error:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -118,12 +126,19 @@ passphrase_option = click.option(
 )
 
 
-@click.group(cls=PliGroup)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.group(
+    cls=PliGroup,
+    help=N_("Pli : messagerie de santé sécurisée, signée et chiffrée de bout en bout."),
+)
+@click.option(
+    "--debug",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Afficher la trace complète d'une erreur (pour le support)."),
+)
 @click.version_option(__version__, prog_name="pli")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Pli: signed, end-to-end encrypted health messaging."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

@@ -26,7 +26,7 @@ text, update the catalogue and compile it::
 
     xgettext -L Python --from-code=UTF-8 --keyword=_ --keyword=N_ --keyword=translate:2 \\
         --no-wrap --no-location --sort-output -o /tmp/pli-client.pot src/pli/client/*.py
-    msgmerge --update --no-wrap --no-location --sort-output --no-fuzzy-matching \\
+    msgmerge --update --backup=none --no-wrap --no-location --sort-output --no-fuzzy-matching \\
         src/pli/client/locale/en/LC_MESSAGES/pli-client.po /tmp/pli-client.pot
     # translate the new entries, then:
     msgfmt --check -o src/pli/client/locale/en/LC_MESSAGES/pli-client.mo \\

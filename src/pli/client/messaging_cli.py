@@ -31,64 +31,15 @@ import click
 
 from pli.client.i18n import N_, _, cli_language
 from pli.client.sdk import Client, ClientError, ReadMessage, SendResult, UploadInterrupted
+from pli.client.usage import (
+    Choice,
+    LocalizedCommand,
+    LocalizedOption,
+    LocalizedPath,
+    PositiveInteger,
+)
 
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-class LocalizedCommand(click.Command):
-    """A command whose help is translated when shown (``help=N_(…)``), not when imported."""
-
-    def get_short_help_str(self, limit: int = 45) -> str:
-        if self.help and not self.short_help:
-            return click.Command(self.name, help=_(self.help)).get_short_help_str(limit)
-        return super().get_short_help_str(limit)
-
-    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        pieces = self.collect_usage_pieces(ctx)
-        formatter.write_usage(ctx.command_path, " ".join(pieces), prefix=_("Utilisation :") + " ")
-
-    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        if self.help:
-            formatter.write_paragraph()
-            with formatter.indentation():
-                formatter.write_text(_(self.help))
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        help_option = self.get_help_option(ctx)
-        records = []
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None or isinstance(param, click.Argument):
-                continue
-            if param is help_option:
-                # click's own text, in English whatever the language.
-                record = (record[0], _("Afficher cette aide et quitter."))
-            records.append(record)
-        if records:
-            with formatter.section(_("Options")):
-                formatter.write_dl(records)
-
-
-class LocalizedOption(click.Option):
-    """An option whose help (``help=N_(…)``) and ``[default: …]`` follow ``PLI_LANGUAGE``."""
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        record = super().get_help_record(ctx)
-        if record is None:
-            return None
-        extra = self.get_help_extra(ctx)
-        items = []
-        if "default" in extra:
-            items.append(_("par défaut : {default}", default=extra["default"]))
-        if "range" in extra:
-            items.append(extra["range"])
-        if "required" in extra:
-            items.append(_("obligatoire"))
-        text = _(self.help) if self.help else ""
-        if items:
-            extras = "[" + _(" ; ").join(items) + "]"
-            text = f"{text}  {extras}" if text else extras
-        return record[0], text
+_FILE = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
 
 
 def _command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Command]:  # noqa: A002 - click's name
@@ -179,7 +130,7 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = _option(
         "--session-file",
         envvar="PLI_SESSION_FILE",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=LocalizedPath(dir_okay=False, path_type=Path),
         default=None,
         help=N_("Le fichier où la session est conservée (par défaut ~/.config/pli/session.json)."),
     )(function)
@@ -440,7 +391,7 @@ def mailboxes_command(server: str | None, session_file: Path | None) -> None:
 @_option(
     "--body-file",
     required=True,
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=LocalizedPath(dir_okay=False, allow_dash=True),
     help=N_("Le texte du message, en UTF-8 (« - » : l'entrée standard)."),
 )
 @_attach_option
@@ -495,11 +446,18 @@ def send_command(  # noqa: PLR0917 - click passes each option as a parameter
 @_option("--mailbox", default=None, help=N_("Quelle boîte (par défaut : la vôtre)."))
 @_option(
     "--folder",
-    type=click.Choice(list(_FOLDERS)),
+    type=Choice(list(_FOLDERS)),
     default="inbox",
     show_default=True,
+    help=N_("Le dossier : inbox (réception), sent (envoyés), archive ou trash (corbeille)."),
 )
-@_option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@_option(
+    "--page",
+    type=PositiveInteger(),
+    default=1,
+    show_default=True,
+    help=N_("La page, à partir de 1 (les plus récents)."),
+)
 def inbox_command(
     server: str | None, session_file: Path | None, mailbox: str | None, folder: str, page: int
 ) -> None:
@@ -621,7 +579,7 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
 )
 @_option(
     "--save-attachments",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
     help=N_(
         "Enregistrer les pièces jointes dans ce dossier (créé s'il manque ; aucun fichier"
@@ -671,7 +629,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
 @_option(
     "--body-file",
     required=True,
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=LocalizedPath(dir_okay=False, allow_dash=True),
     help=N_("Le texte de la réponse, en UTF-8 (« - » : l'entrée standard)."),
 )
 @_attach_option
