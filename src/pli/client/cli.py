@@ -18,8 +18,9 @@ import click
 from pli import __version__
 from pli.client.castore import CaDirectory, serial_of, write_atomically
 from pli.client.demo import run_demo
-from pli.client.i18n import N_, _
+from pli.client.i18n import N_, _, cli_language
 from pli.client.messaging_cli import MESSAGING_COMMANDS, read_text
+from pli.client.reasons import reason
 from pli.client.sealing import (
     LARGE_CONTENT_THRESHOLD,
     open_file_message,
@@ -62,7 +63,7 @@ class CliError(Exception):
 
 def _error_line(error: BaseException) -> str:
     if isinstance(error, CryptoError | IdentifierError | MimeError | CliError):
-        return f"{error.code}: {error.detail}"
+        return f"{error.code}: {reason(cli_language(), error.code, error.detail, error)}"
     code = getattr(error, "code", None)
     if isinstance(code, str) and code.isidentifier():
         # Other domain errors (configuration, imports) carry a stable code too.

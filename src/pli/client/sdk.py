@@ -51,6 +51,7 @@ from typing import Any, BinaryIO, cast
 from pli import __version__
 from pli.client.castore import write_atomically
 from pli.client.i18n import N_, translate
+from pli.client.reasons import reason
 from pli.client.sealing import _claim_path, _safe_filename
 from pli.crypto import (
     Certificate,
@@ -1349,7 +1350,7 @@ class Client:
                         " {detail}",
                         address=address,
                         code=error.code,
-                        detail=error.detail,
+                        detail=reason(self.language, error.code, error.detail, error),
                     ),
                 ) from None
         return found

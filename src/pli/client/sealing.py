@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pli.client.castore import write_atomically
+from pli.client.i18n import _
 from pli.crypto import (
     Certificate,
     Decrypter,
@@ -83,7 +84,10 @@ def _claim_path(directory: Path, name: str) -> Path:
         except FileExistsError:
             continue
         return candidate
-    raise MimeError("file_exists", f"too many files named {name} in {directory}")
+    raise MimeError(
+        "file_exists",
+        _("trop de fichiers nommés {name} dans {directory}", name=name, directory=directory),
+    )
 
 
 def store_blob(
@@ -196,7 +200,10 @@ def open_file_message(
     extracted: list[Path] = []
     if message.external_parts and attachments_dir is not None:
         if blob_dir is None:
-            raise MimeError("blob_missing", "the message references external content: give --blobs")
+            raise MimeError(
+                "blob_missing",
+                _("le message désigne un contenu externe : indiquez --blobs DOSSIER"),
+            )
         attachments_dir.mkdir(parents=True, exist_ok=True)
         for part in message.external_parts:
             extracted.append(_extract(part, blob_dir, attachments_dir))
@@ -206,7 +213,10 @@ def open_file_message(
 def _extract(part: ExternalPart, blob_dir: Path, attachments_dir: Path) -> Path:
     source_path = blob_dir / part.blob_id
     if not source_path.is_file():
-        raise MimeError("blob_missing", f"external content {part.blob_id[:12]}… not found")
+        raise MimeError(
+            "blob_missing",
+            _("contenu externe {blob}… introuvable", blob=part.blob_id[:12]),
+        )
     target = _claim_path(attachments_dir, _safe_filename(part.filename))
     fd, temporary = tempfile.mkstemp(dir=attachments_dir, prefix=".part-")
     try:
