@@ -8,6 +8,7 @@ tests/test_client_sdk.py.
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pli.client.cli import main
+from pli.server.directory.models import Mailbox, Professional
 from pli.server.messaging.models import Message
 from tests.accounts_support import PASSPHRASE
 from tests.test_client_sdk import (
@@ -121,7 +123,13 @@ def test_send_read_reply_between_two_workstations(
     assert "Subject: Avis — réf. 2026-117" in out
     assert f"Patient: nir:{NIR}" in out
     assert f"Signature: valid, signed by {A}" in out
+    # The signer as the directory publishes them (REQ-SIGNATURE), beside the certificate.
+    person = alice.user.professional
+    assert person is not None
+    assert f"Directory: {person.first_name} {person.last_name}" in out
+    assert f"national identifier {person.national_id}" in out
     assert "Cher confrère,\nvoici mon avis.\n" in out
+    assert "Deliveries:" not in out  # a recipient's copy: no one else's state
     [attachment] = list(saved.iterdir())
     assert attachment.name == "compte-rendu.pdf"
     assert attachment.read_bytes() == report.read_bytes()
@@ -143,6 +151,48 @@ def test_send_read_reply_between_two_workstations(
     assert back.body == "Merci, je le vois demain.\n"
     assert back.in_reply_to_header == sent.message_id
     assert back.summary.thread == sent.thread
+
+    # A, in a shell on the practice software's session: the Sent copy shows B read it.
+    own = Workstation(server, alice)
+    own.session = server.tmp / f"{A.split('@')[0]}-session.json"
+    mine = own.run("read", sent.id, *own.key_options())
+    assert mine.exit_code == 0, mine.output
+    assert re.search(rf"^Deliveries:\n  {re.escape(B)}: read, read on \d{{4}}-", mine.stdout, re.M)
+
+
+@pytest.mark.requirement("REQ-SIGNATURE")
+def test_pli_read_warns_when_the_directory_no_longer_vouches_for_the_signer(
+    server: Server, alice: Persona, bob: Persona
+) -> None:
+    """A valid signature, but the directory disagrees: said, without hiding the message."""
+    practice = server.logged_in(alice)
+    first = practice.send(A, [B], "Avis", "Premier.\n", NIR)
+    second = practice.send(A, [B], "Avis", "Second.\n", NIR)
+    shell = Workstation(server, bob)
+    assert shell.login().exit_code == 0
+
+    # The directory now gives another national identifier than A's certificate.
+    person = alice.user.professional
+    assert person is not None
+    certified = person.national_id
+    Professional.objects.filter(pk=person.pk).update(national_id="810000000002")
+    read = shell.run("read", first.id, *shell.key_options())
+    assert read.exit_code == 0, read.output
+    assert "Premier." in read.stdout
+    assert read.stderr.strip() == (
+        "warning: signer_directory_mismatch: the certificate's national identifier"
+        f" ({certified}) is not the directory's (810000000002)"
+    )
+
+    # A's mailbox is closed: the directory no longer knows the signer.
+    Mailbox.objects.filter(address=A).update(active=False)
+    read = shell.run("read", second.id, *shell.key_options(), language=None)
+    assert read.exit_code == 0, read.output
+    assert "Second." in read.stdout and "Annuaire :" not in read.stdout
+    assert read.stderr.strip() == (
+        f"warning: signer_not_in_directory: {A} n'a pas (ou plus) de boîte active dans"
+        " l'annuaire"
+    )
 
 
 @pytest.mark.requirement("REQ-SUBJECT")

@@ -30,7 +30,16 @@ from typing import Any
 import click
 
 from pli.client.i18n import N_, _, cli_language
-from pli.client.sdk import Client, ClientError, ReadMessage, SendResult, UploadInterrupted
+from pli.client.sdk import (
+    Client,
+    ClientError,
+    Delivery,
+    DirectoryEntry,
+    ReadMessage,
+    SendResult,
+    SignatureStatus,
+    UploadInterrupted,
+)
 from pli.client.usage import (
     Choice,
     LocalizedCommand,
@@ -486,7 +495,52 @@ def inbox_command(
         )
 
 
-def _show(message: ReadMessage, saved: list[Path]) -> None:
+def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | None) -> None:
+    """The signer as the directory publishes them (REQ-SIGNATURE), beside the certificate."""
+    signer = signature.signer_emails[0] if signature.signer_emails else "-"
+    if entry is None:
+        _warn(
+            "signer_not_in_directory",
+            _(
+                "{address} n'a pas (ou plus) de boîte active dans l'annuaire",
+                address=_printable_line(signer),
+            ),
+        )
+        return
+    who = [entry.name or entry.service or entry.address]
+    who += [x for x in (entry.profession, entry.organisation) if x]
+    if entry.national_id:
+        if entry.identifier_type:
+            who.append(entry.identifier_type.upper())
+        who.append(_("identifiant national {national_id}", national_id=entry.national_id))
+    click.echo(_("Annuaire : {who}", who=_printable_line(", ".join(who))))
+    if entry.national_id and signature.national_id and entry.national_id != signature.national_id:
+        _warn(
+            "signer_directory_mismatch",
+            _(
+                "l'identifiant national du certificat ({certificate}) n'est pas celui de"
+                " l'annuaire ({directory})",
+                certificate=signature.national_id,
+                directory=entry.national_id,
+            ),
+        )
+
+
+def _show_deliveries(deliveries: list[Delivery]) -> None:
+    """On the sending mailbox's copy: each recipient's state, and when they read it."""
+    click.echo(_("Distribution :"))
+    for delivery in deliveries:
+        line = _(
+            "  {recipient} : {state}",
+            recipient=delivery.recipient,
+            state=_label(_DELIVERY_STATES, delivery.state),
+        )
+        if delivery.read_at:
+            line += _(", lu le {date}", date=f"{delivery.read_at.astimezone():%Y-%m-%d %H:%M}")
+        click.echo(line)
+
+
+def _show(message: ReadMessage, saved: list[Path], signer: DirectoryEntry | None) -> None:
     signature = message.signature
     click.echo(_("De : {address}", address=_printable_line(message.from_address)))
     if message.sender:
@@ -525,6 +579,7 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
     )
     if signature.signed_at:
         click.echo(_("Signé le : {date}", date=signature.signed_at.isoformat()))
+    _show_signer(signature, signer)
     if not signature.revocation_checked:
         _warn(
             "revocation_not_checked",
@@ -559,6 +614,8 @@ def _show(message: ReadMessage, saved: list[Path]) -> None:
                 " --save-attachments DOSSIER les télécharge et les déchiffre)"
             )
         )
+    if message.summary.deliveries is not None:
+        _show_deliveries(message.summary.deliveries)
     click.echo("")
     click.echo(_printable_body(message.body))
 
@@ -609,7 +666,8 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     directory = _attachment_directory(save_attachments) if save_attachments else None
     message = client.read(message_id, mailbox)
     saved = message.save_attachments(directory) if directory else []
-    _show(message, saved)
+    emails = message.signature.signer_emails
+    _show(message, saved, client.directory_entry(emails[0]) if emails else None)
 
 
 @_command(

@@ -100,6 +100,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Delivery",
+    "DirectoryEntry",
     "LoginResult",
     "Mailbox",
     "MessagePage",
@@ -314,6 +315,46 @@ class Delivery:
             state=answer.text("state"),
             delivered_at=answer.optional_time("delivered_at"),
             read_at=answer.optional_time("read_at"),
+        )
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """A mailbox as the directory publishes it (:meth:`Client.directory_entry`).
+
+    For a person's mailbox, ``name``, ``profession`` and ``national_id`` are the
+    professional's (REQ-SIGNATURE: the signer shown from the directory); for an
+    organisation's, ``service`` and ``organisation`` say which.
+    """
+
+    address: str
+    kind: str  # PER (a person), ORG (an organisation), APP (software), CAB (a practice)
+    name: str | None
+    profession: str | None
+    national_id: str | None
+    identifier_type: str | None
+    service: str
+    organisation: str | None
+    city: str | None
+
+    @staticmethod
+    def _from_answer(answer: _Answer) -> DirectoryEntry:
+        person = answer.optional_object("professional")
+        organisation = answer.optional_object("organisation")
+        name = None
+        if person is not None:
+            parts = [person.text(k) for k in ("civil_title", "first_name", "last_name")]
+            name = " ".join(part for part in parts if part) or None
+        return DirectoryEntry(
+            address=answer.text("address"),
+            kind=answer.text("type"),
+            name=name,
+            profession=(person.text("profession") or None) if person else None,
+            national_id=person.text("national_id") if person else None,
+            identifier_type=person.text("identifier_type") if person else None,
+            service=answer.text("service"),
+            organisation=(organisation.text("name") or None) if organisation else None,
+            city=(organisation.text("city") or None) if organisation else None,
         )
 
 
@@ -694,6 +735,12 @@ class _Answer:
 
     def optional_objects(self, key: str) -> list[_Answer] | None:
         return self.objects(key) if self.has(key) else None
+
+    def optional_object(self, key: str) -> _Answer | None:
+        if not self.has(key):
+            return None
+        value = self._value(key, dict, _EXPECTED_OBJECT)
+        return _Answer(value, self._request, self._language, self._name(key))
 
 
 def _single_line(text: str) -> str:
@@ -1304,6 +1351,20 @@ class Client:
                 mailbox=mailbox,
             )
         )
+
+    def directory_entry(self, address: str) -> DirectoryEntry | None:
+        """``address`` as the directory publishes it; ``None`` if no active mailbox has it.
+
+        Red-listed mailboxes are found too: the address is exact, and the caller
+        is logged in (``GET /api/directory/mailboxes/{address}``).
+        """
+        path = f"/api/directory/mailboxes/{urllib.parse.quote(address.strip(), safe='@')}"
+        try:
+            return DirectoryEntry._from_answer(self._call("GET", path).object())
+        except ApiError as error:
+            if error.code == "mailbox_not_found":
+                return None
+            raise
 
     def certificates(self, address: str) -> list[Certificate]:
         """The current certificates the directory lists for ``address`` (not yet validated)."""
