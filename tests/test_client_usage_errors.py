@@ -182,3 +182,21 @@ def test_the_end_of_input_at_a_prompt_is_said_in_the_same_language(
             os.close(controller)
         assert process.wait(timeout=20) == 1
     assert "Aborted" not in end
+
+
+def test_a_reader_that_went_away_is_not_reported_as_an_error() -> None:
+    """``pli … | head``: the pipe closed before ``pli`` wrote; nothing on standard error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        finished = subprocess.run(
+            [str(Path(sys.executable).with_name("pli")), "id", "check", "185057800608491"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert finished.stderr == b""
+    assert finished.returncode == 1

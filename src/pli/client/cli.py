@@ -88,6 +88,13 @@ class PliGroup(LocalizedGroup):
             # Ctrl-C, or the end of input at a prompt: click would print "Aborted!".
             click.echo("pli: " + _("interrompu"), err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # The reader went away (`pli inbox | head`): nothing to tell it, as click does.
+            # Standard output is pointed at /dev/null so that Python's flush at exit
+            # does not fail again on the closed pipe.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(1)
         except Exception as error:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
