@@ -190,8 +190,7 @@ def test_pli_read_warns_when_the_directory_no_longer_vouches_for_the_signer(
     assert read.exit_code == 0, read.output
     assert "Second." in read.stdout and "Annuaire :" not in read.stdout
     assert read.stderr.strip() == (
-        f"warning: signer_not_in_directory: {A} n'a pas (ou plus) de boîte active dans"
-        " l'annuaire"
+        f"warning: signer_not_in_directory: {A} n'a pas (ou plus) de boîte active dans l'annuaire"
     )
 
 

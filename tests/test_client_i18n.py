@@ -321,7 +321,10 @@ def test_help_of_the_messaging_commands_is_french_by_default() -> None:
     assert "(les plus récents). [par défaut : 1]" in flat and "[par défaut : inbox]" in flat
     assert "--session-file FICHIER" in flat and "--server TEXTE" in flat
     flat_english = " ".join(pli("inbox", "--help", language="en").output.split())
-    assert "(most recent first). [default: 1]" in flat_english and "--session-file FILE" in flat_english
+    assert (
+        "(most recent first). [default: 1]" in flat_english
+        and "--session-file FILE" in flat_english
+    )
     listing = pli("--help", language=None).output
     assert re.search(r"^  login +Se connecter", listing, re.MULTILINE)
     assert re.search(r"^  login +Log in", pli("--help", language="en").output, re.MULTILINE)
