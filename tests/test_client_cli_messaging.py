@@ -160,6 +160,44 @@ def test_send_read_reply_between_two_workstations(
     assert re.search(rf"^Deliveries:\n  {re.escape(B)}: read, read on \d{{4}}-", mine.stdout, re.M)
 
 
+@pytest.mark.requirement("REQ-LPS")
+def test_flag_move_and_delete_from_the_command_line(
+    server: Server, alice: Persona, bob: Persona
+) -> None:
+    """What the web mail does to a copy, from a shell (the SDK's move, flag and delete)."""
+    practice = server.logged_in(alice)
+    sent = practice.send(A, [B], "Avis", "Cher confrère.\n", NIR)
+    shell = Workstation(server, bob)
+    assert shell.login().exit_code == 0
+
+    flagged = shell.run("flag", sent.id, language=None)
+    assert flagged.exit_code == 0, flagged.output
+    assert flagged.stdout == f"Message {sent.id} marqué à suivre\n"
+    assert re.search(rf"^\* {sent.id} .*  \[flagged\]$", shell.run("inbox").stdout, re.M)
+    assert shell.run("flag", sent.id, "--off").stdout == f"Message {sent.id}: flag removed\n"
+    assert "[flagged]" not in shell.run("inbox").stdout
+
+    moved = shell.run("move", sent.id, "archive")
+    assert moved.stdout == f"Message {sent.id} moved to archive\n", moved.output
+    assert sent.id not in shell.run("inbox").stdout
+    assert sent.id in shell.run("inbox", "--folder", "archive").stdout
+    # A received copy cannot go to "sent": the server's code, nothing moved.
+    refused = shell.run("move", sent.id, "sent")
+    assert error_line(refused).startswith("pli: error: bad_folder: ")
+    assert sent.id in shell.run("inbox", "--folder", "archive").stdout
+
+    assert shell.run("delete", sent.id).stdout == f"Message {sent.id} moved to the trash\n"
+    assert sent.id in shell.run("inbox", "--folder", "trash").stdout
+    gone = shell.run("delete", sent.id)
+    assert gone.stdout == f"Message {sent.id} deleted for good\n", gone.output
+    assert error_line(shell.run("read", sent.id, *shell.key_options())).startswith(
+        "pli: error: not_found: "
+    )
+    # A's own copy is untouched, and still says that B read nothing.
+    [delivery] = practice.message(sent.id).deliveries or []
+    assert (delivery.recipient, delivery.state) == (B, "delivered")
+
+
 @pytest.mark.requirement("REQ-SIGNATURE")
 def test_pli_read_warns_when_the_directory_no_longer_vouches_for_the_signer(
     server: Server, alice: Persona, bob: Persona

@@ -484,7 +484,8 @@ def inbox_command(
             other=_printable_line(other),
             size=item.size,
         )
-        click.echo(line + (_("  (réponse)") if item.in_reply_to else ""))
+        line += _("  (réponse)") if item.in_reply_to else ""
+        click.echo(line + (_("  [suivi]") if item.flagged else ""))
     if listing.has_next:
         click.echo(
             _(
@@ -718,6 +719,74 @@ def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
     )
 
 
+_mailbox_option = _option(
+    "--mailbox",
+    default=None,
+    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
+)
+
+
+@_command(
+    "move",
+    help=N_(
+        "Ranger la copie d'un message de votre boîte : inbox, archive ou trash (un message"
+        " reçu), sent, archive ou trash (un message envoyé)."
+    ),
+)
+@click.argument("message_id")
+@click.argument("folder", type=Choice(list(_FOLDERS)))
+@_server_options
+@_mailbox_option
+def move_command(
+    message_id: str, folder: str, server: str | None, session_file: Path | None, mailbox: str | None
+) -> None:
+    summary = _client(server, session_file).move(message_id, folder, mailbox)
+    click.echo(
+        _(
+            "Message {id} rangé dans « {folder} »",
+            id=summary.id,
+            folder=_label(_FOLDERS, summary.folder),
+        )
+    )
+
+
+@_command(
+    "flag",
+    help=N_("Marquer un message à suivre (--off : ôter la marque), pour toute la boîte."),
+)
+@click.argument("message_id")
+@_option("--off", is_flag=True, help=N_("Ôter la marque."))
+@_server_options
+@_mailbox_option
+def flag_command(
+    message_id: str, off: bool, server: str | None, session_file: Path | None, mailbox: str | None
+) -> None:
+    summary = _client(server, session_file).flag(message_id, not off, mailbox)
+    if summary.flagged:
+        click.echo(_("Message {id} marqué à suivre", id=summary.id))
+    else:
+        click.echo(_("Message {id} : marque ôtée", id=summary.id))
+
+
+@_command(
+    "delete",
+    help=N_(
+        "Mettre la copie d'un message à la corbeille ; depuis la corbeille, la supprimer"
+        " définitivement (les copies des autres boîtes restent)."
+    ),
+)
+@click.argument("message_id")
+@_server_options
+@_mailbox_option
+def delete_command(
+    message_id: str, server: str | None, session_file: Path | None, mailbox: str | None
+) -> None:
+    if _client(server, session_file).delete(message_id, mailbox):
+        click.echo(_("Message {id} supprimé définitivement", id=message_id))
+    else:
+        click.echo(_("Message {id} mis à la corbeille", id=message_id))
+
+
 MESSAGING_COMMANDS = [
     login_command,
     logout_command,
@@ -726,4 +795,7 @@ MESSAGING_COMMANDS = [
     inbox_command,
     read_command,
     reply_command,
+    move_command,
+    flag_command,
+    delete_command,
 ]

@@ -1204,6 +1204,33 @@ class Client:
             self._call("GET", self._message_path(message_id), query=_mailbox(mailbox)).object()
         )
 
+    # --- folders and marks -----------------------------------------------------------------------
+    def move(self, message_id: str, folder: str, mailbox: str | None = None) -> MessageSummary:
+        """Move the mailbox's copy to ``folder``: ``inbox``, ``archive`` or ``trash`` for a
+        received copy, ``sent``, ``archive`` or ``trash`` for the sending mailbox's
+        (``bad_folder`` otherwise). Only this mailbox's copy moves; traced."""
+        path = self._message_path(message_id, "/move")
+        answer = self._call("POST", path, query=_mailbox(mailbox), body={"folder": folder})
+        return MessageSummary._from_answer(answer.object())
+
+    def flag(
+        self, message_id: str, flagged: bool = True, mailbox: str | None = None
+    ) -> MessageSummary:
+        """Set the copy's flag (clear it with ``flagged=False``), shared by the mailbox's people."""
+        path = self._message_path(message_id, "/flag")
+        answer = self._call("POST", path, query=_mailbox(mailbox), body={"flagged": flagged})
+        return MessageSummary._from_answer(answer.object())
+
+    def delete(self, message_id: str, mailbox: str | None = None) -> bool:
+        """Move the copy to the trash; from the trash, delete it for good.
+
+        Returns ``True`` when the copy is gone for good (the other mailboxes'
+        copies are not touched; the sender still sees the delivery state).
+        """
+        path = self._message_path(message_id)
+        answer = self._call("DELETE", path, query=_mailbox(mailbox)).object()
+        return answer.flag("deleted")
+
     def _message_path(self, message_id: str, suffix: str = "") -> str:
         if not message_id or not set(message_id) <= _ID_CHARS or len(message_id) > 64:
             raise ClientError(
