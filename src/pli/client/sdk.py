@@ -823,9 +823,13 @@ class Client:
         upload_retries: int = 5,
         allowed_types: Sequence[str] | None = None,
         work_dir: PathLike | None = None,
+        fetch_crl: bool = True,
     ) -> None:
         #: Of the server's messages (Accept-Language) and of this SDK's errors' detail.
         self.language = language
+        #: Without ``crl=``, fetch the operator CA's CRL from the server (kept only if the
+        #: trust anchors signed it) and require revocation checks against it.
+        self.fetch_crl = fetch_crl
         try:
             parsed = urllib.parse.urlsplit(base_url)
         except ValueError:  # "http://[::1": an unclosed IPv6 bracket
@@ -1271,6 +1275,30 @@ class Client:
         self._chain = contents.chain
         return self._key
 
+    def _published_crl(self) -> CertificateRevocationList | None:
+        """The operator CA's CRL as the server publishes it (``GET /api/directory/crl``).
+
+        The server cannot forge it: the trust store keeps a CRL only if one of the
+        anchors signed it, and a stale one (past its nextUpdate) covers nothing, so
+        revocation then fails closed (``revocation_unknown``). ``None`` when the
+        server publishes none (an operator without a CA of its own, an older server).
+        """
+        try:
+            answer = self._call("GET", "/api/directory/crl", accept="application/x-pem-file")
+        except ApiError as error:
+            if error.code in ("crl_unavailable", "not_found") or error.status == 404:
+                return None
+            raise
+        try:
+            return load_crl(answer.body)
+        except CryptoError:
+            raise ClientError(
+                "bad_response",
+                translate(
+                    self.language, "la liste de révocation publiée par le serveur est illisible"
+                ),
+            ) from None
+
     def _trust_store(self) -> TrustStore:
         if self._trust is not None:
             return self._trust
@@ -1293,6 +1321,9 @@ class Client:
             load_crl(_path(item).read_bytes()) if isinstance(item, str | os.PathLike) else item
             for item in self._crl_source
         ]
+        if not crls and self.fetch_crl:
+            published = self._published_crl()
+            crls = [published] if published is not None else []
         # With a CRL, revocation is required (fail closed); without, checked where known
         # and reported as not checked (SignatureStatus.revocation_checked).
         policy = RevocationPolicy.REQUIRE if crls else RevocationPolicy.IF_AVAILABLE

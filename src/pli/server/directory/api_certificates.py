@@ -13,8 +13,10 @@ answer does not reveal it.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-from django.http import HttpRequest
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from ninja import Router, Status
@@ -106,3 +108,43 @@ def mailbox_certificates(
             ],
         ),
     )
+
+
+@router.get(
+    "/crl",
+    response={404: ErrorOut},
+    summary="Liste de révocation (CRL) de l'autorité de certification de l'opérateur",
+    operation_id="directory_crl",
+    openapi_extra={
+        "responses": {
+            "200": {
+                "description": "The operator CA's current CRL, PEM (RFC 5280 §5; RFC 7468)",
+                "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+            }
+        }
+    },
+)
+def operator_crl(request: HttpRequest) -> HttpResponse | Status[ErrorOut]:
+    """The CRL a workstation needs to check revocation without being handed one (``--crl``).
+
+    For members (every endpoint needs a session), though a CRL holds nothing secret.
+    It is signed by the operator CA, which the workstation trusts by its own
+    configuration, so a client keeps it only if that signature verifies
+    (``pli.crypto.TrustStore``): the server cannot forge one. Revoking a
+    certificate (a member removed, a key lost) publishes a new one
+    (``accounts.operator_ca.publish_crl``), read here from ``PLI_CA_DIR``.
+    """
+    try:
+        pem = (Path(settings.PLI_CA_DIR) / "crl.pem").read_bytes()
+    except OSError:
+        return Status(
+            404,
+            ErrorOut(
+                code="crl_unavailable",
+                message=_("Aucune liste de révocation n'est publiée par cet opérateur."),
+            ),
+        )
+    response = HttpResponse(pem, content_type="application/x-pem-file")
+    # A revocation must reach workstations at once: no cache may keep an older list.
+    response["Cache-Control"] = "no-cache"
+    return response

@@ -1,0 +1,101 @@
+"""Revocation on a workstation that was given no CRL: the one the server publishes.
+
+Before, a ``Client`` without ``crl=`` (and ``pli read`` without ``--crl``)
+checked revocation only "where known": with no CRL at hand, a revoked signer
+read as valid, with a warning. The SDK now fetches the operator CA's CRL from
+``GET /api/directory/crl`` and requires revocation checks against it; the
+server cannot forge that list (the workstation's own trust anchors must have
+signed it), so a list from anyone else leaves revocation unknown, and the
+message is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pli.client import Client
+from pli.client.castore import CaDirectory
+from pli.crypto import RevocationUnknown, SignerRevoked
+from pli.server.accounts import operator_ca
+from pli.server.directory.models import MailboxCertificate
+from tests.accounts_support import PASSPHRASE
+from tests.test_client_sdk import (
+    IDENTITY_PASSPHRASE,
+    NIR,
+    A,
+    B,
+    Persona,
+    Server,
+    alice,
+    bob,
+    ca_directory,
+    server,
+)
+
+__all__ = ["alice", "bob", "ca_directory", "server"]  # fixtures
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def without_crl(server: Server, persona: Persona, name: str, *, login: bool = True) -> Client:
+    """A workstation given its trust anchor only, as ``pli read`` without ``--crl``.
+
+    ``login=False``: the session an earlier client of ``name`` saved (a later process).
+    """
+    client = Client(
+        server.url,
+        identity=persona.identity,
+        passphrase=IDENTITY_PASSPHRASE,
+        trust=[server.trust],
+        session_file=server.tmp / f"{name}-nocrl-session.json",
+    )
+    if login:
+        client.login(persona.address, PASSPHRASE, persona.code())
+    return client
+
+
+@pytest.mark.requirement("REQ-SIGNATURE")
+def test_without_a_crl_the_servers_is_fetched_and_a_revoked_signer_is_refused(
+    server: Server, alice: Persona, bob: Persona
+) -> None:
+    sender = server.logged_in(alice)
+    before = sender.send(A, [B], "Avis", "Avant la révocation.\n", NIR)
+    reader = without_crl(server, bob, "bob")
+    opened = reader.read(before.id)
+    assert opened.signature.revocation_checked  # the published CRL covered the signer
+    assert opened.signature.warnings == []
+
+    # A's certificate is revoked (a lost key); the CA publishes a new list.
+    serial = MailboxCertificate.objects.get(mailbox__address=A).serial
+    assert operator_ca.revoke_serial(serial, "key_compromise")
+    operator_ca.publish_crl()
+
+    later = without_crl(server, bob, "bob", login=False)  # a new process, the same session
+    with pytest.raises(SignerRevoked):
+        later.read(before.id, mark_read=False)
+    # Told not to fetch, the workstation knows nothing of it: the old, lenient reading.
+    lenient = Client(
+        server.url,
+        identity=bob.identity,
+        passphrase=IDENTITY_PASSPHRASE,
+        trust=[server.trust],
+        session_file=server.tmp / "bob-nocrl-session.json",
+        fetch_crl=False,
+    )
+    assert not lenient.read(before.id, mark_read=False).signature.revocation_checked
+
+
+@pytest.mark.requirement("REQ-SIGNATURE")
+def test_a_crl_the_trust_anchors_did_not_sign_is_not_believed(
+    server: Server, alice: Persona, bob: Persona, tmp_path: Path
+) -> None:
+    sent = server.logged_in(alice).send(A, [B], "Avis", "Bonjour.\n", NIR)
+    # The server's files now hold another CA's (empty) list: a server trying to hide
+    # a revocation.
+    other = CaDirectory.create(tmp_path / "other-ca", "Not The Operator", "x" * 20)
+    other.publish_crl(days=7)
+    (server.ca.path / "crl.pem").write_bytes((other.path / "crl.pem").read_bytes())
+    with pytest.raises(RevocationUnknown):
+        without_crl(server, bob, "bob").read(sent.id)
