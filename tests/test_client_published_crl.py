@@ -11,11 +11,12 @@ message is refused (fail closed).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pli.client import Client
+from pli.client import Client, sdk
 from pli.client.castore import CaDirectory
 from pli.crypto import RevocationUnknown, SignerRevoked
 from pli.server.accounts import operator_ca
@@ -37,6 +38,15 @@ from tests.test_client_sdk import (
 __all__ = ["alice", "bob", "ca_directory", "server"]  # fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def published_list_restored(ca_directory: Path) -> Iterator[None]:
+    """The session's CA is shared: what a test does to its published list is undone."""
+    crl = ca_directory / "crl.pem"
+    before = crl.read_bytes()
+    yield
+    crl.write_bytes(before)
 
 
 def without_crl(server: Server, persona: Persona, name: str, *, login: bool = True) -> Client:
@@ -99,3 +109,35 @@ def test_a_crl_the_trust_anchors_did_not_sign_is_not_believed(
     (server.ca.path / "crl.pem").write_bytes((other.path / "crl.pem").read_bytes())
     with pytest.raises(RevocationUnknown):
         without_crl(server, bob, "bob").read(sent.id)
+
+
+@pytest.mark.requirement("REQ-SIGNATURE")
+def test_a_long_running_client_fetches_the_list_again(
+    server: Server, alice: Persona, bob: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Practice software that stays up sees a revocation within CRL_REFRESH_SECONDS."""
+    sent = server.logged_in(alice).send(A, [B], "Avis", "Bonjour.\n", NIR)
+    reader = without_crl(server, bob, "bob")
+    assert reader.read(sent.id, mark_read=False).signature.revocation_checked
+    serial = MailboxCertificate.objects.get(mailbox__address=A).serial
+    assert operator_ca.revoke_serial(serial, "key_compromise")
+    operator_ca.publish_crl()
+    # Within the refresh period the process keeps the list it has...
+    assert reader.read(sent.id, mark_read=False).signature.status == "valid"
+    # ...and once it is over, it asks the server again.
+    monkeypatch.setattr(sdk, "CRL_REFRESH_SECONDS", 0.0)
+    reader._trust_until = 0.0  # the period of the list already held is over
+    with pytest.raises(SignerRevoked):
+        reader.read(sent.id, mark_read=False)
+
+
+def test_a_server_that_publishes_no_list_gets_the_lenient_reading(
+    server: Server, alice: Persona, bob: Persona
+) -> None:
+    """What a withheld list gives: revocation not checked, and said (the limit of
+    fetching; ``crl=`` / ``--crl`` makes the check required whatever the server does)."""
+    sent = server.logged_in(alice).send(A, [B], "Avis", "Bonjour.\n", NIR)
+    (server.ca.path / "crl.pem").unlink()
+    opened = without_crl(server, bob, "bob").read(sent.id)
+    assert not opened.signature.revocation_checked
+    assert opened.signature.warnings == ["revocation_not_checked"]

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pli.crypto import BlobCorrupted, decrypt_stream, encrypt_stream, iter_decrypted
+from pli.crypto import stream as stream_module
 from pli.crypto.stream import StreamSeal
 
 RS = 64  # small records so that tests cross many record boundaries
@@ -140,7 +141,7 @@ def test_the_pull_form_gives_the_same_plaintext_record_by_record(size: int) -> N
     blob, sealed = seal_bytes(data)
     received = pieces(blob, sealed, plaintext_size=size)
     assert b"".join(received) == data
-    assert len(received) == max(1, -(-size // CHUNK))  # one piece per record
+    assert len(received) == -(-size // CHUNK)  # one piece per non-empty record
 
 
 @pytest.mark.requirement("REQ-AT-REST")
@@ -173,3 +174,64 @@ def test_the_pull_form_stops_at_the_first_altered_record() -> None:
     # The digest is the altered stream's own: only the record's tag can tell.
     received = pieces(bytes(tampered), sealed, sha256=hashlib.sha256(tampered).hexdigest())
     assert received == [data[:CHUNK], b"<corrupted>"]
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda h, r: h + b"".join(r[:-1]), id="last-record-dropped"),
+        pytest.param(lambda h, r: h + b"".join(r[:3]), id="cut-at-a-record-boundary"),
+        pytest.param(lambda h, r: h + b"".join([r[1], r[0], *r[2:]]), id="records-swapped"),
+        pytest.param(lambda h, r: h + b"".join([*r, r[-1]]), id="record-appended"),
+        pytest.param(lambda h, r: h + b"".join(r) + b"x", id="byte-appended"),
+        pytest.param(lambda h, r: h + b"".join(r)[:-5], id="truncated"),
+    ],
+)
+def test_the_pull_form_never_gives_every_byte_of_an_altered_stream(change: object) -> None:
+    """Even with the digest recomputed over the altered stream (a server holding no key)."""
+    data = os.urandom(5 * CHUNK + 3)
+    blob, sealed = seal_bytes(data)
+    header, parts = records(blob)
+    assert callable(change)
+    tampered = change(header, parts)
+    received = pieces(tampered, sealed, sha256=hashlib.sha256(tampered).hexdigest(), size=None)
+    assert received[-1] == b"<corrupted>"
+    assert len(b"".join(received[:-1])) < len(data)
+
+
+def hand_sealed(chunks: list[bytes]) -> tuple[bytes, StreamSeal]:
+    """A stream of exactly these records (another RFC 8188 encoder's choice of cuts)."""
+    key, salt = os.urandom(32), os.urandom(16)
+    aead, base = stream_module._derive(key, salt)
+    out = [stream_module._HEADER.pack(salt, RS, 0)]
+    for number, chunk in enumerate(chunks):
+        last = number == len(chunks) - 1
+        out.append(
+            aead.encrypt(
+                stream_module._nonce(base, number), chunk + (b"\x02" if last else b"\x01"), None
+            )
+        )
+    blob = b"".join(out)
+    return blob, StreamSeal(
+        key, hashlib.sha256(blob).hexdigest(), len(blob), sum(map(len, chunks)), RS
+    )
+
+
+def test_an_empty_last_record_does_not_release_the_piece_before_it() -> None:
+    """Records of RS bytes, then an empty last one: legal, and nothing leaks early."""
+    chunks = [os.urandom(CHUNK), os.urandom(CHUNK), b""]
+    blob, sealed = hand_sealed(chunks)
+    whole = b"".join(chunks)
+    assert pieces(blob, sealed, plaintext_size=len(whole)) == chunks[:2]
+    # The same stream judged against another digest: the second piece is withheld.
+    withheld = pieces(blob, sealed, sha256="0" * 64, plaintext_size=len(whole))
+    assert withheld == [chunks[0], b"<corrupted>"]
+
+
+def test_a_plaintext_longer_than_promised_stops_before_the_promise_is_exceeded() -> None:
+    data = os.urandom(5 * CHUNK + 3)
+    blob, sealed = seal_bytes(data)
+    received = pieces(blob, sealed, plaintext_size=2 * CHUNK)
+    assert received[-1] == b"<corrupted>"
+    assert len(b"".join(received[:-1])) <= 2 * CHUNK

@@ -12,15 +12,19 @@ the web mail's ordinary 404 for its address.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
+from django.http import StreamingHttpResponse
 from playwright.sync_api import Browser, Download, Locator, expect
 
+from pli.mime import ExternalPart
 from pli.server.audit.models import AuditEvent
 from pli.server.messaging.uploads import MessageBlob
+from pli.server.webmail.opening import DecryptedDownload
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
 from tests.test_client_sdk import NIR, Server, workstation_persona
@@ -132,3 +136,14 @@ def test_a_large_attachment_is_downloaded_decrypted_from_the_web_mail(
     finally:
         watched_b.context.close()
         watched_c.context.close()
+
+
+@pytest.mark.django_db
+def test_a_download_dropped_before_its_body_closes_the_blob() -> None:
+    """Django closes the answer's content (PEP 3333) even when no byte of it was sent."""
+    blob = io.BytesIO(b"not read")
+    part = ExternalPart("scan.pdf", "application/pdf", "0" * 64, b"k" * 32, 8, 0, 1024)
+    response = StreamingHttpResponse(DecryptedDownload(blob, part, MISSING))
+    assert not blob.closed
+    response.close()
+    assert blob.closed

@@ -290,7 +290,8 @@ def _report_sent(result: SendResult) -> None:
     click.echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
     for delivery in result.deliveries:
         state = _label(_DELIVERY_STATES, delivery.state)
-        click.echo("  " + _("{recipient} : {state}", recipient=delivery.recipient, state=state))
+        recipient = _printable_line(delivery.recipient)
+        click.echo("  " + _("{recipient} : {state}", recipient=recipient, state=state))
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -496,9 +497,27 @@ def inbox_command(
         )
 
 
-def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | None) -> None:
+def _signer_entry(client: Client, message: ReadMessage) -> DirectoryEntry | ClientError | None:
+    """The signer's directory entry; a failure to ask is shown, not raised: the message is
+    already opened (and marked read), and must still be shown."""
+    emails = message.signature.signer_emails
+    if not emails:
+        return None
+    try:
+        return client.directory_entry(emails[0])
+    except ClientError as error:
+        return error
+
+
+def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError | None) -> None:
     """The signer as the directory publishes them (REQ-SIGNATURE), beside the certificate."""
     signer = signature.signer_emails[0] if signature.signer_emails else "-"
+    if isinstance(entry, ClientError):
+        _warn(
+            "signer_directory_unavailable",
+            _("l'annuaire n'a pas pu être consulté ({code})", code=entry.code),
+        )
+        return
     if entry is None:
         _warn(
             "signer_not_in_directory",
@@ -531,9 +550,9 @@ def _show_deliveries(deliveries: list[Delivery]) -> None:
     """On the sending mailbox's copy: each recipient's state, and when they read it."""
     click.echo(_("Distribution :"))
     for delivery in deliveries:
-        line = _(
-            "  {recipient} : {state}",
-            recipient=delivery.recipient,
+        line = "  " + _(
+            "{recipient} : {state}",
+            recipient=_printable_line(delivery.recipient),
             state=_label(_DELIVERY_STATES, delivery.state),
         )
         if delivery.read_at:
@@ -541,7 +560,9 @@ def _show_deliveries(deliveries: list[Delivery]) -> None:
         click.echo(line)
 
 
-def _show(message: ReadMessage, saved: list[Path], signer: DirectoryEntry | None) -> None:
+def _show(
+    message: ReadMessage, saved: list[Path], signer: DirectoryEntry | ClientError | None
+) -> None:
     signature = message.signature
     click.echo(_("De : {address}", address=_printable_line(message.from_address)))
     if message.sender:
@@ -667,8 +688,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     directory = _attachment_directory(save_attachments) if save_attachments else None
     message = client.read(message_id, mailbox)
     saved = message.save_attachments(directory) if directory else []
-    emails = message.signature.signer_emails
-    _show(message, saved, client.directory_entry(emails[0]) if emails else None)
+    _show(message, saved, _signer_entry(client, message))
 
 
 @_command(

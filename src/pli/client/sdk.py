@@ -119,6 +119,8 @@ __all__ = [
 
 #: The server's default ``PLI_MAX_RECIPIENTS``; the server stays the authority.
 DEFAULT_MAX_RECIPIENTS = 20
+#: How long a CRL fetched from the server is used before it is fetched again (seconds).
+CRL_REFRESH_SECONDS = 300.0
 #: How the server names message ids: checked before they go into a URL path.
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -864,6 +866,8 @@ class Client:
         self._trust_source = trust
         self._crl_source = crl
         self._trust: TrustStore | None = trust if isinstance(trust, TrustStore) else None
+        #: When a store built on the server's CRL is to be built again (``time.monotonic``).
+        self._trust_until: float | None = None
         context = ssl.create_default_context(cafile=str(_path(tls_ca)) if tls_ca else None)
         self._opener = urllib.request.build_opener(
             _NoRedirect(), urllib.request.HTTPSHandler(context=context)
@@ -1300,7 +1304,9 @@ class Client:
             ) from None
 
     def _trust_store(self) -> TrustStore:
-        if self._trust is not None:
+        if self._trust is not None and (
+            self._trust_until is None or time.monotonic() < self._trust_until
+        ):
             return self._trust
         if not self._trust_source:
             raise ClientError(
@@ -1321,9 +1327,17 @@ class Client:
             load_crl(_path(item).read_bytes()) if isinstance(item, str | os.PathLike) else item
             for item in self._crl_source
         ]
+        self._trust_until = None
         if not crls and self.fetch_crl:
             published = self._published_crl()
             crls = [published] if published is not None else []
+            # A long-running process (practice software) asks again: a revocation must
+            # reach it within minutes, and a list past its nextUpdate covers nothing.
+            lifetime = CRL_REFRESH_SECONDS
+            if published is not None and published.next_update_utc is not None:
+                left = (published.next_update_utc - dt.datetime.now(dt.UTC)).total_seconds()
+                lifetime = max(0.0, min(lifetime, left))
+            self._trust_until = time.monotonic() + lifetime
         # With a CRL, revocation is required (fail closed); without, checked where known
         # and reported as not checked (SignatureStatus.revocation_checked).
         policy = RevocationPolicy.REQUIRE if crls else RevocationPolicy.IF_AVAILABLE

@@ -266,11 +266,12 @@ def iter_decrypted(
 
     For an HTTP answer that streams a download (the web mail's large
     attachments): each piece is given once its record authenticates, and the
-    **last** piece only once the whole ciphertext has matched ``sha256`` and
-    ``size`` and the plaintext ``plaintext_size``. A stream that fails any
-    check raises :class:`BlobCorrupted` before that piece, so the reader never
-    receives every byte it was promised (``Content-Length``) and sees the
-    download fail, instead of keeping a file that looks whole.
+    **last** non-empty piece only once the whole ciphertext has matched ``sha256``
+    and ``size`` and the plaintext ``plaintext_size`` (never exceeded on the way).
+    A stream that fails any check raises :class:`BlobCorrupted` before that
+    piece, so the reader never receives every byte it was promised
+    (``Content-Length``) and sees the download fail, instead of keeping a file
+    that looks whole.
     """
     digest = _Digest()
 
@@ -279,15 +280,21 @@ def iter_decrypted(
         digest.update(chunk)
         return chunk
 
-    held: bytes | None = None
+    held = b""  # the newest non-empty piece: given only once a later one authenticates
     given = 0
     for data in _plain_records(read, key):
-        if held is not None:
+        if not data:
+            # An empty record releases nothing: were it the last, the piece before it
+            # would otherwise go out before the whole stream is checked.
+            continue
+        if held:
             given += len(held)
             yield held
         held = data
-    assert held is not None  # noqa: S101 - _plain_records gives at least the last record
+        if plaintext_size is not None and given + len(held) > plaintext_size:
+            raise BlobCorrupted("the plaintext is longer than the sealed message says")
     _check_digest(digest, sha256, size)
     if plaintext_size is not None and given + len(held) != plaintext_size:
         raise BlobCorrupted("the plaintext size does not match the sealed message")
-    yield held
+    if held:
+        yield held

@@ -50,37 +50,52 @@ from pli.server.webmail.correspondents import Identity, identities
 logger = logging.getLogger(__name__)
 
 
-def decrypted_pieces(handle: BinaryIO, part: ExternalPart, message_id: str) -> Iterator[bytes]:
+class DecryptedDownload:
     """A large attachment's plaintext as it is decrypted, for a streamed download.
 
     Decision 0003: the server holds the stream's ciphertext only; the key is in
     the signed message the vault just opened. Nothing is written anywhere: each
     authenticated record goes to the browser and is forgotten, so memory stays
     at a record or two whatever the size (:func:`pli.crypto.iter_decrypted`,
-    which also holds back the last record until the whole stream has matched
-    the digest and sizes that the signed message gives). A stream that fails
-    raises before its last bytes: the server cuts the connection short of its
+    which also holds back the last piece until the whole stream has matched the
+    digest and sizes that the signed message gives). A stream that fails raises
+    before its last bytes: the server cuts the connection short of its
     ``Content-Length`` and the browser reports the download as failed, never a
     file that looks whole. The log names the blob, never the file.
+
+    An object rather than a generator so that :meth:`close`, which Django calls
+    on the answer's content (PEP 3333), closes the blob even when the answer is
+    dropped before its body is sent (a generator never started has no
+    ``finally`` to run).
     """
-    try:
-        yield from iter_decrypted(
-            handle,
-            key=part.key,
-            sha256=part.blob_id,
-            size=part.size,
-            plaintext_size=part.plaintext_size,
-        )
-    except BlobCorrupted as error:
-        logger.error(  # noqa: TRY400 - the server logs the traceback as it cuts the answer
-            "webmail: the large attachment %s of %s fails its checks: %s",
-            part.blob_id,
-            message_id,
-            error.detail,
-        )
-        raise
-    finally:
-        handle.close()
+
+    def __init__(self, handle: BinaryIO, part: ExternalPart, message_id: str) -> None:
+        self._handle = handle
+        self._part = part
+        self._message_id = message_id
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from iter_decrypted(
+                self._handle,
+                key=self._part.key,
+                sha256=self._part.blob_id,
+                size=self._part.size,
+                plaintext_size=self._part.plaintext_size,
+            )
+        except BlobCorrupted as error:
+            logger.error(  # noqa: TRY400 - the server logs the traceback as it cuts the answer
+                "webmail: the large attachment %s of %s fails its checks: %s",
+                self._part.blob_id,
+                self._message_id,
+                error.detail,
+            )
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def reason_text(code: str) -> str:

@@ -76,10 +76,10 @@ from pli.server.webmail.correspondents import (
 )
 from pli.server.webmail.forms import ComposeForm
 from pli.server.webmail.opening import (
+    DecryptedDownload,
     OpenedCopy,
     Signature,
     TrustUnavailable,
-    decrypted_pieces,
     open_copy,
     trust_store,
 )
@@ -581,7 +581,7 @@ def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> 
         return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
     kind = part.content_type.lower()
     response = StreamingHttpResponse(
-        decrypted_pieces(blob.handle, part, message_id),
+        DecryptedDownload(blob.handle, part, message_id),
         content_type=kind if kind in _DOWNLOAD_TYPES else "application/octet-stream",
     )
     # Promised in full: a stream cut short by a failed check is a failed download.
