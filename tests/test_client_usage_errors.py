@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from pli.client.cli import main
+from pli.client.cli import _stdout_closed, main
 from tests.test_client_i18n import _read_until
 
 
@@ -200,3 +200,15 @@ def test_a_reader_that_went_away_is_not_reported_as_an_error() -> None:
         os.close(write_end)
     assert finished.stderr == b""
     assert finished.returncode == 1
+
+
+def test_only_a_closed_standard_output_is_taken_for_a_reader_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another broken pipe (an output file that is a FIFO) stays an error."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert not _stdout_closed()  # a reader is there
+        os.close(read_end)
+        assert _stdout_closed()

@@ -9,6 +9,7 @@ from an argument (they would show in ``ps`` and shell history).
 from __future__ import annotations
 
 import os
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,11 @@ class PliGroup(LocalizedGroup):
             # Ctrl-C, or the end of input at a prompt: click would print "Aborted!".
             click.echo("pli: " + _("interrompu"), err=True)
             ctx.exit(1)
-        except BrokenPipeError:
+        except BrokenPipeError as error:
+            if not _stdout_closed():
+                # Another pipe (an output file that is a FIFO…): an error like any other.
+                click.echo(f"pli: error: {_error_line(error)}", err=True)
+                ctx.exit(1)
             # The reader went away (`pli inbox | head`): nothing to tell it, as click does.
             # Standard output is pointed at /dev/null so that Python's flush at exit
             # does not fail again on the closed pipe.
@@ -100,6 +105,17 @@ class PliGroup(LocalizedGroup):
                 raise
             click.echo(f"pli: error: {_error_line(error)}", err=True)
             ctx.exit(1)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (click's test runner)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
