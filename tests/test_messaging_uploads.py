@@ -27,6 +27,7 @@ from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from pli.client import ApiError, Client, ClientError
+from pli.client import sdk as messaging_sdk
 from pli.client.castore import CaDirectory
 from pli.client.sdk import (
     DEFAULT_ATTACHMENT_TYPES,
@@ -804,6 +805,59 @@ def test_the_sdk_keeps_envelopes_under_the_server_limit(
     assert [a.filename for a in opened.attachments] == ["limite.pdf"]
     saved = opened.save_attachments(tmp_path / "in")
     assert sorted(p.read_bytes() for p in saved) == sorted([near.data, over.data])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.requirement("REQ-LPS")
+def test_a_reader_does_not_save_what_the_allow_list_refuses(
+    server: Server,
+    alice: Persona,
+    bob: Persona,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender's software that skipped the allow-list: the server sees ciphertext only,
+    so the reading workstation applies it too before writing anything."""
+    note = Attachment("note.txt", "text/plain", b"Note courte.\n")
+    program = Attachment("outil.exe", "application/x-msdownload", b"MZ\x90\x00" + bytes(200))
+    disguised = Attachment("bilan.pdf", "application/pdf", b"MZ\x90\x00" + bytes(200))
+    large = Attachment("setup.exe", "application/x-msdownload", b"MZ\x90\x00" + bytes(5000))
+    with monkeypatch.context() as patched:
+        # The sender's modified software: every type passes its own check.
+        patched.setattr(
+            messaging_sdk, "check_attachment_type", lambda name, kind, *_, **__: kind.lower()
+        )
+        sent = streaming_client(server, alice).send(
+            A, [B], "Pièces", "Voir.\n", attachments=[note, program, disguised, large]
+        )
+    opened = streaming_client(server, bob).read(sent.id)
+    assert [p.filename for p in opened.external_parts] == ["setup.exe"]
+    assert [(r.index, r.filename, r.code) for r in opened.refused_attachments()] == [
+        (1, "outil.exe", "attachment_type_not_allowed"),
+        (2, "bilan.pdf", "attachment_content_mismatch"),
+        (3, "setup.exe", "attachment_type_not_allowed"),
+    ]
+    assert [p.name for p in opened.save_attachments(tmp_path / "recus")] == ["note.txt"]
+    assert sorted(p.name for p in (tmp_path / "recus").iterdir()) == ["note.txt"]
+    everything = opened.save_attachments(tmp_path / "tout", any_type=True)
+    assert [p.name for p in everything] == ["note.txt", "outil.exe", "bilan.pdf", "setup.exe"]
+
+    # The command says so, and writes only what passes (or everything, when told).
+    shell = Workstation(server, bob)
+    shell.session = server.tmp / f"{B.split('@')[0]}-session.json"  # the SDK's session
+    folder = tmp_path / "pli"
+    read = shell.run("read", sent.id, "--save-attachments", str(folder), *shell.key_options())
+    assert read.exit_code == 0, read.output
+    assert f"Attachment: note.txt (text/plain, 13 bytes) -> {folder / 'note.txt'}" in read.stdout
+    assert "Attachment: outil.exe (application/x-msdownload, 204 bytes)\n" in read.stdout
+    warnings = read.stderr.strip().splitlines()
+    assert [w.split(":")[1].strip() for w in warnings] == [
+        "attachment_type_not_allowed",
+        "attachment_content_mismatch",
+        "attachment_type_not_allowed",
+    ]
+    assert all(w.endswith("not saved (--any-type saves it all the same)") for w in warnings)
+    assert sorted(p.name for p in folder.iterdir()) == ["note.txt"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -36,6 +36,7 @@ from pli.client.sdk import (
     Delivery,
     DirectoryEntry,
     ReadMessage,
+    RefusedAttachment,
     SendResult,
     SignatureStatus,
     UploadInterrupted,
@@ -561,7 +562,12 @@ def _show_deliveries(deliveries: list[Delivery]) -> None:
 
 
 def _show(
-    message: ReadMessage, saved: list[Path], signer: DirectoryEntry | ClientError | None
+    message: ReadMessage,
+    signer: DirectoryEntry | ClientError | None,
+    *,
+    saving: bool,
+    saved: dict[int, Path],
+    refusals: list[RefusedAttachment],
 ) -> None:
     signature = message.signature
     click.echo(_("De : {address}", address=_printable_line(message.from_address)))
@@ -608,7 +614,6 @@ def _show(
             _("aucune liste de révocation ne couvre le signataire (--crl)"),
         )
     for index, attachment in enumerate(message.attachments):
-        where = f" -> {saved[index]}" if saved else ""
         click.echo(
             _(
                 "Pièce jointe : {name} ({content_type}, {size} octets)",
@@ -616,7 +621,7 @@ def _show(
                 content_type=attachment.content_type,
                 size=len(attachment.data),
             )
-            + where
+            + (f" -> {saved[index]}" if index in saved else "")
         )
     for index, part in enumerate(message.external_parts, start=len(message.attachments)):
         # Streamed (decision 0003): fetched and decrypted only by --save-attachments.
@@ -627,9 +632,17 @@ def _show(
                 content_type=part.content_type,
                 size=part.plaintext_size,
             )
-            + (f" -> {saved[index]}" if saved else "")
+            + (f" -> {saved[index]}" if index in saved else "")
         )
-    if message.external_parts and not saved:
+    for refused in refusals:
+        _warn(
+            refused.code,
+            _(
+                "{detail} : pièce non enregistrée (--any-type l'enregistre quand même)",
+                detail=refused.detail,
+            ),
+        )
+    if message.external_parts and not saving:
         click.echo(
             _(
                 "(les pièces volumineuses restent sur le serveur :"
@@ -665,6 +678,14 @@ def _show(
         " n'est écrasé)."
     ),
 )
+@_option(
+    "--any-type",
+    is_flag=True,
+    help=N_(
+        "Enregistrer aussi les pièces d'un type que l'opérateur n'accepte pas, ou dont le"
+        " contenu n'est pas de son type (à vos risques)."
+    ),
+)
 @_key_options
 def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     message_id: str,
@@ -672,6 +693,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     session_file: Path | None,
     mailbox: str | None,
     save_attachments: Path | None,
+    any_type: bool,
     identity: Path,
     trust: tuple[Path, ...],
     crl: tuple[Path, ...],
@@ -687,8 +709,20 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
     )
     directory = _attachment_directory(save_attachments) if save_attachments else None
     message = client.read(message_id, mailbox)
-    saved = message.save_attachments(directory) if directory else []
-    _show(message, saved, _signer_entry(client, message))
+    refusals = [] if any_type else message.refused_attachments()
+    saved: dict[int, Path] = {}
+    if directory:
+        written = iter(message.save_attachments(directory, any_type=any_type))
+        skipped = {r.index for r in refusals}
+        everything = len(message.attachments) + len(message.external_parts)
+        saved = {i: next(written) for i in range(everything) if i not in skipped}
+    _show(
+        message,
+        _signer_entry(client, message),
+        saving=directory is not None,
+        saved=saved,
+        refusals=refusals,
+    )
 
 
 @_command(

@@ -109,6 +109,7 @@ __all__ = [
     "PendingUpload",
     "PolicyRefused",
     "ReadMessage",
+    "RefusedAttachment",
     "RefusedMessage",
     "SendResult",
     "SignatureStatus",
@@ -496,6 +497,19 @@ class SignatureStatus:
 
 
 @dataclass(frozen=True)
+class RefusedAttachment:
+    """A received attachment that is not saved (:meth:`ReadMessage.refused_attachments`).
+
+    ``index`` counts the inline attachments first, then the large parts.
+    """
+
+    index: int
+    filename: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class ReadMessage:
     """A message opened on this workstation: genuine (signature verified), decrypted here."""
 
@@ -527,29 +541,80 @@ class ReadMessage:
     receipt_error: str | None = None
     #: When this message is itself a read receipt: its RFC 8098 fields (who, which, how).
     notification: DispositionNotification | None = None
+    #: The operator's accepted attachment types (``GET /api/uploads/limits``), which
+    #: :meth:`save_attachments` applies on this side too.
+    allowed_types: tuple[str, ...] = DEFAULT_ATTACHMENT_TYPES
+    #: Of the refusals' detail (the reading client's).
+    language: str = "fr"
 
     @property
     def id(self) -> str:
         """The server's id of the message (``msg_…``)."""
         return self.summary.id
 
-    def save_attachments(self, directory: str | os.PathLike[str]) -> list[Path]:
+    def refused_attachments(self) -> list[RefusedAttachment]:
+        """The attachments :meth:`save_attachments` will not write, and why.
+
+        The allow-list is enforced by the sending workstation, since the server
+        sees ciphertext only; a sender's software that skipped it (or a sender
+        with bad intent) must not get an executable saved on the reader's
+        workstation either. So here too: ``attachment_type_not_allowed`` for a
+        type the operator does not accept, ``attachment_content_mismatch`` for
+        an attachment whose first bytes are not of its type (an executable named
+        ``.pdf``). A large part is judged on its declared type (its content is
+        on the server until it is downloaded).
+        """
+        refused = []
+        for index, attachment in enumerate(self.attachments):
+            try:
+                check_attachment_type(
+                    attachment.filename,
+                    attachment.content_type,
+                    attachment.data[:512],
+                    self.allowed_types,
+                    language=self.language,
+                )
+            except ClientError as error:
+                refused.append(
+                    RefusedAttachment(index, attachment.filename, error.code, error.detail)
+                )
+        for number, part in enumerate(self.external_parts, start=len(self.attachments)):
+            accepted = [_media_type(t) for t in self.allowed_types]
+            if _media_type(part.content_type) not in accepted:
+                refusal = _type_not_allowed(
+                    part.filename, _media_type(part.content_type), accepted, self.language
+                )
+                refused.append(
+                    RefusedAttachment(number, part.filename, refusal.code, refusal.detail)
+                )
+        return refused
+
+    def save_attachments(
+        self, directory: str | os.PathLike[str], *, any_type: bool = False
+    ) -> list[Path]:
         """Write the attachments into ``directory`` (``0600``); never overwrites a file.
 
+        Those :meth:`refused_attachments` names are skipped, unless ``any_type``;
+        the paths returned are those written, in the message's order.
         Large attachments are downloaded from the server and decrypted as they
         arrive (a broken connection resumes where it stopped); each is kept only
         if its ciphertext has the SHA-256 the signed message names.
         """
+        skipped = set() if any_type else {r.index for r in self.refused_attachments()}
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         saved: list[Path] = []
-        for attachment in self.attachments:
+        for index, attachment in enumerate(self.attachments):
+            if index in skipped:
+                continue
             # A plain name (no directories, no hidden file), taken exclusively.
             path = _claim_path(target, _safe_filename(attachment.filename))
             with path.open("wb") as handle:
                 handle.write(attachment.data)
             saved.append(path)
-        for part in self.external_parts:
+        for number, part in enumerate(self.external_parts, start=len(self.attachments)):
+            if number in skipped:
+                continue
             if self.fetch_external is None:
                 # Not read through a Client, whose language would be known: French first.
                 raise ClientError(
@@ -1995,6 +2060,8 @@ class Client:
                 )
             )
         inner = parse_inner_message(opened.mime)
+        # Asked before the copy is marked read: a failure here leaves it unread.
+        allowed = self.limits().allowed_types if inner.attachments or inner.external_parts else ()
         receipt_id = receipt_error = None
         if mark_read and not summary.read:
             receipt_id, receipt_error = self._mark_read(summary, opened.mime, inner, receipt)
@@ -2032,6 +2099,8 @@ class Client:
             fetch_external=lambda part, directory: self.download_attachment(
                 message_id, part, directory, mailbox=summary.mailbox
             ),
+            allowed_types=allowed or DEFAULT_ATTACHMENT_TYPES,
+            language=self.language,
             receipt=receipt_id,
             receipt_error=receipt_error,
             notification=notification,
@@ -2308,6 +2377,21 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RESUMABLE = frozenset({"upload_offset_mismatch", "upload_busy", "upload_chunk_incomplete"})
 
 
+def _type_not_allowed(
+    filename: str, kind: str, accepted: Sequence[str], language: str
+) -> ClientError:
+    return ClientError(
+        "attachment_type_not_allowed",
+        translate(
+            language,
+            "{name} : {kind} n'est pas un type de pièce jointe accepté ({accepted})",
+            name=_single_line(filename),
+            kind=kind,
+            accepted=", ".join(accepted),
+        ),
+    )
+
+
 def check_attachment_type(
     filename: str,
     content_type: str,
@@ -2330,16 +2414,7 @@ def check_attachment_type(
         kind = _media_type(guessed or "application/octet-stream")
     accepted = [_media_type(t) for t in allowed]
     if kind not in accepted:
-        raise ClientError(
-            "attachment_type_not_allowed",
-            translate(
-                language,
-                "{name} : {kind} n'est pas un type de pièce jointe accepté ({accepted})",
-                name=_single_line(filename),
-                kind=kind,
-                accepted=", ".join(accepted),
-            ),
-        )
+        raise _type_not_allowed(filename, kind, accepted, language)
     magic = _MAGIC.get(kind)
     if kind in _XML_TYPES:
         start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
