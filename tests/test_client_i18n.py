@@ -11,6 +11,7 @@ against pytest-django's ``live_server`` where a server is needed.
 from __future__ import annotations
 
 import ast
+import contextlib
 import gettext
 import os
 import pty
@@ -374,14 +375,15 @@ def _read_until(fd: int, wanted: str, timeout: float = 20.0) -> str:
     return seen.decode()
 
 
-@pytest.mark.parametrize(
-    ("language", "prompts"),
-    [(None, ("Adresse : ", "Phrase secrète : ")), ("en", ("Address: ", "Passphrase: "))],
-)
-def test_pli_login_asks_in_french_by_default_at_a_terminal(
-    language: str | None, prompts: tuple[str, str], tmp_path: Path
-) -> None:
-    """The installed ``pli`` at a real terminal (a pty): prompts, then the error line."""
+@contextlib.contextmanager
+def login_at_a_terminal(
+    language: str | None, tmp_path: Path
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The installed ``pli login`` at a real terminal (a pty), against no server.
+
+    Yields the terminal's controlling side (to read prompts and type) and the
+    process; both are closed and waited for on leaving.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLI_")}
     if language:
         env["PLI_LANGUAGE"] = language
@@ -398,14 +400,26 @@ def test_pli_login_asks_in_french_by_default_at_a_terminal(
     ) as process:
         os.close(terminal)
         try:
-            _read_until(controller, prompts[0])
-            os.write(controller, b"dr.martin@hopital-a.pli.test\n")
-            _read_until(controller, prompts[1])
-            os.write(controller, b"une phrase\n")
-            end = _read_until(controller, "server_unreachable")
+            yield controller, process
         finally:
             os.close(controller)
-        assert process.wait(timeout=20) == 1
+
+
+@pytest.mark.parametrize(
+    ("language", "prompts"),
+    [(None, ("Adresse : ", "Phrase secrète : ")), ("en", ("Address: ", "Passphrase: "))],
+)
+def test_pli_login_asks_in_french_by_default_at_a_terminal(
+    language: str | None, prompts: tuple[str, str], tmp_path: Path
+) -> None:
+    """The installed ``pli`` at a real terminal (a pty): prompts, then the error line."""
+    with login_at_a_terminal(language, tmp_path) as (terminal, process):
+        _read_until(terminal, prompts[0])
+        os.write(terminal, b"dr.martin@hopital-a.pli.test\n")
+        _read_until(terminal, prompts[1])
+        os.write(terminal, b"une phrase\n")
+        end = _read_until(terminal, "server_unreachable")
+    assert process.wait(timeout=20) == 1
     assert "pli: error: server_unreachable" in end
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import Result
 
 from pli.client.reasons import TEXTS, raised_by_a_pure_package, reason
 from pli.identifiers import IdentifierError, parse_identifier
@@ -71,6 +73,31 @@ def test_only_errors_raised_inside_a_pure_package_are_rewritten() -> None:
     )
 
 
+def send_from_a_shell(
+    server: Server, alice: Persona, tmp_path: Path, patient: str, **run: Any
+) -> Result:
+    """``pli send`` of a short letter from A to B, logged in from a shell."""
+    shell = Workstation(server, alice)
+    assert shell.login().exit_code == 0
+    body = tmp_path / "lettre.txt"
+    body.write_text("Bonjour.\n", encoding="utf-8")
+    return shell.run(
+        "send",
+        "--from",
+        A,
+        "--to",
+        B,
+        "--subject",
+        "Avis",
+        "--patient-ins",
+        patient,
+        "--body-file",
+        str(body),
+        *shell.key_options(),
+        **run,
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("language", "expected"),
@@ -82,26 +109,8 @@ def test_only_errors_raised_inside_a_pure_package_are_rewritten() -> None:
 def test_a_wrong_identity_passphrase_reads_in_the_commands_language(
     server: Server, alice: Persona, tmp_path: Path, language: str | None, expected: str
 ) -> None:
-    shell = Workstation(server, alice)
-    assert shell.login().exit_code == 0
-    body = tmp_path / "lettre.txt"
-    body.write_text("Bonjour.\n", encoding="utf-8")
-    sent = shell.run(
-        "send",
-        "--from",
-        A,
-        "--to",
-        B,
-        "--subject",
-        "Avis",
-        "--patient-ins",
-        NIR,
-        "--body-file",
-        str(body),
-        *shell.key_options(),
-        passphrase="pas la bonne",  # noqa: S106 - a wrong one, on purpose
-        language=language,
-    )
+    wrong = "pas la bonne"  # a wrong passphrase, on purpose
+    sent = send_from_a_shell(server, alice, tmp_path, NIR, passphrase=wrong, language=language)
     assert error_line(sent) == f"pli: error: {expected}"
 
 
@@ -109,25 +118,7 @@ def test_a_wrong_identity_passphrase_reads_in_the_commands_language(
 def test_a_bad_patient_identifier_reads_in_french(
     server: Server, alice: Persona, tmp_path: Path
 ) -> None:
-    shell = Workstation(server, alice)
-    assert shell.login().exit_code == 0
-    body = tmp_path / "lettre.txt"
-    body.write_text("Bonjour.\n", encoding="utf-8")
-    sent = shell.run(
-        "send",
-        "--from",
-        A,
-        "--to",
-        B,
-        "--subject",
-        "Avis",
-        "--patient-ins",
-        "185057800608492",
-        "--body-file",
-        str(body),
-        *shell.key_options(),
-        language=None,
-    )
+    sent = send_from_a_shell(server, alice, tmp_path, "185057800608492", language=None)
     line = error_line(sent)
     assert line.startswith("pli: error: bad_patient_id: ")
     assert "NIR/INS" in line and "not a valid" not in line

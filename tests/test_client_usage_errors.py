@@ -10,7 +10,6 @@ one ``pli: error: <code>: <detail>`` line, and click's exit code 2.
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pli.client.cli import _stdout_closed, main
-from tests.test_client_i18n import _read_until
+from tests.test_client_i18n import _read_until, login_at_a_terminal
 
 
 def pli(*args: str, language: str | None = None) -> Result:
@@ -159,28 +158,11 @@ def test_the_end_of_input_at_a_prompt_is_said_in_the_same_language(
     language: str | None, said: str, tmp_path: Path
 ) -> None:
     """Ctrl-D at ``pli login``'s first prompt, at a real terminal: no English "Aborted!"."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLI_")}
-    if language:
-        env["PLI_LANGUAGE"] = language
-    command = [
-        str(Path(sys.executable).with_name("pli")),
-        "login",
-        "--server",
-        "http://127.0.0.1:9",
-    ]
-    command += ["--session-file", str(tmp_path / "session.json")]
-    controller, terminal = pty.openpty()
-    with subprocess.Popen(
-        command, stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True
-    ) as process:
-        os.close(terminal)
-        try:
-            _read_until(controller, "Adresse : " if language is None else "Address: ")
-            os.write(controller, b"\x04")
-            end = _read_until(controller, said)
-        finally:
-            os.close(controller)
-        assert process.wait(timeout=20) == 1
+    with login_at_a_terminal(language, tmp_path) as (terminal, process):
+        _read_until(terminal, "Adresse : " if language is None else "Address: ")
+        os.write(terminal, b"\x04")
+        end = _read_until(terminal, said)
+    assert process.wait(timeout=20) == 1
     assert "Aborted" not in end
 
 

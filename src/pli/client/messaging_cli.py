@@ -161,6 +161,14 @@ _attach_option = _option(
 )
 
 
+#: ``--mailbox``, for the commands that act on one copy of a message.
+_mailbox_option = _option(
+    "--mailbox",
+    default=None,
+    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
+)
+
+
 def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
@@ -290,9 +298,15 @@ def _report_sent(result: SendResult) -> None:
     # The id stays the second word in both languages (scripts pick it up).
     click.echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
     for delivery in result.deliveries:
-        state = _label(_DELIVERY_STATES, delivery.state)
-        recipient = _printable_line(delivery.recipient)
-        click.echo("  " + _("{recipient} : {state}", recipient=recipient, state=state))
+        click.echo(_delivery_line(delivery))
+
+
+def _delivery_line(delivery: Delivery) -> str:
+    return "  " + _(
+        "{recipient} : {state}",
+        recipient=_printable_line(delivery.recipient),
+        state=_label(_DELIVERY_STATES, delivery.state),
+    )
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -551,11 +565,7 @@ def _show_deliveries(deliveries: list[Delivery]) -> None:
     """On the sending mailbox's copy: each recipient's state, and when they read it."""
     click.echo(_("Distribution :"))
     for delivery in deliveries:
-        line = "  " + _(
-            "{recipient} : {state}",
-            recipient=_printable_line(delivery.recipient),
-            state=_label(_DELIVERY_STATES, delivery.state),
-        )
+        line = _delivery_line(delivery)
         if delivery.read_at:
             line += _(", lu le {date}", date=f"{delivery.read_at.astimezone():%Y-%m-%d %H:%M}")
         click.echo(line)
@@ -664,11 +674,7 @@ def _show(
 )
 @click.argument("message_id")
 @_server_options
-@_option(
-    "--mailbox",
-    default=None,
-    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
-)
+@_mailbox_option
 @_option(
     "--save-attachments",
     type=LocalizedPath(file_okay=False, path_type=Path),
@@ -734,11 +740,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
 )
 @click.argument("message_id")
 @_server_options
-@_option(
-    "--mailbox",
-    default=None,
-    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
-)
+@_mailbox_option
 @_option(
     "--body-file",
     required=True,
@@ -771,13 +773,6 @@ def reply_command(  # noqa: PLR0917 - click passes each option as a parameter
     _report_sent(
         _sent(client, lambda: client.reply(message_id, body, list(attach), mailbox=mailbox))
     )
-
-
-_mailbox_option = _option(
-    "--mailbox",
-    default=None,
-    help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
-)
 
 
 @_command(

@@ -518,32 +518,48 @@ def content_disposition(name: str) -> str:
     )
 
 
+def _opened_for_download(
+    request: HttpRequest, message_id: str
+) -> tuple[MessageCopy, InnerMessage] | HttpResponse:
+    """The caller's copy and its genuine inner message, or the answer to give instead
+    (the same 404 for "missing" and "not yours"; the unlock page for a locked vault)."""
+    found = _copy(request, message_id)
+    if isinstance(found, HttpResponse):
+        return found
+    keys, failure = _keys(request, found.mailbox)
+    if failure == "vault_locked":
+        return HttpResponseRedirect(_unlock_url(request))
+    if not keys:
+        return _not_found(request)
+    opened = _open(request, found, keys)
+    if opened.message is None:
+        return _not_found(request)
+    return found, opened.message
+
+
+def _as_download(response: HttpResponseBase, filename: str, content_type: str) -> None:
+    """Headers that make an attachment a download, never a page of Pli."""
+    kind = content_type.lower()
+    response["Content-Type"] = kind if kind in _DOWNLOAD_TYPES else "application/octet-stream"
+    response["Content-Disposition"] = content_disposition(filename)
+    response["Content-Security-Policy"] = _DOWNLOAD_CSP
+    response["Cache-Control"] = "no-store"
+
+
 @require_GET
 @login_required
 @never_cache
 def attachment_view(request: HttpRequest, message_id: str, index: int) -> HttpResponse:
     """An attachment of a genuine message, as a download (never shown as a page of Pli)."""
-    found = _copy(request, message_id)
+    found = _opened_for_download(request, message_id)
     if isinstance(found, HttpResponse):
         return found
-    copy = found
-    keys, failure = _keys(request, copy.mailbox)
-    if failure == "vault_locked":
-        return HttpResponseRedirect(_unlock_url(request))
-    if not keys:
+    inner = found[1]
+    if not 0 <= index < len(inner.attachments):
         return _not_found(request)
-    opened = _open(request, copy, keys)
-    if opened.message is None or not 0 <= index < len(opened.message.attachments):
-        return _not_found(request)
-    attachment = opened.message.attachments[index]
-    kind = attachment.content_type.lower()
-    response = HttpResponse(
-        attachment.data,
-        content_type=kind if kind in _DOWNLOAD_TYPES else "application/octet-stream",
-    )
-    response["Content-Disposition"] = content_disposition(attachment.filename)
-    response["Content-Security-Policy"] = _DOWNLOAD_CSP
-    response["Cache-Control"] = "no-store"
+    attachment = inner.attachments[index]
+    response = HttpResponse(attachment.data)
+    _as_download(response, attachment.filename, attachment.content_type)
     return response
 
 
@@ -558,19 +574,13 @@ def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> 
     as ``messages.opened`` with the blob), and the key is in the signed message
     that the vault opens. Only a genuine message's parts are served.
     """
-    found = _copy(request, message_id)
+    found = _opened_for_download(request, message_id)
     if isinstance(found, HttpResponse):
         return found
-    copy = found
-    keys, failure = _keys(request, copy.mailbox)
-    if failure == "vault_locked":
-        return HttpResponseRedirect(_unlock_url(request))
-    if not keys:
+    copy, inner = found
+    if not 0 <= index < len(inner.external_parts):
         return _not_found(request)
-    opened = _open(request, copy, keys)
-    if opened.message is None or not 0 <= index < len(opened.message.external_parts):
-        return _not_found(request)
-    part = opened.message.external_parts[index]
+    part = inner.external_parts[index]
     try:
         blob = open_message_blob(signed_in_user(request), copy, part.blob_id, None, request)
     except MessagingError as error:
@@ -579,16 +589,10 @@ def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> 
         # blob_unavailable: the store lacks it or holds another size (logged there).
         messages.error(request, error.message)
         return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
-    kind = part.content_type.lower()
-    response = StreamingHttpResponse(
-        DecryptedDownload(blob.handle, part, message_id),
-        content_type=kind if kind in _DOWNLOAD_TYPES else "application/octet-stream",
-    )
+    response = StreamingHttpResponse(DecryptedDownload(blob.handle, part, message_id))
+    _as_download(response, part.filename, part.content_type)
     # Promised in full: a stream cut short by a failed check is a failed download.
     response["Content-Length"] = str(part.plaintext_size)
-    response["Content-Disposition"] = content_disposition(part.filename)
-    response["Content-Security-Policy"] = _DOWNLOAD_CSP
-    response["Cache-Control"] = "no-store"
     return response
 
 
