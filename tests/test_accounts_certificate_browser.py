@@ -12,10 +12,12 @@ loopback only (PLI_TRUSTED_PROXIES) and verifies the certificate itself.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -83,9 +85,12 @@ http {{
         ssl_client_certificate {dir}/client-ca.pem;
         ssl_verify_client optional_no_ca;
         ssl_verify_depth 3;
+        client_max_body_size 1100m;
 
         location / {{
             proxy_pass {upstream};
+            proxy_request_buffering off;
+            proxy_http_version 1.1;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Forwarded-For $remote_addr;
@@ -294,3 +299,32 @@ def test_without_a_card_the_normal_login_page_is_shown(
     assert page.get_by_role("alert").get_attribute("data-code") == "certificate_missing"
     assert not UserSession.objects.filter(user=user).exists()
     page.context.close()
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_the_proxy_passes_a_large_body_on_without_writing_it_to_disk(front: Front) -> None:
+    """The compose page receives attachments in clear: nginx must neither refuse them
+    (its default limit is 1 MB) nor spool them to ``client_body_temp_path``."""
+    body = os.urandom(9 * 1024 * 1024)
+    context = ssl.create_default_context(cafile=str(front.directory / "client-ca.pem"))
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the front's certificate is the test's own
+    port = int(front.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+    try:
+        connection.request(
+            "POST",
+            "/messagerie/nouveau/",
+            body=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        answer = connection.getresponse()
+        answer.read()
+    finally:
+        connection.close()
+    # Pli's own answer (to the login page: nobody is signed in), not nginx's 413.
+    assert answer.status == 302, answer.status
+    assert "/compte/connexion/" in (answer.getheader("Location") or "")
+    log = (front.directory / "error.log").read_text(encoding="utf-8", errors="replace")
+    assert "buffered to a temporary file" not in log
+    assert not any((front.directory / "body").rglob("*"))
