@@ -7,12 +7,18 @@ import io
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pli.crypto import BlobCorrupted, decrypt_stream, encrypt_stream, iter_decrypted
+from pli.crypto import (
+    BlobCorrupted,
+    StreamEncryptor,
+    decrypt_stream,
+    encrypt_stream,
+    iter_decrypted,
+)
 from pli.crypto import stream as stream_module
-from pli.crypto.stream import StreamSeal
+from pli.crypto.stream import MIN_RECORD_SIZE, StreamSeal
 
 RS = 64  # small records so that tests cross many record boundaries
 CHUNK = RS - 17
@@ -235,3 +241,62 @@ def test_a_plaintext_longer_than_promised_stops_before_the_promise_is_exceeded()
     received = pieces(blob, sealed, plaintext_size=2 * CHUNK)
     assert received[-1] == b"<corrupted>"
     assert len(b"".join(received[:-1])) <= 2 * CHUNK
+
+
+def _push(encryptor: StreamEncryptor, data: bytes, cuts: list[int]) -> bytes:
+    """``data`` through the push form, handed over in pieces cut at ``cuts``."""
+    out = bytearray()
+    start = 0
+    for cut in [*sorted(c % (len(data) + 1) for c in cuts), len(data)]:
+        out += encryptor.update(data[start:cut])
+        start = cut
+    return bytes(out + encryptor.finish())
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+@given(
+    data=st.binary(max_size=6 * CHUNK + 5),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+@example(data=b"", cuts=[])
+@example(data=bytes(CHUNK), cuts=[])
+@example(data=bytes(3 * CHUNK), cuts=[CHUNK, 2 * CHUNK])
+@example(data=bytes(2 * CHUNK + 1), cuts=[CHUNK + 1])
+@settings(max_examples=150, deadline=None)
+def test_the_push_form_writes_exactly_what_the_stream_form_writes(
+    data: bytes, cuts: list[int]
+) -> None:
+    salt = os.urandom(16)
+    key = os.urandom(32)
+    with pytest.MonkeyPatch.context() as patch:
+        # The same salt for both: then the two forms must agree byte for byte.
+        patch.setattr(stream_module.os, "urandom", lambda n: salt[:n])
+        expected = io.BytesIO()
+        sealed = encrypt_stream(io.BytesIO(data), expected, key=key, record_size=RS)
+        encryptor = StreamEncryptor(key=key, record_size=RS)
+    pushed = _push(encryptor, data, cuts)
+    assert pushed == expected.getvalue()
+    assert encryptor.seal == sealed
+    assert open_bytes(pushed, encryptor.seal) == data
+
+
+def test_the_push_form_opens_with_the_checks_of_the_stream_form() -> None:
+    data = os.urandom(5 * CHUNK + 3)
+    encryptor = StreamEncryptor(record_size=RS)
+    blob = _push(encryptor, data, [1, 70, 200])
+    sealed = encryptor.seal
+    assert sealed.plaintext_size == len(data) and sealed.size == len(blob)
+    assert sealed.sha256 == hashlib.sha256(blob).hexdigest()
+    assert b"".join(iter_decrypted(io.BytesIO(blob), key=sealed.key, sha256=sealed.sha256)) == data
+    altered = bytearray(blob)
+    altered[len(blob) // 2] ^= 1
+    with pytest.raises(BlobCorrupted):
+        open_bytes(bytes(altered), sealed, sha256=sealed.sha256)
+    encryptor = StreamEncryptor(record_size=RS)
+    with pytest.raises(ValueError, match="not finished"):
+        _ = encryptor.seal
+    encryptor.finish()
+    with pytest.raises(ValueError, match="finished"):
+        encryptor.update(b"more")
+    with pytest.raises(ValueError, match="record size"):
+        StreamEncryptor(record_size=MIN_RECORD_SIZE - 1)

@@ -107,7 +107,13 @@ from pli.crypto.smime import (
     open_envelope,
     seal,
 )
-from pli.crypto.stream import StreamSeal, decrypt_stream, encrypt_stream, iter_decrypted
+from pli.crypto.stream import (
+    StreamEncryptor,
+    StreamSeal,
+    decrypt_stream,
+    encrypt_stream,
+    iter_decrypted,
+)
 from pli.crypto.trust import RevocationPolicy, TrustStore
 
 __all__ = [
@@ -153,6 +159,7 @@ __all__ = [
     "SigningKey",
     "SigningKeyInvalid",
     "SoftwareKey",
+    "StreamEncryptor",
     "StreamSeal",
     "TrustStore",
     "UnsupportedAlgorithm",

@@ -178,6 +178,83 @@ def encrypt_stream(
     )
 
 
+class StreamEncryptor:
+    """The push form of :func:`encrypt_stream`, for a source that hands bytes over as
+    they come (an HTTP upload parsed piece by piece).
+
+    :meth:`update` returns the ciphertext of every record it could close,
+    :meth:`finish` the last record; the framing and the records are exactly
+    :func:`encrypt_stream`'s (a record is the last one only once the source
+    has ended, RFC 8188 §2), so :func:`decrypt_stream` and
+    :func:`iter_decrypted` open either. It hashes what it gives out, in the
+    calling thread: memory is one record, whatever the size.
+    """
+
+    def __init__(self, *, key: bytes | None = None, record_size: int = DEFAULT_RECORD_SIZE) -> None:
+        if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
+            raise ValueError(f"record size must be between {MIN_RECORD_SIZE} and {MAX_RECORD_SIZE}")
+        self._key = key or new_stream_key()
+        salt = os.urandom(16)
+        self._aead, self._base = _derive(self._key, salt)
+        self._record_size = record_size
+        self._chunk_size = record_size - _TAG - 1
+        self._pending = bytearray()
+        self._sequence = 0
+        self._plaintext_size = 0
+        self._digest = _Digest()
+        self._header: bytes | None = _HEADER.pack(salt, record_size, 0)
+        self._seal: StreamSeal | None = None
+
+    def _emit(self, pieces: list[bytes]) -> bytes:
+        if self._header is not None:
+            pieces.insert(0, self._header)
+            self._header = None
+        out = b"".join(pieces)
+        self._digest.update(out)
+        return out
+
+    def _record(self, data: bytes | bytearray, last: bool) -> bytes:
+        record = bytes(data) + (b"\x02" if last else b"\x01")
+        sealed = self._aead.encrypt(_nonce(self._base, self._sequence), record, None)
+        self._sequence += 1
+        return sealed
+
+    def update(self, data: bytes) -> bytes:
+        """Take ``data``; the ciphertext of the records it completed (maybe nothing)."""
+        if self._seal is not None:
+            raise ValueError("the stream is finished")
+        self._plaintext_size += len(data)
+        self._pending += data
+        records: list[bytes] = []
+        # Strictly more than a record's worth: the last record must stay for finish(),
+        # which alone knows the source has ended.
+        while len(self._pending) > self._chunk_size:
+            records.append(self._record(self._pending[: self._chunk_size], last=False))
+            del self._pending[: self._chunk_size]
+        return self._emit(records) if records or self._header is not None else b""
+
+    def finish(self) -> bytes:
+        """The last record; :attr:`seal` then says how to find, check and open the stream."""
+        if self._seal is not None:
+            raise ValueError("the stream is finished")
+        out = self._emit([self._record(self._pending, last=True)])
+        self._pending = bytearray()
+        self._seal = StreamSeal(
+            key=self._key,
+            sha256=self._digest.hash.hexdigest(),
+            size=self._digest.size,
+            plaintext_size=self._plaintext_size,
+            record_size=self._record_size,
+        )
+        return out
+
+    @property
+    def seal(self) -> StreamSeal:
+        if self._seal is None:
+            raise ValueError("the stream is not finished")
+        return self._seal
+
+
 def _plain_records(read: Callable[[int], bytes], key: bytes) -> Iterator[bytes]:
     """The plaintext of each record in turn, each authenticated before it is given.
 
