@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import re
 import stat
@@ -51,6 +52,7 @@ from pli.server.audit.actions import do_record_event, do_record_events
 from pli.server.audit.models import AuditEvent
 from pli.server.blobs import (
     BlobDigestMismatch,
+    BlobError,
     BlobNotFound,
     BlobTooLarge,
     InvalidBlobId,
@@ -383,6 +385,39 @@ def test_the_blob_store_writes_atomically_and_streams(tmp_path: Path) -> None:
             store.exists(hostile)
     (tmp_path / "blobs" / ".part-leftover").write_bytes(b"half")
     assert store.sweep_temporary(older_than_seconds=-1) == 1
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_a_blob_written_by_pieces_appears_only_when_committed(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    root = tmp_path / "blobs"
+
+    def names() -> list[str]:
+        return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+    writer = store.writer(max_bytes=10)
+    writer.write(b"chif")
+    writer.write(b"fre")
+    assert list(store.ids()) == [] and writer.size == 7  # readers see nothing yet
+    stored = writer.commit()
+    assert stored.size == 7 and stored.sha256 == hashlib.sha256(b"chiffre").hexdigest()
+    assert b"".join(store.read_chunks(stored.blob_id)) == b"chiffre"
+    assert names() == [stored.blob_id]  # no temporary file left
+    writer.abort()  # after the commit: nothing to drop
+    assert store.exists(stored.blob_id)
+
+    dropped = store.writer()
+    dropped.write(b"half")
+    dropped.abort()
+    assert names() == [stored.blob_id]
+    with pytest.raises(BlobError):
+        dropped.write(b"more")
+
+    bounded = store.writer(max_bytes=4)
+    bounded.write(b"1234")
+    with pytest.raises(BlobTooLarge):
+        bounded.write(b"5")
+    assert names() == [stored.blob_id]  # what was written past the bound is gone
 
 
 # --------------------------------------------------------------------------- end to end

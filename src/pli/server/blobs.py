@@ -88,6 +88,25 @@ class StoredBlob:
 Source = bytes | BinaryIO | Iterable[bytes]
 
 
+class BlobWriter(Protocol):
+    """A blob being written by pieces: readers see nothing until :meth:`commit`."""
+
+    #: Bytes written so far.
+    size: int
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; :class:`BlobTooLarge` (and nothing kept) past ``max_bytes``."""
+        ...
+
+    def commit(self) -> StoredBlob:
+        """Flush, and install the blob under a new random id."""
+        ...
+
+    def abort(self) -> None:
+        """Drop what was written (idempotent; after a commit, nothing to drop)."""
+        ...
+
+
 class BlobStore(Protocol):
     """Encrypted bytes by id. Implementations: :class:`LocalBlobStore` (S3 to come)."""
 
@@ -99,6 +118,10 @@ class BlobStore(Protocol):
         self, source: Source, *, expected_sha256: str | None = None, max_bytes: int | None = None
     ) -> StoredBlob:
         """Store ``source`` under its SHA-256; an existing identical blob is kept (idempotent)."""
+        ...
+
+    def writer(self, *, max_bytes: int | None = None) -> BlobWriter:
+        """A blob written piece by piece, for a source that pushes its bytes; random id."""
         ...
 
     def open(self, blob_id: str) -> BinaryIO:
@@ -176,25 +199,17 @@ class LocalBlobStore:
     # --- writing -------------------------------------------------------------------------
     def _write_temporary(self, source: Source, max_bytes: int | None) -> tuple[Path, int, str]:
         """Stream ``source`` into a new temporary file in the root; its path, size and digest."""
-        self._ensure_root()
-        temporary = self.root / f"{_TEMPORARY_PREFIX}{secrets.token_hex(16)}"
-        digest = hashlib.sha256()
-        size = 0
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        writer = _LocalBlobWriter(self, max_bytes)
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                for chunk in _chunks(source):
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise BlobTooLarge(f"more than {max_bytes} bytes")
-                    digest.update(chunk)
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+            for chunk in _chunks(source):
+                writer.write(chunk)
+            return writer.close()
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            writer.abort()
             raise
-        return temporary, size, digest.hexdigest()
+
+    def writer(self, *, max_bytes: int | None = None) -> BlobWriter:
+        return _LocalBlobWriter(self, max_bytes)
 
     def _install(self, temporary: Path, blob_id: str) -> None:
         final = self._path(blob_id)
@@ -283,6 +298,57 @@ class LocalBlobStore:
                     path.unlink()
                     removed += 1
         return removed
+
+
+class _LocalBlobWriter:
+    """A temporary file in the store's root, renamed into place by :meth:`commit`."""
+
+    def __init__(self, store: LocalBlobStore, max_bytes: int | None) -> None:
+        store._ensure_root()
+        self._store = store
+        self._max_bytes = max_bytes
+        self.temporary = store.root / f"{_TEMPORARY_PREFIX}{secrets.token_hex(16)}"
+        descriptor = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._handle: BinaryIO | None = os.fdopen(descriptor, "wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self._handle is None:
+            raise BlobError("the blob is no longer being written")
+        self.size += len(chunk)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            self.abort()
+            raise BlobTooLarge(f"more than {self._max_bytes} bytes")
+        self._digest.update(chunk)
+        self._handle.write(chunk)
+
+    def close(self) -> tuple[Path, int, str]:
+        """Flush to disk; the temporary file's path, size and digest."""
+        if self._handle is None:
+            raise BlobError("the blob is no longer being written")
+        handle, self._handle = self._handle, None
+        with handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        return self.temporary, self.size, self._digest.hexdigest()
+
+    def commit(self) -> StoredBlob:
+        try:
+            temporary, size, sha256 = self.close()
+            blob_id = secrets.token_hex(16)
+            self._store._install(temporary, blob_id)
+        except BaseException:
+            self.abort()
+            raise
+        return StoredBlob(blob_id, size, sha256)
+
+    def abort(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+        self.temporary.unlink(missing_ok=True)
 
 
 def blob_store() -> BlobStore:
