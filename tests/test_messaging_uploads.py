@@ -56,7 +56,6 @@ from pli.server.messaging.uploads import (
     stream_ciphertext_bytes,
     upload_cleanup_job,
 )
-from pli.server.messaging.uploads import DEFAULT_ATTACHMENT_TYPES as SERVER_TYPES
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
 from tests.test_audit_sequencer import in_threads
@@ -321,7 +320,7 @@ def test_the_limits_say_what_clients_must_enforce(
         "chunk_bytes": 8 * 1024 * 1024,
         "max_envelope_bytes": 10 * 1024 * 1024,
         "inline_attachment_bytes": inline_attachment_bytes(10 * 1024 * 1024),
-        "allowed_types": list(SERVER_TYPES),
+        "allowed_types": list(DEFAULT_ATTACHMENT_TYPES),
     }
     # About 5.1 MiB inline with the default 10 MiB envelope.
     assert 5_300_000 < limits["inline_attachment_bytes"] < 5_500_000
@@ -332,7 +331,6 @@ def test_the_limits_say_what_clients_must_enforce(
         "application/pdf",
         "text/xml",
     ]
-    assert list(SERVER_TYPES) == list(DEFAULT_ATTACHMENT_TYPES)  # the SDK's own default
 
 
 # --------------------------------------------------------------------------- send, download

@@ -270,7 +270,7 @@ def test_the_push_form_writes_exactly_what_the_stream_form_writes(
     key = os.urandom(32)
     with pytest.MonkeyPatch.context() as patch:
         # The same salt for both: then the two forms must agree byte for byte.
-        patch.setattr(stream_module.os, "urandom", lambda n: salt[:n])
+        patch.setattr(os, "urandom", lambda n: salt[:n])
         expected = io.BytesIO()
         sealed = encrypt_stream(io.BytesIO(data), expected, key=key, record_size=RS)
         encryptor = StreamEncryptor(key=key, record_size=RS)

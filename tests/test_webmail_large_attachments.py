@@ -15,15 +15,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
 from django.http import StreamingHttpResponse
-from playwright.sync_api import Browser, Download, Locator, expect
+from playwright.sync_api import Browser, Download, Locator, Page, expect
 
 from pli.mime import ExternalPart
 from pli.server.audit.models import AuditEvent
-from pli.server.messaging.uploads import MessageBlob
+from pli.server.messaging.models import Message
+from pli.server.messaging.uploads import MessageBlob, Upload
 from pli.server.webmail.opening import DecryptedDownload
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
@@ -147,3 +150,231 @@ def test_a_download_dropped_before_its_body_closes_the_blob() -> None:
     assert not blob.closed
     response.close()
     assert blob.closed
+
+
+#: A phrase inside the scan sent from the web mail: it must never be on a disk.
+PHRASE = b"opacite lobaire inferieure droite, controle a trois mois"
+WEB_SCAN = b"%PDF-1.7\n% " + PHRASE + b"\n" + os.urandom(2_600_000) + PHRASE
+
+
+def _stored_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _reply_with(page: Page, message_id: str, files: list[Path]) -> None:
+    page.goto(f"/messagerie/message/{message_id}/repondre/?boite={B}")
+    page.get_by_label("Message", exact=True).fill("Le scanner est joint.\n")
+    page.get_by_label("Pièces jointes").set_input_files(files)
+    page.get_by_role("button", name="Signer, chiffrer et envoyer").click()
+
+
+@pytest.mark.requirement("REQ-E2E")
+@pytest.mark.requirement("REQ-AT-REST")
+def test_a_large_attachment_is_sent_from_the_web_mail_encrypted_as_it_arrives(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    pki: Pki,
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An envelope of 1 MiB holds about 400 KiB of attachments: the scan goes beside it.
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
+    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
+    _, secret_b = vault_account(
+        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
+    )
+    software = stage.client(a, "alice")
+    software.login(A, PASSPHRASE, a.code())
+    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    scan = tmp_path / "scanner-thorax.pdf"
+    scan.write_bytes(WEB_SCAN)
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"Compte rendu joint.\n")
+    blobs = stage.tmp / "blobs"
+
+    watched = watch(browser, stage.url)
+    try:
+        b = watched.page
+        log_in(b, B, secret_b)
+        _reply_with(b, asked.id, [scan, note])
+        b.wait_for_url("**/messagerie/message/**")
+        expect(b.get_by_role("status")).to_contain_text("Message envoyé.")
+        attachments = b.get_by_role("region", name="Pièces jointes")
+        expect(attachments.get_by_role("link", name="note.txt")).to_be_visible()
+        expect(attachments).to_contain_text("pièce volumineuse")
+        sent_id = b.url.split("/messagerie/message/")[1].split("/")[0]
+        watched.assert_clean()
+    finally:
+        watched.context.close()
+
+    # The scan is one blob of the message, its ciphertext; nothing of it in clear anywhere.
+    [blob] = MessageBlob.objects.filter(message__public_id=sent_id)
+    assert not Upload.objects.exists()
+    stored = _stored_files(blobs)
+    assert [name for name in stored if "/" not in name] == []  # no temporary file left
+    for name, content in stored.items():
+        assert PHRASE not in content, name
+        assert WEB_SCAN[20_000:20_064] not in content, name
+    assert blob.blob_id in {Path(name).name for name in stored}
+
+    # A, on the workstation: signed by B, both attachments byte for byte.
+    read = software.read(sent_id)
+    assert read.signature.status == "valid" and B in read.signature.signer_emails
+    assert [p.filename for p in read.external_parts] == ["scanner-thorax.pdf"]
+    saved = read.save_attachments(tmp_path / "a-received")
+    assert {p.name: p.read_bytes() for p in saved} == {
+        "note.txt": b"Compte rendu joint.\n",
+        "scanner-thorax.pdf": WEB_SCAN,
+    }
+
+
+EXE = b"MZ\x90\x00"
+LARGE_PDF = b"%PDF-1.7\n" + bytes(600_000)
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+@pytest.mark.parametrize(
+    ("files", "code", "status"),
+    [
+        # Above what the envelope holds: refused on its first bytes, before any is stored.
+        ({"programme.exe": EXE + bytes(600_000)}, "attachment_type_not_allowed", 400),
+        ({"resultats.pdf": EXE + bytes(600_000)}, "attachment_content_mismatch", 400),
+        # Small enough for the envelope: refused when the message is checked.
+        ({"resultats.pdf": EXE + bytes(1000)}, "attachment_content_mismatch", 400),
+        # A large scan encrypted and stored, then the message refused: the scan goes too.
+        (
+            {"scanner.pdf": LARGE_PDF, "resultats.pdf": EXE + bytes(1000)},
+            "attachment_content_mismatch",
+            400,
+        ),
+        # Past PLI_MAX_ATTACHMENT_BYTES: the upload stops where it passes the limit.
+        ({"scanner.pdf": b"%PDF-1.7\n" + bytes(1_300_000)}, "attachments_too_large", 413),
+    ],
+)
+def test_the_web_mail_refuses_what_the_operator_does_not_accept_and_keeps_nothing(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    pki: Pki,
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, bytes],
+    code: str,
+    status: int,
+) -> None:
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
+    monkeypatch.setenv("PLI_MAX_ATTACHMENT_BYTES", str(1_000_000))
+    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
+    _, secret_b = vault_account(
+        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
+    )
+    software = stage.client(a, "alice")
+    software.login(A, PASSPHRASE, a.code())
+    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    before = _stored_files(stage.tmp / "blobs")
+    messages = Message.objects.count()
+    paths = []
+    for name, content in files.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(content)
+
+    watched = watch(browser, stage.url)
+    try:
+        b = watched.page
+        log_in(b, B, secret_b)
+        with b.expect_response(lambda r: r.request.method == "POST") as answer:
+            _reply_with(b, asked.id, paths)
+        assert answer.value.status == status
+        refusal = b.locator(f"#compose-errors [data-code={code}]")
+        expect(refusal).to_be_visible()
+        if code != "attachments_too_large":
+            expect(refusal).to_contain_text(paths[-1].name)
+        expect(b.locator("[data-code=attachments_not_kept]")).to_be_visible()
+        # What was typed stays; the attachment is asked for again.
+        expect(b.get_by_label("Message", exact=True)).to_have_value("Le scanner est joint.\n")
+    finally:
+        watched.context.close()
+    assert Message.objects.count() == messages
+    assert not Upload.objects.exists()
+    assert _stored_files(stage.tmp / "blobs") == before
+
+
+def _multipart(fields: list[tuple[str, str]], file_name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = "pli-test-" + os.urandom(8).hex()
+    out = bytearray()
+    for key, value in fields:
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+        ).encode()
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="attachments"; '
+        f'filename="{file_name}"\r\nContent-Type: application/pdf\r\n\r\n'
+    ).encode()
+    out += content + b"\r\n"
+    out += f'--{boundary}\r\nContent-Disposition: form-data; name="end"\r\n\r\n1\r\n'.encode()
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), boundary
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    pki: Pki,
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection drops while the scan is being encrypted into the store."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
+    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
+    _, secret_b = vault_account(
+        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
+    )
+    software = stage.client(a, "alice")
+    software.login(A, PASSPHRASE, a.code())
+    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    blobs = stage.tmp / "blobs"
+    before = _stored_files(blobs)
+    messages = Message.objects.count()
+
+    watched = watch(browser, stage.url)
+    try:
+        b = watched.page
+        log_in(b, B, secret_b)
+        path = f"/messagerie/message/{asked.id}/repondre/?boite={B}"
+        b.goto(path)
+        token = b.locator("form.compose input[name=csrfmiddlewaretoken]").input_value()
+        cookies = "; ".join(f"{c['name']}={c['value']}" for c in watched.context.cookies())
+    finally:
+        watched.context.close()
+    fields = [
+        ("csrfmiddlewaretoken", token),
+        ("sender", B),
+        ("recipients", A),
+        ("subject", "RE : Imagerie"),
+        ("body", "Le scanner est joint.\n"),
+        ("action", "send"),
+    ]
+    body, boundary = _multipart(fields, "scanner-thorax.pdf", WEB_SCAN)
+    host, port = stage.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookies}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+        )
+        connection.sendall(body[:1_500_000])
+        # The scan passed what the envelope holds: its ciphertext is being written.
+        deadline = time.monotonic() + 20
+        while not any(p.name.startswith(".part-") for p in blobs.glob("*")):
+            assert time.monotonic() < deadline, "the server never began to store the scan"
+            time.sleep(0.05)
+    # Connection closed, half the scan sent: the request ends; nothing of it remains.
+    deadline = time.monotonic() + 20
+    while any(p.name.startswith(".part-") for p in blobs.glob("*")) or Upload.objects.exists():
+        assert time.monotonic() < deadline, "what the cut request stored is still there"
+        time.sleep(0.05)
+    time.sleep(0.5)  # and nothing comes after
+    assert Message.objects.count() == messages
+    assert not Upload.objects.exists()
+    assert _stored_files(blobs) == before

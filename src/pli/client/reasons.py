@@ -76,6 +76,10 @@ TEXTS: dict[str, str] = {
     "too_many_headers": N_("le message a trop d'en-têtes"),
     "too_many_parts": N_("le message a trop de parties"),
     "unsupported_external_body": N_("une pièce externe est d'un type que Pli ne lit pas"),
+    "attachment_type_not_allowed": N_("une pièce jointe n'est pas d'un type accepté"),
+    "attachment_content_mismatch": N_(
+        "le contenu d'une pièce jointe n'est pas du type que son nom ou son type annonce"
+    ),
     # pli.identifiers
     "empty": N_("aucun identifiant n'est donné"),
     "bad_characters": N_("l'identifiant ne doit contenir que des chiffres"),

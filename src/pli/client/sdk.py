@@ -89,6 +89,12 @@ from pli.mime import (
     parse_mdn,
 )
 from pli.mime import normalise_patient_id as _tagged_patient_id
+from pli.mime.types import (
+    DEFAULT_ATTACHMENT_TYPES,
+    AttachmentRefused,
+    attachment_type,
+    media_type,
+)
 from pli.policy import Finding, Severity, check_recipients, check_subject, fold_recipients
 
 __all__ = [
@@ -130,30 +136,6 @@ _SESSION_FORMAT = 1
 DEFAULT_MAX_ENVELOPE_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_ATTACHMENT_BYTES = 1024 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
-#: The attachment types accepted when the server does not say (``PLI_ATTACHMENT_TYPES``):
-#: PDF, images, CDA R2 / XML documents, IHE XDM packages, plain text. The server
-#: cannot check what it cannot read: this workstation checks before sealing.
-DEFAULT_ATTACHMENT_TYPES = (
-    "application/pdf",
-    "image/jpeg",
-    "image/png",
-    "image/tiff",
-    "application/xml",
-    "text/xml",
-    "application/zip",
-    "application/x-zip-compressed",
-    "text/plain",
-)
-#: How the first bytes of each type start (a renamed executable is not a PDF).
-_MAGIC: dict[str, tuple[bytes, ...]] = {
-    "application/pdf": (b"%PDF-",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/tiff": (b"II*\x00", b"MM\x00*"),
-    "application/zip": (b"PK\x03\x04", b"PK\x05\x06"),
-    "application/x-zip-compressed": (b"PK\x03\x04", b"PK\x05\x06"),
-}
-_XML_TYPES = frozenset({"application/xml", "text/xml"})
 #: Room in an envelope for what is not attachments, and how attachments grow in it
 #: (base64 in the MIME entity, then the signed entity base64 again: about 1.85x).
 _ENVELOPE_ROOM = 256 * 1024
@@ -579,10 +561,10 @@ class ReadMessage:
                     RefusedAttachment(index, attachment.filename, error.code, error.detail)
                 )
         for number, part in enumerate(self.external_parts, start=len(self.attachments)):
-            accepted = [_media_type(t) for t in self.allowed_types]
-            if _media_type(part.content_type) not in accepted:
+            accepted = [media_type(t) for t in self.allowed_types]
+            if media_type(part.content_type) not in accepted:
                 refusal = _type_not_allowed(
-                    part.filename, _media_type(part.content_type), accepted, self.language
+                    part.filename, media_type(part.content_type), accepted, self.language
                 )
                 refused.append(
                     RefusedAttachment(number, part.filename, refusal.code, refusal.detail)
@@ -2208,7 +2190,7 @@ class Client:
 def _source(item: PathLike | Attachment, language: str) -> _Source:
     if isinstance(item, Attachment):
         return _Source(
-            item.filename, _media_type(item.content_type), len(item.data), None, item.data
+            item.filename, media_type(item.content_type), len(item.data), None, item.data
         )
     path = _path(item)
     try:
@@ -2227,15 +2209,11 @@ def _source(item: PathLike | Attachment, language: str) -> _Source:
     guessed, _ = mimetypes.guess_type(path.name)
     return _Source(
         _safe_filename(path.name),
-        _media_type(guessed or "application/octet-stream"),
+        media_type(guessed or "application/octet-stream"),
         size,
         path,
         None,
     )
-
-
-def _media_type(value: str) -> str:
-    return value.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True, eq=False)
@@ -2404,36 +2382,25 @@ def check_attachment_type(
 
     The server sees ciphertext only, so the allow-list (``PLI_ATTACHMENT_TYPES``,
     by default PDF, JPEG, PNG, TIFF, XML / CDA, ZIP / IHE XDM, plain text) is
-    enforced here, before sealing: ``attachment_type_not_allowed`` for another
-    type, ``attachment_content_mismatch`` when the content is not what its type
-    says (an executable named ``.pdf``). ``language``: of the errors' detail.
+    enforced here, before sealing (:func:`pli.mime.types.attachment_type`, as the
+    web mail does): ``attachment_type_not_allowed`` for another type,
+    ``attachment_content_mismatch`` when the content is not what its type says
+    (an executable named ``.pdf``). ``language``: of the errors' detail.
     """
-    kind = _media_type(content_type)
-    if kind in ("", "application/octet-stream"):
-        guessed, _ = mimetypes.guess_type(filename)
-        kind = _media_type(guessed or "application/octet-stream")
-    accepted = [_media_type(t) for t in allowed]
-    if kind not in accepted:
-        raise _type_not_allowed(filename, kind, accepted, language)
-    magic = _MAGIC.get(kind)
-    if kind in _XML_TYPES:
-        start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-        matches = start.startswith(b"<")
-    elif kind == "text/plain":
-        matches = b"\x00" not in head
-    else:
-        matches = magic is None or head.startswith(magic)
-    if not matches:
+    try:
+        return attachment_type(filename, content_type, head, allowed)
+    except AttachmentRefused as refusal:
+        if refusal.code == "attachment_type_not_allowed":
+            raise _type_not_allowed(filename, refusal.kind, refusal.accepted, language) from None
         raise ClientError(
             "attachment_content_mismatch",
             translate(
                 language,
                 "{name} : son contenu n'est pas du type {kind}",
                 name=_single_line(filename),
-                kind=kind,
+                kind=refusal.kind,
             ),
-        )
-    return kind
+        ) from None
 
 
 class _BlobReader:

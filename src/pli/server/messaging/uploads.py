@@ -63,10 +63,11 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from pli.crypto.stream import DEFAULT_RECORD_SIZE
+from pli.mime.types import DEFAULT_ATTACHMENT_TYPES
 from pli.server.accounts.models import User
 from pli.server.audit.actions import do_record_event
 from pli.server.audit.models import AuditAction
-from pli.server.blobs import BlobError, BlobStore, blob_store
+from pli.server.blobs import BlobError, BlobStore, StoredBlob, blob_store
 from pli.server.config import ConfigurationError, setting
 from pli.server.jobs import JobSummary
 from pli.server.messaging.access import MessagingError, not_found
@@ -94,21 +95,6 @@ ENVELOPE_ROOM = 256 * 1024
 #: entity, then that signed entity base64 again in the enveloped content (RFC 8551).
 ENVELOPE_GROWTH_PERCENT = 190
 
-#: The types a Pli client (SDK, web mail) accepts as attachments unless the operator
-#: sets ``PLI_ATTACHMENT_TYPES``: PDF, images, CDA R2 / XML documents, IHE XDM
-#: packages (``IHE_XDM.zip``), plain text. The server cannot check them: it sees
-#: ciphertext only; the client checks before sealing.
-DEFAULT_ATTACHMENT_TYPES = (
-    "application/pdf",
-    "image/jpeg",
-    "image/png",
-    "image/tiff",
-    "application/xml",
-    "text/xml",
-    "application/zip",
-    "application/x-zip-compressed",
-    "text/plain",
-)
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
@@ -379,6 +365,58 @@ def do_create_upload(user: User, size: int, sha256: str) -> Upload:
         path.unlink(missing_ok=True)
         raise
     return upload
+
+
+def do_keep_sealed_upload(user: User, stored: StoredBlob, store: BlobStore | None = None) -> Upload:
+    """A ciphertext already in the store (the web mail encrypted it as it arrived): a
+    complete upload of ``user``, which a send attaches as it attaches the API's.
+
+    Made as soon as the blob is, so that a process that dies before the send
+    leaves an upload that expires with its blob (:func:`purge_expired_uploads`),
+    never a blob nothing names.
+    """
+    upload = Upload(
+        public_id=new_upload_id(),
+        owner=user,
+        size=stored.size,
+        sha256=stored.sha256,
+        received=stored.size,
+        state=UploadState.COMPLETE,
+        blob_id=stored.blob_id,
+        expires_at=timezone.now() + upload_expiry(),
+    )
+    try:
+        upload.save(force_insert=True)
+    except BaseException:
+        (store or blob_store()).delete(stored.blob_id)
+        raise
+    return upload
+
+
+def do_discard_uploads(
+    user: User, public_ids: Sequence[str], store: BlobStore | None = None
+) -> int:
+    """Remove those of these uploads ``user`` still holds, with their blobs; how many.
+
+    For a web mail send that did not go: what it encrypted goes at once. An
+    upload a send attached is no longer an upload (its blob is the message's)
+    and is left alone.
+    """
+    if not public_ids:
+        return 0
+    rows = list(
+        Upload.objects.filter(owner=user, public_id__in=list(public_ids)).values_list(
+            "pk", "blob_id", "public_id"
+        )
+    )
+    with transaction.atomic():
+        Upload.objects.filter(pk__in=[pk for pk, _blob, _id in rows]).delete()
+    store = store or blob_store()
+    for _pk, blob_id, public_id in rows:
+        if blob_id:
+            store.delete(blob_id)
+        (spool_directory() / public_id.removeprefix("upl_")).unlink(missing_ok=True)
+    return len(rows)
 
 
 def _too_many_uploads(most: int) -> MessagingError:

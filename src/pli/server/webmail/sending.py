@@ -33,6 +33,7 @@ from django.utils.translation import gettext as _
 
 from pli.crypto import Certificate, CryptoError, SoftwareKey, load_certificate, seal
 from pli.mime import Attachment, Draft, InnerMessage, MimeError, build_inner_message
+from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
 from pli.policy import FindingCode, Severity, check_recipients, check_subject, fold_recipients
 from pli.server.accounts.custody import personal_mailbox, vault_key_for
 from pli.server.accounts.models import User
@@ -47,8 +48,9 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Message, MessageCopy
+from pli.server.messaging.uploads import allowed_attachment_types
 from pli.server.webmail.correspondents import active_mailbox, identity_of, known_correspondents
-from pli.server.webmail.uploads import inline_limit
+from pli.server.webmail.uploads import StreamedAttachment, inline_limit, type_error
 
 #: References kept in a reply's header (RFC 5322 §3.6.4): the thread's root and the last ones.
 _MAX_REFERENCES = 20
@@ -70,6 +72,8 @@ class Outgoing:
     #: The patient's last and first names, only to check the subject (never sent nor stored).
     patient_names: Sequence[str] = ()
     attachments: Sequence[Attachment] = ()
+    #: Large attachments encrypted as they arrived (their uploads, their keys).
+    streamed: Sequence[StreamedAttachment] = ()
     #: Recipients the sender confirmed as the right ones (REQ-VERIFY-RECIPIENT).
     confirmed: frozenset[str] = frozenset()
     #: The sender looked again at a subject the policy only warned about.
@@ -169,6 +173,14 @@ def _attachments(outgoing: Outgoing, original: Original | None) -> list[Attachme
         kept = set(original.kept_attachments)
         carried = [a for i, a in enumerate(original.message.attachments) if i in kept]
     everything = [*carried, *outgoing.attachments]
+    allowed = allowed_attachment_types()
+    for attachment in everything:
+        try:
+            attachment_type(
+                attachment.filename, attachment.content_type, attachment.data[:HEAD_BYTES], allowed
+            )
+        except AttachmentRefused as refusal:
+            raise type_error(refusal) from None
     limit = inline_limit()
     if sum(len(a.data) for a in everything) > limit:
         raise _refuse(
@@ -233,6 +245,7 @@ def _draft(
         in_reply_to=in_reply_to,
         references=references,
         attachments=attachments,
+        external_parts=[streamed.part for streamed in outgoing.streamed],
     )
 
 
@@ -270,6 +283,7 @@ def send_from_web(
         patient_id=patient_id or None,
         in_reply_to=original.copy.message.public_id if reply and original is not None else None,
         request=request,
+        blobs=[streamed.upload_id for streamed in outgoing.streamed],
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -66,7 +66,7 @@ from pli.server.messaging.actions import (
     read_envelope,
 )
 from pli.server.messaging.models import Delivery, DeliveryState, Folder, MessageCopy
-from pli.server.messaging.uploads import open_message_blob
+from pli.server.messaging.uploads import max_attachment_bytes, open_message_blob
 from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
     check_recipients,
@@ -86,10 +86,14 @@ from pli.server.webmail.opening import (
 from pli.server.webmail.receipts import mark_read_with_receipt
 from pli.server.webmail.sending import Original, Outgoing, send_from_web
 from pli.server.webmail.uploads import (
-    MemoryOnlyUploadHandler,
+    END_FIELD,
+    SealingUploadHandler,
+    StreamedAttachment,
+    StreamedFile,
+    declared_type,
     inline_limit,
-    keep_uploads_in_memory,
     request_limit,
+    seal_uploads_as_they_come,
 )
 
 PAGE_SIZE = 25
@@ -712,14 +716,22 @@ def _forwarded(copy: MessageCopy, inner: InnerMessage, author: str) -> str:
     )
 
 
-def _uploads(request: HttpRequest) -> list[Attachment]:
-    result = []
+def _uploads(request: HttpRequest) -> tuple[list[Attachment], list[StreamedAttachment]]:
+    """The attachments of the compose form: those in memory, and those encrypted as they came."""
+    inline: list[Attachment] = []
+    streamed: list[StreamedAttachment] = []
     for upload in request.FILES.getlist("attachments"):
-        kind = (upload.content_type or "").lower()
-        if not _MIME_TYPE.fullmatch(kind) or kind.split("/")[0] in ("multipart", "message"):
+        if isinstance(upload, StreamedFile):
+            part = upload.streamed.part
+            streamed.append(
+                replace(upload.streamed, part=replace(part, filename=safe_filename(part.filename)))
+            )
+            continue
+        kind = declared_type(upload.content_type)
+        if not _MIME_TYPE.fullmatch(kind):
             kind = "application/octet-stream"
-        result.append(Attachment(safe_filename(upload.name or ""), kind, upload.read()))
-    return result
+        inline.append(Attachment(safe_filename(upload.name or ""), kind, upload.read()))
+    return inline, streamed
 
 
 @dataclass
@@ -807,6 +819,7 @@ def _compose_response(
             ),
             "original_copy": state.original_copy,
             "inline_limit": inline_limit(),
+            "streamed_limit": max_attachment_bytes(),
             "unlock_url": _unlock_url(request),
             "action_url": request.get_full_path(),
         },
@@ -839,21 +852,26 @@ def _compose_entry(request: HttpRequest, message_id: str | None, *, forward: boo
     the body) and protected by ``csrf_protect`` on the inner view instead
     (Django: "Upload Handlers", modifying them on the fly).
     """
-    handler = None
-    if request.method == "POST":
-        try:
-            announced = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            announced = 0
-        if announced > request_limit():
-            return render(
-                request,
-                "webmail/too_large.html",
-                {"limit": inline_limit(), "back": request.get_full_path()},
-                status=413,
-            )
-        handler = keep_uploads_in_memory(request)
-    return _compose(request, message_id, forward, handler)
+    if request.method != "POST":
+        return _compose(request, message_id, forward, None)
+    try:
+        announced = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        announced = 0
+    if announced > request_limit():
+        return render(
+            request,
+            "webmail/too_large.html",
+            {"limit": max_attachment_bytes(), "back": request.get_full_path()},
+            status=413,
+        )
+    handler = seal_uploads_as_they_come(request, signed_in_user(request))
+    try:
+        return _compose(request, message_id, forward, handler)
+    finally:
+        # Whatever happened (a refusal, an error, a lost connection): what this request
+        # encrypted and no send took goes now.
+        handler.close()
 
 
 @csrf_protect
@@ -862,7 +880,7 @@ def _compose(
     request: HttpRequest,
     message_id: str | None,
     forward: bool,
-    handler: MemoryOnlyUploadHandler | None,
+    handler: SealingUploadHandler | None,
 ) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
@@ -957,16 +975,30 @@ def _compose_get(request: HttpRequest, state: ComposeState, own: Mailbox) -> Htt
     )
 
 
+def _refusal_status(refusal: MessagingError | None) -> int:
+    if refusal is None:
+        return 200
+    return 413 if refusal.code == "attachments_too_large" else 400
+
+
 def _compose_post(
-    request: HttpRequest, state: ComposeState, handler: MemoryOnlyUploadHandler | None
+    request: HttpRequest, state: ComposeState, handler: SealingUploadHandler | None
 ) -> HttpResponse:
     data = _initial_from_post(request)
     confirmed = [a[:254] for a in request.POST.getlist("confirm")][:50]
     kept = _kept(request)
-    uploads = [] if handler is not None and handler.too_large else _uploads(request)
+    refusal = handler.refusal if handler is not None else None
+    if refusal is None and END_FIELD not in request.POST:
+        # The body was cut short (a connection lost during a long upload): its last
+        # attachment may be truncated; nothing of it is sent.
+        refusal = MessagingError(
+            "upload_interrupted",
+            _("L'envoi du formulaire a été interrompu : joignez les pièces et envoyez de nouveau."),
+        )
+    uploads, streamed = ([], []) if refusal is not None else _uploads(request)
     added = request.POST.get("add_recipient", "").strip()[:254]
     action = request.POST.get("action", "send")
-    if added or action == "search" or (handler is not None and handler.too_large):
+    if added or action == "search" or refusal is not None:
         # A step of the page, not a send: nothing is checked nor kept but the text typed.
         if added:
             current = _split(str(data["recipients"]))
@@ -977,17 +1009,9 @@ def _compose_post(
             state.query = request.POST.get("q", "")[:100]
             state.suggestions = suggestions(state.query)
             state.searched = len(state.query.strip()) >= 2
-        if handler is not None and handler.too_large:
-            state.errors.append(
-                {
-                    "code": "attachments_too_large",
-                    "message": _(
-                        "Les pièces jointes dépassent la taille admise (%(limit)s octets en tout)."
-                    )
-                    % {"limit": inline_limit()},
-                }
-            )
-        state.files_dropped = bool(uploads) or bool(handler and handler.too_large)
+        if refusal is not None:
+            state.errors.append({"code": refusal.code, "message": refusal.message})
+        state.files_dropped = bool(uploads or streamed) or refusal is not None
         form = ComposeForm(initial=data, senders=state.senders)
         return _compose_response(
             request,
@@ -997,7 +1021,7 @@ def _compose_post(
             sender_address=str(data["sender"]),
             confirmed=confirmed,
             kept=kept,
-            status=413 if handler is not None and handler.too_large else 200,
+            status=_refusal_status(refusal),
         )
     form = ComposeForm(request.POST, senders=state.senders)
     if form.is_valid():
@@ -1012,6 +1036,7 @@ def _compose_post(
                 form.cleaned_data["patient_first_name"],
             ],
             attachments=uploads,
+            streamed=streamed,
             confirmed=frozenset(confirmed),
             subject_reviewed=form.cleaned_data["subject_reviewed"],
             patient_consent=form.cleaned_data["patient_consent"],
@@ -1034,7 +1059,7 @@ def _compose_post(
         else:
             messages.success(request, _("Message envoyé."))
             return HttpResponseRedirect(_message_url(message.public_id, message.sender_address))
-    state.files_dropped = bool(uploads)
+    state.files_dropped = bool(uploads or streamed)
     state.review = state.review or bool(request.POST.get("subject_reviewed"))
     return _compose_response(
         request,
