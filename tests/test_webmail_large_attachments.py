@@ -6,8 +6,13 @@ decision 0003). The recipient, whose key is in the vault, finds it in the web
 mail beside the ordinary attachments and downloads it in headless Chromium:
 the server decrypts it as it sends it, holding nothing but the ciphertext.
 A stored blob altered by one bit gives a failed download, never a file that
-looks whole; a forward names the large part it cannot carry; someone else gets
-the web mail's ordinary 404 for its address.
+looks whole; a forward carries the large part (a copy of its blob); someone
+else gets the web mail's ordinary 404 for its address.
+
+The other way: a professional attaches a scan too large for the envelope in
+the web mail; it is encrypted as it arrives (never in clear on a disk) and
+read byte for byte on the workstation. What the operator does not accept, a
+file too large and a form cut short are refused, and leave nothing stored.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -33,6 +39,7 @@ from tests.conftest import Pki
 from tests.test_client_sdk import NIR, Server, workstation_persona
 from tests.test_messaging_e2e import (  # noqa: F401 - fixtures, used by name
     MISSING,
+    READING,
     A,
     B,
     C,
@@ -60,9 +67,33 @@ def download(link: Locator, save_to: Path) -> Download:
     return found
 
 
+def scan_link(page: Page) -> Locator:
+    return page.get_by_role("region", name="Pièces jointes").get_by_role(
+        "link", name="scanner-thorax.pdf"
+    )
+
+
+def forward_to_c(b: Page) -> str:
+    """From the open message: forward it to C, confirmed, with the patient's agreement."""
+    b.get_by_role("link", name="Transférer").click()
+    b.wait_for_url("**/transferer/**")
+    expect(b.get_by_role("checkbox", name=re.compile("scanner-thorax.pdf"))).to_be_checked()
+    recipients = b.get_by_role("textbox", name="À", exact=True)
+    recipients.fill(C)
+    recipients.press("Tab")  # the recipient check runs on change
+    b.wait_for_load_state("networkidle")
+    b.locator(f'#recipient-check input[name="confirm"][value="{C}"]').check()
+    b.get_by_role("checkbox", name="Le patient a donné son accord à ce transfert.").check()
+    b.get_by_role("button", name="Signer, chiffrer et envoyer").click()
+    b.wait_for_url(READING)
+    expect(b.get_by_role("status").first).to_contain_text("Message envoyé.")
+    return b.url.split("/messagerie/message/")[1].split("/")[0]
+
+
 @pytest.mark.requirement("REQ-E2E")
 @pytest.mark.requirement("REQ-AT-REST")
 @pytest.mark.requirement("REQ-LPS")
+@pytest.mark.requirement("REQ-AFTER-SEND")
 def test_a_large_attachment_is_downloaded_decrypted_from_the_web_mail(
     stage: Server,  # noqa: F811 - the end-to-end tests' fixture
     pki: Pki,
@@ -103,11 +134,10 @@ def test_a_large_attachment_is_downloaded_decrypted_from_the_web_mail(
         opened = AuditEvent.objects.filter(action="messages.opened")
         assert blob.sha256 in {json.loads(e.detail).get("blob") for e in opened}
 
-        # The forward cannot carry it, and says so by name.
-        b.get_by_role("link", name="Transférer").click()
-        b.wait_for_url("**/transferer/**")
-        left_out = b.locator("[data-code=large_attachments_not_forwarded]")
-        expect(left_out).to_contain_text("scanner-thorax.pdf")
+        # B forwards it to C, with the patient's agreement: the forward carries the scan.
+        forward_id = forward_to_c(b)
+        [forwarded] = MessageBlob.objects.filter(message__public_id=forward_id)
+        assert forwarded.sha256 == blob.sha256 and forwarded.blob_id != blob.blob_id
 
         # One bit changed in the middle record: the browser's download fails, and the
         # bytes it did receive never reach the end of the file.
@@ -115,18 +145,17 @@ def test_a_large_attachment_is_downloaded_decrypted_from_the_web_mail(
         altered = bytearray(stored.read_bytes())
         altered[1_500_000] ^= 1
         stored.write_bytes(bytes(altered))
-        failed = download(
-            b.get_by_role("region", name="Pièces jointes").get_by_role(
-                "link", name="scanner-thorax.pdf"
-            ),
-            tmp_path / "b-altered.pdf",
-        )
+        failed = download(scan_link(b), tmp_path / "b-altered.pdf")
         assert failed.failure() is not None
         assert not (tmp_path / "b-altered.pdf").exists()
 
-        # C, logged in elsewhere: the web mail's 404 for this address, as for none.
+        # C, logged in elsewhere, downloads the forwarded scan from its own blob.
         c = watched_c.page
         log_in(c, C, secret_c)
+        c.goto(f"/messagerie/message/{forward_id}/?boite={C}")
+        assert download(scan_link(c), tmp_path / "c-scan.pdf").failure() is None
+        assert (tmp_path / "c-scan.pdf").read_bytes() == SCAN
+        # The original itself: the web mail's 404 for this address, as for none.
         path = f"/messagerie/message/{sent.id}/pieces-volumineuses/0/"
         answers = [c.request.get(f"{path}?boite={box}", max_redirects=0) for box in (B, C, A)] + [
             c.request.get(f"/messagerie/message/{MISSING}/pieces-volumineuses/0/?boite={C}")
@@ -197,7 +226,7 @@ def test_a_large_attachment_is_sent_from_the_web_mail_encrypted_as_it_arrives(
         b = watched.page
         log_in(b, B, secret_b)
         _reply_with(b, asked.id, [scan, note])
-        b.wait_for_url("**/messagerie/message/**")
+        b.wait_for_url(READING)
         expect(b.get_by_role("status")).to_contain_text("Message envoyé.")
         attachments = b.get_by_role("region", name="Pièces jointes")
         expect(attachments.get_by_role("link", name="note.txt")).to_be_visible()

@@ -786,6 +786,36 @@ def open_message_blob(
     return OpenedBlob(blob, handle, span)
 
 
+def do_copy_message_blob(
+    user: User, copy: MessageCopy, sha256: str, request: HttpRequest | None = None
+) -> Upload:
+    """A large part of a message the caller holds, copied as a complete upload of theirs.
+
+    For a forward from the web mail (REQ-AFTER-SEND: with the patient's
+    agreement): the new message names the same ciphertext and key (its signed
+    external part says so), so its recipients need the same bytes, under a
+    blob of the new message's own (a message's blobs go with it). The copy is
+    checked against the digest the signed message names; it is traced as the
+    original's ``messages.opened`` with the blob. Never attached, it expires
+    like any upload.
+    """
+    opened = open_message_blob(user, copy, sha256, None, request)
+    store = blob_store()
+    writer = store.writer(max_bytes=opened.blob.size)
+    try:
+        for piece in bounded_pieces(opened.handle, opened.blob.size):
+            writer.write(piece)
+        stored = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    if stored.sha256 != opened.blob.sha256 or stored.size != opened.blob.size:
+        store.delete(stored.blob_id)
+        logger.error("messaging: blob %s of %s is altered", sha256, copy.message.public_id)
+        raise _error("blob_unavailable", _("Cette pièce jointe est momentanément illisible."))
+    return do_keep_sealed_upload(user, stored, store)
+
+
 def bounded_pieces(handle: BinaryIO, length: int) -> Iterator[bytes]:
     """``length`` bytes from the handle's position, in pieces; closes it at the end."""
     try:

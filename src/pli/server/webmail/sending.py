@@ -32,8 +32,8 @@ from django.http import HttpRequest
 from django.utils.translation import gettext as _
 
 from pli.crypto import Certificate, CryptoError, SoftwareKey, load_certificate, seal
-from pli.mime import Attachment, Draft, InnerMessage, MimeError, build_inner_message
-from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
+from pli.mime import Attachment, Draft, ExternalPart, InnerMessage, MimeError, build_inner_message
+from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type, media_type
 from pli.policy import FindingCode, Severity, check_recipients, check_subject, fold_recipients
 from pli.server.accounts.custody import personal_mailbox, vault_key_for
 from pli.server.accounts.models import User
@@ -48,7 +48,11 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Message, MessageCopy
-from pli.server.messaging.uploads import allowed_attachment_types
+from pli.server.messaging.uploads import (
+    allowed_attachment_types,
+    do_copy_message_blob,
+    do_discard_uploads,
+)
 from pli.server.webmail.correspondents import active_mailbox, identity_of, known_correspondents
 from pli.server.webmail.uploads import StreamedAttachment, inline_limit, type_error
 
@@ -91,6 +95,15 @@ class Original:
     forward: bool
     #: For a forward: which of its attachments go along (indexes).
     kept_attachments: Sequence[int] = field(default_factory=tuple)
+    #: For a forward: which of its large parts go along (indexes among them).
+    kept_large: Sequence[int] = field(default_factory=tuple)
+
+    def forwarded_parts(self) -> list[ExternalPart]:
+        """The large parts a forward carries: the same ciphertext and key, signed again."""
+        if not self.forward:
+            return []
+        kept = set(self.kept_large)
+        return [p for i, p in enumerate(self.message.external_parts) if i in kept]
 
 
 def _refuse(code: str, message: str, **details: object) -> MessagingError:
@@ -181,6 +194,13 @@ def _attachments(outgoing: Outgoing, original: Original | None) -> list[Attachme
             )
         except AttachmentRefused as refusal:
             raise type_error(refusal) from None
+    for part in original.forwarded_parts() if original is not None else []:
+        if media_type(part.content_type) not in [media_type(t) for t in allowed]:
+            raise type_error(
+                AttachmentRefused(
+                    "attachment_type_not_allowed", part.filename, part.content_type, allowed
+                )
+            )
     limit = inline_limit()
     if sum(len(a.data) for a in everything) > limit:
         raise _refuse(
@@ -245,7 +265,10 @@ def _draft(
         in_reply_to=in_reply_to,
         references=references,
         attachments=attachments,
-        external_parts=[streamed.part for streamed in outgoing.streamed],
+        external_parts=[
+            *(original.forwarded_parts() if original is not None else []),
+            *(streamed.part for streamed in outgoing.streamed),
+        ],
     )
 
 
@@ -273,18 +296,31 @@ def send_from_web(
         if error.code not in UI_STEPS:
             record_refused_send(user, request, error.code)
         raise
-    # The authoritative checks, in one transaction (refusals traced there).
-    reply = original is not None and not original.forward
-    return do_send_message(
-        user,
-        sender.address,
-        [target.address for target in targets],
-        envelope,
-        patient_id=patient_id or None,
-        in_reply_to=original.copy.message.public_id if reply and original is not None else None,
-        request=request,
-        blobs=[streamed.upload_id for streamed in outgoing.streamed],
-    )
+    # A forward's large parts: the new message needs blobs of its own (copies).
+    copies: list[str] = []
+    try:
+        for part in original.forwarded_parts() if original is not None else []:
+            assert original is not None  # noqa: S101 - forwarded_parts is empty otherwise
+            copies.append(
+                do_copy_message_blob(user, original.copy, part.blob_id, request).public_id
+            )
+        # The authoritative checks, in one transaction (refusals traced there).
+        reply = original is not None and not original.forward
+        return do_send_message(
+            user,
+            sender.address,
+            [target.address for target in targets],
+            envelope,
+            patient_id=patient_id or None,
+            in_reply_to=(
+                original.copy.message.public_id if reply and original is not None else None
+            ),
+            request=request,
+            blobs=[*copies, *(streamed.upload_id for streamed in outgoing.streamed)],
+        )
+    except BaseException:
+        do_discard_uploads(user, copies)
+        raise
 
 
 def _seal(

@@ -749,9 +749,12 @@ class ComposeState:
     review: bool = False
 
 
-def _kept(request: HttpRequest) -> list[int]:
-    """The forwarded attachments to keep (their positions); anything else is ignored."""
-    found = (whole_number(k, digits=3) for k in request.POST.getlist("keep")[:100])
+def _kept(request: HttpRequest, name: str = "keep") -> list[int]:
+    """The forwarded attachments to keep (their positions); anything else is ignored.
+
+    ``keep``: those inside the envelope; ``keep_large``: the large parts.
+    """
+    found = (whole_number(k, digits=3) for k in request.POST.getlist(name)[:100])
     return [number for number in found if number is not None]
 
 
@@ -797,13 +800,19 @@ def _compose_response(
             {"index": i, "name": safe_filename(a.filename), "size": len(a.data), "kept": i in keep}
             for i, a in enumerate(original.message.attachments)
         ]
-    # Large parts are not carried: the web mail seals inline attachments only (the
-    # envelope's limit), so the page names each one instead of dropping it unseen.
-    left_out = (
-        [safe_filename(part.filename) for part in original.message.external_parts]
-        if original is not None and original.forward
-        else []
-    )
+    forwarded_large = []
+    if original is not None and original.forward:
+        parts = original.message.external_parts
+        keep = set(range(len(parts))) if kept is None else set(original.kept_large)
+        forwarded_large = [
+            {
+                "index": i,
+                "name": safe_filename(p.filename),
+                "size": p.plaintext_size,
+                "kept": i in keep,
+            }
+            for i, p in enumerate(parts)
+        ]
     return render(
         request,
         "webmail/compose.html",
@@ -813,7 +822,7 @@ def _compose_response(
             "state": state,
             "checks": check_recipients(sender, _split(recipients_text), confirmed),
             "forwarded": forwarded,
-            "forward_left_out": left_out,
+            "forwarded_large": forwarded_large,
             "forward_patient": (
                 original.message.patient_id if original and original.forward else None
             ),
@@ -911,8 +920,13 @@ def _compose(
             return HttpResponseRedirect(
                 _message_url(found.message.public_id, found.mailbox.address)
             )
-        kept = _kept(request)
-        state.original = Original(found, opened.message, forward, tuple(kept))
+        state.original = Original(
+            found,
+            opened.message,
+            forward,
+            tuple(_kept(request)),
+            tuple(_kept(request, "keep_large")),
+        )
         state.original_copy = found
         known = identities([found.message.sender_address]).get(found.message.sender_address.lower())
         state.original_author = known.name if known else found.message.sender_address
