@@ -159,6 +159,10 @@ class _Encrypting:
 class SealingUploadHandler(FileUploadHandler):
     """Small attachments in memory, large ones encrypted into the blob store as they arrive."""
 
+    #: What Django's parser reads at a time (64 KiB by default): with pieces of a record's
+    #: size, a large upload takes sixteen times fewer turns of the parser's Python loop.
+    chunk_size = 1024 * 1024
+
     def __init__(self, request: HttpRequest, user: User, store: BlobStore | None = None) -> None:
         super().__init__(request)
         self.user = user
