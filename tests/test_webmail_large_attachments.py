@@ -29,7 +29,8 @@ import pytest
 from django.http import StreamingHttpResponse
 from playwright.sync_api import Browser, Download, Locator, Page, expect
 
-from pli.mime import ExternalPart
+from pli.client import sdk as messaging_sdk
+from pli.mime import Attachment, ExternalPart
 from pli.server.audit.models import AuditEvent
 from pli.server.messaging.models import Message
 from pli.server.messaging.uploads import MessageBlob, Upload
@@ -407,3 +408,61 @@ def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
     assert Message.objects.count() == messages
     assert not Upload.objects.exists()
     assert _stored_files(blobs) == before
+
+
+@pytest.mark.requirement("REQ-AT-REST")
+def test_the_web_mail_does_not_hand_over_what_the_allow_list_refuses(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    pki: Pki,
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender's software that skipped the allow-list: the web mail applies it on reading."""
+    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
+    _, secret_b = vault_account(
+        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
+    )
+    software = stage.client(a, "alice", inline_threshold=1000)
+    software.login(A, PASSPHRASE, a.code())
+    with monkeypatch.context() as patched:
+        # The sender's modified software: every type passes its own check.
+        patched.setattr(
+            messaging_sdk, "check_attachment_type", lambda name, kind, *_, **__: kind.lower()
+        )
+        sent = software.send(
+            A,
+            [B],
+            "Pièces",
+            "Voir.\n",
+            NIR,
+            [
+                Attachment("note.txt", "text/plain", b"Note courte.\n"),
+                Attachment("bilan.pdf", "application/pdf", b"MZ\x90\x00" + bytes(200)),
+                Attachment("setup.exe", "application/x-msdownload", b"MZ\x90\x00" + bytes(5000)),
+            ],
+        )
+    watched = watch(browser, stage.url)
+    try:
+        b = watched.page
+        log_in(b, B, secret_b)
+        b.goto(f"/messagerie/message/{sent.id}/?boite={B}")
+        attachments = b.get_by_role("region", name="Pièces jointes")
+        expect(attachments.get_by_role("link")).to_have_count(1)  # the note only
+        expect(attachments.get_by_role("link", name="note.txt")).to_be_visible()
+        expect(attachments.locator("[data-code=attachment_content_mismatch]")).to_contain_text(
+            "bilan.pdf"
+        )
+        expect(attachments.locator("[data-code=attachment_type_not_allowed]")).to_contain_text(
+            "setup.exe"
+        )
+        # Asked for by its address all the same: back to the message, which says why.
+        for path, name in (
+            ("pieces-jointes/1", "bilan.pdf"),
+            ("pieces-volumineuses/0", "setup.exe"),
+        ):
+            b.goto(f"/messagerie/message/{sent.id}/{path}/?boite={B}")
+            b.wait_for_url(READING)
+            expect(b.locator(".flash .error")).to_contain_text(name)
+        watched.assert_clean()
+    finally:
+        watched.context.close()

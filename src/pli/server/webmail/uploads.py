@@ -41,7 +41,7 @@ from django.utils.translation import gettext as _
 
 from pli.crypto import StreamEncryptor, StreamSeal
 from pli.mime import ExternalPart
-from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
+from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type, media_type
 from pli.server.accounts.models import User
 from pli.server.blobs import BlobStore, BlobTooLarge, BlobWriter, StoredBlob, blob_store
 from pli.server.messaging.access import MessagingError
@@ -107,6 +107,29 @@ def type_error(refusal: AttachmentRefused) -> MessagingError:
             "kind": refusal.kind,
         }
     return MessagingError(refusal.code, message, {"name": refusal.filename, "type": refusal.kind})
+
+
+def received_refusal(filename: str, content_type: str, head: bytes | None) -> MessagingError | None:
+    """Why the web mail does not hand a received attachment over, if it does not.
+
+    The rule the workstation applies before saving one (``ReadMessage.
+    refused_attachments``): the sender's software enforces the operator's
+    allow-list, but one that skipped it (or a sender with bad intent) must not
+    get an executable one click away from a reader either. ``head``: the
+    attachment's first bytes; ``None`` for a large part, judged on its
+    declared type (its content is decrypted only as it downloads).
+    """
+    allowed = allowed_attachment_types()
+    try:
+        if head is not None:
+            attachment_type(filename, content_type, head, allowed)
+        elif media_type(content_type) not in [media_type(t) for t in allowed]:
+            raise AttachmentRefused(
+                "attachment_type_not_allowed", filename, media_type(content_type), allowed
+            )
+    except AttachmentRefused as refusal:
+        return type_error(refusal)
+    return None
 
 
 def declared_type(content_type: str | None) -> str:
@@ -178,6 +201,7 @@ class SealingUploadHandler(FileUploadHandler):
         self._streamed = 0
         self._buffer: io.BytesIO | None = None
         self._encrypting: _Encrypting | None = None
+        self._kind = "application/octet-stream"
 
     @property
     def too_large(self) -> bool:
@@ -223,8 +247,9 @@ class SealingUploadHandler(FileUploadHandler):
         self._buffer = None
         head = (held + raw_data[:HEAD_BYTES])[:HEAD_BYTES]
         try:
-            # Before anything of it is stored: an executable does not reach the disk.
-            attachment_type(
+            # Before anything of it is stored: an executable does not reach the disk. The
+            # type checked is the one its part declares (a reader judges it on that alone).
+            self._kind = attachment_type(
                 self.file_name or "", declared_type(self.content_type), head, self.allowed
             )
         except AttachmentRefused as refusal:
@@ -265,7 +290,7 @@ class SealingUploadHandler(FileUploadHandler):
         self.kept.append(upload.public_id)
         part = ExternalPart(
             filename=self.file_name or "",
-            content_type=declared_type(self.content_type),
+            content_type=self._kind,
             blob_id=seal.sha256,
             key=seal.key,
             size=seal.size,

@@ -43,6 +43,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from pli.crypto import SoftwareKey
 from pli.mime import Attachment, InnerMessage
+from pli.mime.types import HEAD_BYTES
 from pli.server.accounts.custody import CustodyError, personal_mailbox, vault_keys_for
 from pli.server.accounts.models import Custody, User
 from pli.server.accounts.session_auth import signed_in_user
@@ -92,6 +93,7 @@ from pli.server.webmail.uploads import (
     StreamedFile,
     declared_type,
     inline_limit,
+    received_refusal,
     request_limit,
     seal_uploads_as_they_come,
 )
@@ -458,6 +460,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     "index": index,
                     "name": safe_filename(a.filename),
                     "size": len(a.data),
+                    "refused": received_refusal(a.filename, a.content_type, a.data[:HEAD_BYTES]),
                     "url": reverse("webmail:attachment", args=[message.public_id, index])
                     + "?"
                     + urlencode({"boite": copy.mailbox.address}),
@@ -470,6 +473,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     "name": safe_filename(part.filename),
                     "size": part.plaintext_size,
                     "large": True,
+                    "refused": received_refusal(part.filename, part.content_type, None),
                     "url": reverse("webmail:large_attachment", args=[message.public_id, index])
                     + "?"
                     + urlencode({"boite": copy.mailbox.address}),
@@ -550,6 +554,14 @@ def _as_download(response: HttpResponseBase, filename: str, content_type: str) -
     response["Cache-Control"] = "no-store"
 
 
+def _refused_download(
+    request: HttpRequest, copy: MessageCopy, refusal: MessagingError
+) -> HttpResponse:
+    """Back to the message, which says why (the same words as beside the attachment)."""
+    messages.error(request, refusal.message)
+    return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
+
+
 @require_GET
 @login_required
 @never_cache
@@ -562,6 +574,11 @@ def attachment_view(request: HttpRequest, message_id: str, index: int) -> HttpRe
     if not 0 <= index < len(inner.attachments):
         return _not_found(request)
     attachment = inner.attachments[index]
+    refusal = received_refusal(
+        attachment.filename, attachment.content_type, attachment.data[:HEAD_BYTES]
+    )
+    if refusal is not None:
+        return _refused_download(request, found[0], refusal)
     response = HttpResponse(attachment.data)
     _as_download(response, attachment.filename, attachment.content_type)
     return response
@@ -585,6 +602,9 @@ def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> 
     if not 0 <= index < len(inner.external_parts):
         return _not_found(request)
     part = inner.external_parts[index]
+    refusal = received_refusal(part.filename, part.content_type, None)
+    if refusal is not None:
+        return _refused_download(request, copy, refusal)
     try:
         blob = open_message_blob(signed_in_user(request), copy, part.blob_id, None, request)
     except MessagingError as error:
