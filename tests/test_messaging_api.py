@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import json
 import re
+import resource
+import signal
 import stat
 import subprocess
 from collections.abc import Callable
@@ -418,6 +420,20 @@ def test_a_blob_written_by_pieces_appears_only_when_committed(tmp_path: Path) ->
     with pytest.raises(BlobTooLarge):
         bounded.write(b"5")
     assert names() == [stored.blob_id]  # what was written past the bound is gone
+
+    # The disk refuses a write (here the file-size limit, as a full disk would): the
+    # temporary file goes at once, not at the next day's sweep.
+    failing = store.writer()
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, previous[1]))
+    try:
+        with pytest.raises(OSError):  # EFBIG
+            failing.write(bytes(2 * 1024 * 1024))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert names() == [stored.blob_id]
 
 
 # --------------------------------------------------------------------------- end to end

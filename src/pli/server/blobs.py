@@ -321,7 +321,11 @@ class _LocalBlobWriter:
             self.abort()
             raise BlobTooLarge(f"more than {self._max_bytes} bytes")
         self._digest.update(chunk)
-        self._handle.write(chunk)
+        try:
+            self._handle.write(chunk)
+        except BaseException:
+            self.abort()  # a full disk, say: nothing of it stays behind
+            raise
 
     def close(self) -> tuple[Path, int, str]:
         """Flush to disk; the temporary file's path, size and digest."""

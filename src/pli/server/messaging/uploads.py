@@ -409,14 +409,18 @@ def do_discard_uploads(
             "pk", "blob_id", "public_id"
         )
     )
-    with transaction.atomic():
-        Upload.objects.filter(pk__in=[pk for pk, _blob, _id in rows]).delete()
     store = store or blob_store()
-    for _pk, blob_id, public_id in rows:
+    removed = 0
+    for pk, blob_id, public_id in rows:
+        with transaction.atomic():
+            deleted, _counts = Upload.objects.filter(pk=pk).delete()
+        if not deleted:
+            continue  # a send attached it meanwhile: the blob is that message's now
+        removed += 1
         if blob_id:
             store.delete(blob_id)
         (spool_directory() / public_id.removeprefix("upl_")).unlink(missing_ok=True)
-    return len(rows)
+    return removed
 
 
 def _too_many_uploads(most: int) -> MessagingError:
@@ -801,7 +805,11 @@ def do_copy_message_blob(
     """
     opened = open_message_blob(user, copy, sha256, None, request)
     store = blob_store()
-    writer = store.writer(max_bytes=opened.blob.size)
+    try:
+        writer = store.writer(max_bytes=opened.blob.size)
+    except BaseException:
+        opened.handle.close()
+        raise
     try:
         for piece in bounded_pieces(opened.handle, opened.blob.size):
             writer.write(piece)

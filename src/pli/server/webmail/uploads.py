@@ -210,6 +210,8 @@ class SealingUploadHandler(FileUploadHandler):
     def new_file(self, *args: Any, **kwargs: Any) -> None:
         super().new_file(*args, **kwargs)
         self._buffer = io.BytesIO()
+        if self._encrypting is not None:  # pragma: no cover - Django completes a file first
+            self._encrypting.writer.abort()
         self._encrypting = None
 
     def _stop(self, refusal: MessagingError) -> NoReturn:
@@ -286,6 +288,9 @@ class SealingUploadHandler(FileUploadHandler):
             stored, seal = encrypting.finish()
         except BlobTooLarge:
             self._stop(too_large_error())
+        except BaseException:
+            encrypting.writer.abort()  # a disk error: no temporary file stays behind
+            raise
         upload = do_keep_sealed_upload(self.user, stored, self.store)
         self.kept.append(upload.public_id)
         part = ExternalPart(

@@ -554,11 +554,17 @@ def _as_download(response: HttpResponseBase, filename: str, content_type: str) -
     response["Cache-Control"] = "no-store"
 
 
-def _refused_download(
-    request: HttpRequest, copy: MessageCopy, refusal: MessagingError
-) -> HttpResponse:
-    """Back to the message, which says why (the same words as beside the attachment)."""
-    messages.error(request, refusal.message)
+def _refused_download(request: HttpRequest, copy: MessageCopy) -> HttpResponse:
+    """Back to the message, which says why beside the attachment.
+
+    The note carried to the next page is a fixed text: it goes through the
+    messages framework (a cookie, or the session in the database), where a
+    decrypted file name has no place.
+    """
+    messages.error(
+        request,
+        _("Cette pièce jointe n'est pas téléchargeable : la raison est indiquée à côté d'elle."),
+    )
     return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
 
 
@@ -578,7 +584,7 @@ def attachment_view(request: HttpRequest, message_id: str, index: int) -> HttpRe
         attachment.filename, attachment.content_type, attachment.data[:HEAD_BYTES]
     )
     if refusal is not None:
-        return _refused_download(request, found[0], refusal)
+        return _refused_download(request, found[0])
     response = HttpResponse(attachment.data)
     _as_download(response, attachment.filename, attachment.content_type)
     return response
@@ -604,7 +610,7 @@ def large_attachment_view(request: HttpRequest, message_id: str, index: int) -> 
     part = inner.external_parts[index]
     refusal = received_refusal(part.filename, part.content_type, None)
     if refusal is not None:
-        return _refused_download(request, copy, refusal)
+        return _refused_download(request, copy)
     try:
         blob = open_message_blob(signed_in_user(request), copy, part.blob_id, None, request)
     except MessagingError as error:
