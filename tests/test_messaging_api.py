@@ -428,7 +428,7 @@ def test_a_blob_written_by_pieces_appears_only_when_committed(tmp_path: Path) ->
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, previous[1]))
     try:
-        with pytest.raises(OSError):  # EFBIG
+        with pytest.raises(OSError, match="too large"):  # EFBIG: "File too large"
             failing.write(bytes(2 * 1024 * 1024))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, previous)
