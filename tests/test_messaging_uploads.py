@@ -914,6 +914,9 @@ def test_attachment_types_are_checked_on_the_workstation_before_sealing(
         ("cda.xml", "application/octet-stream", b"<ClinicalDocument xmlns='urn:hl7-org:v3'/>"),
         ("IHE_XDM.zip", "application/zip", b"PK\x03\x04\x14\x00"),
         ("note.txt", "text/plain; charset=utf-8", "Résultats normaux.".encode()),
+        ("compte-rendu.cda", "application/xml", b"<ClinicalDocument/>"),  # an unknown extension
+        ("SCAN.PDF", "application/pdf", b"%PDF-1.4"),
+        ("sans-extension", "application/pdf", b"%PDF-1.4"),
     ],
 )
 def test_the_default_types_cover_pdf_images_cda_and_ihe_xdm(
@@ -932,6 +935,13 @@ def test_the_default_types_cover_pdf_images_cda_and_ihe_xdm(
         ("IHE_XDM.zip", "application/zip", b"%PDF-", "attachment_content_mismatch"),
         ("cda.xml", "text/xml", b"MZ\x00", "attachment_content_mismatch"),
         ("note.txt", "text/plain", b"a\x00b", "attachment_content_mismatch"),
+        # The name contradicts the type: what the reader's system opens is the name.
+        ("facture.jar", "application/zip", b"PK\x03\x04", "attachment_type_not_allowed"),
+        ("lancer.bat", "text/plain", b"@echo off", "attachment_type_not_allowed"),
+        ("page.hta", "text/plain", b"<script>", "attachment_type_not_allowed"),
+        ("dessin.svg", "application/xml", b"<svg/>", "attachment_type_not_allowed"),
+        ("RAPPORT.EXE", "application/pdf", b"%PDF-1.4", "attachment_type_not_allowed"),
+        ("photo.png", "application/pdf", b"%PDF-1.4", "attachment_content_mismatch"),
     ],
 )
 def test_other_types_and_disguised_content_are_refused(

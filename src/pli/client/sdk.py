@@ -561,14 +561,17 @@ class ReadMessage:
                     RefusedAttachment(index, attachment.filename, error.code, error.detail)
                 )
         for number, part in enumerate(self.external_parts, start=len(self.attachments)):
-            accepted = [media_type(t) for t in self.allowed_types]
-            if media_type(part.content_type) not in accepted:
-                refusal = _type_not_allowed(
-                    part.filename, media_type(part.content_type), accepted, self.language
+            try:
+                # Its type and name: the content is on the server until it is downloaded.
+                check_attachment_type(
+                    part.filename,
+                    part.content_type,
+                    None,
+                    self.allowed_types,
+                    language=self.language,
                 )
-                refused.append(
-                    RefusedAttachment(number, part.filename, refusal.code, refusal.detail)
-                )
+            except ClientError as error:
+                refused.append(RefusedAttachment(number, part.filename, error.code, error.detail))
         return refused
 
     def save_attachments(
@@ -2373,7 +2376,7 @@ def _type_not_allowed(
 def check_attachment_type(
     filename: str,
     content_type: str,
-    head: bytes,
+    head: bytes | None,
     allowed: Iterable[str] = DEFAULT_ATTACHMENT_TYPES,
     *,
     language: str = "fr",

@@ -50,6 +50,24 @@ _MAGIC: dict[str, tuple[bytes, ...]] = {
     "application/x-zip-compressed": (b"PK\x03\x04", b"PK\x05\x06"),
 }
 _XML_TYPES = frozenset({"application/xml", "text/xml"})
+#: Names of one type (what a system's ``mime.types`` calls a ``.xml`` varies).
+_SAME_TYPE = {
+    "text/xml": "application/xml",
+    "application/x-zip-compressed": "application/zip",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+}
+#: Extensions refused whatever type and content a part declares: what a click runs
+#: (programs, scripts, shortcuts, installers) or a browser renders as a page. Python
+#: guesses some of them as harmless types (``.bat`` as text/plain), so they are named.
+_DANGEROUS_EXTENSIONS = frozenset(
+    {
+        "app", "apk", "bash", "bat", "cmd", "com", "cpl", "deb", "desktop", "dll", "dmg",
+        "exe", "hta", "htm", "html", "iso", "jar", "js", "jse", "lnk", "msi", "msp", "pif",
+        "pkg", "ps1", "psm1", "reg", "rpm", "scr", "sh", "svg", "sys", "url", "vbe", "vbs",
+        "wsf", "wsh", "xhtml",
+    }
+)  # fmt: skip
 
 
 class AttachmentRefused(MimeError):
@@ -73,24 +91,46 @@ def media_type(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+def _same(first: str, second: str) -> bool:
+    return _SAME_TYPE.get(first, first) == _SAME_TYPE.get(second, second)
+
+
 def attachment_type(
     filename: str,
     content_type: str,
-    head: bytes,
+    head: bytes | None,
     allowed: Iterable[str] = DEFAULT_ATTACHMENT_TYPES,
 ) -> str:
-    """The attachment's media type, if allowed and if ``head`` (its first bytes) is of it.
+    """The attachment's media type, if allowed, named as such, and if ``head`` (its
+    first bytes) is of it.
 
     A missing or generic type (``application/octet-stream``) is taken from the
-    file name's extension. Raises :class:`AttachmentRefused`.
+    file name's extension. The name must not contradict the type: a program's
+    extension is refused whatever the type says (``facture.jar`` declared as a
+    zip), and the extension of another accepted type is a mismatch
+    (``photo.png`` declared as a PDF), since the reader's system opens a file by
+    its name. ``head``
+    ``None``: the content is not at hand (a large part not yet downloaded), the
+    type and the name are judged alone. Raises :class:`AttachmentRefused`.
     """
     kind = media_type(content_type)
+    guessed, _encoding = mimetypes.guess_type(filename)
+    named = media_type(guessed) if guessed else ""
     if kind in ("", "application/octet-stream"):
-        guessed, _encoding = mimetypes.guess_type(filename)
-        kind = media_type(guessed or "application/octet-stream")
+        kind = named or "application/octet-stream"
     accepted = [media_type(t) for t in allowed]
     if kind not in accepted:
         raise AttachmentRefused("attachment_type_not_allowed", filename, kind, accepted)
+    extension = filename.rsplit(".", 1)[1].strip().lower() if "." in filename else ""
+    if extension in _DANGEROUS_EXTENSIONS:
+        raise AttachmentRefused("attachment_type_not_allowed", filename, f".{extension}", accepted)
+    # Another accepted type by its name: the reader's system would open it as that one.
+    # (An extension the list does not know, ``.cda`` say, is left to the content check:
+    # what a system's mime.types guesses for it varies; the dangerous ones are named above.)
+    if named in accepted and not _same(named, kind):
+        raise AttachmentRefused("attachment_content_mismatch", filename, named, accepted)
+    if head is None:
+        return kind
     head = head[:HEAD_BYTES]
     if kind in _XML_TYPES:
         matches = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"<")

@@ -33,7 +33,7 @@ from django.utils.translation import gettext as _
 
 from pli.crypto import Certificate, CryptoError, SoftwareKey, load_certificate, seal
 from pli.mime import Attachment, Draft, ExternalPart, InnerMessage, MimeError, build_inner_message
-from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type, media_type
+from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
 from pli.policy import FindingCode, Severity, check_recipients, check_subject, fold_recipients
 from pli.server.accounts.custody import personal_mailbox, vault_key_for
 from pli.server.accounts.models import User
@@ -195,12 +195,10 @@ def _attachments(outgoing: Outgoing, original: Original | None) -> list[Attachme
         except AttachmentRefused as refusal:
             raise type_error(refusal) from None
     for part in original.forwarded_parts() if original is not None else []:
-        if media_type(part.content_type) not in [media_type(t) for t in allowed]:
-            raise type_error(
-                AttachmentRefused(
-                    "attachment_type_not_allowed", part.filename, part.content_type, allowed
-                )
-            )
+        try:
+            attachment_type(part.filename, part.content_type, None, allowed)
+        except AttachmentRefused as refusal:
+            raise type_error(refusal) from None
     limit = inline_limit()
     if sum(len(a.data) for a in everything) > limit:
         raise _refuse(

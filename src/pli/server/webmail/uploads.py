@@ -41,7 +41,7 @@ from django.utils.translation import gettext as _
 
 from pli.crypto import StreamEncryptor, StreamSeal
 from pli.mime import ExternalPart
-from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type, media_type
+from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
 from pli.server.accounts.models import User
 from pli.server.blobs import BlobStore, BlobTooLarge, BlobWriter, StoredBlob, blob_store
 from pli.server.messaging.access import MessagingError
@@ -119,14 +119,8 @@ def received_refusal(filename: str, content_type: str, head: bytes | None) -> Me
     attachment's first bytes; ``None`` for a large part, judged on its
     declared type (its content is decrypted only as it downloads).
     """
-    allowed = allowed_attachment_types()
     try:
-        if head is not None:
-            attachment_type(filename, content_type, head, allowed)
-        elif media_type(content_type) not in [media_type(t) for t in allowed]:
-            raise AttachmentRefused(
-                "attachment_type_not_allowed", filename, media_type(content_type), allowed
-            )
+        attachment_type(filename, content_type, head, allowed_attachment_types())
     except AttachmentRefused as refusal:
         return type_error(refusal)
     return None
