@@ -11,6 +11,7 @@ the anonymous visitor.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -538,6 +539,41 @@ def test_a_forward_needs_the_patients_agreement(world: World) -> None:
     assert 'data-code="valid"' in html and "Dr Alice Durand" in html  # signed by B
     assert "cr.pdf" in html
     assert e.get(f"/messagerie/message/{forwarded}/pieces-jointes/0/").content == REPORT
+
+
+@pytest.mark.requirement("REQ-AFTER-SEND")
+@pytest.mark.requirement("REQ-AT-REST")
+def test_what_a_forward_carries_and_a_new_file_together_may_pass_the_envelope(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload handler saw only the new file: the largest leaves the envelope at send."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(300 * 1024))  # about 26 KiB inline
+    a, b = unlocked(world.a), unlocked(world.b)
+    carried = b"%PDF-1.7\n" + os.urandom(20_000)
+    added = b"%PDF-1.7\n" + os.urandom(15_000)
+    original = sent_id(compose(a, files=(("echo.pdf", carried, "application/pdf"),)))
+    forwarded = sent_id(
+        compose(
+            b,
+            sender=B,
+            to=E,
+            confirm=(E,),
+            subject="TR : avis",
+            path=f"/messagerie/message/{original}/transferer/?boite={B}",
+            keep="0",
+            patient_consent="on",
+            files=(("bilan.pdf", added, "application/pdf"),),
+        )
+    )
+    [blob] = MessageBlob.objects.filter(message__public_id=forwarded)  # the larger one
+    assert not Upload.objects.exists()
+    e = unlocked(world.e)
+    html = e.get(message_url(forwarded, E)).content.decode()
+    assert "echo.pdf" in html and "bilan.pdf" in html
+    assert e.get(f"/messagerie/message/{forwarded}/pieces-jointes/0/").content == added
+    streamed = e.get(f"/messagerie/message/{forwarded}/pieces-volumineuses/0/?boite={E}")
+    assert b"".join(streamed.streaming_content) == carried  # type: ignore[attr-defined]
+    assert blob.size > len(carried)
 
 
 @pytest.mark.requirement("REQ-AFTER-SEND")

@@ -54,7 +54,12 @@ from pli.server.messaging.uploads import (
     do_discard_uploads,
 )
 from pli.server.webmail.correspondents import active_mailbox, identity_of, known_correspondents
-from pli.server.webmail.uploads import StreamedAttachment, inline_limit, type_error
+from pli.server.webmail.uploads import (
+    StreamedAttachment,
+    inline_limit,
+    stream_attachment,
+    type_error,
+)
 
 #: References kept in a reply's header (RFC 5322 §3.6.4): the thread's root and the last ones.
 _MAX_REFERENCES = 20
@@ -180,7 +185,16 @@ def _display_name(mailbox: Mailbox) -> str:
     return found.name if found.name != mailbox.address else ""
 
 
-def _attachments(outgoing: Outgoing, original: Original | None) -> list[Attachment]:
+def _attachments(
+    user: User, outgoing: Outgoing, original: Original | None, made: list[str]
+) -> tuple[list[Attachment], list[StreamedAttachment]]:
+    """The attachments checked; those the envelope holds, and those it cannot hold.
+
+    What a forward carries and what was attached may together pass what the
+    envelope holds (the upload handler only saw the new files): the largest then
+    leave it, encrypted as a stream from this request's memory into the blob
+    store, as the handler encrypts a large file (their uploads added to ``made``).
+    """
     carried: list[Attachment] = []
     if original is not None and original.forward:
         kept = set(original.kept_attachments)
@@ -199,15 +213,15 @@ def _attachments(outgoing: Outgoing, original: Original | None) -> list[Attachme
             attachment_type(part.filename, part.content_type, None, allowed)
         except AttachmentRefused as refusal:
             raise type_error(refusal) from None
-    limit = inline_limit()
-    if sum(len(a.data) for a in everything) > limit:
-        raise _refuse(
-            "attachments_too_large",
-            _("Les pièces jointes dépassent la taille admise (%(limit)s octets en tout).")
-            % {"limit": limit},
-            limit=limit,
-        )
-    return everything
+    inline = list(everything)
+    leaving: list[StreamedAttachment] = []
+    while inline and sum(len(a.data) for a in inline) > inline_limit():
+        largest = max(inline, key=lambda a: len(a.data))
+        inline.remove(largest)
+        streamed = stream_attachment(user, largest)
+        made.append(streamed.upload_id)
+        leaving.append(streamed)
+    return inline, leaving
 
 
 def _sealed_for(sender: Mailbox, targets: Sequence[Mailbox]) -> list[Certificate]:
@@ -242,6 +256,7 @@ def _draft(
     patient_id: str,
     original: Original | None,
     attachments: list[Attachment],
+    streamed: list[StreamedAttachment],
 ) -> Draft:
     reply = original is not None and not original.forward
     in_reply_to = original.message.message_id if reply and original is not None else None
@@ -265,7 +280,7 @@ def _draft(
         attachments=attachments,
         external_parts=[
             *(original.forwarded_parts() if original is not None else []),
-            *(streamed.part for streamed in outgoing.streamed),
+            *(part.part for part in streamed),
         ],
     )
 
@@ -288,43 +303,58 @@ def send_from_web(
             "not_allowed_sender", _("Vous ne pouvez pas envoyer de message depuis cette adresse.")
         )
     signer = vault_key_for(request, own)
+    # The uploads this function makes (attachments leaving the envelope, copies of a
+    # forward's large parts): gone again unless the send takes them.
+    made: list[str] = []
     try:
-        sender, targets, envelope, patient_id = _seal(user, signer, outgoing, original)
+        return _seal_and_send(request, user, signer, outgoing, original=original, made=made)
+    except BaseException:
+        do_discard_uploads(user, made)
+        raise
+
+
+def _seal_and_send(
+    request: HttpRequest,
+    user: User,
+    signer: SoftwareKey,
+    outgoing: Outgoing,
+    *,
+    original: Original | None,
+    made: list[str],
+) -> Message:
+    try:
+        sender, targets, envelope, patient_id, streamed = _seal(
+            user, signer, outgoing, original, made
+        )
     except MessagingError as error:
         if error.code not in UI_STEPS:
             record_refused_send(user, request, error.code)
         raise
     # A forward's large parts: the new message needs blobs of its own (copies).
     copies: list[str] = []
-    try:
-        for part in original.forwarded_parts() if original is not None else []:
-            assert original is not None  # noqa: S101 - forwarded_parts is empty otherwise
-            copies.append(
-                do_copy_message_blob(user, original.copy, part.blob_id, request).public_id
-            )
-        # The authoritative checks, in one transaction (refusals traced there).
-        reply = original is not None and not original.forward
-        return do_send_message(
-            user,
-            sender.address,
-            [target.address for target in targets],
-            envelope,
-            patient_id=patient_id or None,
-            in_reply_to=(
-                original.copy.message.public_id if reply and original is not None else None
-            ),
-            request=request,
-            blobs=[*copies, *(streamed.upload_id for streamed in outgoing.streamed)],
-        )
-    except BaseException:
-        do_discard_uploads(user, copies)
-        raise
+    for part in original.forwarded_parts() if original is not None else []:
+        assert original is not None  # noqa: S101 - forwarded_parts is empty otherwise
+        copies.append(do_copy_message_blob(user, original.copy, part.blob_id, request).public_id)
+        made.append(copies[-1])
+    # The authoritative checks, in one transaction (refusals traced there).
+    reply = original is not None and not original.forward
+    return do_send_message(
+        user,
+        sender.address,
+        [target.address for target in targets],
+        envelope,
+        patient_id=patient_id or None,
+        in_reply_to=(original.copy.message.public_id if reply and original is not None else None),
+        request=request,
+        blobs=[*copies, *(part.upload_id for part in streamed)],
+    )
 
 
 def _seal(
-    user: User, signer: SoftwareKey, outgoing: Outgoing, original: Original | None
-) -> tuple[Mailbox, list[Mailbox], bytes, str]:
-    """The pre-send checks, then the envelope: (sending mailbox, recipients, envelope, patient)."""
+    user: User, signer: SoftwareKey, outgoing: Outgoing, original: Original | None, made: list[str]
+) -> tuple[Mailbox, list[Mailbox], bytes, str, list[StreamedAttachment]]:
+    """The pre-send checks, then the envelope: (sending mailbox, recipients, envelope,
+    patient, the new attachments that travel beside it)."""
     sender = sending_mailbox(user, outgoing.from_address)
     targets = _targets(sender, outgoing.recipients)
     _check_confirmed(sender, targets, outgoing.confirmed)
@@ -345,7 +375,8 @@ def _seal(
         )
     _check_subject(outgoing, patient_id)
     patient_key(patient_id or None)  # bad_patient_id, patient_opposed (REQ-OPPOSITION)
-    attachments = _attachments(outgoing, original)
+    attachments, leaving = _attachments(user, outgoing, original, made)
+    streamed = [*outgoing.streamed, *leaving]
     certificates = _sealed_for(sender, targets)
     try:
         inner = build_inner_message(
@@ -357,6 +388,7 @@ def _seal(
                 patient_id=patient_id,
                 original=original,
                 attachments=attachments,
+                streamed=streamed,
             )
         )
     except MimeError as error:
@@ -373,4 +405,4 @@ def _seal(
             _("Le message n'a pas pu être chiffré pour ses destinataires."),
             reason=error.code,
         ) from None
-    return sender, targets, envelope, patient_id
+    return sender, targets, envelope, patient_id, streamed

@@ -40,7 +40,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext as _
 
 from pli.crypto import StreamEncryptor, StreamSeal
-from pli.mime import ExternalPart
+from pli.mime import Attachment, ExternalPart
 from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
 from pli.server.accounts.models import User
 from pli.server.blobs import BlobStore, BlobTooLarge, BlobWriter, StoredBlob, blob_store
@@ -60,6 +60,8 @@ _ENVELOPE_ROOM = 256 * 1024
 END_FIELD = "end"
 #: The form's text fields and the multipart framing, beside the attachments.
 _FORM_ROOM = 2 * 1024 * 1024
+#: Pieces in which an attachment in memory is handed to the encryption.
+COPY_PIECE = 1024 * 1024
 #: The types of an attachment's Content-Type a browser may send that are not a file's.
 _NOT_A_FILE_TYPE = ("multipart", "message")
 
@@ -171,6 +173,36 @@ class _Encrypting:
     def finish(self) -> tuple[StoredBlob, StreamSeal]:
         self.writer.write(self.encryptor.finish())
         return self.writer.commit(), self.encryptor.seal
+
+
+def stream_attachment(
+    user: User, attachment: Attachment, store: BlobStore | None = None
+) -> StreamedAttachment:
+    """An attachment already in memory, encrypted into the blob store as the handler
+    encrypts a large file: for one the envelope cannot hold beside the others."""
+    store = store or blob_store()
+    encrypting = _Encrypting(store, len(attachment.data))
+    try:
+        view = memoryview(attachment.data)
+        for start in range(0, len(view), COPY_PIECE):
+            encrypting.write(bytes(view[start : start + COPY_PIECE]))
+        stored, seal = encrypting.finish()
+    except BaseException:
+        encrypting.writer.abort()
+        raise
+    upload = do_keep_sealed_upload(user, stored, store)
+    return StreamedAttachment(
+        upload.public_id,
+        ExternalPart(
+            filename=attachment.filename,
+            content_type=attachment.content_type,
+            blob_id=seal.sha256,
+            key=seal.key,
+            size=seal.size,
+            plaintext_size=seal.plaintext_size,
+            record_size=seal.record_size,
+        ),
+    )
 
 
 class SealingUploadHandler(FileUploadHandler):
