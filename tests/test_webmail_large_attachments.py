@@ -29,6 +29,7 @@ import pytest
 from django.http import StreamingHttpResponse
 from playwright.sync_api import Browser, Download, Locator, Page, expect
 
+from pli.client import Client, SendResult
 from pli.client import sdk as messaging_sdk
 from pli.mime import Attachment, ExternalPart
 from pli.server.audit.models import AuditEvent
@@ -198,6 +199,21 @@ def _reply_with(page: Page, message_id: str, files: list[Path]) -> None:
     page.get_by_role("button", name="Signer, chiffrer et envoyer").click()
 
 
+def a_asks_b_for_the_scan(server: Server, pki: Pki) -> tuple[Client, SendResult, str]:
+    """A (practice software) writes to B (web mail, vault): B's answer needs no confirmation.
+
+    (A's client, A's message, the seed of B's TOTP.)
+    """
+    a = workstation_persona(server, A, pki.keys["alice"], organisation="Hôpital A")
+    _, secret_b = vault_account(
+        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
+    )
+    software = server.client(a, "alice")
+    software.login(A, PASSPHRASE, a.code())
+    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    return software, asked, secret_b
+
+
 @pytest.mark.requirement("REQ-E2E")
 @pytest.mark.requirement("REQ-AT-REST")
 def test_a_large_attachment_is_sent_from_the_web_mail_encrypted_as_it_arrives(
@@ -209,13 +225,7 @@ def test_a_large_attachment_is_sent_from_the_web_mail_encrypted_as_it_arrives(
 ) -> None:
     # An envelope of 1 MiB holds about 400 KiB of attachments: the scan goes beside it.
     monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
-    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
-    _, secret_b = vault_account(
-        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
-    )
-    software = stage.client(a, "alice")
-    software.login(A, PASSPHRASE, a.code())
-    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    software, asked, secret_b = a_asks_b_for_the_scan(stage, pki)
     scan = tmp_path / "scanner-thorax.pdf"
     scan.write_bytes(WEB_SCAN)
     note = tmp_path / "note.txt"
@@ -293,13 +303,7 @@ def test_the_web_mail_refuses_what_the_operator_does_not_accept_and_keeps_nothin
 ) -> None:
     monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
     monkeypatch.setenv("PLI_MAX_ATTACHMENT_BYTES", str(1_000_000))
-    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
-    _, secret_b = vault_account(
-        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
-    )
-    software = stage.client(a, "alice")
-    software.login(A, PASSPHRASE, a.code())
-    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    _software, asked, secret_b = a_asks_b_for_the_scan(stage, pki)
     before = _stored_files(stage.tmp / "blobs")
     messages = Message.objects.count()
     paths = []
@@ -354,13 +358,7 @@ def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
 ) -> None:
     """The connection drops while the scan is being encrypted into the store."""
     monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
-    a = workstation_persona(stage, A, pki.keys["alice"], organisation="Hôpital A")
-    _, secret_b = vault_account(
-        B, organisation="Clinique B", last_name="Durand", profession="Médecin"
-    )
-    software = stage.client(a, "alice")
-    software.login(A, PASSPHRASE, a.code())
-    asked = software.send(A, [B], "Imagerie", "Pouvez-vous m'envoyer le scanner ?\n", NIR)
+    _software, asked, secret_b = a_asks_b_for_the_scan(stage, pki)
     blobs = stage.tmp / "blobs"
     before = _stored_files(blobs)
     messages = Message.objects.count()
