@@ -27,6 +27,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     FilePayload,
     Page,
+    Route,
     expect,
     sync_playwright,
 )
@@ -263,3 +264,48 @@ def test_a_writes_to_b_who_reads_downloads_and_answers(
     assert Delivery.objects.get(message=reply).state == "read"
     watched_a.assert_clean()
     watched_b.assert_clean()
+
+
+@pytest.mark.requirement("REQ-VERIFY-RECIPIENT")
+def test_a_confirmation_ticked_while_a_check_is_on_its_way_stays_ticked(
+    two: tuple[Watched, Watched],
+) -> None:
+    """The recipient check answers from the ticks it was sent with: an answer arriving
+    after the person ticked the box must not untick it (they would send, and be refused)."""
+    watched_a, _ = two
+    a = watched_a.page
+    _user_a, secret_a = vault_account(
+        A, organisation="Hôpital A", last_name="Martin", profession="Cardiologue"
+    )
+    vault_account(B, organisation="Clinique B", last_name="Durand", profession="Médecin")
+    log_in(a, A, secret_a)
+    a.goto("/messagerie/nouveau/")
+    recipients = a.get_by_label("À", exact=True)
+    recipients.fill(B)
+    recipients.press("Tab")  # its change checks it now, not when the box is clicked
+    confirmation = a.get_by_label("J'ai vérifié que Dr Alice Durand est le bon destinataire")
+    expect(confirmation).to_be_visible()
+    a.wait_for_load_state("networkidle")
+    a.evaluate("document.querySelector('#recipient-check input[name=confirm]').dataset.old = '1'")
+
+    # The next check is held on its way; the box is ticked meanwhile.
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # Playwright takes a function, not a bound builtin
+        held.append(route)
+
+    a.route("**/messagerie/destinataires/**", hold)
+    recipients.dispatch_event("change")
+    for _ in range(100):
+        if held:
+            break
+        a.wait_for_timeout(50)
+    assert held, "the page did not check the recipients again"
+    confirmation.check()
+    with a.expect_response(lambda r: "/messagerie/destinataires/" in r.url):
+        held[0].continue_()
+    # The answer replaced the list: its box is ticked still.
+    fresh = a.locator("#recipient-check input[name=confirm]:not([data-old])")
+    expect(fresh).to_have_count(1)
+    expect(fresh).to_be_checked()
+    watched_a.assert_clean()

@@ -127,7 +127,15 @@
     });
     get(checkUrl + query).then(function (html) {
       if (round === checkRound) {
+        // A box ticked while this check was on its way stays ticked: the answer was
+        // computed from the ticks of before (REQ-VERIFY-RECIPIENT, the person's choice).
+        var ticked = confirmedAddresses();
         check.innerHTML = html;
+        Array.prototype.forEach.call(check.querySelectorAll("input[name=confirm]"), function (box) {
+          if (ticked.indexOf(box.value) !== -1) {
+            box.checked = true;
+          }
+        });
       }
     }).catch(function () { /* the server checks again when sending */ });
   }
