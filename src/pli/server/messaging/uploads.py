@@ -240,7 +240,7 @@ def inline_attachment_bytes(envelope_limit: int) -> int:
     """The most attachment bytes one envelope of ``envelope_limit`` bytes can carry inline.
 
     About 5.1 MiB for the default 10 MiB envelope; a client streams the rest
-    (decision 0003), and the web mail refuses more.
+    (decision 0003), and so does the web mail (``webmail/uploads.py``).
     """
     return max(0, (envelope_limit - ENVELOPE_ROOM) * 100 // ENVELOPE_GROWTH_PERCENT)
 

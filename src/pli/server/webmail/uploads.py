@@ -39,29 +39,27 @@ from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
 
-from pli.crypto import StreamEncryptor, StreamSeal
+from pli.crypto import StreamEncryptor
 from pli.mime import Attachment, ExternalPart
 from pli.mime.types import HEAD_BYTES, AttachmentRefused, attachment_type
 from pli.server.accounts.models import User
-from pli.server.blobs import BlobStore, BlobTooLarge, BlobWriter, StoredBlob, blob_store
+from pli.server.blobs import BlobStore, BlobTooLarge, BlobWriter, blob_store
 from pli.server.messaging.access import MessagingError
 from pli.server.messaging.actions import max_envelope_bytes
 from pli.server.messaging.uploads import (
+    COPY_BYTES,
     allowed_attachment_types,
     do_discard_uploads,
     do_keep_sealed_upload,
+    inline_attachment_bytes,
     max_attachment_bytes,
     stream_ciphertext_bytes,
 )
 
-#: Room in an envelope for what is not attachments: headers, body, signature, CMS.
-_ENVELOPE_ROOM = 256 * 1024
 #: The compose form's last field: a body that lacks it was cut short.
 END_FIELD = "end"
 #: The form's text fields and the multipart framing, beside the attachments.
 _FORM_ROOM = 2 * 1024 * 1024
-#: Pieces in which an attachment in memory is handed to the encryption.
-COPY_PIECE = 1024 * 1024
 #: The types of an attachment's Content-Type a browser may send that are not a file's.
 _NOT_A_FILE_TYPE = ("multipart", "message")
 
@@ -74,7 +72,7 @@ def inline_limit() -> int:
     data): the envelope holds about 1.85 times the attachments' bytes, and must
     fit ``PLI_MAX_ENVELOPE_BYTES`` (docs/api/messaging.md).
     """
-    return max(0, (max_envelope_bytes() - _ENVELOPE_ROOM) * 100 // 190)
+    return inline_attachment_bytes(max_envelope_bytes())
 
 
 def request_limit() -> int:
@@ -162,6 +160,7 @@ class _Encrypting:
     """One attachment on its way: encrypted record by record into a blob being written."""
 
     def __init__(self, store: BlobStore, max_plaintext: int) -> None:
+        self.store = store
         self.encryptor = StreamEncryptor()
         self.writer: BlobWriter = store.writer(max_bytes=stream_ciphertext_bytes(max_plaintext))
 
@@ -170,9 +169,27 @@ class _Encrypting:
         if ciphertext:
             self.writer.write(ciphertext)
 
-    def finish(self) -> tuple[StoredBlob, StreamSeal]:
-        self.writer.write(self.encryptor.finish())
-        return self.writer.commit(), self.encryptor.seal
+    def finish(self, user: User, filename: str, kind: str) -> StreamedAttachment:
+        """The last record written, the blob installed: a complete upload of ``user``,
+        and the external part that names it in the sealed message."""
+        try:
+            self.writer.write(self.encryptor.finish())
+            stored = self.writer.commit()
+        except BaseException:
+            self.writer.abort()  # a disk error: no temporary file stays behind
+            raise
+        seal = self.encryptor.seal
+        upload = do_keep_sealed_upload(user, stored, self.store)
+        part = ExternalPart(
+            filename=filename,
+            content_type=kind,
+            blob_id=seal.sha256,
+            key=seal.key,
+            size=seal.size,
+            plaintext_size=seal.plaintext_size,
+            record_size=seal.record_size,
+        )
+        return StreamedAttachment(upload.public_id, part)
 
 
 def stream_attachment(
@@ -180,29 +197,12 @@ def stream_attachment(
 ) -> StreamedAttachment:
     """An attachment already in memory, encrypted into the blob store as the handler
     encrypts a large file: for one the envelope cannot hold beside the others."""
-    store = store or blob_store()
-    encrypting = _Encrypting(store, len(attachment.data))
-    try:
-        view = memoryview(attachment.data)
-        for start in range(0, len(view), COPY_PIECE):
-            encrypting.write(bytes(view[start : start + COPY_PIECE]))
-        stored, seal = encrypting.finish()
-    except BaseException:
-        encrypting.writer.abort()
-        raise
-    upload = do_keep_sealed_upload(user, stored, store)
-    return StreamedAttachment(
-        upload.public_id,
-        ExternalPart(
-            filename=attachment.filename,
-            content_type=attachment.content_type,
-            blob_id=seal.sha256,
-            key=seal.key,
-            size=seal.size,
-            plaintext_size=seal.plaintext_size,
-            record_size=seal.record_size,
-        ),
-    )
+    encrypting = _Encrypting(store or blob_store(), len(attachment.data))
+    view = memoryview(attachment.data)
+    for start in range(0, len(view), COPY_BYTES):
+        # A failed write removes what the writer held (BlobWriter.write).
+        encrypting.write(bytes(view[start : start + COPY_BYTES]))
+    return encrypting.finish(user, attachment.filename, attachment.content_type)
 
 
 class SealingUploadHandler(FileUploadHandler):
@@ -311,26 +311,13 @@ class SealingUploadHandler(FileUploadHandler):
         encrypting, self._encrypting = self._encrypting, None
         assert encrypting is not None  # noqa: S101 - the caller checked
         try:
-            stored, seal = encrypting.finish()
+            streamed = encrypting.finish(self.user, self.file_name or "", self._kind)
         except BlobTooLarge:
             self._stop(too_large_error())
-        except BaseException:
-            encrypting.writer.abort()  # a disk error: no temporary file stays behind
-            raise
-        upload = do_keep_sealed_upload(self.user, stored, self.store)
-        self.kept.append(upload.public_id)
-        part = ExternalPart(
-            filename=self.file_name or "",
-            content_type=self._kind,
-            blob_id=seal.sha256,
-            key=seal.key,
-            size=seal.size,
-            plaintext_size=seal.plaintext_size,
-            record_size=seal.record_size,
-        )
-        if seal.plaintext_size != file_size:  # pragma: no cover - Django counts what we saw
+        self.kept.append(streamed.upload_id)
+        if streamed.part.plaintext_size != file_size:  # pragma: no cover - Django counts it
             self._stop(too_large_error())
-        return StreamedFile(StreamedAttachment(upload.public_id, part), self.field_name)
+        return StreamedFile(streamed, self.field_name)
 
     def upload_interrupted(self) -> None:
         self.close()
