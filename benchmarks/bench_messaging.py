@@ -111,6 +111,51 @@ def load_average() -> list[float]:
 # --------------------------------------------------------------------------- children, Django
 
 
+def bench_mailbox(address: str, number: int) -> Any:
+    """A personal mailbox of the directory, for a professional of RPPS 1010000<number>."""
+    from pli.server.directory.models import Mailbox, Professional  # noqa: PLC0415
+
+    rpps = f"1010000{number:04d}"
+    professional = Professional.objects.create(
+        identifier_type="8",
+        identifier=rpps,
+        national_id=f"8{rpps}",
+        last_name=f"Nom{number}",
+        first_name="Bench",
+        profession_code="10",
+        profession="Médecin",
+    )
+    return Mailbox.objects.create(address=address, kind="PER", professional=professional)
+
+
+def enrolled_account(mailbox: Any, custody: str) -> tuple[Any, str]:
+    """The mailbox's professional's account, enrolled (TOTP, charter); (user, TOTP seed)."""
+    import pyotp  # noqa: PLC0415
+    from django.utils import timezone  # noqa: PLC0415
+
+    from pli.server.accounts import factors  # noqa: PLC0415
+    from pli.server.accounts.actions import current_charter  # noqa: PLC0415
+    from pli.server.accounts.models import CharterAcknowledgement, User  # noqa: PLC0415
+
+    user = User.objects.create_user(
+        username=mailbox.address,
+        email=mailbox.address,
+        password=PASSPHRASE,
+        professional=mailbox.professional,
+    )
+    user.custody = custody
+    secret = factors.new_totp_seed()
+    # Confirmed with the previous step's code: the current one still logs in (RFC 6238 §5.2).
+    previous = pyotp.TOTP(secret).at(time.time() - factors.TOTP_PERIOD)
+    assert factors.confirm_totp(user, secret, previous)  # noqa: S101 - a benchmark's set-up
+    charter = current_charter()
+    if charter is not None:
+        CharterAcknowledgement.objects.create(user=user, charter=charter)
+    user.enrolled_at = timezone.now()
+    user.save()
+    return user, secret
+
+
 def child_setup(work: Path) -> JSON:
     """Migrate; a CA, the sender (enrolled) and ten recipient mailboxes; envelopes sealed once."""
     from pli.server.commands import (  # noqa: PLC0415
@@ -122,9 +167,7 @@ def child_setup(work: Path) -> JSON:
     ensure_data_dir()
     setup_django()
     prepare_database()
-    import pyotp  # noqa: PLC0415
     from django.db import connection  # noqa: PLC0415
-    from django.utils import timezone  # noqa: PLC0415
 
     from pli.client.castore import CaDirectory  # noqa: PLC0415
     from pli.crypto import (  # noqa: PLC0415
@@ -136,31 +179,14 @@ def child_setup(work: Path) -> JSON:
         seal,
     )
     from pli.mime import Draft, build_inner_message  # noqa: PLC0415
-    from pli.server.accounts import factors  # noqa: PLC0415
-    from pli.server.accounts.actions import current_charter  # noqa: PLC0415
     from pli.server.accounts.models import (  # noqa: PLC0415
-        CharterAcknowledgement,
         Custody,
-        User,
     )
     from pli.server.directory.actions import do_publish_mailbox_certificate  # noqa: PLC0415
-    from pli.server.directory.models import Mailbox, Professional  # noqa: PLC0415
+    from pli.server.directory.models import Mailbox  # noqa: PLC0415
 
     ca = CaDirectory.create(work / "ca", "Pli Bench Operator CA", CA_PASSPHRASE)
     sender_key, recipient_key = generate_private_key(), generate_private_key()
-
-    def person(address: str, number: int) -> Mailbox:
-        rpps = f"1010000{number:04d}"
-        professional = Professional.objects.create(
-            identifier_type="8",
-            identifier=rpps,
-            national_id=f"8{rpps}",
-            last_name=f"Nom{number}",
-            first_name="Bench",
-            profession_code="10",
-            profession="Médecin",
-        )
-        return Mailbox.objects.create(address=address, kind="PER", professional=professional)
 
     def certify(mailbox: Mailbox, key: Any) -> Any:
         certificate = ca.issue(
@@ -169,24 +195,13 @@ def child_setup(work: Path) -> JSON:
         do_publish_mailbox_certificate(mailbox, certificate_pem(certificate))
         return certificate
 
-    sender_box = person(SENDER, 0)
+    sender_box = bench_mailbox(SENDER, 0)
     sender_certificate = certify(sender_box, sender_key)
     recipient_certificates = [
-        certify(person(address, n + 1), recipient_key) for n, address in enumerate(RECIPIENTS)
+        certify(bench_mailbox(address, n + 1), recipient_key)
+        for n, address in enumerate(RECIPIENTS)
     ]
-    user = User.objects.create_user(
-        username=SENDER, email=SENDER, password=PASSPHRASE, professional=sender_box.professional
-    )
-    user.custody = Custody.WORKSTATION
-    secret = factors.new_totp_seed()
-    # Confirmed with the previous step's code: the current one still logs in (RFC 6238 §5.2).
-    previous = pyotp.TOTP(secret).at(time.time() - factors.TOTP_PERIOD)
-    assert factors.confirm_totp(user, secret, previous)  # noqa: S101 - a benchmark's set-up
-    charter = current_charter()
-    if charter is not None:
-        CharterAcknowledgement.objects.create(user=user, charter=charter)
-    user.enrolled_at = timezone.now()
-    user.save()
+    _user, secret = enrolled_account(sender_box, Custody.WORKSTATION)
 
     identity = work / "sender.p12"
     identity.write_bytes(

@@ -47,7 +47,9 @@ from bench_messaging import (
     MB,
     MIB,
     PASSPHRASE,
+    bench_mailbox,
     drop_postgres,
+    enrolled_account,
     machine,
     pli_serve,
     postgres_database,
@@ -76,44 +78,15 @@ def child_setup(work: Path) -> JSON:
     ensure_data_dir()
     setup_django()
     prepare_database()
-    import pyotp  # noqa: PLC0415
-    from django.utils import timezone  # noqa: PLC0415
-
     from pli.client.castore import CaDirectory  # noqa: PLC0415
-    from pli.server.accounts import factors  # noqa: PLC0415
-    from pli.server.accounts.actions import current_charter  # noqa: PLC0415
     from pli.server.accounts.custody import do_create_vault_key  # noqa: PLC0415
-    from pli.server.accounts.models import CharterAcknowledgement, Custody, User  # noqa: PLC0415
-    from pli.server.directory.models import Mailbox, Professional  # noqa: PLC0415
+    from pli.server.accounts.models import Custody  # noqa: PLC0415
 
     CaDirectory.create(work / "ca", "Pli Bench Operator CA", CA_PASSPHRASE)
     secrets = {}
     for number, address in enumerate((SENDER, RECIPIENT)):
-        rpps = f"1010000{number:04d}"
-        professional = Professional.objects.create(
-            identifier_type="8",
-            identifier=rpps,
-            national_id=f"8{rpps}",
-            last_name=f"Nom{number}",
-            first_name="Bench",
-            profession_code="10",
-            profession="Médecin",
-        )
-        Mailbox.objects.create(address=address, kind="PER", professional=professional)
-        user = User.objects.create_user(
-            username=address, email=address, password=PASSPHRASE, professional=professional
-        )
-        user.custody = Custody.VAULT
-        secret = factors.new_totp_seed()
-        previous = pyotp.TOTP(secret).at(time.time() - factors.TOTP_PERIOD)
-        assert factors.confirm_totp(user, secret, previous)  # noqa: S101 - a benchmark's set-up
-        charter = current_charter()
-        if charter is not None:
-            CharterAcknowledgement.objects.create(user=user, charter=charter)
-        user.enrolled_at = timezone.now()
-        user.save()
-        assert do_create_vault_key(user, PASSPHRASE) is not None  # noqa: S101
-        secrets[address] = secret
+        user, secrets[address] = enrolled_account(bench_mailbox(address, number), Custody.VAULT)
+        assert do_create_vault_key(user, PASSPHRASE) is not None  # noqa: S101 - set-up
     return {"totp": secrets[SENDER]}
 
 
