@@ -786,6 +786,57 @@ def test_attachments_stay_in_memory_and_too_large_ones_are_refused(
     assert MessageBlob.objects.count() == 1
 
 
+def test_a_compose_post_without_its_csrf_token_stores_nothing_even_a_large_file(
+    world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose views read their body before the CSRF check (the token is in it, and the
+    upload handler must be set first): a forged post is refused, and what its body made
+    on the way (a large file is encrypted into the blob store as it arrives) is removed."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(300 * 1024))
+    monkeypatch.setenv("PLI_MAX_ATTACHMENT_BYTES", str(1_000_000))
+    scan = b"%PDF-1.7\n" + os.urandom(200_000)
+    signed = unlocked(world.a)
+    strict = Client(enforce_csrf_checks=True)
+    strict.cookies = signed.cookies
+    form = {
+        "sender": A,
+        "recipients": B,
+        "subject": "Avis",
+        "body": "Cher confrère,\n",
+        "action": "send",
+        "confirm": [B],
+        "attachments": [SimpleUploadedFile("scan.pdf", scan, content_type="application/pdf")],
+        "end": "1",
+    }
+    # The page sets the CSRF cookie: without it the middleware refuses before the body.
+    page = strict.get(COMPOSE).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token is not None and "csrftoken" in strict.cookies
+    blobs_before = blob_files(world.blob_dir)
+    # Without a token, and with a wrong one: the body is read (the large file encrypted
+    # into the blob store), then refused. Another site's Origin, and HTTPS without a
+    # Referer: refused before the body is read.
+    for secure, extra in (
+        (False, {}),
+        (False, {"csrfmiddlewaretoken": "x" * 64}),
+        (False, {"HTTP_ORIGIN": "https://ailleurs.example"}),
+        (True, {}),
+    ):
+        form["attachments"][0].seek(0)
+        headers = {k: v for k, v in extra.items() if k.startswith("HTTP_")}
+        data = {**form, **{k: v for k, v in extra.items() if not k.startswith("HTTP_")}}
+        refused = strict.post(COMPOSE, data, secure=secure, **headers)
+        assert refused.status_code == 403, extra
+        assert stored() == (0, 0, 0)
+        assert not Upload.objects.exists() and not MessageBlob.objects.exists()
+        assert blob_files(world.blob_dir) == blobs_before
+    # The same post with the page's token is sent: the refusals above were the token's.
+    form["attachments"][0].seek(0)
+    sent = strict.post(COMPOSE, {**form, "csrfmiddlewaretoken": token.group(1)})
+    message_id = sent_id(sent)
+    assert MessageBlob.objects.filter(message__public_id=message_id).count() == 1
+
+
 def test_attachment_names_and_types_are_made_safe() -> None:
     from pli.server.webmail.views import content_disposition, safe_filename
 
