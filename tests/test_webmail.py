@@ -798,14 +798,15 @@ def test_a_compose_post_without_its_csrf_token_stores_nothing_even_a_large_file(
     signed = unlocked(world.a)
     strict = Client(enforce_csrf_checks=True)
     strict.cookies = signed.cookies
-    form = {
+    attachment = SimpleUploadedFile("scan.pdf", scan, content_type="application/pdf")
+    form: dict[str, Any] = {
         "sender": A,
         "recipients": B,
         "subject": "Avis",
         "body": "Cher confrère,\n",
         "action": "send",
         "confirm": [B],
-        "attachments": [SimpleUploadedFile("scan.pdf", scan, content_type="application/pdf")],
+        "attachments": [attachment],
         "end": "1",
     }
     # The page sets the CSRF cookie: without it the middleware refuses before the body.
@@ -816,22 +817,22 @@ def test_a_compose_post_without_its_csrf_token_stores_nothing_even_a_large_file(
     # Without a token, and with a wrong one: the body is read (the large file encrypted
     # into the blob store), then refused. Another site's Origin, and HTTPS without a
     # Referer: refused before the body is read.
-    for secure, extra in (
-        (False, {}),
-        (False, {"csrfmiddlewaretoken": "x" * 64}),
-        (False, {"HTTP_ORIGIN": "https://ailleurs.example"}),
-        (True, {}),
-    ):
-        form["attachments"][0].seek(0)
-        headers = {k: v for k, v in extra.items() if k.startswith("HTTP_")}
-        data = {**form, **{k: v for k, v in extra.items() if not k.startswith("HTTP_")}}
-        refused = strict.post(COMPOSE, data, secure=secure, **headers)
-        assert refused.status_code == 403, extra
+    cases: list[tuple[bool, dict[str, str], dict[str, str]]] = [
+        (False, {}, {}),
+        (False, {"csrfmiddlewaretoken": "x" * 64}, {}),
+        (False, {}, {"Origin": "https://ailleurs.example"}),
+        (True, {}, {}),
+    ]
+    for secure, token_field, headers in cases:
+        attachment.seek(0)
+        data = {**form, **token_field}
+        refused = strict.post(COMPOSE, data, secure=secure, headers=headers)
+        assert refused.status_code == 403, (secure, token_field, headers)
         assert stored() == (0, 0, 0)
         assert not Upload.objects.exists() and not MessageBlob.objects.exists()
         assert blob_files(world.blob_dir) == blobs_before
     # The same post with the page's token is sent: the refusals above were the token's.
-    form["attachments"][0].seek(0)
+    attachment.seek(0)
     sent = strict.post(COMPOSE, {**form, "csrfmiddlewaretoken": token.group(1)})
     message_id = sent_id(sent)
     assert MessageBlob.objects.filter(message__public_id=message_id).count() == 1
