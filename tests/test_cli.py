@@ -55,7 +55,7 @@ def test_seal_then_open_prints_the_verified_signer(world: Path) -> None:
         "open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",
         "--crl", d / "ca" / "crl.pem", "--in", d / "m1.p7m", "--out", d / "m1.eml",
     )  # fmt: skip
-    assert "signature: valid, signed by alice.martin@pli.test" in result.output
+    assert "signature : valide, signée par alice.martin@pli.test" in result.output
     assert "810100000008" in result.output
     assert b"Subject: Resultats de biologie" in (d / "m1.eml").read_bytes()
 
@@ -136,7 +136,7 @@ def test_large_attachment_travels_outside_the_cms(world: Path, tmp_path: Path) -
         "--attachments", tmp_path / "files",
     )  # fmt: skip
     assert (tmp_path / "files" / "scan.pdf").read_bytes() == big.read_bytes()
-    assert "attachment:" in result.output
+    assert "pièce jointe :" in result.output
     # Opening again never overwrites what is there.
     pli(
         "open", "--identity", d / "bob.durand.p12", "--trust", d / "ca" / "ca.pem",

@@ -50,8 +50,18 @@ PO_FILE = LOCALE_DIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.po"
 MO_FILE = LOCALE_DIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.mo"
 #: The markers of pli.client.i18n, and the position of the French text in their arguments.
 MARKERS = {"_": 0, "N_": 0, "translate": 1}
+#: The modules of ``pli``'s commands: every help text follows PLI_LANGUAGE.
+COMMAND_MODULES = ("messaging_cli.py", "cli.py")
 #: Errors whose detail people read: it must always be a translated text.
-ERRORS = {"ClientError", "CliError", "NotARecipient", "SenderMismatch"}
+ERRORS = {
+    "ClientError",
+    "CliError",
+    "NotARecipient",
+    "SenderMismatch",
+    "CertificateAuthorityError",
+    "UnknownCertificate",
+    "InvalidCertificate",
+}
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -181,8 +191,9 @@ def test_texts_people_read_are_marked_where_they_are_written() -> None:
             )
             if isinstance(detail, ast.Call):
                 assert _name(detail.func) in MARKERS, f"{where}: {name}'s detail is not translated"
-        clicks = isinstance(call.func, ast.Attribute) and _name(call.func.value) == "click"
-        if where.startswith("messaging_cli.py") and clicks and name in ("option", "command"):
+        # click.option(…), main.command(…), ca_group.command(…): each needs its class.
+        declares = isinstance(call.func, ast.Attribute) and name in ("option", "command", "group")
+        if where.startswith(COMMAND_MODULES) and declares:
             assert any(keyword.arg == "cls" for keyword in call.keywords), (
                 f"{where}: use _option / _command, whose help follows PLI_LANGUAGE"
             )
@@ -193,7 +204,7 @@ def test_texts_people_read_are_marked_where_they_are_written() -> None:
                 isinstance(text, ast.Call) and _name(text.func) == "_"
             ), f"{where}: prompt(_(…))"
         for keyword in call.keywords:
-            if keyword.arg == "help" and where.startswith("messaging_cli.py"):
+            if keyword.arg == "help" and where.startswith(COMMAND_MODULES):
                 # _("…") would be translated once, at import, whatever PLI_LANGUAGE says then.
                 value = keyword.value
                 deferred = isinstance(value, ast.Call) and (
@@ -329,6 +340,33 @@ def test_help_of_the_messaging_commands_is_french_by_default() -> None:
     listing = pli("--help", language=None).output
     assert re.search(r"^  login +Se connecter", listing, re.MULTILINE)
     assert re.search(r"^  login +Log in", pli("--help", language="en").output, re.MULTILINE)
+
+
+def test_help_of_the_key_and_authority_commands_is_french_by_default() -> None:
+    french = " ".join(pli("ca", "init", "--help", language=None).output.split())
+    assert "Utilisation : pli ca init [OPTIONS]" in french
+    assert "Créer la clé racine et son certificat dans le dossier." in french
+    assert "Durée de validité, en jours. [par défaut : 3650]" in french
+    assert "--passphrase-file FICHIER" in french and "Usage:" not in french
+    english = " ".join(pli("ca", "init", "--help", language="en").output.split())
+    assert "Usage: pli ca init [OPTIONS]" in english
+    assert "Validity, in days. [default: 3650]" in english
+    listing = pli("--help", language=None).output
+    assert re.search(r"^  ca +L'autorité de certification", listing, re.MULTILINE)
+    assert re.search(r"^  seal +Signer un message", listing, re.MULTILINE)
+    assert re.search(
+        r"^  ca +The operator's certificate", pli("--help", language="en").output, re.M
+    )
+    # click's own refusals are rebuilt in the command line's language, with their code.
+    refused = pli("ca", "revoke", "--dir", "x", "--reason", "oubli", language=None)
+    assert refused.exit_code == 2
+    assert "pli: error: bad_value: valeur refusée pour --reason : « oubli » n'est pas l'un de" in (
+        refused.output
+    )
+    days = pli("ca", "init", "--dir", "x", "--name", "Op", "--days", "dix", language=None)
+    assert "pli: error: bad_value: valeur refusée pour --days : « dix » n'est pas un nombre" in (
+        days.output
+    )
 
 
 def test_the_sdk_errors_follow_the_clients_language(tmp_path: Path) -> None:

@@ -951,7 +951,7 @@ def runner() -> CliRunner:
 def test_cli_accepts_a_valid_rpps_with_kind(runner: CliRunner) -> None:
     result = runner.invoke(main, ["id", "check", "100 012 345 65", "--kind", "rpps"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "rpps 10001234565 (national id 810001234565)\n"
+    assert result.stdout == "rpps 10001234565 (identifiant national 810001234565)\n"
 
 
 @subject
@@ -966,14 +966,21 @@ def test_cli_rejects_an_invalid_value_with_the_reason(runner: CliRunner) -> None
     result = runner.invoke(main, ["id", "check", "10001234566", "--kind", "rpps"])
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "invalid rpps: bad_check_digit" in result.stderr
+    assert (
+        "rpps invalide : bad_check_digit : la clé de contrôle de l'identifiant ne correspond pas"
+        in result.stderr
+    )
+    english = runner.invoke(
+        main, ["id", "check", "10001234566", "--kind", "rpps"], env={"PLI_LANGUAGE": "en"}
+    )
+    assert "invalid rpps: bad_check_digit: the identifier's check digits do not match" in english.stderr
 
 
 @directory
 def test_cli_without_kind_finds_an_rpps(runner: CliRunner) -> None:
     result = runner.invoke(main, ["id", "check", "10001234565"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["rpps 10001234565 (national id 810001234565)"]
+    assert result.stdout.splitlines() == ["rpps 10001234565 (identifiant national 810001234565)"]
 
 
 @directory
@@ -982,7 +989,7 @@ def test_cli_without_kind_explains_every_failure(runner: CliRunner) -> None:
     assert result.exit_code == 1
     assert result.stdout == ""
     for kind in IdentifierKind:
-        assert f"invalid {kind.value}: wrong_length" in result.stderr
+        assert f"{kind.value} invalide : wrong_length : " in result.stderr
 
 
 def test_cli_refuses_an_unknown_kind(runner: CliRunner) -> None:

@@ -7,6 +7,9 @@ Layout of ``CA_DIR``:
 - ``index.json``: every issued certificate (serial, address, expiry) and
   every revocation, with the next CRL number;
 - ``crl.pem``: the last published CRL.
+
+Its refusals are said in the command line's language (``PLI_LANGUAGE``): ``pli
+ca`` shows them as they are, after their stable code.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pli.client.i18n import _
 from pli.crypto import (
     Certificate,
     CertificateRevocationList,
@@ -66,7 +70,7 @@ class CaDirectory:
     def create(path: Path, name: str, passphrase: str, *, days: int = 3650) -> CaDirectory:
         path.mkdir(parents=True, exist_ok=True)
         if (path / "ca.p12").exists():
-            raise CertificateAuthorityError(f"a CA already exists in {path}")
+            raise CertificateAuthorityError(_("une autorité existe déjà dans {path}", path=path))
         key = generate_private_key()
         certificate = create_root(key, name, days=days)
         write_atomically(
@@ -83,10 +87,14 @@ class CaDirectory:
         try:
             data = (path / "ca.p12").read_bytes()
         except FileNotFoundError:
-            raise CertificateAuthorityError(f"no CA in {path} (run `pli ca init`)") from None
+            raise CertificateAuthorityError(
+                _("aucune autorité dans {path} (créez-la avec pli ca init)", path=path)
+            ) from None
         contents = load_pkcs12(data, passphrase)
         if contents.certificate is None:
-            raise CertificateAuthorityError("the CA file holds no certificate")
+            raise CertificateAuthorityError(
+                _("le fichier de l'autorité ne contient aucun certificat")
+            )
         return CaDirectory(path, contents.key, contents.certificate)
 
     def _index(self) -> dict[str, Any]:
@@ -110,12 +118,18 @@ class CaDirectory:
     def revoke(self, serial_number: int, reason: str = "unspecified") -> None:
         if reason not in REVOCATION_REASONS:
             raise CertificateAuthorityError(
-                f"unknown reason {reason!r}; one of {', '.join(REVOCATION_REASONS)}"
+                _(
+                    "motif de révocation inconnu : {reason} ; l'un de : {reasons}",
+                    reason=reason,
+                    reasons=", ".join(REVOCATION_REASONS),
+                )
             )
         index = self._index()
         key = f"{serial_number:x}"
         if key not in index["issued"]:
-            raise UnknownCertificate(f"this CA issued no certificate with serial {key}")
+            raise UnknownCertificate(
+                _("cette autorité n'a émis aucun certificat de numéro {serial}", serial=key)
+            )
         index["revoked"].setdefault(
             key, {"at": dt.datetime.now(dt.UTC).isoformat(), "reason": reason}
         )
@@ -140,4 +154,4 @@ def serial_of(certificate_file: Path) -> int:
     try:
         return load_certificate(certificate_file.read_bytes()).serial_number
     except FileNotFoundError:
-        raise InvalidCertificate(f"{certificate_file}: no such file") from None
+        raise InvalidCertificate(_("{path} n'existe pas", path=certificate_file)) from None

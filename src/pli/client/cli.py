@@ -28,7 +28,14 @@ from pli.client.sealing import (
     printable,
     seal_file_message,
 )
-from pli.client.usage import LocalizedGroup, LocalizedOption
+from pli.client.usage import (
+    Choice,
+    LocalizedCommand,
+    LocalizedGroup,
+    LocalizedOption,
+    LocalizedPath,
+    PositiveInteger,
+)
 from pli.crypto import (
     CryptoError,
     RevocationPolicy,
@@ -48,6 +55,7 @@ from pli.crypto import (
     load_crl,
     load_pkcs12,
 )
+from pli.crypto.ca import REVOCATION_REASONS
 from pli.identifiers import IdentifierError, IdentifierKind, parse_any, parse_identifier
 from pli.mime import MimeError
 from pli.server.commands import SERVER_COMMANDS, demo_server
@@ -145,8 +153,9 @@ def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
 
 passphrase_option = click.option(
     "--passphrase-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="File whose first line is the passphrase (else PLI_PASSPHRASE).",
+    cls=LocalizedOption,
+    type=LocalizedPath(exists=True, dir_okay=False, path_type=Path),
+    help=N_("Fichier dont la première ligne est la phrase secrète (sinon PLI_PASSPHRASE)."),
 )
 
 
@@ -168,81 +177,188 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 # --- identifiers ---------------------------------------------------------------------------------
-@main.group("id")
+@main.group(
+    "id",
+    cls=LocalizedGroup,
+    help=N_("Identifiants nationaux (RPPS, ADELI, FINESS, NIR/INS, NISS, INAMI)."),
+)
 def id_group() -> None:
-    """National identifiers (RPPS, ADELI, FINESS, NIR/INS, NISS, NIHII)."""
+    pass
 
 
-@id_group.command("check")
+@id_group.command(
+    "check",
+    cls=LocalizedCommand,
+    help=N_(
+        "Vérifier VALUE ; afficher sa forme normalisée et son type. Code de sortie 1 si elle"
+        " n'est pas valide."
+    ),
+)
 @click.argument("value")
-@click.option("--kind", type=click.Choice([k.value for k in IdentifierKind]), default=None)
+@click.option(
+    "--kind",
+    cls=LocalizedOption,
+    type=Choice([k.value for k in IdentifierKind]),
+    default=None,
+    help=N_("Le type attendu (sinon, chaque type que VALUE peut être)."),
+)
 def id_check(value: str, kind: str | None) -> None:
-    """Check VALUE; print its normalised form and kind. Exit 1 when not valid."""
     if kind is not None:
         try:
             identifier = parse_identifier(value, kind)
         except IdentifierError as error:
-            click.echo(f"invalid {kind}: {error.code}: {error.detail}", err=True)
+            click.echo(_invalid_identifier(kind, error), err=True)
             sys.exit(1)
         found = [identifier]
     else:
         found, errors = parse_any(value)
         if not found:
-            for reason in errors:
-                click.echo(f"invalid {reason.kind}: {reason.code}: {reason.detail}", err=True)
+            for refusal in errors:
+                click.echo(_invalid_identifier(refusal.kind, refusal), err=True)
             sys.exit(1)
     for identifier in found:
-        national = f" (national id {identifier.national_id})" if identifier.national_id else ""
-        click.echo(f"{identifier.kind.value} {identifier.value}{national}")
+        if identifier.national_id:
+            click.echo(
+                _(
+                    "{kind} {value} (identifiant national {national_id})",
+                    kind=identifier.kind.value,
+                    value=identifier.value,
+                    national_id=identifier.national_id,
+                )
+            )
+        else:
+            click.echo(f"{identifier.kind.value} {identifier.value}")
+
+
+def _invalid_identifier(kind: object, error: IdentifierError) -> str:
+    # The code stays as it is in both languages: scripts read it.
+    return _(
+        "{kind} invalide : {code} : {reason}",
+        kind=getattr(kind, "value", kind),
+        code=error.code,
+        reason=reason(cli_language(), error.code, error.detail, error),
+    )
 
 
 # --- certificate authority -----------------------------------------------------------------------
-@main.group("ca")
+@main.group(
+    "ca",
+    cls=LocalizedGroup,
+    help=N_("L'autorité de certification de l'opérateur, conservée dans un dossier."),
+)
 def ca_group() -> None:
-    """The operator's certificate authority, kept in a directory."""
+    pass
 
+
+_PATH_IN = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
+_PATH_OUT = LocalizedPath(dir_okay=False, path_type=Path)
+_DAYS = PositiveInteger()
 
 ca_dir_option = click.option(
-    "--dir", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+    "--dir",
+    "ca_dir",
+    cls=LocalizedOption,
+    required=True,
+    type=LocalizedPath(file_okay=False, path_type=Path),
+    help=N_("Le dossier de l'autorité (sa clé chiffrée, son certificat, ses registres)."),
 )
 
 
-@ca_group.command("init")
+@ca_group.command(
+    "init", cls=LocalizedCommand, help=N_("Créer la clé racine et son certificat dans le dossier.")
+)
 @ca_dir_option
-@click.option("--name", required=True, help="The operator's name, in the root's subject.")
-@click.option("--days", default=3650, show_default=True)
+@click.option(
+    "--name",
+    cls=LocalizedOption,
+    required=True,
+    help=N_("Le nom de l'opérateur, dans le sujet du certificat racine."),
+)
+@click.option(
+    "--days",
+    cls=LocalizedOption,
+    type=_DAYS,
+    default=3650,
+    show_default=True,
+    help=N_("Durée de validité, en jours."),
+)
 @passphrase_option
 def ca_init(ca_dir: Path, name: str, days: int, passphrase_file: Path | None) -> None:
-    """Create a root key and certificate in CA_DIR."""
     ca = CaDirectory.create(ca_dir, name, _read_passphrase(passphrase_file, new=True), days=days)
-    click.echo(f"CA created in {ca_dir}; trust anchor: {ca_dir / 'ca.pem'}")
-    click.echo(f"serial {ca.certificate.serial_number:x}")
+    click.echo(
+        _(
+            "autorité créée dans {directory} ; ancre de confiance : {anchor}",
+            directory=ca_dir,
+            anchor=ca_dir / "ca.pem",
+        )
+    )
+    click.echo(_("numéro de série {serial}", serial=f"{ca.certificate.serial_number:x}"))
 
 
-@ca_group.command("issue")
+@ca_group.command(
+    "issue",
+    cls=LocalizedCommand,
+    help=N_("Émettre un certificat S/MIME pour la boîte aux lettres que nomme une demande (CSR)."),
+)
 @ca_dir_option
-@click.option("--csr", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--days", default=3 * 365, show_default=True)
+@click.option(
+    "--csr",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("La demande de certificat (PEM)."),
+)
+@click.option(
+    "--out",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_OUT,
+    help=N_("Où écrire le certificat (PEM)."),
+)
+@click.option(
+    "--days",
+    cls=LocalizedOption,
+    type=_DAYS,
+    default=3 * 365,
+    show_default=True,
+    help=N_("Durée de validité, en jours."),
+)
 @passphrase_option
 def ca_issue(ca_dir: Path, csr: Path, out: Path, days: int, passphrase_file: Path | None) -> None:
-    """Issue an S/MIME certificate for the mailbox a CSR names."""
     ca = CaDirectory.open(ca_dir, _read_passphrase(passphrase_file))
     certificate = ca.issue(load_certificate_request(csr.read_bytes()), days=days)
     write_atomically(out, certificate_pem(certificate))
-    click.echo(f"issued serial {certificate.serial_number:x} to {out}")
+    click.echo(
+        _(
+            "certificat n° {serial} émis dans {path}",
+            serial=f"{certificate.serial_number:x}",
+            path=out,
+        )
+    )
 
 
-@ca_group.command("revoke")
+@ca_group.command(
+    "revoke",
+    cls=LocalizedCommand,
+    help=N_("Révoquer un certificat (puis publier la liste de révocation : pli ca crl)."),
+)
 @ca_dir_option
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--serial", help="Serial number in hexadecimal.")
-@click.option("--reason", default="unspecified", show_default=True)
+@click.option(
+    "--cert", cls=LocalizedOption, type=_PATH_IN, help=N_("Le certificat à révoquer (PEM).")
+)
+@click.option("--serial", cls=LocalizedOption, help=N_("Ou son numéro de série, en hexadécimal."))
+@click.option(
+    "--reason",
+    cls=LocalizedOption,
+    type=Choice(list(REVOCATION_REASONS)),
+    default="unspecified",
+    show_default=True,
+    help=N_("Le motif de la révocation (RFC 5280)."),
+)
 @passphrase_option
 def ca_revoke(
     ca_dir: Path, cert: Path | None, serial: str | None, reason: str, passphrase_file: Path | None
 ) -> None:
-    """Revoke a certificate (then publish a CRL with `pli ca crl`)."""
     if (cert is None) == (serial is None):
         raise CliError("usage", _("indiquez soit --cert, soit --serial"))
     try:
@@ -251,37 +367,92 @@ def ca_revoke(
         raise CliError("usage", _("--serial doit être en hexadécimal")) from None
     ca = CaDirectory.open(ca_dir, _read_passphrase(passphrase_file))
     ca.revoke(number, reason)
-    click.echo(f"revoked serial {number:x} ({reason})")
+    click.echo(_("certificat n° {serial} révoqué ({reason})", serial=f"{number:x}", reason=reason))
 
 
-@ca_group.command("crl")
+@ca_group.command(
+    "crl",
+    cls=LocalizedCommand,
+    help=N_(
+        "Publier la liste de révocation (CRL) de tous les certificats révoqués, dans le dossier"
+        " (crl.pem) et à --out."
+    ),
+)
 @ca_dir_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--days", default=7, show_default=True)
+@click.option(
+    "--out", cls=LocalizedOption, type=_PATH_OUT, default=None, help=N_("Une copie de la liste.")
+)
+@click.option(
+    "--days",
+    cls=LocalizedOption,
+    type=_DAYS,
+    default=7,
+    show_default=True,
+    help=N_("Durée de validité de la liste, en jours."),
+)
 @passphrase_option
 def ca_crl(ca_dir: Path, out: Path | None, days: int, passphrase_file: Path | None) -> None:
-    """Publish a CRL of every revoked certificate (CA_DIR/crl.pem, and --out)."""
     ca = CaDirectory.open(ca_dir, _read_passphrase(passphrase_file))
     crl = ca.publish_crl(days=days)
     if out is not None:
         write_atomically(out, crl_pem(crl))
     click.echo(
-        f"CRL with {len(list(crl))} revoked certificate(s) written to {out or ca_dir / 'crl.pem'}"
+        _(
+            "liste de révocation écrite dans {path} : {count} certificat(s) révoqué(s)",
+            path=out or ca_dir / "crl.pem",
+            count=len(list(crl)),
+        )
     )
 
 
 # --- keys ----------------------------------------------------------------------------------------
-@main.group("keys")
+@main.group(
+    "keys",
+    cls=LocalizedGroup,
+    help=N_("Les clés personnelles, conservées sur le poste dans un fichier PKCS#12 chiffré."),
+)
 def keys_group() -> None:
-    """Personal keys, kept on the workstation in an encrypted PKCS#12 file."""
+    pass
 
 
-@keys_group.command("new")
-@click.option("--email", required=True, help="The mailbox address the certificate will name.")
-@click.option("--name", "common_name", default=None, help="Holder's name (default: the address).")
-@click.option("--national-id", default=None, help="IDNPS / IDNST, e.g. 8 + RPPS.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--csr", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@keys_group.command(
+    "new",
+    cls=LocalizedCommand,
+    help=N_("Créer une clé RSA-3072 dans un fichier PKCS#12 chiffré, et sa demande de certificat."),
+)
+@click.option(
+    "--email",
+    cls=LocalizedOption,
+    required=True,
+    help=N_("L'adresse de messagerie que nommera le certificat."),
+)
+@click.option(
+    "--name",
+    "common_name",
+    cls=LocalizedOption,
+    default=None,
+    help=N_("Le nom du titulaire (par défaut : l'adresse)."),
+)
+@click.option(
+    "--national-id",
+    cls=LocalizedOption,
+    default=None,
+    help=N_("L'identifiant national (IDNPS / IDNST), par exemple 8 + RPPS."),
+)
+@click.option(
+    "--out",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_OUT,
+    help=N_("Le fichier de clé à créer (PKCS#12) ; jamais écrasé."),
+)
+@click.option(
+    "--csr",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_OUT,
+    help=N_("Où écrire la demande de certificat (PEM), pour l'opérateur."),
+)
 @passphrase_option
 def keys_new(
     email: str,
@@ -291,7 +462,6 @@ def keys_new(
     csr: Path,
     passphrase_file: Path | None,
 ) -> None:
-    """Create an RSA-3072 key in an encrypted PKCS#12 file, and its certificate request."""
     if out.exists():
         raise CliError(
             "file_exists", _("{path} existe déjà : une clé n'est jamais écrasée", path=out)
@@ -305,20 +475,41 @@ def keys_new(
     check_certificate_request(request)
     write_atomically(out, dump_pkcs12(key, None, passphrase, name=email), 0o600)
     write_atomically(csr, csr_pem(request))
-    click.echo(f"key written to {out}, certificate request to {csr}")
+    click.echo(
+        _("clé écrite dans {key}, demande de certificat dans {request}", key=out, request=csr)
+    )
 
 
-@keys_group.command("install")
-@click.option(
-    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+@keys_group.command(
+    "install",
+    cls=LocalizedCommand,
+    help=N_("Installer le certificat émis (et sa chaîne) dans le fichier d'identité."),
 )
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--chain", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--identity",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("Le fichier d'identité (PKCS#12) créé par pli keys new."),
+)
+@click.option(
+    "--cert",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("Le certificat émis par l'opérateur (PEM)."),
+)
+@click.option(
+    "--chain",
+    cls=LocalizedOption,
+    type=_PATH_IN,
+    default=None,
+    help=N_("Les certificats intermédiaires (PEM)."),
+)
 @passphrase_option
 def keys_install(
     identity: Path, cert: Path, chain: Path | None, passphrase_file: Path | None
 ) -> None:
-    """Put the issued certificate (and chain) into the identity file."""
     passphrase = _read_passphrase(passphrase_file)
     contents = load_pkcs12(identity.read_bytes(), passphrase)
     certificate = load_certificate(cert.read_bytes())
@@ -327,7 +518,7 @@ def keys_install(
     write_atomically(
         identity, dump_pkcs12(contents.key, certificate, passphrase, chain=extra), 0o600
     )
-    click.echo(f"certificate installed in {identity}")
+    click.echo(_("certificat installé dans {path}", path=identity))
 
 
 # --- seal and open -------------------------------------------------------------------------------
@@ -344,35 +535,74 @@ def _identity(
     return contents.software_key(certificate), contents.chain
 
 
-@main.command("seal")
-@click.option(
-    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+identity_option = click.option(
+    "--identity",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("Votre fichier PKCS#12 (clé et certificat) : il ne quitte jamais ce poste."),
 )
+
+
+@main.command(
+    "seal",
+    cls=LocalizedCommand,
+    help=N_(
+        "Signer un message MIME (.eml) avec votre clé, puis le chiffrer pour chaque certificat"
+        " --to et pour vous-même."
+    ),
+)
+@identity_option
 @click.option(
     "--cert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Signer's certificate.",
+    cls=LocalizedOption,
+    type=_PATH_IN,
+    help=N_("Votre certificat, si le fichier d'identité n'en contient pas."),
 )
 @click.option(
     "--to",
     "to",
+    cls=LocalizedOption,
     multiple=True,
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=_PATH_IN,
+    help=N_("Le certificat d'un destinataire (PEM ; répétable)."),
 )
 @click.option(
-    "--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "--in",
+    "source",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("Le message à sceller (MIME, .eml)."),
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
-    "--attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "--out",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_OUT,
+    help=N_("Où écrire le message scellé."),
 )
-@click.option("--smime", is_flag=True, help="Write S/MIME text (for SMTP) instead of DER.")
+@click.option(
+    "--attach",
+    cls=LocalizedOption,
+    multiple=True,
+    type=_PATH_IN,
+    help=N_("Une pièce jointe (répétable)."),
+)
+@click.option(
+    "--smime",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Écrire du texte S/MIME (pour SMTP) plutôt que du DER."),
+)
 @click.option(
     "--threshold",
+    cls=LocalizedOption,
+    type=_DAYS,
     default=LARGE_CONTENT_THRESHOLD,
     show_default=True,
-    help="Content above this many bytes travels outside the CMS, stream-encrypted.",
+    help=N_("Au-delà de ce nombre d'octets, le contenu voyage hors du CMS, chiffré en flux."),
 )
 @passphrase_option
 def seal_command(
@@ -386,7 +616,6 @@ def seal_command(
     threshold: int,
     passphrase_file: Path | None,
 ) -> None:
-    """Sign MESSAGE.eml with your key, then encrypt it for every --to certificate and yourself."""
     signer, chain = _identity(identity, cert, passphrase_file)
     recipients = [load_certificate(path.read_bytes()) for path in to]
     blob_dir = out.with_name(out.name + ".blobs")
@@ -400,45 +629,78 @@ def seal_command(
         chain=chain,
     )
     write_atomically(out, envelope_to_smime(envelope) if smime else envelope)
-    click.echo(f"sealed for {len(recipients)} recipient(s) and yourself: {out}")
+    click.echo(
+        _(
+            "scellé pour {count} destinataire(s) et vous-même : {path}",
+            count=len(recipients),
+            path=out,
+        )
+    )
     if blob_dir.exists():
-        click.echo(f"large content stream-encrypted into {blob_dir}")
+        click.echo(_("contenu volumineux chiffré en flux dans {path}", path=blob_dir))
 
 
-@main.command("open")
-@click.option(
-    "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+@main.command(
+    "open",
+    cls=LocalizedCommand,
+    help=N_("Déchiffrer et vérifier un message scellé ; afficher le signataire vérifié."),
 )
+@identity_option
 @click.option(
-    "--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Your certificate."
+    "--cert",
+    cls=LocalizedOption,
+    type=_PATH_IN,
+    help=N_("Votre certificat, si le fichier d'identité n'en contient pas."),
 )
 @click.option(
     "--trust",
+    cls=LocalizedOption,
     required=True,
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=_PATH_IN,
+    help=N_("Ancres de confiance (le PEM de l'autorité de certification de l'opérateur)."),
 )
-@click.option("--crl", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--crl",
+    cls=LocalizedOption,
+    multiple=True,
+    type=_PATH_IN,
+    help=N_("Listes de révocation (CRL) des ancres."),
+)
 @click.option(
     "--no-revocation-check",
+    cls=LocalizedOption,
     is_flag=True,
-    help="Accept signers no CRL covers (reported, never silent).",
+    help=N_("Accepter les signataires qu'aucune liste de révocation ne couvre (toujours signalé)."),
 )
 @click.option(
-    "--in", "source", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "--in",
+    "source",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_IN,
+    help=N_("Le message scellé (DER ou S/MIME)."),
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    cls=LocalizedOption,
+    required=True,
+    type=_PATH_OUT,
+    help=N_("Où écrire le message déchiffré (MIME)."),
+)
 @click.option(
     "--blobs",
-    type=click.Path(file_okay=False, path_type=Path),
+    cls=LocalizedOption,
+    type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
-    help="Where the stream-encrypted content is (default: IN.blobs).",
+    help=N_("Où se trouve le contenu chiffré en flux (par défaut : le message suivi de .blobs)."),
 )
 @click.option(
     "--attachments",
-    type=click.Path(file_okay=False, path_type=Path),
+    cls=LocalizedOption,
+    type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
-    help="Decrypt stream-encrypted content into this directory.",
+    help=N_("Déchiffrer le contenu chiffré en flux dans ce dossier."),
 )
 @passphrase_option
 def open_command(
@@ -453,8 +715,7 @@ def open_command(
     attachments: Path | None,
     passphrase_file: Path | None,
 ) -> None:
-    """Decrypt and verify a sealed message; print the verified signer."""
-    decrypter, _ = _identity(identity, cert, passphrase_file)
+    decrypter, _chain = _identity(identity, cert, passphrase_file)
     anchors = [c for path in trust for c in load_certificates(path.read_bytes())]
     store = TrustStore(
         anchors,
@@ -470,24 +731,35 @@ def open_command(
     )
     write_atomically(out, result.opened.mime, 0o600)
     signer = result.opened.signer
-    click.echo(f"signature: valid, signed by {', '.join(signer.emails)}")
+    click.echo(_("signature : valide, signée par {emails}", emails=", ".join(signer.emails)))
     click.echo(
-        f"signer: {printable(signer.common_name or '-')} national id {signer.national_id or '-'}"
+        _(
+            "signataire : {name}, identifiant national {national_id}",
+            name=printable(signer.common_name or "-"),
+            national_id=signer.national_id or "-",
+        )
     )
-    click.echo(f"certificate sha256: {signer.fingerprint}")
+    click.echo(_("empreinte SHA-256 du certificat : {fingerprint}", fingerprint=signer.fingerprint))
     if result.opened.signed_at:
-        click.echo(f"signed at: {result.opened.signed_at.isoformat()}")
+        click.echo(_("signé le : {moment}", moment=result.opened.signed_at.isoformat()))
     if not result.opened.details.revocation_checked:
-        click.echo("warning: revocation_not_checked: no CRL covers the signer", err=True)
+        _warn(
+            "revocation_not_checked",
+            _("aucune liste de révocation ne couvre le signataire"),
+        )
     if "not_addressed_to_you" in result.opened.warnings:
-        click.echo(
-            "warning: not_addressed_to_you: genuine, but neither To nor Cc names you"
-            " (forwarded by someone else?)",
-            err=True,
+        _warn(
+            "not_addressed_to_you",
+            _("authentique, mais ni To ni Cc ne vous nomme (transféré par quelqu'un d'autre ?)"),
         )
     for path in result.extracted:
-        click.echo(f"attachment: {path}")
-    click.echo(f"message written to {out}")
+        click.echo(_("pièce jointe : {path}", path=path))
+    click.echo(_("message écrit dans {path}", path=out))
+
+
+def _warn(code: str, detail: str) -> None:
+    """``warning: <code>: <detail>``: the prefix and the code stay in English (scripts)."""
+    click.echo(f"warning: {code}: {detail}", err=True)
 
 
 for _command in SERVER_COMMANDS:
@@ -496,33 +768,59 @@ for _command in MESSAGING_COMMANDS:
     main.add_command(_command)
 
 
-@main.command("demo")
-@click.option("--bind", default="127.0.0.1:8000", show_default=True)
-@click.option("--no-serve", is_flag=True, help="Create the demo operator, then stop.")
+@main.command(
+    "demo",
+    cls=LocalizedCommand,
+    help=N_(
+        "Un opérateur de démonstration avec un annuaire d'exemple, servi sur http://127.0.0.1:8000."
+    ),
+)
+@click.option(
+    "--bind",
+    cls=LocalizedOption,
+    default="127.0.0.1:8000",
+    show_default=True,
+    help=N_("L'adresse et le port d'écoute."),
+)
+@click.option(
+    "--no-serve",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Créer l'opérateur de démonstration, puis s'arrêter."),
+)
 @click.option(
     "--seal-only",
+    cls=LocalizedOption,
     is_flag=True,
-    help="Only a sealed round trip between two demo professionals, without the server.",
+    help=N_(
+        "Seulement un aller-retour scellé entre deux professionnels de démonstration, sans serveur."
+    ),
 )
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    cls=LocalizedOption,
+    type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
-    help="With --seal-only: keep the files here (default: a temporary directory).",
+    help=N_("Avec --seal-only : garder les fichiers ici (par défaut : un dossier temporaire)."),
 )
 def demo_command(bind: str, no_serve: bool, seal_only: bool, directory: Path | None) -> None:
-    """A demo operator with a sample directory, served on http://127.0.0.1:8000."""
     if seal_only:
         run_demo(directory)
         return
     demo_server(bind, serve=not no_serve)
 
 
-@main.command("demo-code")
+@main.command(
+    "demo-code",
+    cls=LocalizedCommand,
+    help=N_(
+        "Le code TOTP du moment d'un compte de démonstration (ce qu'afficherait son"
+        " application d'authentification)."
+    ),
+)
 @click.argument("address")
 def demo_code_command(address: str) -> None:
-    """The current TOTP code of a demo account (what its authenticator app would show)."""
     from pli.server.commands import ensure_data_dir, setup_django  # noqa: PLC0415
 
     directory = ensure_data_dir()
