@@ -973,7 +973,9 @@ def test_cli_rejects_an_invalid_value_with_the_reason(runner: CliRunner) -> None
     english = runner.invoke(
         main, ["id", "check", "10001234566", "--kind", "rpps"], env={"PLI_LANGUAGE": "en"}
     )
-    assert "invalid rpps: bad_check_digit: the identifier's check digits do not match" in english.stderr
+    assert "invalid rpps: bad_check_digit: the identifier's check digits do not match" in (
+        english.stderr
+    )
 
 
 @directory
