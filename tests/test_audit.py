@@ -879,12 +879,15 @@ def test_pli_audit_purge_dry_run_deletes_nothing(
     _year_old_trail(clock, monkeypatch)
     result = CliRunner().invoke(main, ["audit", "purge", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "would delete 8 events and 2 checkpoints older than" in result.output
+    assert (
+        "seraient supprimés : 8 événement(s) et 2 point(s) de contrôle antérieurs au"
+        in result.output
+    )
     assert AuditEvent.objects.count() == 14
     result = CliRunner().invoke(main, ["audit", "purge"])
     assert result.exit_code == 0, result.output
-    assert "deleted 8 events and 2 checkpoints" in result.output
-    assert "the trail starts at event #9" in result.output
+    assert "supprimés : 8 événement(s) et 2 point(s) de contrôle" in result.output
+    assert "le journal commence à l'événement n° 9" in result.output
 
 
 # --------------------------------------------------------------------------- export
@@ -949,11 +952,20 @@ def test_pli_audit_export_writes_json_lines_of_the_period_and_is_traced(
 def test_pli_audit_export_refuses_bad_dates() -> None:
     result = CliRunner().invoke(main, ["audit", "export", "--since", "22/11", "--until", "x"])
     assert result.exit_code == 1
-    assert "pli: error: audit_bad_date: --since: '22/11' is not a date" in result.output
+    assert (
+        "pli: error: audit_bad_date: --since : « 22/11 » n'est pas une date (AAAA-MM-JJ[THH:MM])"
+        in result.output
+    )
     result = CliRunner().invoke(
         main, ["audit", "export", "--since", "2026-11-22", "--until", "2026-11-01"]
     )
-    assert "audit_bad_date: --until must come after --since" in result.output
+    assert "audit_bad_date: --until doit venir après --since" in result.output
+    english = CliRunner().invoke(
+        main,
+        ["audit", "export", "--since", "22/11", "--until", "x"],
+        env={"PLI_LANGUAGE": "en"},
+    )
+    assert "audit_bad_date: --since: '22/11' is not a date (YYYY-MM-DD[THH:MM])" in (english.output)
     assert not AuditEvent.objects.exists()
 
 

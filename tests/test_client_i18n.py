@@ -45,13 +45,22 @@ from tests.test_client_sdk import (
 
 __all__ = ["alice", "bob", "ca_directory", "server"]  # fixtures, shared with the SDK tests
 
-CLIENT_SOURCES = sorted((Path(__file__).parents[1] / "src" / "pli" / "client").glob("*.py"))
+_SRC = Path(__file__).parents[1] / "src" / "pli"
+#: The client, and the server's command modules, which share its catalogue (pli.client.i18n).
+CLIENT_SOURCES = sorted(
+    [
+        *(_SRC / "client").glob("*.py"),
+        _SRC / "server" / "commands.py",
+        _SRC / "server" / "lifecycle_cli.py",
+        *(_SRC / "server").glob("*/cli.py"),
+    ]
+)
 PO_FILE = LOCALE_DIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.po"
 MO_FILE = LOCALE_DIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.mo"
 #: The markers of pli.client.i18n, and the position of the French text in their arguments.
 MARKERS = {"_": 0, "N_": 0, "translate": 1}
 #: The modules of ``pli``'s commands: every help text follows PLI_LANGUAGE.
-COMMAND_MODULES = ("messaging_cli.py", "cli.py")
+COMMAND_MODULES = ("messaging_cli.py", "cli.py", "commands.py", "lifecycle_cli.py")
 #: Errors whose detail people read: it must always be a translated text.
 ERRORS = {
     "ClientError",
@@ -354,6 +363,13 @@ def test_help_of_the_key_and_authority_commands_is_french_by_default() -> None:
     listing = pli("--help", language=None).output
     assert re.search(r"^  ca +L'autorité de certification", listing, re.MULTILINE)
     assert re.search(r"^  seal +Signer un message", listing, re.MULTILINE)
+    assert re.search(r"^  audit +Le journal d'audit", listing, re.MULTILINE)
+    assert re.search(r"^  jobs +Les tâches quotidiennes", listing, re.MULTILINE)
+    server = " ".join(pli("jobs", "run-daily", "--help", language=None).output.split())
+    assert "Lancer seulement cette tâche (répétable)." in server and "--only [" in server
+    assert "Run only this job (repeatable)." in " ".join(
+        pli("jobs", "run-daily", "--help", language="en").output.split()
+    )
     assert re.search(
         r"^  ca +The operator's certificate", pli("--help", language="en").output, re.M
     )

@@ -681,7 +681,7 @@ def test_pli_directory_import_prints_the_summary(tmp_path: Path) -> None:
     assert f"rpps: {summary.lines} lines, {summary.imported} imported" in result.output
     assert f"{summary.rejected} rejected" in result.output
     assert (
-        f"rejected lines: {tmp_path / 'PS_LibreAcces_Personne_activite_202611220000.rejects.txt'}"
+        f"lignes rejetées : {tmp_path / 'PS_LibreAcces_Personne_activite_202611220000.rejects.txt'}"
         in result.output
     )
     assert Professional.objects.exists()

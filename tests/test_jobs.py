@@ -210,7 +210,7 @@ def test_pli_jobs_run_daily_prints_a_summary_and_exits_1_when_a_job_fails() -> N
     broken = runner.invoke(main, ["jobs", "run-daily"], env={"PLI_INACTIVITY_DELETE_DAYS": "400"})
     assert broken.exit_code == 1, broken.output
     assert "[failed] lifecycle" in broken.output
-    assert "error: configuration_error: PLI_INACTIVITY_DELETE_DAYS must be at most 365" in (
+    assert "erreur : configuration_error: PLI_INACTIVITY_DELETE_DAYS must be at most 365" in (
         broken.output
     )
     assert "[ok] account_records" in broken.output

@@ -762,9 +762,7 @@ def _warn(code: str, detail: str) -> None:
     click.echo(f"warning: {code}: {detail}", err=True)
 
 
-for _command in SERVER_COMMANDS:
-    main.add_command(_command)
-for _command in MESSAGING_COMMANDS:
+for _command in [*SERVER_COMMANDS, *MESSAGING_COMMANDS]:
     main.add_command(_command)
 
 

@@ -1,4 +1,4 @@
-"""The texts of the ``pli`` messaging commands and of the SDK: French first, English available.
+"""The texts of the ``pli`` commands and of the SDK: French first, English available.
 
 As on the server (Django i18n), the source strings are French and are the
 gettext msgids; English comes from the catalogue
@@ -20,12 +20,21 @@ that every one has its English translation:
 - ``N_("…")``: marked where it is written, translated later (click's help texts,
   which must follow ``PLI_LANGUAGE`` when the help is shown, not when imported).
 
+The server's commands (``pli serve``, ``pli audit``, ``pli jobs``…, in
+``pli.server``'s ``commands.py``, ``lifecycle_cli.py`` and ``*/cli.py``) use
+this catalogue too, for their help, their own lines and their refusals; the
+server's refusals they show (an invitation refused…) come from the server's
+Django catalogue, in the same language (``setup_django`` activates it). The
+reports the server's library composes (a job's summary, the audit
+verification's report, a broken link's detail) stay in English, like its log.
+
 Parameters are named and formatted after translation (``str.format``), so a
 translation may place them where its grammar wants. After adding or changing a
 text, update the catalogue and compile it::
 
     xgettext -L Python --from-code=UTF-8 --keyword=_ --keyword=N_ --keyword=translate:2 \\
-        --no-wrap --no-location --sort-output -o /tmp/pli-client.pot src/pli/client/*.py
+        --no-wrap --no-location --sort-output -o /tmp/pli-client.pot src/pli/client/*.py \\
+        src/pli/server/commands.py src/pli/server/lifecycle_cli.py src/pli/server/*/cli.py
     msgmerge --update --backup=none --no-wrap --no-location --sort-output --no-fuzzy-matching \\
         src/pli/client/locale/en/LC_MESSAGES/pli-client.po /tmp/pli-client.pot
     # translate the new entries, then:

@@ -14,6 +14,14 @@ from pathlib import Path
 
 import click
 
+from pli.client.i18n import N_, _, cli_language, is_english
+from pli.client.usage import (
+    LocalizedCommand,
+    LocalizedGroup,
+    LocalizedOption,
+    LocalizedPath,
+    PositiveInteger,
+)
 from pli.server.accounts.cli import accounts_group
 from pli.server.audit.cli import audit_group
 from pli.server.config import data_dir, setting
@@ -21,11 +29,25 @@ from pli.server.lifecycle_cli import jobs_group, lifecycle_group
 from pli.server.messaging.cli import envelopes_group
 
 
+class CommandError(Exception):
+    """A server command's refusal, shown as ``pli: error: <code>: <detail>`` (exit status 1)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 def setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pli.server.settings")
     import django  # noqa: PLC0415 - configured only for server commands
 
     django.setup()
+    from django.utils import translation  # noqa: PLC0415
+
+    # The server's own texts (its refusals, the jobs' and the audit's reports) in the
+    # command line's language, as the commands' help and lines (pli.client.i18n).
+    translation.activate("en" if is_english(cli_language()) else "fr")
 
 
 def ensure_data_dir() -> Path:
@@ -61,7 +83,10 @@ def prepare_in_child() -> None:
         check=False,
     )
     if completed.returncode != 0:
-        raise click.ClickException("the database could not be prepared (see above)")
+        raise CommandError(
+            "database_not_prepared",
+            _("la base de données n'a pas pu être préparée (voir plus haut)"),
+        )
 
 
 def _prepare() -> None:
@@ -91,24 +116,37 @@ def run_server(bind: str, workers: int) -> None:
     os.execv(sys.executable, command)  # noqa: S606 - this interpreter, our own module
 
 
-@click.command("init")
+@click.command(
+    "init",
+    cls=LocalizedCommand,
+    help=N_("Créer le dossier de données, sa clé secrète et la base de données."),
+)
 def init_command() -> None:
-    """Create the data directory, its secret key and the database."""
     directory = ensure_data_dir()
     setup_django()
     prepare_database()
-    click.echo(f"data directory ready: {directory}")
+    click.echo(_("dossier de données prêt : {path}", path=directory))
 
 
-@click.command("serve")
-@click.option(
-    "--bind", default=None, help="Address to listen on (PLI_BIND, default 127.0.0.1:8000)."
+@click.command(
+    "serve",
+    cls=LocalizedCommand,
+    help=N_("Appliquer les migrations, puis servir Pli avec gunicorn."),
 )
 @click.option(
-    "--workers", default=None, type=int, help="Worker processes (PLI_WORKERS, default 2)."
+    "--bind",
+    cls=LocalizedOption,
+    default=None,
+    help=N_("L'adresse d'écoute (PLI_BIND, par défaut 127.0.0.1:8000)."),
+)
+@click.option(
+    "--workers",
+    cls=LocalizedOption,
+    default=None,
+    type=PositiveInteger(),
+    help=N_("Le nombre de processus de travail (PLI_WORKERS, par défaut 2)."),
 )
 def serve_command(bind: str | None, workers: int | None) -> None:
-    """Apply migrations, then serve Pli with gunicorn."""
     ensure_data_dir()
     prepare_in_child()
     run_server(
@@ -117,10 +155,14 @@ def serve_command(bind: str | None, workers: int | None) -> None:
     )
 
 
-@click.command("manage", context_settings={"ignore_unknown_options": True})
+@click.command(
+    "manage",
+    cls=LocalizedCommand,
+    context_settings={"ignore_unknown_options": True},
+    help=N_("Les commandes d'administration de Django (migrate, createsuperuser…)."),
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def manage_command(args: tuple[str, ...]) -> None:
-    """Django's management commands (createsuperuser, migrate, ...)."""
     ensure_data_dir()
     setup_django()
     from django.core.management import execute_from_command_line  # noqa: PLC0415
@@ -128,27 +170,36 @@ def manage_command(args: tuple[str, ...]) -> None:
     execute_from_command_line(["pli manage", *args])
 
 
-@click.group("directory")
+@click.group("directory", cls=LocalizedGroup, help=N_("L'annuaire des professionnels."))
 def directory_group() -> None:
-    """The professionals' directory."""
+    pass
 
 
-@directory_group.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@directory_group.command(
+    "import",
+    cls=LocalizedCommand,
+    help=N_(
+        "Importer une extraction RPPS (personne-activité) ou de correspondance MSSanté, ou son zip."
+    ),
+)
+@click.argument("file", type=LocalizedPath(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--rejects",
-    type=click.Path(dir_okay=False, path_type=Path),
+    cls=LocalizedOption,
+    type=LocalizedPath(dir_okay=False, path_type=Path),
     default=None,
-    help="Where to write the rejected lines (default: FILE.rejects.txt).",
+    help=N_("Où écrire les lignes rejetées (par défaut : FILE.rejects.txt)."),
 )
 @click.option(
     "--force",
+    cls=LocalizedOption,
     is_flag=True,
-    help="Import even an extraction older than the last one imported of its kind, or one"
-    " that deactivates more than 10% of the directory (a file cut short, otherwise).",
+    help=N_(
+        "Importer même une extraction plus ancienne que la dernière importée de son type, ou"
+        " qui désactive plus de 10 % de l'annuaire (sinon, un fichier tronqué)."
+    ),
 )
 def directory_import_command(file: Path, rejects: Path | None, force: bool) -> None:
-    """Import an RPPS (personne-activité) or MSSanté correspondence extraction, or its zip."""
     ensure_data_dir()
     setup_django()
     prepare_database()
@@ -159,7 +210,7 @@ def directory_import_command(file: Path, rejects: Path | None, force: bool) -> N
     )
     click.echo(summary.describe())
     if summary.rejected:
-        click.echo(f"rejected lines: {summary.rejects_file}")
+        click.echo(_("lignes rejetées : {path}", path=summary.rejects_file))
 
 
 def demo_server(bind: str, *, serve: bool = True) -> None:

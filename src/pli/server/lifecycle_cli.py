@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pli.client.i18n import N_, _
+from pli.client.usage import (
+    Choice,
+    LocalizedCommand,
+    LocalizedGroup,
+    LocalizedOption,
+    UsageProblem,
+)
+
 if TYPE_CHECKING:
     from pli.server.jobs import JobResult
 
@@ -49,17 +58,23 @@ def _parse_now(value: str | None, *, dry_run: bool) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date or date and time", param_hint="--now"
+        raise _bad_now(
+            _("« {value} » n'est ni une date ni une date et heure ISO 8601", value=value)
         ) from None
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     if moment > timezone.now() and not dry_run:
-        raise click.BadParameter(
-            "a date in the future needs --dry-run (it would act before its time)",
-            param_hint="--now",
-        )
+        raise _bad_now(_("une date future demande --dry-run (la tâche agirait avant l'heure)"))
     return moment
+
+
+def _bad_now(reason: str) -> UsageProblem:
+    """A refused --now, as click's own refusals are shown (code ``bad_value``, exit 2)."""
+    return UsageProblem(
+        "bad_value",
+        _("valeur refusée pour {name} : {reason}", name="--now", reason=reason),
+        click.get_current_context(silent=True),
+    )
 
 
 def _report(results: list[JobResult], *, as_json: bool, dry_run: bool) -> None:
@@ -78,35 +93,56 @@ def _report(results: list[JobResult], *, as_json: bool, dry_run: bool) -> None:
                 for line in result.summary.text.splitlines():
                     click.echo(f"    {line}")
             if result.error is not None:
-                click.echo(f"    error: {result.error}")
+                click.echo("    " + _("erreur : {error}", error=result.error))
     if any(result.status != "ok" for result in results):
         raise click.exceptions.Exit(1)
 
 
 _dry_run_option = click.option(
-    "--dry-run", is_flag=True, help="Report what would be done; change nothing."
+    "--dry-run",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Dire ce qui serait fait ; ne rien changer."),
 )
 _now_option = click.option(
     "--now",
     "now_text",
+    cls=LocalizedOption,
     default=None,
     metavar="ISO-DATE",
-    help="Run as if it were this date (for tests and rehearsals).",
+    help=N_("Faire comme si l'on était à cette date (pour les tests et les répétitions)."),
 )
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+_json_option = click.option(
+    "--json",
+    "as_json",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Afficher le compte rendu en JSON."),
+)
 
 
-@click.group("lifecycle")
+@click.group(
+    "lifecycle",
+    cls=LocalizedGroup,
+    help=N_(
+        "Les comptes inactifs : avertissement à 11 mois, suppression à 12 (REQ-INACTIVE-DELETE)."
+    ),
+)
 def lifecycle_group() -> None:
-    """Inactive accounts: warning at 11 months, deletion at 12 (REQ-INACTIVE-DELETE)."""
+    pass
 
 
-@lifecycle_group.command("run")
+@lifecycle_group.command(
+    "run",
+    cls=LocalizedCommand,
+    help=N_(
+        "Avertir, puis supprimer, les comptes sans authentification (la tâche quotidienne, seule)."
+    ),
+)
 @_dry_run_option
 @_now_option
 @_json_option
 def lifecycle_run_command(dry_run: bool, now_text: str | None, as_json: bool) -> None:
-    """Warn, then delete, the accounts without authentication (the daily job, alone)."""
     _setup()
     from pli.server.jobs import run_daily  # noqa: PLC0415
 
@@ -117,25 +153,38 @@ def lifecycle_run_command(dry_run: bool, now_text: str | None, as_json: bool) ->
     )
 
 
-@click.group("jobs")
+@click.group(
+    "jobs",
+    cls=LocalizedGroup,
+    help=N_(
+        "Les tâches quotidiennes (à lancer une fois par jour, par un minuteur systemd ou cron)."
+    ),
+)
 def jobs_group() -> None:
-    """The daily jobs (run them once a day from a systemd timer or cron)."""
+    pass
 
 
-@jobs_group.command("run-daily")
+@jobs_group.command(
+    "run-daily",
+    cls=LocalizedCommand,
+    help=N_(
+        "Lancer chaque tâche quotidienne, chacune dans sa transaction ; code de sortie 1 si"
+        " l'une a échoué."
+    ),
+)
 @_dry_run_option
 @_now_option
 @_json_option
 @click.option(
     "--only",
+    cls=LocalizedOption,
     multiple=True,
-    type=click.Choice(JOB_NAMES),
-    help="Run only this job (repeatable).",
+    type=Choice(list(JOB_NAMES)),
+    help=N_("Lancer seulement cette tâche (répétable)."),
 )
 def run_daily_command(
     dry_run: bool, now_text: str | None, as_json: bool, only: tuple[str, ...]
 ) -> None:
-    """Run every daily job, each in its own transaction; exit 1 if one failed."""
     _setup()
     from pli.server.jobs import run_daily  # noqa: PLC0415
 
@@ -146,9 +195,12 @@ def run_daily_command(
     )
 
 
-@jobs_group.command("list")
+@jobs_group.command(
+    "list",
+    cls=LocalizedCommand,
+    help=N_("Lister les tâches quotidiennes, dans l'ordre où elles tournent."),
+)
 def list_command() -> None:
-    """List the daily jobs, in the order they run."""
     from pli.server.jobs import DAILY_JOBS  # noqa: PLC0415 - imports no model
 
     for job in DAILY_JOBS:

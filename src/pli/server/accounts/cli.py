@@ -4,30 +4,42 @@ from __future__ import annotations
 
 import click
 
+from pli.client.i18n import N_, _
+from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, LocalizedOption
+
 #: accounts.models.Role's values (the models cannot be imported before Django is set up).
 ROLES = ("professional", "operator_admin", "dpo", "support")
 
 
-@click.group("accounts")
+@click.group("accounts", cls=LocalizedGroup, help=N_("Les comptes : invitations."))
 def accounts_group() -> None:
-    """Accounts: invitations."""
+    pass
 
 
-@accounts_group.command("invite")
+@accounts_group.command(
+    "invite",
+    cls=LocalizedCommand,
+    help=N_(
+        "Inviter ADDRESS : un code d'activation lui est envoyé par courriel et affiché ici."
+        " Un professionnel doit avoir une boîte personnelle à cette adresse dans l'annuaire."
+    ),
+)
 @click.argument("address")
 @click.option(
     "--role",
-    type=click.Choice(ROLES),
+    cls=LocalizedOption,
+    type=Choice(list(ROLES)),
     default="professional",
     show_default=True,
-    help="operator_admin to bootstrap the first administrator.",
+    help=N_("operator_admin pour créer le premier administrateur."),
 )
 def invite_command(address: str, role: str) -> None:
-    """Invite ADDRESS: an activation code is mailed to it and printed here.
-
-    Professionals must have a personal mailbox at ADDRESS in the directory.
-    """
-    from pli.server.commands import ensure_data_dir, prepare_database, setup_django  # noqa: PLC0415
+    from pli.server.commands import (  # noqa: PLC0415
+        CommandError,
+        ensure_data_dir,
+        prepare_database,
+        setup_django,
+    )
 
     ensure_data_dir()
     setup_django()
@@ -38,6 +50,13 @@ def invite_command(address: str, role: str) -> None:
     try:
         enrolment, code = invite_with_code(None, address, role)
     except AccountError as error:
-        raise click.ClickException(f"{error.code}: {error.message}") from None
-    click.echo(f"invitation {enrolment.pk} for {enrolment.address} ({role})")
-    click.echo(f"activation code: {code}  (valid 72 h, at /compte/activation/)")
+        raise CommandError(error.code, error.message) from None
+    click.echo(
+        _(
+            "invitation {id} pour {address} ({role})",
+            id=enrolment.pk,
+            address=enrolment.address,
+            role=role,
+        )
+    )
+    click.echo(_("code d'activation : {code}  (valable 72 h, sur /compte/activation/)", code=code))

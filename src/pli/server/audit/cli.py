@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from pli.client.i18n import N_, _
+from pli.client.usage import LocalizedCommand, LocalizedGroup, LocalizedOption, LocalizedPath
+
 
 def _setup() -> None:
     from pli.server.commands import ensure_data_dir, setup_django  # noqa: PLC0415 - cycle
@@ -39,27 +42,50 @@ def _parse_bound(value: str, option: str, *, end: bool) -> dt.datetime:
         else:
             moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise AuditBadDate(f"{option}: {value!r} is not a date (YYYY-MM-DD[THH:MM])") from None
+        raise AuditBadDate(
+            _(
+                "{option} : « {value} » n'est pas une date (AAAA-MM-JJ[THH:MM])",
+                option=option,
+                value=value,
+            )
+        ) from None
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment
 
 
-@click.group("audit")
+@click.group(
+    "audit",
+    cls=LocalizedGroup,
+    help=N_(
+        "Le journal d'audit : vérifier sa chaîne, l'exporter, purger ce qui a passé sa durée"
+        " de conservation."
+    ),
+)
 def audit_group() -> None:
-    """The audit trail: verify its chain, export it, purge what is past retention."""
+    pass
 
 
-@audit_group.command("verify")
+@audit_group.command(
+    "verify",
+    cls=LocalizedCommand,
+    help=N_(
+        "Prouver la chaîne de hachage et les signatures des points de contrôle ; nommer le"
+        " premier maillon rompu."
+    ),
+)
 @click.option(
     "--public-key",
     "public_keys",
+    cls=LocalizedOption,
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key(s) (PEM) of the checkpoints; default: the operator audit key's.",
+    type=LocalizedPath(exists=True, dir_okay=False, path_type=Path),
+    help=N_(
+        "Clé(s) publique(s) (PEM) des points de contrôle ; par défaut, celle de la clé d'audit"
+        " de l'opérateur."
+    ),
 )
 def verify_command(public_keys: tuple[Path, ...]) -> None:
-    """Prove the hash chain and the checkpoint signatures; name the first broken link."""
     _setup()
     from pli.server.audit.chain import verify_trail  # noqa: PLC0415
     from pli.server.audit.errors import AuditChainBroken  # noqa: PLC0415
@@ -89,7 +115,12 @@ def verify_command(public_keys: tuple[Path, ...]) -> None:
     click.echo(report.describe())
     waiting = pending_events()
     if waiting:
-        click.echo(f"{waiting} event(s) still waiting for the sequencer (not chained yet)")
+        click.echo(
+            _(
+                "{count} événement(s) attendent encore le séquenceur (pas encore chaînés)",
+                count=waiting,
+            )
+        )
 
 
 def _record_verification(outcome: str, events: int | None) -> None:
@@ -102,17 +133,34 @@ def _record_verification(outcome: str, events: int | None) -> None:
     )
 
 
-@audit_group.command("export")
-@click.option("--since", required=True, help="First day (YYYY-MM-DD) or moment, included.")
-@click.option("--until", required=True, help="Last day (YYYY-MM-DD), included; or a moment.")
+@audit_group.command(
+    "export",
+    cls=LocalizedCommand,
+    help=N_(
+        "Écrire les événements d'une période en lignes JSON (un événement par ligne, dans"
+        " l'ordre de la chaîne)."
+    ),
+)
+@click.option(
+    "--since",
+    cls=LocalizedOption,
+    required=True,
+    help=N_("Le premier jour (AAAA-MM-JJ) ou moment, inclus."),
+)
+@click.option(
+    "--until",
+    cls=LocalizedOption,
+    required=True,
+    help=N_("Le dernier jour (AAAA-MM-JJ), inclus ; ou un moment."),
+)
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    cls=LocalizedOption,
+    type=LocalizedPath(dir_okay=False, path_type=Path),
     default=None,
-    help="File to write (default: standard output).",
+    help=N_("Le fichier à écrire (par défaut : la sortie standard)."),
 )
 def export_command(since: str, until: str, output: Path | None) -> None:
-    """Write the events of a period as JSON lines (one event a line, in chain order)."""
     _setup()
     from pli.server.audit.actions import do_record_export, write_events  # noqa: PLC0415
     from pli.server.audit.errors import AuditBadDate  # noqa: PLC0415
@@ -120,7 +168,7 @@ def export_command(since: str, until: str, output: Path | None) -> None:
     start = _parse_bound(since, "--since", end=False)
     end = _parse_bound(until, "--until", end=True)
     if end <= start:
-        raise AuditBadDate("--until must come after --since")
+        raise AuditBadDate(_("--until doit venir après --since"))
     if output is None:
         count = write_events(start, end, sys.stdout)
         sys.stdout.flush()
@@ -137,28 +185,59 @@ def export_command(since: str, until: str, output: Path | None) -> None:
             output.unlink(missing_ok=True)
         raise
     if output is not None:
-        click.echo(f"{count} events written to {output}", err=True)
+        click.echo(_("{count} événement(s) écrits dans {path}", count=count, path=output), err=True)
 
 
-@audit_group.command("purge")
-@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@audit_group.command(
+    "purge",
+    cls=LocalizedCommand,
+    help=N_(
+        "Supprimer les événements au-delà de la durée de conservation"
+        " (PLI_AUDIT_RETENTION_DAYS, 365), jusqu'à un point de contrôle."
+    ),
+)
+@click.option(
+    "--dry-run",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Dire ce qui serait supprimé ; ne rien supprimer."),
+)
 def purge_command(dry_run: bool) -> None:
-    """Delete events past retention (PLI_AUDIT_RETENTION_DAYS, 365), up to a checkpoint."""
     _setup()
     from pli.server.audit.actions import purge_expired_events  # noqa: PLC0415
 
     result = purge_expired_events(dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    kept = f"; the trail starts at event #{result.kept_from}" if result.kept_from else ""
-    click.echo(
-        f"{verb} {result.events} events and {result.checkpoints} checkpoints older than"
-        f" {result.cutoff.isoformat(timespec='seconds')}{kept}"
+    text = (
+        N_(
+            "seraient supprimés : {events} événement(s) et {checkpoints} point(s) de contrôle"
+            " antérieurs au {cutoff}"
+        )
+        if dry_run
+        else N_(
+            "supprimés : {events} événement(s) et {checkpoints} point(s) de contrôle"
+            " antérieurs au {cutoff}"
+        )
     )
+    line = _(
+        text,
+        events=result.events,
+        checkpoints=result.checkpoints,
+        cutoff=result.cutoff.isoformat(timespec="seconds"),
+    )
+    if result.kept_from:
+        line += _(" ; le journal commence à l'événement n° {seq}", seq=result.kept_from)
+    click.echo(line)
 
 
-@audit_group.command("public-key")
+@audit_group.command(
+    "public-key",
+    cls=LocalizedCommand,
+    help=N_(
+        "Afficher la clé publique (PEM) de la clé d'audit de l'opérateur, pour le"
+        " « verify --public-key » d'un auditeur."
+    ),
+)
 def public_key_command() -> None:
-    """Print the operator audit key's public key (PEM), for an auditor's `verify --public-key`."""
     _setup()
     from pli.server.audit.keys import operator_signing_key  # noqa: PLC0415
 

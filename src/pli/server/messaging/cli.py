@@ -11,30 +11,58 @@ import json
 
 import click
 
+from pli.client.i18n import N_, _
+from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, LocalizedOption
 
-@click.group("envelopes")
+
+@click.group(
+    "envelopes",
+    cls=LocalizedGroup,
+    help=N_(
+        "Où sont gardées les enveloppes des messages (chiffrées) : la base de données ou le"
+        " stockage de fichiers."
+    ),
+)
 def envelopes_group() -> None:
-    """Where the messages' envelopes (ciphertext) are kept: the database or the blob store."""
+    pass
 
 
-@envelopes_group.command("move")
+@envelopes_group.command(
+    "move",
+    cls=LocalizedCommand,
+    help=N_(
+        "Déplacer les enveloppes déjà enregistrées, après un changement de"
+        " PLI_ENVELOPE_IN_DATABASE_BYTES. Une enveloppe par transaction, chacune vérifiée"
+        " contre son SHA-256 enregistré : la commande peut tourner à côté du serveur, être"
+        " arrêtée et relancée. Code de sortie 1 si une enveloppe a échoué à sa vérification"
+        " (laissée en place, nommée dans le journal)."
+    ),
+)
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["blob-store", "database"]),
+    cls=LocalizedOption,
+    type=Choice(["blob-store", "database"]),
     required=True,
-    help="blob-store: every envelope kept in the database; database: those of the blob"
-    " store within PLI_ENVELOPE_IN_DATABASE_BYTES.",
+    help=N_(
+        "blob-store : toutes les enveloppes gardées dans la base ; database : celles du"
+        " stockage de fichiers qui tiennent dans PLI_ENVELOPE_IN_DATABASE_BYTES."
+    ),
 )
-@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--dry-run",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Compter ce qui serait déplacé ; ne rien changer."),
+)
+@click.option(
+    "--json",
+    "as_json",
+    cls=LocalizedOption,
+    is_flag=True,
+    help=N_("Afficher le résultat en JSON."),
+)
 def move_command(to: str, dry_run: bool, as_json: bool) -> None:
-    """Move the envelopes already stored, after a change of PLI_ENVELOPE_IN_DATABASE_BYTES.
-
-    One envelope per transaction, each checked against its recorded SHA-256:
-    it can run beside the server, and be stopped and run again. Exit status 1
-    when an envelope failed its check (left where it was, named in the log).
-    """
     from pli.server.commands import ensure_data_dir, setup_django  # noqa: PLC0415 - cycle
 
     ensure_data_dir()
@@ -45,9 +73,19 @@ def move_command(to: str, dry_run: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(vars(result)))
     else:
-        verb = "would move" if dry_run else "moved"
-        click.echo(f"{verb} {result.moved} envelopes ({result.bytes} bytes) to {to}")
+        text = (
+            N_("{count} enveloppe(s) ({bytes} octets) seraient déplacées vers {to}")
+            if dry_run
+            else N_("{count} enveloppe(s) ({bytes} octets) déplacées vers {to}")
+        )
+        click.echo(_(text, count=result.moved, bytes=result.bytes, to=to))
         if result.damaged:
-            click.echo(f"{result.damaged} envelopes failed their check and stayed", err=True)
+            click.echo(
+                _(
+                    "{count} enveloppe(s) ont échoué à leur vérification et sont restées en place",
+                    count=result.damaged,
+                ),
+                err=True,
+            )
     if result.damaged:
         raise click.exceptions.Exit(1)
