@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.utils import translation
 
 from pli.crypto import (
     CertificateRevocationList,
@@ -81,6 +83,14 @@ def openssl() -> str:
     if path is None:  # pragma: no cover - ./run installs it
         pytest.fail("the openssl binary is required (./run installs it)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_language_carried_over() -> Iterator[None]:
+    """A ``pli`` server command run in this process activates ``PLI_LANGUAGE``'s language
+    (``setup_django``) for the thread: the next test starts from Django's default again."""
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(autouse=True)

@@ -655,7 +655,7 @@ def test_an_auditor_verifies_with_the_public_key_alone(tmp_path: Path) -> None:
     assert "PRIVATE" not in result.output
     exit_code, output = verify_cli("--public-key", str(public))
     assert exit_code == 0, output
-    assert "audit trail verified: 3 events (#1 to #3, from the first event)" in output
+    assert "journal d'audit vérifié : 3 événement(s) (n° 1 à n° 3, depuis le premier" in output
     stranger = tmp_path / "stranger.pem"
     stranger.write_bytes(generate_signing_key().verifying_key().pem())
     exit_code, output = verify_cli("--public-key", str(stranger))
@@ -837,7 +837,7 @@ def test_the_purge_keeps_the_chain_verifiable_from_the_oldest_kept_checkpoint(
     assert report.from_checkpoint and (report.first_seq, report.last_seq) == (9, 15)
     exit_code, output = verify_cli()
     assert exit_code == 0, output
-    assert "(#9 to #15, from a signed checkpoint)" in output
+    assert "(n° 9 à n° 15, depuis un point de contrôle signé)" in output
 
     # Idempotent: a second run deletes nothing more (and says so in the trail).
     again = purge_expired_events(timezone.now())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from django.utils import translation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -678,8 +679,8 @@ def test_pli_directory_import_prints_the_summary(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["directory", "import", str(path)])
     assert result.exit_code == 0, result.output
     summary = ImportRun.objects.get()
-    assert f"rpps: {summary.lines} lines, {summary.imported} imported" in result.output
-    assert f"{summary.rejected} rejected" in result.output
+    assert f"rpps : {summary.lines} lignes, {summary.imported} importées" in result.output
+    assert f"{summary.rejected} rejetées" in result.output
     assert (
         f"lignes rejetées : {tmp_path / 'PS_LibreAcces_Personne_activite_202611220000.rejects.txt'}"
         in result.output
@@ -699,9 +700,14 @@ def test_pli_directory_import_refuses_a_wrong_header_with_its_code(tmp_path: Pat
 def test_summary_describes_the_run() -> None:
     summary = ImportSummary("rpps", 10, 8, 2, 1, None, duration=2.0, corrected=1)
     assert summary.describe() == (
-        "rpps: 10 lines, 8 imported (1 with an invalid FINESS blanked), 2 rejected,"
-        " 1 marked inactive (2.0 s)"
+        "rpps : 10 lignes, 8 importées (1 avec un FINESS invalide effacé), 2 rejetées,"
+        " 1 marquées inactives (2.0 s)"
     )
+    with translation.override("en"):
+        assert summary.describe() == (
+            "rpps: 10 lines, 8 imported (1 with an invalid FINESS blanked), 2 rejected,"
+            " 1 marked inactive (2.0 s)"
+        )
     assert summary.lines_per_second == 5.0
 
 

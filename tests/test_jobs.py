@@ -51,9 +51,9 @@ def test_a_failing_job_is_rolled_back_and_the_others_still_run() -> None:
         raise ConfigurationError("PLI_SOMETHING must be a whole number")
 
     jobs = [
-        DailyJob("broken", "", half_done_then_broken),
-        DailyJob("misconfigured", "", misconfigured),
-        DailyJob("fine", "", lambda now, dry_run: write_throttle("third")),
+        DailyJob("broken", half_done_then_broken),
+        DailyJob("misconfigured", misconfigured),
+        DailyJob("fine", lambda now, dry_run: write_throttle("third")),
     ]
     results = run_daily(jobs=jobs)
     assert [(r.name, r.status) for r in results] == [
@@ -68,14 +68,14 @@ def test_a_failing_job_is_rolled_back_and_the_others_still_run() -> None:
 
 
 def test_a_dry_run_changes_nothing_even_if_a_job_writes() -> None:
-    careless = DailyJob("careless", "", lambda now, dry_run: write_throttle("dry"))
+    careless = DailyJob("careless", lambda now, dry_run: write_throttle("dry"))
     (result,) = run_daily(dry_run=True, jobs=[careless])
     assert (result.status, result.summary) == ("ok", JobSummary("wrote dry", {"key": "dry"}))
     assert not Throttle.objects.exists()
 
 
 def test_a_job_that_reports_failures_is_failed() -> None:
-    partial = DailyJob("partial", "", lambda now, dry_run: JobSummary("2 of 3", ok=False))
+    partial = DailyJob("partial", lambda now, dry_run: JobSummary("2 of 3", ok=False))
     (result,) = run_daily(jobs=[partial])
     assert (result.status, result.error) == ("failed", None)
 
@@ -135,7 +135,7 @@ def test_expired_account_records_are_deleted_once() -> None:
     (real,) = run_daily(only=["account_records"])
     assert real.summary is not None
     assert real.summary.data == expected
-    assert real.summary.text.startswith("deleted: 1 enrolments, 1 throttles, 3 user_sessions")
+    assert real.summary.text.startswith("supprimés : enrolments 1, throttles 1, user_sessions 3")
     assert sorted(Enrolment.objects.values_list("address", flat=True)) == [
         "alice.martin@pli.test",
         "pending@pli.test",
@@ -162,17 +162,17 @@ def test_the_audit_jobs_purge_and_sign_through_the_audit_app() -> None:
     assert retention.summary is not None
     # Nothing is a year old here: nothing goes, the chain is untouched.
     assert (retention.summary.data["events"], retention.summary.data["checkpoints"]) == (0, 0)
-    assert "older than 365 days" in retention.summary.text
+    assert "de plus de 365 jours" in retention.summary.text
     # The head (the purge's own event, if it wrote one) is signed.
     head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0]
     assert checkpoint.summary is not None
     assert checkpoint.summary.data["event"] == head
-    assert checkpoint.summary.text == f"signed: checkpoint at event #{head}"
+    assert checkpoint.summary.text == f"signé : point de contrôle à l'événement n° {head}"
     assert AuditCheckpoint.objects.filter(event_seq=head).exists()
 
     (again,) = run_daily(only=["audit_checkpoint"])
     assert again.summary is not None
-    assert again.summary.text == "nothing to sign"
+    assert again.summary.text == "rien à signer"
 
 
 def test_the_whole_daily_run_twice_does_nothing_the_second_time() -> None:
@@ -199,7 +199,7 @@ def test_pli_jobs_run_daily_prints_a_summary_and_exits_1_when_a_job_fails() -> N
     assert dry.exit_code == 0, dry.output
     for name in JOB_NAMES:
         assert f"[ok] {name}" in dry.output
-    assert "would delete" in dry.output
+    assert "seraient supprimés" in dry.output
 
     as_json = runner.invoke(main, ["jobs", "run-daily", "--json", "--only", "account_records"])
     assert as_json.exit_code == 0, as_json.output

@@ -421,8 +421,8 @@ def test_pli_lifecycle_run_reports_ids_and_counts() -> None:
     real = runner.invoke(main, ["lifecycle", "run"])
     assert real.exit_code == 0, real.output
     assert "[ok] lifecycle" in real.output
-    assert f"warned: 1 (accounts {alice.pk})" in real.output
-    assert "deleted: 0" in real.output
+    assert f"avertis : 1 (comptes {alice.pk})" in real.output
+    assert "supprimés : 0" in real.output
     assert User.objects.filter(pk=alice.pk, inactivity_warned_at__isnull=False).exists()
 
     bad = runner.invoke(main, ["lifecycle", "run", "--now", "bientôt"])

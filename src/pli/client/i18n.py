@@ -24,9 +24,10 @@ The server's commands (``pli serve``, ``pli audit``, ``pli jobs``…, in
 ``pli.server``'s ``commands.py``, ``lifecycle_cli.py`` and ``*/cli.py``) use
 this catalogue too, for their help, their own lines and their refusals; the
 server's refusals they show (an invitation refused…) come from the server's
-Django catalogue, in the same language (``setup_django`` activates it). The
-reports the server's library composes (a job's summary, the audit
-verification's report, a broken link's detail) stay in English, like its log.
+Django catalogue, in the same language (``setup_django`` activates it), as do
+the reports the server composes (a job's summary, the audit verification's
+report, an import's summary). A broken audit link's detail and a
+configuration error's stay in English, like the server's log.
 
 Parameters are named and formatted after translation (``str.format``), so a
 translation may place them where its grammar wants. After adding or changing a

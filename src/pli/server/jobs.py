@@ -22,6 +22,7 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ JobFunction = Callable[[dt.datetime, bool], JobSummary | Callable[[], JobSummary
 
 @dataclass(frozen=True)
 class DailyJob:
+    #: What it does, for people: ``pli jobs list`` (pli.server.lifecycle_cli.JOB_HELP).
     name: str
-    help: str
     run: JobFunction
     #: The job commits as it goes (one transaction per account): a real run is not
     #: wrapped in one transaction of its own, so that the audit chain's lock, taken by
@@ -91,8 +92,10 @@ def _account_records(now: dt.datetime, dry_run: bool) -> JobSummary:
     from pli.server.accounts.lifecycle import purge_expired_records  # noqa: PLC0415
 
     counts = purge_expired_records(now, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    text = f"{verb}: " + ", ".join(f"{count} {name}" for name, count in counts.items())
+    listed = ", ".join(f"{name} {count}" for name, count in counts.items())
+    text = (_("seraient supprimés : %(list)s") if dry_run else _("supprimés : %(list)s")) % {
+        "list": listed
+    }
     return JobSummary(text, dict(counts))
 
 
@@ -100,11 +103,22 @@ def _audit_retention(now: dt.datetime, dry_run: bool) -> JobSummary:
     from pli.server.audit.actions import purge_expired_events, retention_days  # noqa: PLC0415
 
     result = purge_expired_events(now, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
     text = (
-        f"{verb}: {result.events} events and {result.checkpoints} checkpoints"
-        f" older than {retention_days()} days (before {result.cutoff:%Y-%m-%d})"
-    )
+        _(
+            "seraient supprimés : %(events)s événement(s) et %(checkpoints)s point(s) de"
+            " contrôle de plus de %(days)s jours (avant le %(cutoff)s)"
+        )
+        if dry_run
+        else _(
+            "supprimés : %(events)s événement(s) et %(checkpoints)s point(s) de contrôle de"
+            " plus de %(days)s jours (avant le %(cutoff)s)"
+        )
+    ) % {
+        "events": result.events,
+        "checkpoints": result.checkpoints,
+        "days": retention_days(),
+        "cutoff": f"{result.cutoff:%Y-%m-%d}",
+    }
     return JobSummary(
         text,
         {
@@ -126,18 +140,24 @@ def _audit_checkpoint(now: dt.datetime, dry_run: bool) -> JobSummary:
     head = AuditEvent.objects.aggregate(seq=Max("seq"))["seq"]
     signed = AuditCheckpoint.objects.aggregate(seq=Max("event_seq"))["seq"]
     if head is None or head == signed:
-        return JobSummary("nothing to sign", {"event": None})
+        return JobSummary(_("rien à signer"), {"event": None})
     if dry_run:
         # Not even a rolled-back signature: reading the key may create its file.
-        return JobSummary(f"would sign: checkpoint at event #{head}", {"event": head})
+        return JobSummary(
+            _("signerait : point de contrôle à l'événement n° %(seq)s") % {"seq": head},
+            {"event": head},
+        )
     checkpoint = do_write_checkpoint()
     if checkpoint is None and AuditCheckpoint.objects.filter(event_seq__gte=head).exists():
-        return JobSummary("nothing to sign (signed meanwhile)", {"event": None})
+        return JobSummary(_("rien à signer (signé entre-temps)"), {"event": None})
     if checkpoint is None:
         # do_write_checkpoint logs why (the operator audit key cannot be read).
-        return JobSummary("not signed: the audit key is unavailable (see the log)", ok=False)
+        return JobSummary(
+            _("non signé : la clé d'audit est indisponible (voir le journal)"), ok=False
+        )
     return JobSummary(
-        f"signed: checkpoint at event #{checkpoint.event_seq}", {"event": checkpoint.event_seq}
+        _("signé : point de contrôle à l'événement n° %(seq)s") % {"seq": checkpoint.event_seq},
+        {"event": checkpoint.event_seq},
     )
 
 
@@ -153,12 +173,15 @@ def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
 
     del now
     if not (operator_ca.ca_path() / "ca.pem").exists():
-        return JobSummary("no operator CA here", {"published": False})
+        return JobSummary(_("pas d'autorité de l'opérateur ici"), {"published": False})
     if dry_run:
-        return JobSummary("would publish the operator CRL", {"published": False})
+        return JobSummary(
+            _("publierait la liste de révocation de l'opérateur"), {"published": False}
+        )
     crl = operator_ca.publish_crl()
     return JobSummary(
-        f"published the operator CRL (next update {crl.next_update_utc:%Y-%m-%d})",
+        _("liste de révocation de l'opérateur publiée (prochaine mise à jour le %(date)s)")
+        % {"date": f"{crl.next_update_utc:%Y-%m-%d}"},
         {"published": True},
     )
 
@@ -168,33 +191,27 @@ def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
 DAILY_JOBS: tuple[DailyJob, ...] = (
     DailyJob(
         "lifecycle",
-        "Warn, then delete, accounts without authentication for a year (REQ-INACTIVE-DELETE).",
         _lifecycle,
         own_transactions=True,
     ),
     DailyJob(
         "account_records",
-        "Delete expired activation codes, throttle counters and sessions.",
         _account_records,
     ),
     DailyJob(
         "upload_cleanup",
-        "Remove expired, unfinished attachment uploads and their bytes.",
         _upload_cleanup,
     ),
     DailyJob(
         "operator_crl",
-        "Publish a new CRL of the operator CA before the current one expires.",
         _operator_crl,
     ),
     DailyJob(
         "audit_retention",
-        "Delete audit events past the retention period (REQ-TRACE-RETENTION).",
         _audit_retention,
     ),
     DailyJob(
         "audit_checkpoint",
-        "Sign the head of the audit trail if it has no checkpoint yet (REQ-TRACE).",
         _audit_checkpoint,
     ),
 )

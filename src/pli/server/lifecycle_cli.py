@@ -26,16 +26,33 @@ from pli.client.usage import (
 if TYPE_CHECKING:
     from pli.server.jobs import JobResult
 
-#: The registry's names, repeated here so that --only is checked before Django starts
-#: (tests/test_jobs.py checks that both lists agree).
-JOB_NAMES = (
-    "lifecycle",
-    "account_records",
-    "upload_cleanup",
-    "operator_crl",
-    "audit_retention",
-    "audit_checkpoint",
-)
+#: The registry's jobs, in its order, with what each does for people (``pli jobs list``);
+#: repeated here so that --only is checked before Django starts (tests/test_jobs.py checks
+#: that both lists agree).
+JOB_HELP = {
+    "lifecycle": N_(
+        "Avertir, puis supprimer, les comptes sans authentification depuis un an"
+        " (REQ-INACTIVE-DELETE)."
+    ),
+    "account_records": N_(
+        "Supprimer les codes d'activation, compteurs de tentatives et sessions expirés."
+    ),
+    "upload_cleanup": N_(
+        "Retirer les dépôts de pièces jointes expirés et inachevés, et leurs octets."
+    ),
+    "operator_crl": N_(
+        "Publier une nouvelle liste de révocation de l'autorité de l'opérateur avant que"
+        " l'actuelle n'expire."
+    ),
+    "audit_retention": N_(
+        "Supprimer les événements d'audit au-delà de la durée de conservation"
+        " (REQ-TRACE-RETENTION)."
+    ),
+    "audit_checkpoint": N_(
+        "Signer la tête du journal d'audit si elle n'a pas encore de point de contrôle (REQ-TRACE)."
+    ),
+}
+JOB_NAMES = tuple(JOB_HELP)
 
 
 def _setup() -> None:
@@ -201,7 +218,5 @@ def run_daily_command(
     help=N_("Lister les tâches quotidiennes, dans l'ordre où elles tournent."),
 )
 def list_command() -> None:
-    from pli.server.jobs import DAILY_JOBS  # noqa: PLC0415 - imports no model
-
-    for job in DAILY_JOBS:
-        click.echo(f"{job.name}: {job.help}")
+    for name, text in JOB_HELP.items():
+        click.echo(f"{name}: {_(text)}")

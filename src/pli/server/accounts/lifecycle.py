@@ -231,24 +231,42 @@ class LifecycleReport:
         }
 
     def describe(self) -> str:
-        verb = ("would warn", "would delete") if self.dry_run else ("warned", "deleted")
-
         def ids(values: list[int]) -> str:
-            return f" (accounts {', '.join(map(str, values))})" if values else ""
+            if not values:
+                return ""
+            return " " + _("(comptes %(ids)s)") % {"ids": ", ".join(map(str, values))}
 
+        policy = {"warn": self.policy.warn_days, "delete": self.policy.delete_days}
+        if self.dry_run:
+            head = _(
+                "cycle de vie (essai) : inactif depuis %(warn)s jours : avertir ; depuis"
+                " %(delete)s jours : supprimer"
+            )
+            warned, deleted = _("seraient avertis : %(count)s"), _("seraient supprimés : %(count)s")
+        else:
+            head = _(
+                "cycle de vie : inactif depuis %(warn)s jours : avertir ; depuis %(delete)s"
+                " jours : supprimer"
+            )
+            warned, deleted = _("avertis : %(count)s"), _("supprimés : %(count)s")
         lines = [
-            (
-                f"lifecycle{' (dry run)' if self.dry_run else ''}: "
-                f"inactive for {self.policy.warn_days} days: warn, "
-                f"for {self.policy.delete_days} days: delete"
-            ),
-            f"{verb[0]}: {len(self.warned)}{ids(self.warned)}",
-            f"{verb[1]}: {len(self.deleted)}{ids(self.deleted)}",
+            head % policy,
+            warned % {"count": len(self.warned)} + ids(self.warned),
+            deleted % {"count": len(self.deleted)} + ids(self.deleted),
         ]
-        lines += [f"kept: account {pk}: {reason}" for pk, reason in self.kept]
-        lines += [f"failed: account {pk}: {code}" for pk, code in self.failed]
+        lines += [
+            _("gardé : compte %(id)s : %(reason)s") % {"id": pk, "reason": reason}
+            for pk, reason in self.kept
+        ]
+        lines += [
+            _("échec : compte %(id)s : %(code)s") % {"id": pk, "code": code}
+            for pk, code in self.failed
+        ]
         if self.mail_failed:
-            lines.append(f"warning e-mail not sent, retried next run{ids(self.mail_failed)}")
+            lines.append(
+                _("courriel d'avertissement non envoyé, réessayé à la prochaine exécution")
+                + ids(self.mail_failed)
+            )
         return "\n".join(lines)
 
 

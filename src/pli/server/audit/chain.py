@@ -49,6 +49,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Max, Min
+from django.utils.translation import gettext as _
 
 from pli.crypto import CryptoError, VerifyingKey
 from pli.server.audit.errors import (
@@ -295,13 +296,27 @@ class VerificationReport:
 
     def describe(self) -> str:
         if self.last_seq is None:
-            return "audit trail verified: no events"
-        start = "a signed checkpoint" if self.from_checkpoint else "the first event"
-        return (
-            f"audit trail verified: {self.events} events (#{self.first_seq} to #{self.last_seq},"
-            f" from {start}), {self.checkpoints} signed checkpoint(s),"
-            f" {self.unsigned_tail} event(s) after the last checkpoint"
+            return _("journal d'audit vérifié : aucun événement")
+        text = (
+            _(
+                "journal d'audit vérifié : %(events)s événement(s) (n° %(first)s à n° %(last)s,"
+                " depuis un point de contrôle signé), %(checkpoints)s point(s) de contrôle"
+                " signé(s), %(tail)s événement(s) après le dernier point de contrôle"
+            )
+            if self.from_checkpoint
+            else _(
+                "journal d'audit vérifié : %(events)s événement(s) (n° %(first)s à n° %(last)s,"
+                " depuis le premier événement), %(checkpoints)s point(s) de contrôle signé(s),"
+                " %(tail)s événement(s) après le dernier point de contrôle"
+            )
         )
+        return text % {
+            "events": self.events,
+            "first": self.first_seq,
+            "last": self.last_seq,
+            "checkpoints": self.checkpoints,
+            "tail": self.unsigned_tail,
+        }
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Model, Q, UniqueConstraint
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from pli.identifiers import (
     IdentifierError,
@@ -171,12 +172,23 @@ class ImportSummary:
         return self.lines / self.duration if self.duration > 0 else 0.0
 
     def describe(self) -> str:
-        corrected = f" ({self.corrected} with an invalid FINESS blanked)" if self.corrected else ""
-        return (
-            f"{self.kind}: {self.lines} lines, {self.imported} imported{corrected},"
-            f" {self.rejected} rejected, {self.deactivated} marked inactive"
-            f" ({self.duration:.1f} s)"
+        corrected = (
+            " " + _("(%(count)s avec un FINESS invalide effacé)") % {"count": self.corrected}
+            if self.corrected
+            else ""
         )
+        return _(
+            "%(kind)s : %(lines)s lignes, %(imported)s importées%(corrected)s, %(rejected)s"
+            " rejetées, %(deactivated)s marquées inactives (%(seconds)s s)"
+        ) % {
+            "kind": self.kind,
+            "lines": self.lines,
+            "imported": self.imported,
+            "corrected": corrected,
+            "rejected": self.rejected,
+            "deactivated": self.deactivated,
+            "seconds": f"{self.duration:.1f}",
+        }
 
 
 # --------------------------------------------------------------------------- progress

@@ -915,10 +915,24 @@ def _sweep_spool(now: dt.datetime) -> int:
 def upload_cleanup_job(now: dt.datetime, dry_run: bool) -> JobSummary:
     """The daily job (``pli.server.jobs``): :func:`purge_expired_uploads`, summarised."""
     result = purge_expired_uploads(now, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
+    text = (
+        _(
+            "seraient supprimés : %(uploads)s dépôt(s) expiré(s) (%(bytes)s octets),"
+            " %(spool)s fichier(s) de dépôt orphelin(s), %(temporary)s fichier(s) temporaire(s)"
+        )
+        if dry_run
+        else _(
+            "supprimés : %(uploads)s dépôt(s) expiré(s) (%(bytes)s octets),"
+            " %(spool)s fichier(s) de dépôt orphelin(s), %(temporary)s fichier(s) temporaire(s)"
+        )
+    ) % {
+        "uploads": result.uploads,
+        "bytes": result.bytes,
+        "spool": result.spool_files,
+        "temporary": result.temporary_files,
+    }
     return JobSummary(
-        f"{verb}: {result.uploads} expired uploads ({result.bytes} bytes),"
-        f" {result.spool_files} stray spool files, {result.temporary_files} temporary files",
+        text,
         {
             "uploads": result.uploads,
             "bytes": result.bytes,
