@@ -156,7 +156,7 @@ def test_pli_audit_verify_and_the_daily_checkpoint_catch_up_with_the_journal() -
     pending(target="message:left")  # committed, then the process stopped: not chained
     result = CliRunner().invoke(main, ["audit", "verify"])
     assert result.exit_code == 0, result.output
-    assert "verified: 2 events" in result.output  # the login and the send, now chained
+    assert "vérifié : 2 événement(s)" in result.output  # the login and the send, now chained
     assert pending_events() == 0
     pending(target="message:later")
     assert do_write_checkpoint() is not None
