@@ -252,7 +252,7 @@ def ca_group() -> None:
 
 _PATH_IN = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
 _PATH_OUT = LocalizedPath(dir_okay=False, path_type=Path)
-_DAYS = PositiveInteger()
+_POSITIVE = PositiveInteger()
 
 ca_dir_option = click.option(
     "--dir",
@@ -277,7 +277,7 @@ ca_dir_option = click.option(
 @click.option(
     "--days",
     cls=LocalizedOption,
-    type=_DAYS,
+    type=_POSITIVE,
     default=3650,
     show_default=True,
     help=N_("Durée de validité, en jours."),
@@ -318,7 +318,7 @@ def ca_init(ca_dir: Path, name: str, days: int, passphrase_file: Path | None) ->
 @click.option(
     "--days",
     cls=LocalizedOption,
-    type=_DAYS,
+    type=_POSITIVE,
     default=3 * 365,
     show_default=True,
     help=N_("Durée de validité, en jours."),
@@ -385,7 +385,7 @@ def ca_revoke(
 @click.option(
     "--days",
     cls=LocalizedOption,
-    type=_DAYS,
+    type=_POSITIVE,
     default=7,
     show_default=True,
     help=N_("Durée de validité de la liste, en jours."),
@@ -599,7 +599,7 @@ identity_option = click.option(
 @click.option(
     "--threshold",
     cls=LocalizedOption,
-    type=_DAYS,
+    type=_POSITIVE,
     default=LARGE_CONTENT_THRESHOLD,
     show_default=True,
     help=N_("Au-delà de ce nombre d'octets, le contenu voyage hors du CMS, chiffré en flux."),
