@@ -204,7 +204,7 @@ def test_texts_people_read_are_marked_where_they_are_written() -> None:
         declares = isinstance(call.func, ast.Attribute) and name in ("option", "command", "group")
         if where.startswith(COMMAND_MODULES) and declares:
             assert any(keyword.arg == "cls" for keyword in call.keywords), (
-                f"{where}: use _option / _command, whose help follows PLI_LANGUAGE"
+                f"{where}: use usage.option / cls=, whose help follows PLI_LANGUAGE"
             )
         if name == "prompt":
             # _secret(file, _("…")) passes its prompt on.

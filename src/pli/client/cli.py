@@ -30,11 +30,13 @@ from pli.client.sealing import (
 )
 from pli.client.usage import (
     Choice,
+    CliError,
     LocalizedCommand,
     LocalizedGroup,
-    LocalizedOption,
     LocalizedPath,
     PositiveInteger,
+    option,
+    warn,
 )
 from pli.crypto import (
     CryptoError,
@@ -59,15 +61,6 @@ from pli.crypto.ca import REVOCATION_REASONS
 from pli.identifiers import IdentifierError, IdentifierKind, parse_any, parse_identifier
 from pli.mime import MimeError
 from pli.server.commands import SERVER_COMMANDS, demo_server
-
-
-class CliError(Exception):
-    """A usage problem the user can fix; ``code`` is stable like the domain errors'."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def _error_line(error: BaseException) -> str:
@@ -151,9 +144,8 @@ def _read_passphrase(passphrase_file: Path | None, *, new: bool = False) -> str:
     return passphrase
 
 
-passphrase_option = click.option(
+passphrase_option = option(
     "--passphrase-file",
-    cls=LocalizedOption,
     type=LocalizedPath(exists=True, dir_okay=False, path_type=Path),
     help=N_("Fichier dont la première ligne est la phrase secrète (sinon PLI_PASSPHRASE)."),
 )
@@ -163,9 +155,8 @@ passphrase_option = click.option(
     cls=PliGroup,
     help=N_("Pli : messagerie de santé sécurisée, signée et chiffrée de bout en bout."),
 )
-@click.option(
+@option(
     "--debug",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Afficher la trace complète d'une erreur (pour le support)."),
 )
@@ -195,9 +186,8 @@ def id_group() -> None:
     ),
 )
 @click.argument("value")
-@click.option(
+@option(
     "--kind",
-    cls=LocalizedOption,
     type=Choice([k.value for k in IdentifierKind]),
     default=None,
     help=N_("Le type attendu (sinon, chaque type que VALUE peut être)."),
@@ -254,10 +244,9 @@ _PATH_IN = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
 _PATH_OUT = LocalizedPath(dir_okay=False, path_type=Path)
 _POSITIVE = PositiveInteger()
 
-ca_dir_option = click.option(
+ca_dir_option = option(
     "--dir",
     "ca_dir",
-    cls=LocalizedOption,
     required=True,
     type=LocalizedPath(file_okay=False, path_type=Path),
     help=N_("Le dossier de l'autorité (sa clé chiffrée, son certificat, ses registres)."),
@@ -268,15 +257,13 @@ ca_dir_option = click.option(
     "init", cls=LocalizedCommand, help=N_("Créer la clé racine et son certificat dans le dossier.")
 )
 @ca_dir_option
-@click.option(
+@option(
     "--name",
-    cls=LocalizedOption,
     required=True,
     help=N_("Le nom de l'opérateur, dans le sujet du certificat racine."),
 )
-@click.option(
+@option(
     "--days",
-    cls=LocalizedOption,
     type=_POSITIVE,
     default=3650,
     show_default=True,
@@ -301,23 +288,20 @@ def ca_init(ca_dir: Path, name: str, days: int, passphrase_file: Path | None) ->
     help=N_("Émettre un certificat S/MIME pour la boîte aux lettres que nomme une demande (CSR)."),
 )
 @ca_dir_option
-@click.option(
+@option(
     "--csr",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("La demande de certificat (PEM)."),
 )
-@click.option(
+@option(
     "--out",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_OUT,
     help=N_("Où écrire le certificat (PEM)."),
 )
-@click.option(
+@option(
     "--days",
-    cls=LocalizedOption,
     type=_POSITIVE,
     default=3 * 365,
     show_default=True,
@@ -343,13 +327,10 @@ def ca_issue(ca_dir: Path, csr: Path, out: Path, days: int, passphrase_file: Pat
     help=N_("Révoquer un certificat (puis publier la liste de révocation : pli ca crl)."),
 )
 @ca_dir_option
-@click.option(
-    "--cert", cls=LocalizedOption, type=_PATH_IN, help=N_("Le certificat à révoquer (PEM).")
-)
-@click.option("--serial", cls=LocalizedOption, help=N_("Ou son numéro de série, en hexadécimal."))
-@click.option(
+@option("--cert", type=_PATH_IN, help=N_("Le certificat à révoquer (PEM)."))
+@option("--serial", help=N_("Ou son numéro de série, en hexadécimal."))
+@option(
     "--reason",
-    cls=LocalizedOption,
     type=Choice(list(REVOCATION_REASONS)),
     default="unspecified",
     show_default=True,
@@ -379,12 +360,9 @@ def ca_revoke(
     ),
 )
 @ca_dir_option
-@click.option(
-    "--out", cls=LocalizedOption, type=_PATH_OUT, default=None, help=N_("Une copie de la liste.")
-)
-@click.option(
+@option("--out", type=_PATH_OUT, default=None, help=N_("Une copie de la liste."))
+@option(
     "--days",
-    cls=LocalizedOption,
     type=_POSITIVE,
     default=7,
     show_default=True,
@@ -420,35 +398,30 @@ def keys_group() -> None:
     cls=LocalizedCommand,
     help=N_("Créer une clé RSA-3072 dans un fichier PKCS#12 chiffré, et sa demande de certificat."),
 )
-@click.option(
+@option(
     "--email",
-    cls=LocalizedOption,
     required=True,
     help=N_("L'adresse de messagerie que nommera le certificat."),
 )
-@click.option(
+@option(
     "--name",
     "common_name",
-    cls=LocalizedOption,
     default=None,
     help=N_("Le nom du titulaire (par défaut : l'adresse)."),
 )
-@click.option(
+@option(
     "--national-id",
-    cls=LocalizedOption,
     default=None,
     help=N_("L'identifiant national (IDNPS / IDNST), par exemple 8 + RPPS."),
 )
-@click.option(
+@option(
     "--out",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_OUT,
     help=N_("Le fichier de clé à créer (PKCS#12) ; jamais écrasé."),
 )
-@click.option(
+@option(
     "--csr",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_OUT,
     help=N_("Où écrire la demande de certificat (PEM), pour l'opérateur."),
@@ -485,23 +458,20 @@ def keys_new(
     cls=LocalizedCommand,
     help=N_("Installer le certificat émis (et sa chaîne) dans le fichier d'identité."),
 )
-@click.option(
+@option(
     "--identity",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("Le fichier d'identité (PKCS#12) créé par pli keys new."),
 )
-@click.option(
+@option(
     "--cert",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("Le certificat émis par l'opérateur (PEM)."),
 )
-@click.option(
+@option(
     "--chain",
-    cls=LocalizedOption,
     type=_PATH_IN,
     default=None,
     help=N_("Les certificats intermédiaires (PEM)."),
@@ -535,9 +505,8 @@ def _identity(
     return contents.software_key(certificate), contents.chain
 
 
-identity_option = click.option(
+identity_option = option(
     "--identity",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("Votre fichier PKCS#12 (clé et certificat) : il ne quitte jamais ce poste."),
@@ -553,52 +522,45 @@ identity_option = click.option(
     ),
 )
 @identity_option
-@click.option(
+@option(
     "--cert",
-    cls=LocalizedOption,
     type=_PATH_IN,
     help=N_("Votre certificat, si le fichier d'identité n'en contient pas."),
 )
-@click.option(
+@option(
     "--to",
     "to",
-    cls=LocalizedOption,
     multiple=True,
     required=True,
     type=_PATH_IN,
     help=N_("Le certificat d'un destinataire (PEM ; répétable)."),
 )
-@click.option(
+@option(
     "--in",
     "source",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("Le message à sceller (MIME, .eml)."),
 )
-@click.option(
+@option(
     "--out",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_OUT,
     help=N_("Où écrire le message scellé."),
 )
-@click.option(
+@option(
     "--attach",
-    cls=LocalizedOption,
     multiple=True,
     type=_PATH_IN,
     help=N_("Une pièce jointe (répétable)."),
 )
-@click.option(
+@option(
     "--smime",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Écrire du texte S/MIME (pour SMTP) plutôt que du DER."),
 )
-@click.option(
+@option(
     "--threshold",
-    cls=LocalizedOption,
     type=_POSITIVE,
     default=LARGE_CONTENT_THRESHOLD,
     show_default=True,
@@ -646,58 +608,50 @@ def seal_command(
     help=N_("Déchiffrer et vérifier un message scellé ; afficher le signataire vérifié."),
 )
 @identity_option
-@click.option(
+@option(
     "--cert",
-    cls=LocalizedOption,
     type=_PATH_IN,
     help=N_("Votre certificat, si le fichier d'identité n'en contient pas."),
 )
-@click.option(
+@option(
     "--trust",
-    cls=LocalizedOption,
     required=True,
     multiple=True,
     type=_PATH_IN,
     help=N_("Ancres de confiance (le PEM de l'autorité de certification de l'opérateur)."),
 )
-@click.option(
+@option(
     "--crl",
-    cls=LocalizedOption,
     multiple=True,
     type=_PATH_IN,
     help=N_("Listes de révocation (CRL) des ancres."),
 )
-@click.option(
+@option(
     "--no-revocation-check",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Accepter les signataires qu'aucune liste de révocation ne couvre (toujours signalé)."),
 )
-@click.option(
+@option(
     "--in",
     "source",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_IN,
     help=N_("Le message scellé (DER ou S/MIME)."),
 )
-@click.option(
+@option(
     "--out",
-    cls=LocalizedOption,
     required=True,
     type=_PATH_OUT,
     help=N_("Où écrire le message déchiffré (MIME)."),
 )
-@click.option(
+@option(
     "--blobs",
-    cls=LocalizedOption,
     type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
     help=N_("Où se trouve le contenu chiffré en flux (par défaut : le message suivi de .blobs)."),
 )
-@click.option(
+@option(
     "--attachments",
-    cls=LocalizedOption,
     type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
     help=N_("Déchiffrer le contenu chiffré en flux dans ce dossier."),
@@ -743,23 +697,18 @@ def open_command(
     if result.opened.signed_at:
         click.echo(_("signé le : {moment}", moment=result.opened.signed_at.isoformat()))
     if not result.opened.details.revocation_checked:
-        _warn(
+        warn(
             "revocation_not_checked",
             _("aucune liste de révocation ne couvre le signataire"),
         )
     if "not_addressed_to_you" in result.opened.warnings:
-        _warn(
+        warn(
             "not_addressed_to_you",
             _("authentique, mais ni To ni Cc ne vous nomme (transféré par quelqu'un d'autre ?)"),
         )
     for path in result.extracted:
         click.echo(_("pièce jointe : {path}", path=path))
     click.echo(_("message écrit dans {path}", path=out))
-
-
-def _warn(code: str, detail: str) -> None:
-    """``warning: <code>: <detail>``: the prefix and the code stay in English (scripts)."""
-    click.echo(f"warning: {code}: {detail}", err=True)
 
 
 for _command in [*SERVER_COMMANDS, *MESSAGING_COMMANDS]:
@@ -773,31 +722,27 @@ for _command in [*SERVER_COMMANDS, *MESSAGING_COMMANDS]:
         "Un opérateur de démonstration avec un annuaire d'exemple, servi sur http://127.0.0.1:8000."
     ),
 )
-@click.option(
+@option(
     "--bind",
-    cls=LocalizedOption,
     default="127.0.0.1:8000",
     show_default=True,
     help=N_("L'adresse et le port d'écoute."),
 )
-@click.option(
+@option(
     "--no-serve",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Créer l'opérateur de démonstration, puis s'arrêter."),
 )
-@click.option(
+@option(
     "--seal-only",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_(
         "Seulement un aller-retour scellé entre deux professionnels de démonstration, sans serveur."
     ),
 )
-@click.option(
+@option(
     "--dir",
     "directory",
-    cls=LocalizedOption,
     type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
     help=N_("Avec --seal-only : garder les fichiers ici (par défaut : un dossier temporaire)."),

@@ -41,25 +41,13 @@ from pli.client.sdk import (
     SignatureStatus,
     UploadInterrupted,
 )
-from pli.client.usage import (
-    Choice,
-    LocalizedCommand,
-    LocalizedOption,
-    LocalizedPath,
-    PositiveInteger,
-)
+from pli.client.usage import Choice, LocalizedCommand, LocalizedPath, PositiveInteger, option, warn
 
 _FILE = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
 
 
 def _command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Command]:  # noqa: A002 - click's name
     return click.command(name, cls=LocalizedCommand, help=help)
-
-
-def _option(
-    *declarations: str, **attributes: Any
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(*declarations, cls=LocalizedOption, **attributes)
 
 
 def _printable_line(text: str) -> str:
@@ -137,14 +125,14 @@ def _client(
 
 
 def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = _option(
+    function = option(
         "--session-file",
         envvar="PLI_SESSION_FILE",
         type=LocalizedPath(dir_okay=False, path_type=Path),
         default=None,
         help=N_("Le fichier où la session est conservée (par défaut ~/.config/pli/session.json)."),
     )(function)
-    return _option(
+    return option(
         "--server",
         envvar="PLI_SERVER",
         default=None,
@@ -153,7 +141,7 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 #: ``--attach``, the same for a message and a reply.
-_attach_option = _option(
+_attach_option = option(
     "--attach",
     multiple=True,
     type=_FILE,
@@ -162,7 +150,7 @@ _attach_option = _option(
 
 
 #: ``--mailbox``, for the commands that act on one copy of a message.
-_mailbox_option = _option(
+_mailbox_option = option(
     "--mailbox",
     default=None,
     help=N_("La boîte dont prendre la copie, si plusieurs de vos boîtes ont reçu le message."),
@@ -170,9 +158,9 @@ _mailbox_option = _option(
 
 
 def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(
+    for decorator in reversed(
         [
-            _option(
+            option(
                 "--identity",
                 envvar="PLI_IDENTITY",
                 required=True,
@@ -181,7 +169,7 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
                     "Votre fichier PKCS#12 (clé et certificat) : il ne quitte jamais ce poste."
                 ),
             ),
-            _option(
+            option(
                 "--trust",
                 envvar="PLI_TRUST",
                 multiple=True,
@@ -192,14 +180,14 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
                     " signataires et destinataires doivent s'y rattacher."
                 ),
             ),
-            _option(
+            option(
                 "--crl",
                 envvar="PLI_CRL",
                 multiple=True,
                 type=_FILE,
                 help=N_("Listes de révocation (CRL) des ancres."),
             ),
-            _option(
+            option(
                 "--passphrase-file",
                 type=_FILE,
                 help=N_(
@@ -209,7 +197,7 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
             ),
         ]
     ):
-        function = option(function)
+        function = decorator(function)
     return function
 
 
@@ -287,14 +275,9 @@ def _label(labels: dict[str, str], code: str) -> str:
     return _(labels[code]) if code in labels else code
 
 
-def _warn(code: str, detail: str) -> None:
-    """``warning: <code>: <detail>``: the prefix and code stay, like ``pli: error:``."""
-    click.echo(f"warning: {code}: {detail}", err=True)
-
-
 def _report_sent(result: SendResult) -> None:
     for finding in result.warnings:
-        _warn(finding.code.value, finding.message(cli_language()))
+        warn(finding.code.value, finding.message(cli_language()))
     # The id stays the second word in both languages (scripts pick it up).
     click.echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
     for delivery in result.deliveries:
@@ -319,14 +302,14 @@ def _delivery_line(delivery: Delivery) -> str:
 )
 @click.argument("username", required=False)
 @_server_options
-@_option(
+@option(
     "--passphrase-file",
     type=_FILE,
     help=N_(
         "Fichier dont la première ligne est la phrase secrète du compte (sinon PLI_PASSPHRASE)."
     ),
 )
-@_option("--code", default=None, help=N_("Le code TOTP ou le code de secours, pour les scripts."))
+@option("--code", default=None, help=N_("Le code TOTP ou le code de secours, pour les scripts."))
 def login_command(
     username: str | None,
     server: str | None,
@@ -398,22 +381,22 @@ def mailboxes_command(server: str | None, session_file: Path | None) -> None:
     ),
 )
 @_server_options
-@_option("--from", "from_", required=True, help=N_("La boîte d'envoi."))
-@_option(
+@option("--from", "from_", required=True, help=N_("La boîte d'envoi."))
+@option(
     "--to",
     "to",
     multiple=True,
     required=True,
     help=N_("Un destinataire (à répéter pour plusieurs)."),
 )
-@_option("--subject", required=True, help=N_("Pseudonymisé : ni nom ni numéro de patient."))
-@_option("--patient-ins", default=None, help=N_("L'INS/NIR du patient (ou son NISS)."))
-@_option(
+@option("--subject", required=True, help=N_("Pseudonymisé : ni nom ni numéro de patient."))
+@option("--patient-ins", default=None, help=N_("L'INS/NIR du patient (ou son NISS)."))
+@option(
     "--patient-name",
     multiple=True,
     help=N_("Le nom ou le prénom du patient : pli vérifie que l'objet ne le contient pas."),
 )
-@_option(
+@option(
     "--body-file",
     required=True,
     type=LocalizedPath(dir_okay=False, allow_dash=True),
@@ -468,15 +451,15 @@ def send_command(  # noqa: PLR0917 - click passes each option as a parameter
     ),
 )
 @_server_options
-@_option("--mailbox", default=None, help=N_("Quelle boîte (par défaut : la vôtre)."))
-@_option(
+@option("--mailbox", default=None, help=N_("Quelle boîte (par défaut : la vôtre)."))
+@option(
     "--folder",
     type=Choice(list(_FOLDERS)),
     default="inbox",
     show_default=True,
     help=N_("Le dossier : inbox (réception), sent (envoyés), archive ou trash (corbeille)."),
 )
-@_option(
+@option(
     "--page",
     type=PositiveInteger(),
     default=1,
@@ -528,13 +511,13 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
     """The signer as the directory publishes them (REQ-SIGNATURE), beside the certificate."""
     signer = signature.signer_emails[0] if signature.signer_emails else "-"
     if isinstance(entry, ClientError):
-        _warn(
+        warn(
             "signer_directory_unavailable",
             _("l'annuaire n'a pas pu être consulté ({code})", code=entry.code),
         )
         return
     if entry is None:
-        _warn(
+        warn(
             "signer_not_in_directory",
             _(
                 "{address} n'a pas (ou plus) de boîte active dans l'annuaire",
@@ -550,7 +533,7 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
         who.append(_("identifiant national {national_id}", national_id=entry.national_id))
     click.echo(_("Annuaire : {who}", who=_printable_line(", ".join(who))))
     if entry.national_id and signature.national_id and entry.national_id != signature.national_id:
-        _warn(
+        warn(
             "signer_directory_mismatch",
             _(
                 "l'identifiant national du certificat ({certificate}) n'est pas celui de"
@@ -619,7 +602,7 @@ def _show(
         click.echo(_("Signé le : {date}", date=signature.signed_at.isoformat()))
     _show_signer(signature, signer)
     if not signature.revocation_checked:
-        _warn(
+        warn(
             "revocation_not_checked",
             _("aucune liste de révocation ne couvre le signataire (--crl)"),
         )
@@ -645,7 +628,7 @@ def _show(
             + (f" -> {saved[index]}" if index in saved else "")
         )
     for refused in refusals:
-        _warn(
+        warn(
             refused.code,
             _(
                 "{detail} : pièce non enregistrée (--any-type l'enregistre quand même)",
@@ -675,7 +658,7 @@ def _show(
 @click.argument("message_id")
 @_server_options
 @_mailbox_option
-@_option(
+@option(
     "--save-attachments",
     type=LocalizedPath(file_okay=False, path_type=Path),
     default=None,
@@ -684,7 +667,7 @@ def _show(
         " n'est écrasé)."
     ),
 )
-@_option(
+@option(
     "--any-type",
     is_flag=True,
     help=N_(
@@ -741,7 +724,7 @@ def read_command(  # noqa: PLR0917 - click passes each option as a parameter
 @click.argument("message_id")
 @_server_options
 @_mailbox_option
-@_option(
+@option(
     "--body-file",
     required=True,
     type=LocalizedPath(dir_okay=False, allow_dash=True),
@@ -804,7 +787,7 @@ def move_command(
     help=N_("Marquer un message à suivre (--off : ôter la marque), pour toute la boîte."),
 )
 @click.argument("message_id")
-@_option("--off", is_flag=True, help=N_("Ôter la marque."))
+@option("--off", is_flag=True, help=N_("Ôter la marque."))
 @_server_options
 @_mailbox_option
 def flag_command(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +40,7 @@ from pli.client.i18n import N_, _
 
 __all__ = [
     "Choice",
+    "CliError",
     "LocalizedCommand",
     "LocalizedGroup",
     "LocalizedOption",
@@ -47,7 +48,26 @@ __all__ = [
     "PositiveInteger",
     "UsageProblem",
     "localized",
+    "option",
+    "warn",
 ]
+
+
+class CliError(Exception):
+    """A problem the user can fix; ``code`` is stable like the domain errors'.
+
+    ``pli``'s group shows it as ``pli: error: <code>: <detail>``, exit status 1.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def warn(code: str, detail: str) -> None:
+    """``warning: <code>: <detail>``: the prefix and code stay, like ``pli: error:``."""
+    click.echo(f"warning: {code}: {detail}", err=True)
 
 
 class UsageProblem(click.UsageError):
@@ -361,3 +381,10 @@ class LocalizedOption(click.Option):
             extras = "[" + _(" ; ").join(items) + "]"
             text = f"{text}  {extras}" if text else extras
         return record[0], text
+
+
+def option(
+    *declarations: str, **attributes: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``click.option`` whose help, default and value's name follow ``PLI_LANGUAGE``."""
+    return click.option(*declarations, cls=LocalizedOption, **attributes)

@@ -16,26 +16,18 @@ import click
 
 from pli.client.i18n import N_, _, cli_language, is_english
 from pli.client.usage import (
+    CliError,
     LocalizedCommand,
     LocalizedGroup,
-    LocalizedOption,
     LocalizedPath,
     PositiveInteger,
+    option,
 )
 from pli.server.accounts.cli import accounts_group
 from pli.server.audit.cli import audit_group
 from pli.server.config import data_dir, setting
 from pli.server.lifecycle_cli import jobs_group, lifecycle_group
 from pli.server.messaging.cli import envelopes_group
-
-
-class CommandError(Exception):
-    """A server command's refusal, shown as ``pli: error: <code>: <detail>`` (exit status 1)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def setup_django() -> None:
@@ -83,7 +75,7 @@ def prepare_in_child() -> None:
         check=False,
     )
     if completed.returncode != 0:
-        raise CommandError(
+        raise CliError(
             "database_not_prepared",
             _("la base de données n'a pas pu être préparée (voir plus haut)"),
         )
@@ -133,15 +125,13 @@ def init_command() -> None:
     cls=LocalizedCommand,
     help=N_("Appliquer les migrations, puis servir Pli avec gunicorn."),
 )
-@click.option(
+@option(
     "--bind",
-    cls=LocalizedOption,
     default=None,
     help=N_("L'adresse d'écoute (PLI_BIND, par défaut 127.0.0.1:8000)."),
 )
-@click.option(
+@option(
     "--workers",
-    cls=LocalizedOption,
     default=None,
     type=PositiveInteger(),
     help=N_("Le nombre de processus de travail (PLI_WORKERS, par défaut 2)."),
@@ -183,16 +173,14 @@ def directory_group() -> None:
     ),
 )
 @click.argument("file", type=LocalizedPath(exists=True, dir_okay=False, path_type=Path))
-@click.option(
+@option(
     "--rejects",
-    cls=LocalizedOption,
     type=LocalizedPath(dir_okay=False, path_type=Path),
     default=None,
     help=N_("Où écrire les lignes rejetées (par défaut : FILE.rejects.txt)."),
 )
-@click.option(
+@option(
     "--force",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_(
         "Importer même une extraction plus ancienne que la dernière importée de son type, ou"

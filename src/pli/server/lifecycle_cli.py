@@ -15,13 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pli.client.i18n import N_, _
-from pli.client.usage import (
-    Choice,
-    LocalizedCommand,
-    LocalizedGroup,
-    LocalizedOption,
-    UsageProblem,
-)
+from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, UsageProblem, option
 
 if TYPE_CHECKING:
     from pli.server.jobs import JobResult
@@ -115,24 +109,21 @@ def _report(results: list[JobResult], *, as_json: bool, dry_run: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-_dry_run_option = click.option(
+_dry_run_option = option(
     "--dry-run",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Dire ce qui serait fait ; ne rien changer."),
 )
-_now_option = click.option(
+_now_option = option(
     "--now",
     "now_text",
-    cls=LocalizedOption,
     default=None,
     metavar="ISO-DATE",
     help=N_("Faire comme si l'on était à cette date (pour les tests et les répétitions)."),
 )
-_json_option = click.option(
+_json_option = option(
     "--json",
     "as_json",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Afficher le compte rendu en JSON."),
 )
@@ -192,9 +183,8 @@ def jobs_group() -> None:
 @_dry_run_option
 @_now_option
 @_json_option
-@click.option(
+@option(
     "--only",
-    cls=LocalizedOption,
     multiple=True,
     type=Choice(list(JOB_NAMES)),
     help=N_("Lancer seulement cette tâche (répétable)."),

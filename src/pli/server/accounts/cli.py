@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pli.client.i18n import N_, _
-from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, LocalizedOption
+from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, option
 
 #: accounts.models.Role's values (the models cannot be imported before Django is set up).
 ROLES = ("professional", "operator_admin", "dpo", "support")
@@ -25,32 +25,23 @@ def accounts_group() -> None:
     ),
 )
 @click.argument("address")
-@click.option(
+@option(
     "--role",
-    cls=LocalizedOption,
     type=Choice(list(ROLES)),
     default="professional",
     show_default=True,
     help=N_("operator_admin pour créer le premier administrateur."),
 )
 def invite_command(address: str, role: str) -> None:
-    from pli.server.commands import (  # noqa: PLC0415
-        CommandError,
-        ensure_data_dir,
-        prepare_database,
-        setup_django,
-    )
+    from pli.server.commands import ensure_data_dir, prepare_database, setup_django  # noqa: PLC0415
 
     ensure_data_dir()
     setup_django()
     prepare_database()
     from pli.server.accounts.actions import invite_with_code  # noqa: PLC0415
-    from pli.server.accounts.errors import AccountError  # noqa: PLC0415
 
-    try:
-        enrolment, code = invite_with_code(None, address, role)
-    except AccountError as error:
-        raise CommandError(error.code, error.message) from None
+    # A refusal (AccountError) is shown by pli's group as "pli: error: <code>: <text>".
+    enrolment, code = invite_with_code(None, address, role)
     click.echo(
         _(
             "invitation {id} pour {address} ({role})",

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from pli.client.i18n import N_, _
-from pli.client.usage import LocalizedCommand, LocalizedGroup, LocalizedOption, LocalizedPath
+from pli.client.usage import LocalizedCommand, LocalizedGroup, LocalizedPath, option
 
 
 def _setup() -> None:
@@ -74,10 +74,9 @@ def audit_group() -> None:
         " premier maillon rompu."
     ),
 )
-@click.option(
+@option(
     "--public-key",
     "public_keys",
-    cls=LocalizedOption,
     multiple=True,
     type=LocalizedPath(exists=True, dir_okay=False, path_type=Path),
     help=N_(
@@ -141,21 +140,18 @@ def _record_verification(outcome: str, events: int | None) -> None:
         " l'ordre de la chaîne)."
     ),
 )
-@click.option(
+@option(
     "--since",
-    cls=LocalizedOption,
     required=True,
     help=N_("Le premier jour (AAAA-MM-JJ) ou moment, inclus."),
 )
-@click.option(
+@option(
     "--until",
-    cls=LocalizedOption,
     required=True,
     help=N_("Le dernier jour (AAAA-MM-JJ), inclus ; ou un moment."),
 )
-@click.option(
+@option(
     "--output",
-    cls=LocalizedOption,
     type=LocalizedPath(dir_okay=False, path_type=Path),
     default=None,
     help=N_("Le fichier à écrire (par défaut : la sortie standard)."),
@@ -196,9 +192,8 @@ def export_command(since: str, until: str, output: Path | None) -> None:
         " (PLI_AUDIT_RETENTION_DAYS, 365), jusqu'à un point de contrôle."
     ),
 )
-@click.option(
+@option(
     "--dry-run",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Dire ce qui serait supprimé ; ne rien supprimer."),
 )

@@ -12,7 +12,7 @@ import json
 import click
 
 from pli.client.i18n import N_, _
-from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, LocalizedOption
+from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, option
 
 
 @click.group(
@@ -38,10 +38,9 @@ def envelopes_group() -> None:
         " (laissée en place, nommée dans le journal)."
     ),
 )
-@click.option(
+@option(
     "--to",
     "to",
-    cls=LocalizedOption,
     type=Choice(["blob-store", "database"]),
     required=True,
     help=N_(
@@ -49,16 +48,14 @@ def envelopes_group() -> None:
         " stockage de fichiers qui tiennent dans PLI_ENVELOPE_IN_DATABASE_BYTES."
     ),
 )
-@click.option(
+@option(
     "--dry-run",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Compter ce qui serait déplacé ; ne rien changer."),
 )
-@click.option(
+@option(
     "--json",
     "as_json",
-    cls=LocalizedOption,
     is_flag=True,
     help=N_("Afficher le résultat en JSON."),
 )
