@@ -33,8 +33,9 @@ from pli.client import Client, SendResult
 from pli.client import sdk as messaging_sdk
 from pli.mime import Attachment, ExternalPart
 from pli.server.audit.models import AuditEvent
+from pli.server.messaging.access import MessagingError
 from pli.server.messaging.models import Message
-from pli.server.messaging.uploads import MessageBlob, Upload
+from pli.server.messaging.uploads import MessageBlob, Upload, UploadState, access_upload
 from pli.server.webmail.opening import DecryptedDownload
 from tests.accounts_support import PASSPHRASE
 from tests.conftest import Pki
@@ -349,6 +350,34 @@ def _multipart(fields: list[tuple[str, str]], file_name: str, content: bytes) ->
     return bytes(out), boundary
 
 
+def _reply_form(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    asked_id: str,
+    secret_b: str,
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """B's reply page, as a browser gets it: its path, B's cookies and the form's fields."""
+    watched = watch(browser, stage.url)
+    try:
+        b = watched.page
+        log_in(b, B, secret_b)
+        path = f"/messagerie/message/{asked_id}/repondre/?boite={B}"
+        b.goto(path)
+        token = b.locator("form.compose input[name=csrfmiddlewaretoken]").input_value()
+        cookies = "; ".join(f"{c['name']}={c['value']}" for c in watched.context.cookies())
+    finally:
+        watched.context.close()
+    fields = [
+        ("csrfmiddlewaretoken", token),
+        ("sender", B),
+        ("recipients", A),
+        ("subject", "RE : Imagerie"),
+        ("body", "Le scanner est joint.\n"),
+        ("action", "send"),
+    ]
+    return path, cookies, fields
+
+
 @pytest.mark.requirement("REQ-AT-REST")
 def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
     stage: Server,  # noqa: F811 - the end-to-end tests' fixture
@@ -363,24 +392,7 @@ def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
     before = _stored_files(blobs)
     messages = Message.objects.count()
 
-    watched = watch(browser, stage.url)
-    try:
-        b = watched.page
-        log_in(b, B, secret_b)
-        path = f"/messagerie/message/{asked.id}/repondre/?boite={B}"
-        b.goto(path)
-        token = b.locator("form.compose input[name=csrfmiddlewaretoken]").input_value()
-        cookies = "; ".join(f"{c['name']}={c['value']}" for c in watched.context.cookies())
-    finally:
-        watched.context.close()
-    fields = [
-        ("csrfmiddlewaretoken", token),
-        ("sender", B),
-        ("recipients", A),
-        ("subject", "RE : Imagerie"),
-        ("body", "Le scanner est joint.\n"),
-        ("action", "send"),
-    ]
+    path, cookies, fields = _reply_form(stage, browser, asked.id, secret_b)
     body, boundary = _multipart(fields, "scanner-thorax.pdf", WEB_SCAN)
     host, port = stage.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as connection:
@@ -406,6 +418,85 @@ def test_an_upload_cut_short_sends_nothing_and_keeps_nothing(
     assert Message.objects.count() == messages
     assert not Upload.objects.exists()
     assert _stored_files(blobs) == before
+
+
+def _compose_request(
+    host: str, port: str, path: str, cookies: str, body: bytes, boundary: str
+) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookies}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def _answer(connection: socket.socket) -> tuple[int, str]:
+    """The status and body of the answer on a ``Connection: close`` request."""
+    received = bytearray()
+    while piece := connection.recv(65536):
+        received += piece
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode("utf-8", "replace")
+
+
+def test_the_attachments_the_web_mail_is_encrypting_count_against_the_persons_uploads(
+    stage: Server,  # noqa: F811 - the end-to-end tests' fixture
+    pki: Pki,
+    browser: Browser,  # noqa: F811 - the browser tests' fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PLI_MAX_PENDING_UPLOADS bounds one person's unsent attachments whichever way they
+    come: a scan the web mail is still encrypting is one of them, from its first byte
+    stored, and not an upload the API may write to."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(1024 * 1024))
+    monkeypatch.setenv("PLI_MAX_PENDING_UPLOADS", "1")
+    _software, asked, secret_b = a_asks_b_for_the_scan(stage, pki)
+    blobs = stage.tmp / "blobs"
+    before = _stored_files(blobs)
+
+    path, cookies, fields = _reply_form(stage, browser, asked.id, secret_b)
+    body, boundary = _multipart(fields, "scanner-thorax.pdf", WEB_SCAN)
+    second, second_boundary = _multipart(fields, "scanner-abdomen.pdf", LARGE_PDF + LARGE_PDF)
+    host, port = stage.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as first:
+        first.sendall(_compose_request(host, port, path, cookies, body, boundary))
+        first.sendall(body[:1_500_000])
+        deadline = time.monotonic() + 20
+        # The upload first, then its ciphertext being written.
+        while not (
+            Upload.objects.filter(state=UploadState.SEALING).exists() and any(blobs.glob(".part-*"))
+        ):
+            assert time.monotonic() < deadline, "the scan never became an upload"
+            time.sleep(0.05)
+        [sealing] = Upload.objects.all()
+        assert sealing.state == UploadState.SEALING and sealing.blob_id == ""
+        assert sealing.owner is not None and sealing.owner.email == B
+        # Not the API's: its chunks and its status answer as for an unknown upload.
+        with pytest.raises(MessagingError) as hidden:
+            access_upload(sealing.owner, sealing.public_id)
+        assert hidden.value.code == "not_found"
+        parts = {p.name for p in blobs.glob(".part-*")}
+        assert len(parts) == 1
+
+        # A second message with a large scan, meanwhile: refused, nothing of it stored.
+        with socket.create_connection((host, int(port)), timeout=30) as other:
+            other.sendall(_compose_request(host, port, path, cookies, second, second_boundary))
+            other.sendall(second)
+            status, page = _answer(other)
+        assert status == 400, status
+        assert 'data-code="too_many_uploads"' in page
+        assert {p.name for p in blobs.glob(".part-*")} == parts
+        assert list(Upload.objects.values_list("public_id", flat=True)) == [sealing.public_id]
+
+        # The first goes on to the end: sent, its scan the message's blob, no upload left.
+        first.sendall(body[1_500_000:])
+        status, _page = _answer(first)
+    assert status == 302, status
+    sent = Message.objects.filter(blobs__isnull=False).get()
+    assert MessageBlob.objects.filter(message=sent).count() == 1
+    assert not Upload.objects.exists()
+    assert not list(blobs.glob(".part-*"))
+    assert len(_stored_files(blobs)) == len(before) + 1
 
 
 @pytest.mark.requirement("REQ-AT-REST")

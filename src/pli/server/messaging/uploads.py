@@ -103,6 +103,10 @@ _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_
 
 class UploadState(models.TextChoices):
     RECEIVING = "receiving", gettext_lazy("En cours")
+    #: A ciphertext the server writes itself: the web mail encrypting an attachment as it
+    #: arrives, or copying a forwarded one. Counted against the person's limit from its
+    #: first byte; never the API's to write to (``access_upload`` does not see it).
+    SEALING = "sealing", gettext_lazy("Chiffrement en cours")
     COMPLETE = "complete", gettext_lazy("Terminé")
 
 
@@ -353,43 +357,84 @@ def do_create_upload(user: User, size: int, sha256: str) -> Upload:
     path = _spool_path(upload)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        with transaction.atomic():
-            # Counted again under a lock on the person's row, so that uploads created at
-            # the same time cannot together pass the limit (the only bound on the disk
-            # one person's unsent uploads take). SQLite: its writers are serialised.
-            User.objects.select_for_update().filter(pk=user.pk).exists()
-            if _live(user).count() >= most:
-                raise _too_many_uploads(most)
-            upload.save(force_insert=True)
+        _insert_within_limit(user, upload, most)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return upload
 
 
-def do_keep_sealed_upload(user: User, stored: StoredBlob, store: BlobStore | None = None) -> Upload:
-    """A ciphertext already in the store (the web mail encrypted it as it arrived): a
-    complete upload of ``user``, which a send attaches as it attaches the API's.
+def _insert_within_limit(user: User, upload: Upload, most: int) -> None:
+    """Save ``upload`` unless ``user`` already has ``most`` live ones."""
+    with transaction.atomic():
+        # Counted again under a lock on the person's row, so that uploads created at
+        # the same time cannot together pass the limit (the only bound on the disk
+        # one person's unsent uploads take). SQLite: its writers are serialised.
+        User.objects.select_for_update().filter(pk=user.pk).exists()
+        if _live(user).count() >= most:
+            raise _too_many_uploads(most)
+        upload.save(force_insert=True)
 
-    Made as soon as the blob is, so that a process that dies before the send
-    leaves an upload that expires with its blob (:func:`purge_expired_uploads`),
-    never a blob nothing names.
+
+def do_reserve_sealed_upload(user: User, most_bytes: int) -> Upload:
+    """Room for a ciphertext of at most ``most_bytes`` that the server writes itself.
+
+    The web mail encrypts a large attachment as it arrives (and copies a
+    forwarded one): before the first byte of it is stored, it becomes an
+    upload of ``user`` in state ``sealing``, counted against
+    ``PLI_MAX_PENDING_UPLOADS`` as the API's are (``too_many_uploads``), so that
+    the disk one person's unsent attachments take has the same bound whichever
+    way they come. :func:`do_complete_sealed_upload` makes it complete; a
+    request that ends without doing so discards it (:func:`do_discard_uploads`),
+    and one whose process died leaves a row that expires
+    (:func:`purge_expired_uploads`) and a temporary file the store sweeps.
     """
+    most = max_pending_uploads()
+    if _live(user).count() >= most:  # early, without the lock: the common refusal
+        raise _too_many_uploads(most)
     upload = Upload(
         public_id=new_upload_id(),
         owner=user,
-        size=stored.size,
-        sha256=stored.sha256,
-        received=stored.size,
-        state=UploadState.COMPLETE,
-        blob_id=stored.blob_id,
+        size=most_bytes,
+        sha256="",
+        state=UploadState.SEALING,
         expires_at=timezone.now() + upload_expiry(),
     )
+    _insert_within_limit(user, upload, most)
+    return upload
+
+
+def do_complete_sealed_upload(
+    upload: Upload, stored: StoredBlob, store: BlobStore | None = None
+) -> Upload:
+    """The reserved upload names the ciphertext now in the store: complete, which a
+    send attaches as it attaches the API's.
+
+    Its row is written as soon as the blob is, so that a process that dies
+    before the send leaves an upload that expires with its blob, never a blob
+    nothing names. If the reservation is gone (expired and purged during a very
+    long upload), the blob goes too and the caller gets ``not_found``.
+    """
+    store = store or blob_store()
     try:
-        upload.save(force_insert=True)
+        with transaction.atomic():
+            changed = Upload.objects.filter(pk=upload.pk, state=UploadState.SEALING).update(
+                state=UploadState.COMPLETE,
+                size=stored.size,
+                received=stored.size,
+                sha256=stored.sha256,
+                blob_id=stored.blob_id,
+                expires_at=timezone.now() + upload_expiry(),
+            )
     except BaseException:
-        (store or blob_store()).delete(stored.blob_id)
+        store.delete(stored.blob_id)
         raise
+    if not changed:
+        store.delete(stored.blob_id)
+        raise not_found()
+    upload.state, upload.blob_id = UploadState.COMPLETE, stored.blob_id
+    upload.size = upload.received = stored.size
+    upload.sha256 = stored.sha256
     return upload
 
 
@@ -435,7 +480,7 @@ def access_upload(user: User, public_id: str) -> Upload:
     """The caller's live upload; anything else (another's, expired, unknown) is ``not_found``."""
     if not UPLOAD_ID.fullmatch(public_id or ""):
         raise not_found()
-    upload = _live(user).filter(public_id=public_id).first()
+    upload = _live(user).exclude(state=UploadState.SEALING).filter(public_id=public_id).first()
     if upload is None:
         raise not_found()
     return upload
@@ -806,22 +851,31 @@ def do_copy_message_blob(
     opened = open_message_blob(user, copy, sha256, None, request)
     store = blob_store()
     try:
-        writer = store.writer(max_bytes=opened.blob.size)
+        upload = do_reserve_sealed_upload(user, opened.blob.size)
     except BaseException:
         opened.handle.close()
         raise
     try:
-        for piece in bounded_pieces(opened.handle, opened.blob.size):
-            writer.write(piece)
-        stored = writer.commit()
+        try:
+            writer = store.writer(max_bytes=opened.blob.size)
+        except BaseException:
+            opened.handle.close()
+            raise
+        try:
+            for piece in bounded_pieces(opened.handle, opened.blob.size):
+                writer.write(piece)
+            stored = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        if stored.sha256 != opened.blob.sha256 or stored.size != opened.blob.size:
+            store.delete(stored.blob_id)
+            logger.error("messaging: blob %s of %s is altered", sha256, copy.message.public_id)
+            raise _error("blob_unavailable", _("Cette pièce jointe est momentanément illisible."))
+        return do_complete_sealed_upload(upload, stored, store)
     except BaseException:
-        writer.abort()
+        do_discard_uploads(user, [upload.public_id], store)
         raise
-    if stored.sha256 != opened.blob.sha256 or stored.size != opened.blob.size:
-        store.delete(stored.blob_id)
-        logger.error("messaging: blob %s of %s is altered", sha256, copy.message.public_id)
-        raise _error("blob_unavailable", _("Cette pièce jointe est momentanément illisible."))
-    return do_keep_sealed_upload(user, stored, store)
 
 
 def bounded_pieces(handle: BinaryIO, length: int) -> Iterator[bytes]:

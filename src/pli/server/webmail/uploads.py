@@ -49,8 +49,9 @@ from pli.server.messaging.actions import max_envelope_bytes
 from pli.server.messaging.uploads import (
     COPY_BYTES,
     allowed_attachment_types,
+    do_complete_sealed_upload,
     do_discard_uploads,
-    do_keep_sealed_upload,
+    do_reserve_sealed_upload,
     inline_attachment_bytes,
     max_attachment_bytes,
     stream_ciphertext_bytes,
@@ -157,21 +158,34 @@ class StreamedFile(UploadedFile):
 
 
 class _Encrypting:
-    """One attachment on its way: encrypted record by record into a blob being written."""
+    """One attachment on its way: encrypted record by record into a blob being written.
 
-    def __init__(self, store: BlobStore, max_plaintext: int) -> None:
+    It is an upload of its sender from before its first byte is stored
+    (``do_reserve_sealed_upload``: ``too_many_uploads`` past
+    ``PLI_MAX_PENDING_UPLOADS``), so that the uploads the web mail encrypts
+    at once are bounded per person as the API's are. Whoever starts one
+    discards that upload (``do_discard_uploads``) unless a send attached it.
+    """
+
+    def __init__(self, user: User, store: BlobStore, max_plaintext: int) -> None:
+        most = stream_ciphertext_bytes(max_plaintext)
         self.store = store
+        self.upload = do_reserve_sealed_upload(user, most)
         self.encryptor = StreamEncryptor()
-        self.writer: BlobWriter = store.writer(max_bytes=stream_ciphertext_bytes(max_plaintext))
+        try:
+            self.writer: BlobWriter = store.writer(max_bytes=most)
+        except BaseException:
+            do_discard_uploads(user, [self.upload.public_id], store)
+            raise
 
     def write(self, data: bytes) -> None:
         ciphertext = self.encryptor.update(data)
         if ciphertext:
             self.writer.write(ciphertext)
 
-    def finish(self, user: User, filename: str, kind: str) -> StreamedAttachment:
-        """The last record written, the blob installed: a complete upload of ``user``,
-        and the external part that names it in the sealed message."""
+    def finish(self, filename: str, kind: str) -> StreamedAttachment:
+        """The last record written, the blob installed: the upload complete, and the
+        external part that names it in the sealed message."""
         try:
             self.writer.write(self.encryptor.finish())
             stored = self.writer.commit()
@@ -179,7 +193,7 @@ class _Encrypting:
             self.writer.abort()  # a disk error: no temporary file stays behind
             raise
         seal = self.encryptor.seal
-        upload = do_keep_sealed_upload(user, stored, self.store)
+        upload = do_complete_sealed_upload(self.upload, stored, self.store)
         part = ExternalPart(
             filename=filename,
             content_type=kind,
@@ -197,12 +211,18 @@ def stream_attachment(
 ) -> StreamedAttachment:
     """An attachment already in memory, encrypted into the blob store as the handler
     encrypts a large file: for one the envelope cannot hold beside the others."""
-    encrypting = _Encrypting(store or blob_store(), len(attachment.data))
-    view = memoryview(attachment.data)
-    for start in range(0, len(view), COPY_BYTES):
-        # A failed write removes what the writer held (BlobWriter.write).
-        encrypting.write(bytes(view[start : start + COPY_BYTES]))
-    return encrypting.finish(user, attachment.filename, attachment.content_type)
+    store = store or blob_store()
+    encrypting = _Encrypting(user, store, len(attachment.data))
+    try:
+        view = memoryview(attachment.data)
+        for start in range(0, len(view), COPY_BYTES):
+            # A failed write removes what the writer held (BlobWriter.write).
+            encrypting.write(bytes(view[start : start + COPY_BYTES]))
+        return encrypting.finish(attachment.filename, attachment.content_type)
+    except BaseException:
+        encrypting.writer.abort()
+        do_discard_uploads(user, [encrypting.upload.public_id], store)
+        raise
 
 
 class SealingUploadHandler(FileUploadHandler):
@@ -285,7 +305,12 @@ class SealingUploadHandler(FileUploadHandler):
         self._streamed += len(held) + len(raw_data)
         if self._streamed > self.max_streamed:
             self._stop(too_large_error())
-        self._encrypting = _Encrypting(self.store, self.max_streamed)
+        try:
+            self._encrypting = _Encrypting(self.user, self.store, self.max_streamed)
+        except MessagingError as refusal:  # too_many_uploads
+            self._stop(refusal)
+        # From here on, whatever happens, close() removes it unless a send took it.
+        self.kept.append(self._encrypting.upload.public_id)
         self._encrypting.write(held)
         self._encrypting.write(raw_data)
 
@@ -311,10 +336,11 @@ class SealingUploadHandler(FileUploadHandler):
         encrypting, self._encrypting = self._encrypting, None
         assert encrypting is not None  # noqa: S101 - the caller checked
         try:
-            streamed = encrypting.finish(self.user, self.file_name or "", self._kind)
+            streamed = encrypting.finish(self.file_name or "", self._kind)
         except BlobTooLarge:
             self._stop(too_large_error())
-        self.kept.append(streamed.upload_id)
+        except MessagingError as refusal:  # its upload expired meanwhile: not_found
+            self._stop(refusal)
         if streamed.part.plaintext_size != file_size:  # pragma: no cover - Django counts it
             self._stop(too_large_error())
         return StreamedFile(streamed, self.field_name)
