@@ -24,6 +24,8 @@ from pli.mime import parse_inner_message
 from pli.server.accounts.models import Role
 from pli.server.audit.models import AuditEvent
 from pli.server.compliance.actions import do_record_opposition
+from pli.server.directory.actions import BadAddress, normalise_address
+from pli.server.directory.actions import _normalised_address as normalised_address_cache
 from pli.server.messaging import actions as messaging_actions
 from pli.server.messaging.access import MessagingError
 from pli.server.messaging.actions import BatchRefused, OutgoingMessage, do_send_messages
@@ -280,6 +282,51 @@ def test_a_batch_body_larger_than_its_limit_is_refused_before_it_is_read(
     messages = [item(b"\x30" * 100_000)] * 2
     response = post_batch(world.client(world.a), messages)
     assert (response.status_code, response.json()["code"]) == (413, "envelope_too_large")
+    assert stored_state(world.blob_dir) == (0, 0, 0, [])
+
+
+@pytest.mark.django_db
+def test_too_many_messages_are_refused_before_any_of_them_is_validated(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of many tiny messages, within the size limit, is counted first: the
+    refusal is ``too_many_messages``, not a validation of each (which took seconds
+    and hundreds of MB for a few hundred thousand), and it is audited."""
+    monkeypatch.setenv("PLI_MAX_BATCH_MESSAGES", "3")
+    # Each message is malformed (no sender, an envelope of the wrong type): validated
+    # first, the batch would be a bad_request naming them.
+    body = json.dumps({"messages": [{"recipients": [B], "envelope": 5}] * 20_000})
+    refused = [e for e in events("messages.sent") if e.outcome == "failure"]
+    response = world.client(world.a).post(BATCH, data=body, content_type="application/json")
+    answer = response.json()
+    assert (response.status_code, answer["code"]) == (422, "too_many_messages")
+    assert answer["details"] == {"limit": 3}
+    [audited] = [e for e in events("messages.sent") if e.outcome == "failure"][len(refused) :]
+    assert json.loads(audited.detail) == {"code": "too_many_messages"}
+    assert stored_state(world.blob_dir) == (0, 0, 0, [])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", [BATCH, "/api/messages"])
+def test_a_recipient_longer_than_an_address_is_refused_and_not_kept(
+    world: World, path: str
+) -> None:
+    """Every recipient goes through the addresses' cache, which keeps what it is given:
+    a text longer than any address is refused before it (13 MB each were kept)."""
+    cached = normalised_address_cache.cache_info().currsize
+    long_text = "x" * 300 + "@clinique-b.pli.test"
+    message = {"from": A, "recipients": [B, long_text], "envelope": "MA=="}
+    body = {"messages": [message]} if path == BATCH else message
+    response = world.client(world.a).post(
+        path, data=json.dumps(body), content_type="application/json"
+    )
+    answer = response.json()
+    assert (response.status_code, answer["code"]) == (422, "bad_request"), answer
+    assert long_text not in response.content.decode()
+    assert normalised_address_cache.cache_info().currsize == cached
+    with pytest.raises(BadAddress):
+        normalise_address(" " + "y" * 10_000 + "@clinique-b.pli.test ")
+    assert normalised_address_cache.cache_info().currsize == cached
     assert stored_state(world.blob_dir) == (0, 0, 0, [])
 
 

@@ -27,6 +27,8 @@ from pli.server.directory.models import Mailbox, MailboxCertificate
 # RFC 5321 §4.5.3.1: at most 64 octets of local part and 254 of path (less the brackets).
 _MAX_LOCAL_PART = 64
 _MAX_ADDRESS = 254
+#: What :func:`normalise_address` looks at: an address and room for spaces around it.
+_MAX_INPUT = 2 * _MAX_ADDRESS
 # RFC 5322 §3.4.1 addr-spec, restricted to its dot-atom form: MSSanté addresses are plain
 # ASCII ``prenom.nom@domaine`` (no quoted local parts, no domain literals, no IDN).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -71,7 +73,9 @@ def normalise_address(value: str) -> str:
     to the receiving host) on purpose: MSSanté addresses are case-insensitive and
     a directory must not hold two mailboxes that differ only by case.
     """
-    normalised = _normalised_address(value)
+    # Only a text that could be an address reaches the cache, which keeps what it is
+    # given: thousands of megabyte-long strings would otherwise stay in memory.
+    normalised = _normalised_address(value) if len(value) <= _MAX_INPUT else None
     if normalised is None:
         raise BadAddress(_("Adresse de messagerie invalide."))
     return normalised

@@ -713,6 +713,21 @@ def max_batch_messages() -> int:
     return _positive("MAX_BATCH_MESSAGES", MAX_BATCH_MESSAGES_DEFAULT)
 
 
+def check_batch_size(count: int) -> None:
+    """``too_many_messages`` past ``PLI_MAX_BATCH_MESSAGES``.
+
+    Also asked by the API before the batch's messages are validated one by one,
+    so that a body of many tiny messages costs no more than its parse.
+    """
+    most = max_batch_messages()
+    if count > most:
+        raise _error(
+            "too_many_messages",
+            _("Trop de messages dans le lot : %(most)s au plus.") % {"most": most},
+            limit=most,
+        )
+
+
 def do_send_messages(
     user: User,
     messages: Sequence[OutgoingMessage],
@@ -734,15 +749,9 @@ def do_send_messages(
     attachments are not taken in a batch: such a message is sent on its own.
     """
     try:
-        most = max_batch_messages()
         if not messages:
             raise _error("no_message", _("Le lot ne contient aucun message."))
-        if len(messages) > most:
-            raise _error(
-                "too_many_messages",
-                _("Trop de messages dans le lot : %(most)s au plus.") % {"most": most},
-                limit=most,
-            )
+        check_batch_size(len(messages))
         limit = max_envelope_bytes()
         if sum(len(outgoing.envelope_der) for outgoing in messages) > limit:
             raise _error(

@@ -17,14 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from django.db.models import Count, Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext as _
 from ninja import Field, Router, Status
 from ninja.security import django_auth
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pli.server.accounts.session_auth import signed_in_user
 from pli.server.messaging.access import (
@@ -36,6 +36,7 @@ from pli.server.messaging.access import (
 from pli.server.messaging.actions import (
     STATUS,
     OutgoingMessage,
+    check_batch_size,
     do_delete_message,
     do_flag_message,
     do_mark_read,
@@ -72,7 +73,11 @@ class BatchItemIn(_Strict):
     """One message of a batch: a send's fields, without streamed attachments."""
 
     from_address: str = Field(alias="from", max_length=_ADDRESS_MAX)
-    recipients: list[str] = Field(min_length=1, max_length=1000)
+    #: Each at most an address's length (RFC 5321 §4.5.3.1.3): a longer text is no
+    #: address, and is refused before anything keeps it (the addresses' cache).
+    recipients: list[Annotated[str, Field(max_length=_ADDRESS_MAX)]] = Field(
+        min_length=1, max_length=1000
+    )
     #: INS/NIR or NISS, for the opposition check; stored only as a keyed hash.
     patient_id: str | None = Field(default=None, max_length=64)
     in_reply_to: str | None = Field(default=None, max_length=_ID_MAX)
@@ -82,12 +87,25 @@ class BatchItemIn(_Strict):
 
 class SendIn(BatchItemIn):
     #: Ids of streamed attachments already uploaded (decision 0003): none can exist yet.
-    blobs: list[str] = Field(default_factory=list, max_length=100)
+    blobs: list[Annotated[str, Field(max_length=_ID_MAX)]] = Field(
+        default_factory=list, max_length=100
+    )
 
 
 class BatchIn(_Strict):
-    #: At most ``PLI_MAX_BATCH_MESSAGES`` (100), checked by the action (``too_many_messages``).
+    #: At most ``PLI_MAX_BATCH_MESSAGES`` (100): ``too_many_messages``.
     messages: list[BatchItemIn] = Field(min_length=1)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: object) -> object:
+        # Counted before each message is validated (pydantic checks a list's length
+        # only after its items): a body of a few hundred thousand tiny messages
+        # would otherwise cost seconds and hundreds of MB before its refusal. The
+        # refusal is the action's, a MessagingError, which pydantic lets through.
+        if isinstance(value, list):
+            check_batch_size(len(value))
+        return value
 
 
 class ReadIn(_Strict):
