@@ -23,6 +23,7 @@ from ninja import Router, Status
 
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxCertificate
+from pli.server.directory.queries import takes_mail
 from pli.server.validation import StrictSchema
 
 router = Router(tags=["directory"])
@@ -58,7 +59,7 @@ def _find_mailbox(request: HttpRequest, typed: str, normalised: str) -> Mailbox 
     spellings = {typed, normalised}
     found = {m.address: m for m in Mailbox.objects.filter(address__in=spellings)}
     mailbox = found.get(typed) or found.get(normalised)
-    if mailbox is None or not mailbox.active:
+    if mailbox is None or not takes_mail(mailbox):  # REQ-DIRECTORY: nor its owner's gone
         return None
     if mailbox.red_list and not request.user.is_authenticated:
         return None

@@ -236,6 +236,18 @@ class Mailbox(models.Model):
     def __str__(self) -> str:
         return self.address
 
+    def clean(self) -> None:
+        # Before Django's uniqueness check of a form (the admin): two spellings of one
+        # address are one mailbox.
+        self.address = self.address.strip().lower()
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        # Addresses are stored as normalise_address gives them (trimmed, lower case:
+        # MSSanté addresses are case-insensitive), so that every lookup is an exact
+        # one on the unique index (migration 0005); the import writes them so too.
+        self.address = self.address.strip().lower()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
 
 class MailboxCertificate(models.Model):
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="certificates")

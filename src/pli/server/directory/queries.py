@@ -786,6 +786,42 @@ def _result(person: Professional) -> ProfessionalResult:
     )
 
 
+def owners_active_sql(alias: str) -> str:
+    """SQL: the professional and the organisation the mailbox ``alias`` belongs to, if any,
+    are still active members of the directory.
+
+    Half of the rule by which a mailbox takes mail (REQ-DIRECTORY): it is
+    active itself, and so is whoever it belongs to. An import deactivates a
+    professional or an organisation that left the national directory (and an
+    admin may), not always their mailboxes: a send must not reach them, nor
+    come from them. :func:`resolve_address` and :func:`takes_mail` decide the
+    same in Python.
+    """
+    quote = connection.ops.quote_name
+    professional = quote(Professional._meta.db_table)
+    organisation = quote(Organisation._meta.db_table)
+    return (
+        f"NOT EXISTS (SELECT 1 FROM {professional} AS owner_p"  # noqa: S608 - our names
+        f" WHERE owner_p.id = {alias}.professional_id AND NOT owner_p.active)"
+        f" AND NOT EXISTS (SELECT 1 FROM {organisation} AS owner_o"
+        f" WHERE owner_o.id = {alias}.organisation_id AND NOT owner_o.active)"
+    )
+
+
+def takes_mail(mailbox: Mailbox) -> bool:
+    """The mailbox is active, and so are the professional and organisation it belongs to."""
+    if not mailbox.active:
+        return False
+    owners = (
+        (Professional, mailbox.professional_id),
+        (Organisation, mailbox.organisation_id),
+    )
+    return not any(
+        pk is not None and model.objects.filter(pk=pk, active=False).exists()
+        for model, pk in owners
+    )
+
+
 def resolve_address(address: str) -> Mailbox | None:
     """The active mailbox with exactly this address, red-listed or not, or None.
 

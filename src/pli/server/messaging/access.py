@@ -22,6 +22,7 @@ from django.utils.translation import gettext as _
 from pli.server.accounts.models import Membership, User
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxType
+from pli.server.directory.queries import owners_active_sql, takes_mail
 from pli.server.messaging.models import MessageCopy
 
 #: How the caller reaches a mailbox: "owner", or a membership role.
@@ -137,7 +138,7 @@ def sending_mailbox(user: User, from_address: str) -> Mailbox:
         mailbox = access_mailbox_by_address(user, from_address)
     except MessagingError:
         raise _refused_sender() from None
-    if not mailbox.active:
+    if not takes_mail(mailbox):  # REQ-DIRECTORY: nor if its owner left the directory
         raise _refused_sender()
     return mailbox
 
@@ -150,7 +151,8 @@ def reachable_subquery() -> str:
 
     The same rows as :func:`reachable_mailboxes`, from the same rule.
     """
-    return _reachable_union("m.id, m.address, m.active")
+    # "active": whether it may send (REQ-DIRECTORY), as sending_mailbox decides.
+    return _reachable_union(f"m.id, m.address, (m.active AND {owners_active_sql('m')}) AS active")
 
 
 def reachable_parameters(user: User) -> list[str | int | None]:

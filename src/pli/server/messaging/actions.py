@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache, partial
 
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import Count, Model, Q
+from django.db.models import Count, Model
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -62,6 +62,7 @@ from pli.server.compliance.errors import ComplianceError
 from pli.server.config import ConfigurationError, setting
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxCertificate
+from pli.server.directory.queries import owners_active_sql
 from pli.server.messaging.access import (
     MessagingError,
     choose_sending_mailbox,
@@ -194,21 +195,6 @@ def _normalised_recipients(recipients: Sequence[str]) -> list[tuple[str, str | N
     return list(seen.values())
 
 
-def _directory_mailboxes(addresses: Sequence[str]) -> dict[str, Mailbox]:
-    """Active directory mailboxes by normalised address (REQ-DIRECTORY)."""
-    found = Mailbox.objects.filter(address__in=list(addresses), active=True)
-    by_address = {mailbox.address.lower(): mailbox for mailbox in found}
-    missing = [a for a in addresses if a not in by_address]
-    if missing:
-        # An address stored with capitals (a local entry): one more lookup, for the few left.
-        any_of = Q()
-        for address in missing:
-            any_of |= Q(address__iexact=address)
-        for mailbox in Mailbox.objects.filter(any_of, active=True):
-            by_address.setdefault(mailbox.address.lower(), mailbox)
-    return by_address
-
-
 def current_certificates(mailboxes: Iterable[Mailbox]) -> dict[int, list[MailboxCertificate]]:
     """The valid certificates of each mailbox, as ``/api/directory/certificates`` lists them."""
     now = timezone.now()
@@ -255,7 +241,7 @@ def _routing_query(count: int, patients: int = 0) -> str:
         f" LEFT JOIN {certificate} AS c ON c.mailbox_id = s.id AND {valid}"
         " UNION ALL SELECT NULL, m.id, m.address, m.active, c.pem, c.not_after, c.id"
         f" FROM {mailbox} AS m LEFT JOIN {certificate} AS c ON c.mailbox_id = m.id AND {valid}"
-        f" WHERE m.active = %s AND m.address IN ({places})"
+        f" WHERE m.active = %s AND m.address IN ({places}) AND {owners_active_sql('m')}"
         + (
             f" UNION ALL SELECT '{_OPPOSED}', NULL, o.patient_key, NULL, NULL, NULL, NULL"  # noqa: S608 - our names
             f" FROM ({opposed_among_query(patients)}) AS o"
@@ -298,8 +284,8 @@ def _routing_rows(
 
     One query for all three (:func:`_routing_query`): a send's round trips are
     most of its cost (``benchmarks/README.md``); a batch of sends asks it once
-    for every address of the batch. Addresses stored with capitals (a local
-    entry) cost one more lookup, for those only.
+    for every address of the batch. Addresses are stored in lower case
+    (directory migration 0005): each is found by the unique index.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     keys = sorted(set(patient_keys))
@@ -327,12 +313,6 @@ def _routing_rows(
             )
         if pem is not None:
             pems.setdefault(pk, {}).setdefault(certificate_id, pem)
-    missing = [a for a in addresses if a not in recipients]
-    if missing:
-        extra = _directory_mailboxes(missing)
-        recipients.update(extra)
-        for pk, listed in current_certificates(extra.values()).items():
-            pems[pk] = {row.pk: row.pem for row in listed}
     return _RoutingRows(list(reachable.values()), recipients, pems, opposed)
 
 

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import Q
 from django.utils.translation import gettext as _
 
 from pli.server.directory.actions import BadAddress, normalise_address
@@ -107,10 +106,10 @@ def identities(addresses: Iterable[str]) -> dict[str, Identity]:
     wanted = {a.lower() for a in addresses if a}
     if not wanted:
         return {}
-    any_of = Q()
-    for address in wanted:
-        any_of |= Q(address__iexact=address)
-    found = Mailbox.objects.filter(any_of).select_related("professional", "organisation")
+    # Addresses are stored in lower case (directory migration 0005): the unique index.
+    found = Mailbox.objects.filter(address__in=wanted).select_related(
+        "professional", "organisation"
+    )
     return {mailbox.address.lower(): identity_of(mailbox) for mailbox in found}
 
 
