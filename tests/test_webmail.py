@@ -43,8 +43,9 @@ from pli.mime import Draft, build_inner_message, parse_inner_message
 from pli.server.accounts import custody, operator_ca
 from pli.server.accounts.custody import do_create_mailbox_key, do_create_vault_key
 from pli.server.accounts.models import Custody, MailboxKey, Membership, Role, User
-from pli.server.audit.models import AuditEvent
+from pli.server.audit.models import AuditAction, AuditEvent
 from pli.server.compliance.actions import do_record_opposition
+from pli.server.config import ConfigurationError
 from pli.server.directory.models import Mailbox, MailboxCertificate, Organisation
 from pli.server.messaging.actions import do_send_message, read_envelope
 from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
@@ -612,6 +613,33 @@ def test_a_folder_page_reads_its_envelopes_kept_in_the_database_at_once(
         assert f"Avis n° {number}" in page
     read = [q["sql"] for q in queries.captured_queries if "messaging_messageenvelope" in q["sql"]]
     assert len(read) == 1, read  # one query for the page, not one a row
+
+
+def test_a_folder_page_does_not_open_an_envelope_too_large_to_list(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone in the directory may send ten-MB envelopes, about a second each to open: a
+    listing opens only those up to PLI_WEBMAIL_LIST_OPEN_BYTES; the others show their
+    subject when opened."""
+    a, b = unlocked(world.a), unlocked(world.b)
+    sent_id(compose(a, subject="Avis court"))
+    scan = b"%PDF-1.7\n" + os.urandom(40_000)
+    large = sent_id(
+        compose(a, subject="Avis long", confirm=(), files=(("scan.pdf", scan, "application/pdf"),))
+    )
+    small, big = Message.objects.order_by("pk").values_list("size", flat=True)
+    assert small < big
+    monkeypatch.setenv("PLI_WEBMAIL_LIST_OPEN_BYTES", str(small))
+    opened = AuditEvent.objects.filter(action=AuditAction.MESSAGES_OPENED).count()
+    page = b.get(INBOX).content.decode()
+    assert "Avis court" in page and "Avis long" not in page
+    assert "objet affiché à l'ouverture" in page
+    # Only the listed one was opened (and traced).
+    assert AuditEvent.objects.filter(action=AuditAction.MESSAGES_OPENED).count() == opened + 1
+    assert "Avis long" in b.get(message_url(large, B)).content.decode()
+    monkeypatch.setenv("PLI_WEBMAIL_LIST_OPEN_BYTES", "0")
+    with pytest.raises(ConfigurationError, match="PLI_WEBMAIL_LIST_OPEN_BYTES"):
+        b.get(INBOX)
 
 
 def test_a_reply_joins_the_thread_of_the_original(world: World) -> None:

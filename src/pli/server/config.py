@@ -23,6 +23,18 @@ def setting(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def positive_setting(name: str, default: int) -> int:
+    """``PLI_<name>``, a whole number of at least 1; a configuration error naming it otherwise."""
+    raw = setting(name, str(default)) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"PLI_{name} must be at least 1, not {value}")
+    return value
+
+
 def flag(name: str, default: bool = False) -> bool:
     value = setting(name)
     if value is None:

@@ -59,7 +59,7 @@ from pli.server.compliance.actions import (
 )
 from pli.server.compliance.actions import patient_key as compliance_patient_key
 from pli.server.compliance.errors import ComplianceError
-from pli.server.config import ConfigurationError, setting
+from pli.server.config import ConfigurationError, positive_setting, setting
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Mailbox, MailboxCertificate
 from pli.server.directory.queries import owners_active_sql
@@ -104,17 +104,6 @@ STATUS = {
 # --------------------------------------------------------------------------- settings
 
 
-def _positive(name: str, default: int) -> int:
-    raw = setting(name, str(default)) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise ConfigurationError(f"PLI_{name} must be at least 1, not {value}")
-    return value
-
-
 def envelope_in_database_bytes() -> int:
     """``PLI_ENVELOPE_IN_DATABASE_BYTES``: envelopes up to this size are kept in the database
     (64 KiB by default; 0 puts every envelope in the blob store). Decision 0013."""
@@ -132,12 +121,12 @@ def envelope_in_database_bytes() -> int:
 
 def max_recipients() -> int:
     """``PLI_MAX_RECIPIENTS``: recipients of one send (REQ-FEW-RECIPIENTS), 20 by default."""
-    return _positive("MAX_RECIPIENTS", MAX_RECIPIENTS_DEFAULT)
+    return positive_setting("MAX_RECIPIENTS", MAX_RECIPIENTS_DEFAULT)
 
 
 def max_envelope_bytes() -> int:
     """``PLI_MAX_ENVELOPE_BYTES``: the largest envelope sent inline, 10 MiB by default."""
-    return _positive("MAX_ENVELOPE_BYTES", MAX_ENVELOPE_BYTES_DEFAULT)
+    return positive_setting("MAX_ENVELOPE_BYTES", MAX_ENVELOPE_BYTES_DEFAULT)
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -690,7 +679,7 @@ class BatchRefused(MessagingError):
 
 def max_batch_messages() -> int:
     """``PLI_MAX_BATCH_MESSAGES``: the most messages in one batch, 100 by default."""
-    return _positive("MAX_BATCH_MESSAGES", MAX_BATCH_MESSAGES_DEFAULT)
+    return positive_setting("MAX_BATCH_MESSAGES", MAX_BATCH_MESSAGES_DEFAULT)
 
 
 def check_batch_size(count: int) -> None:

@@ -68,7 +68,7 @@ from pli.server.accounts.models import User
 from pli.server.audit.actions import do_record_event
 from pli.server.audit.models import AuditAction
 from pli.server.blobs import BlobError, BlobStore, StoredBlob, blob_store
-from pli.server.config import ConfigurationError, setting
+from pli.server.config import ConfigurationError, positive_setting, setting
 from pli.server.jobs import JobSummary
 from pli.server.messaging.access import MessagingError, not_found
 from pli.server.messaging.models import Message, MessageCopy
@@ -184,20 +184,9 @@ class MessageBlob(models.Model):
 # --------------------------------------------------------------------------- settings
 
 
-def _positive(name: str, default: int) -> int:
-    raw = setting(name, str(default)) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"PLI_{name} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise ConfigurationError(f"PLI_{name} must be at least 1, not {value}")
-    return value
-
-
 def max_attachment_bytes() -> int:
     """``PLI_MAX_ATTACHMENT_BYTES``: the largest attachment (its plaintext), 1 GiB by default."""
-    return _positive("MAX_ATTACHMENT_BYTES", MAX_ATTACHMENT_BYTES_DEFAULT)
+    return positive_setting("MAX_ATTACHMENT_BYTES", MAX_ATTACHMENT_BYTES_DEFAULT)
 
 
 def stream_ciphertext_bytes(plaintext: int, record_size: int = DEFAULT_RECORD_SIZE) -> int:
@@ -214,12 +203,12 @@ def max_upload_bytes() -> int:
 
 def upload_expiry() -> dt.timedelta:
     """``PLI_UPLOAD_EXPIRY_HOURS``: an upload left alone this long is removed (24 h)."""
-    return dt.timedelta(hours=_positive("UPLOAD_EXPIRY_HOURS", UPLOAD_EXPIRY_HOURS_DEFAULT))
+    return dt.timedelta(hours=positive_setting("UPLOAD_EXPIRY_HOURS", UPLOAD_EXPIRY_HOURS_DEFAULT))
 
 
 def max_pending_uploads() -> int:
     """``PLI_MAX_PENDING_UPLOADS``: uploads one person may have unattached at once (20)."""
-    return _positive("MAX_PENDING_UPLOADS", MAX_PENDING_UPLOADS_DEFAULT)
+    return positive_setting("MAX_PENDING_UPLOADS", MAX_PENDING_UPLOADS_DEFAULT)
 
 
 def allowed_attachment_types() -> list[str]:

@@ -49,6 +49,7 @@ from pli.server.accounts.models import Custody, User
 from pli.server.accounts.session_auth import signed_in_user
 from pli.server.audit.actions import do_record_event
 from pli.server.audit.models import AuditAction
+from pli.server.config import positive_setting
 from pli.server.directory.models import Mailbox
 from pli.server.messaging.access import (
     MessagingError,
@@ -245,6 +246,25 @@ class Row:
     status_text: str = ""
     attachments: int = 0
     states: list[str] = field(default_factory=list)
+    #: Too large to open for a listing: its subject shows when it is opened.
+    deferred: bool = False
+
+
+#: ``PLI_WEBMAIL_LIST_OPEN_BYTES``: envelopes up to this size are opened to list their subject.
+LIST_OPEN_BYTES_DEFAULT = 512 * 1024
+
+
+def list_open_bytes() -> int:
+    """The largest envelope a folder page decrypts to show its subject and signature.
+
+    A listing opens each envelope of its page (25): a letter of some tens of KB
+    costs a few milliseconds, but anyone in the directory can send ten-MB
+    envelopes (the inline limit), which cost about a second each; a page of them
+    would hold a worker for half a minute at every load of a mailbox that is
+    every member's landing page. Above this size a row shows its subject on
+    opening.
+    """
+    return positive_setting("WEBMAIL_LIST_OPEN_BYTES", LIST_OPEN_BYTES_DEFAULT)
 
 
 def _delivery_summary(deliveries: Sequence[Delivery]) -> list[str]:
@@ -355,7 +375,9 @@ def _rows(
             states=_delivery_summary(deliveries) if deliveries else [],
             status=failure,
         )
-        if trust is not None:
+        if trust is not None and message.size > list_open_bytes():
+            row.deferred = True
+        elif trust is not None:
             try:
                 envelope = read_envelope(copy, loaded=loaded)
             except MessagingError as error:
