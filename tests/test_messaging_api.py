@@ -67,8 +67,8 @@ from pli.server.directory.models import Mailbox, Organisation
 from pli.server.messaging import actions as messaging_actions
 from pli.server.messaging import api as messaging_api
 from pli.server.messaging.access import MessagingError
-from pli.server.messaging.actions import do_send_message
-from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
+from pli.server.messaging.actions import do_delete_message, do_send_message
+from pli.server.messaging.models import Delivery, Folder, Message, MessageCopy, MessageEnvelope
 from tests.accounts_support import make_account, signed_in
 from tests.conftest import ALICE, Pki
 
@@ -761,6 +761,27 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
         )
     ]
     assert kept  # it existed until the last copy went
+
+
+@pytest.mark.django_db
+def test_a_copy_restored_meanwhile_goes_to_the_trash_not_away_for_good(world: World) -> None:
+    """In a shared mailbox, one member deletes from the trash a copy that another has
+    just restored: what was read before is not what decides."""
+    alice = world.client(world.a)
+    message_id = send(
+        alice, A, [WARD], seal(letter(A, [WARD]), world.a_key, [world.ward_key.certificate])
+    ).json()["id"]
+    copy = MessageCopy.objects.get(message__public_id=message_id, mailbox=world.ward)
+    MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.TRASH)
+    stale = MessageCopy.objects.select_related("message").get(pk=copy.pk)
+    MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.INBOX)  # another member
+    result = do_delete_message(world.b, stale)
+    assert result.permanent is False
+    assert MessageCopy.objects.get(pk=copy.pk).folder == Folder.TRASH
+    MessageCopy.objects.filter(pk=copy.pk).delete()  # and deleted for good meanwhile
+    with pytest.raises(MessagingError) as gone:
+        do_delete_message(world.b, stale)
+    assert gone.value.code == "not_found"
 
 
 @pytest.mark.django_db

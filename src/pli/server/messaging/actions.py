@@ -66,6 +66,7 @@ from pli.server.directory.queries import owners_active_sql
 from pli.server.messaging.access import (
     MessagingError,
     choose_sending_mailbox,
+    not_found,
     reachable_parameters,
     reachable_subquery,
     sending_mailbox,
@@ -1336,6 +1337,18 @@ def do_delete_message(
 ) -> DeleteResult:
     """To the trash; from the trash, the mailbox's copy is deleted for good."""
     with transaction.atomic():
+        # The folder as committed, under the row's lock: in a shared mailbox another
+        # member may have restored the copy since it was read, and a restored copy
+        # goes to the trash, never away for good.
+        folder = (
+            MessageCopy.objects.select_for_update()
+            .filter(pk=copy.pk)
+            .values_list("folder", flat=True)
+            .first()
+        )
+        if folder is None:  # deleted for good meanwhile
+            raise not_found()
+        copy.folder = folder
         if copy.folder != Folder.TRASH:
             MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.TRASH)
             copy.folder = Folder.TRASH
