@@ -42,6 +42,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from pli.crypto import SoftwareKey
+from pli.identifiers import IdentifierError, format_identifier, parse_identifier
 from pli.mime import Attachment, InnerMessage
 from pli.mime.types import HEAD_BYTES
 from pli.server.accounts.custody import CustodyError, personal_mailbox, vault_keys_for
@@ -387,6 +388,21 @@ def _rows(
 # --------------------------------------------------------------------------- one message
 
 
+def patient_text(tagged: str | None) -> str:
+    """A message's patient (``nir:…``, ``niss:…``) as people read it: ``NIR 1 85 05 78 006 084 91``.
+
+    As signed, should it not parse (an older or foreign client's form): what it is
+    is shown rather than hidden.
+    """
+    if not tagged:
+        return ""
+    kind, _separator, value = tagged.partition(":")
+    try:
+        return format_identifier(parse_identifier(value, kind))
+    except IdentifierError:
+        return tagged
+
+
 @dataclass(frozen=True)
 class DeliveryRow:
     address: str
@@ -452,6 +468,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
             "copy": copy,
             "message": message,
             "inner": inner,
+            "patient": patient_text(inner.patient_id if inner else None),
             "signature": opened.signature,
             "sender": names.get(message.sender_address.lower()),
             "deliveries": deliveries,
@@ -850,7 +867,7 @@ def _compose_response(
             "forwarded": forwarded,
             "forwarded_large": forwarded_large,
             "forward_patient": (
-                original.message.patient_id if original and original.forward else None
+                patient_text(original.message.patient_id) if original and original.forward else ""
             ),
             "original_copy": state.original_copy,
             "inline_limit": inline_limit(),

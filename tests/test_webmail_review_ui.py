@@ -1,0 +1,64 @@
+"""What a person sees in the web mail, in a real browser: the UI review's findings.
+
+Each test reads the page as the doctor does (Playwright's roles, labels and
+texts in headless Chromium), on pytest-django's live server, signed in as after
+the login page (the vault unlocked) through the Django test client, whose
+cookies the browser takes (tests/test_webmail_review_a11y.py's tabs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from pli.server.accounts.models import User
+from tests.test_webmail import (  # noqa: F401 - fixtures, used by name
+    A,
+    B,
+    ca_directory,
+    compose,
+    key_pool,
+    operator,
+    sent_id,
+    unlocked,
+    valid_nir,
+    vault_user,
+)
+from tests.test_webmail_browser import READING, browser  # noqa: F401 - fixture
+from tests.test_webmail_review_a11y import base_url, tabs  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SUBJECT = "Avis cardiologique réf. 2026-117"
+
+
+@pytest.fixture
+def tab(tabs: Any) -> Any:  # noqa: F811 - the fixture imported above
+    """Opens a browser tab for a signed-in Django test client (see the a11y tests' tabs)."""
+    return tabs
+
+
+@pytest.fixture
+def people() -> dict[str, User]:
+    return {
+        "a": vault_user(A, organisation="Hôpital A", last_name="Martin", profession="Cardiologue"),
+        "b": vault_user(B, organisation="Clinique B", last_name="Durand", profession="Médecin"),
+    }
+
+
+def test_the_patient_is_shown_as_people_read_a_nir(people: dict[str, User], tab: Any) -> None:
+    message_id = sent_id(compose(unlocked(people["a"]), patient_id=valid_nir()))
+    assert valid_nir() == "185057800608491"
+    b = tab(unlocked(people["b"])).page
+    b.goto(f"/messagerie/message/{message_id}/?boite={B}")
+    headers = b.locator("dl.headers")
+    expect(headers).to_contain_text("NIR 1 85 05 78 006 084 91")
+    expect(headers).not_to_contain_text("nir:")
+    b.get_by_role("link", name="Transférer").click()
+    b.wait_for_url("**/transferer/**")
+    expect(b.get_by_role("group", name="Patient concerné (facultatif)")).to_contain_text(
+        re.compile(r"Patient du message transféré :\s+NIR 1 85 05 78 006 084 91")
+    )
