@@ -524,7 +524,14 @@ def c_gets_404_everywhere(c: Outsider, ids: list[str], blobs: list[str]) -> None
 def c_gets_the_web_mails_404(c: Outsider, ids: list[str]) -> None:
     """The web mail: the same page for each, whatever mailbox is named."""
     reference = without_tokens_text(c.get(f"/messagerie/message/{MISSING}/"))
-    pages = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/", "/pieces-jointes/1/"]
+    pages = [
+        "/",
+        "/repondre/",
+        "/transferer/",
+        "/pieces-jointes/0/",
+        "/pieces-jointes/1/",
+        "/supprimer/",
+    ]
     posts: list[tuple[str, dict[str, str | float | bool]]] = [
         ("/deplacer/", {"folder": "archive"}),
         ("/supprimer/", {}),

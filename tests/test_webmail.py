@@ -677,7 +677,13 @@ def test_archive_restore_and_delete_act_on_the_readers_copy(world: World) -> Non
     assert MessageCopy.objects.get(pk=copy.pk).folder == "trash"
     trash = b.get(f"{INBOX}?boite={B}&dossier=trash").content.decode()
     assert "Avis cardiologique" in trash
-    b.post(f"{url}/supprimer/?boite={B}")
+    # From the trash, for good: only once confirmed (a question first, by GET or POST alike).
+    for asked in (b.get(f"{url}/supprimer/?boite={B}"), b.post(f"{url}/supprimer/?boite={B}")):
+        assert asked.status_code == 200
+        assert "Supprimer définitivement ce message ?" in asked.content.decode()
+        assert 'name="confirm" value="1"' in asked.content.decode()
+        assert MessageCopy.objects.filter(pk=copy.pk, folder="trash").exists()
+    b.post(f"{url}/supprimer/?boite={B}", {"confirm": "1"})
     assert not MessageCopy.objects.filter(pk=copy.pk).exists()
     assert b.get(message_url(message_id, B)).status_code == 404
     # A's copy and the delivery state stay.
@@ -696,10 +702,11 @@ def test_a_colleague_and_an_outsider_get_404_for_every_message_url(world: World)
     message_id = sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
     missing = "msg_" + "0" * 32
     base = f"/messagerie/message/{message_id}"
-    gets = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/"]
+    gets = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/", "/supprimer/"]
     posts: list[tuple[str, dict[str, str]]] = [
         ("/deplacer/", {"folder": "archive"}),
         ("/supprimer/", {}),
+        ("/supprimer/", {"confirm": "1"}),
         ("/repondre/", {"sender": D, "recipients": A, "subject": "x", "action": "send"}),
     ]
     for user in (world.d, world.e):

@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from pli.server.accounts.models import User
+from pli.server.messaging.models import MessageCopy
 from tests.test_webmail import (  # noqa: F401 - fixtures, used by name
     A,
     B,
@@ -62,3 +63,47 @@ def test_the_patient_is_shown_as_people_read_a_nir(people: dict[str, User], tab:
     expect(b.get_by_role("group", name="Patient concerné (facultatif)")).to_contain_text(
         re.compile(r"Patient du message transféré :\s+NIR 1 85 05 78 006 084 91")
     )
+
+
+def test_deleting_from_the_trash_asks_first_and_cancel_keeps_the_message(
+    people: dict[str, User], tab: Any
+) -> None:
+    message_id = sent_id(compose(unlocked(people["a"])))
+    b = tab(unlocked(people["b"])).page
+    reading = f"/messagerie/message/{message_id}/?boite={B}"
+    b.goto(reading)
+    b.get_by_role("button", name="Supprimer", exact=True).click()
+    expect(b.get_by_role("status")).to_have_text("Message mis à la corbeille.")
+    b.goto(reading)
+    b.get_by_role("button", name="Supprimer définitivement").click()
+    question = b.get_by_role("region", name="Supprimer définitivement ce message ?")
+    expect(question).to_contain_text("Cette action est irréversible")
+    expect(question).to_have_accessible_description(re.compile("Cette action est irréversible"))
+    assert MessageCopy.objects.filter(mailbox__address=B, message__public_id=message_id).exists()
+    # Cancel: back to the message, still in the trash.
+    b.get_by_role("link", name="Annuler").click()
+    b.wait_for_url(READING)
+    expect(b.get_by_role("heading", level=1)).to_have_text(SUBJECT)
+    copy = MessageCopy.objects.get(mailbox__address=B, message__public_id=message_id)
+    assert copy.folder == "trash"
+    # Confirm: gone.
+    b.get_by_role("button", name="Supprimer définitivement").click()
+    b.get_by_role("button", name="Confirmer la suppression définitive").click()
+    expect(b.get_by_role("status")).to_have_text("Message supprimé définitivement.")
+    assert not MessageCopy.objects.filter(pk=copy.pk).exists()
+
+
+def test_deleting_a_message_says_delete_in_english(people: dict[str, User], tab: Any) -> None:
+    message_id = sent_id(compose(unlocked(people["a"])))
+    b = tab(unlocked(people["b"]), "en-GB").page
+    b.goto(f"/messagerie/message/{message_id}/?boite={B}")
+    actions = b.get_by_role("group", name="Actions on this message")
+    expect(actions.get_by_role("button", name="Delete", exact=True)).to_be_visible()
+    expect(actions.get_by_role("button", name="Remove")).to_have_count(0)
+    actions.get_by_role("button", name="Delete", exact=True).click()
+    expect(b.get_by_role("status")).to_have_text("Message moved to the trash.")
+    b.goto(f"/messagerie/message/{message_id}/?boite={B}")
+    b.get_by_role("button", name="Delete permanently").click()
+    expect(b.get_by_role("heading", level=1)).to_have_text("Delete this message permanently?")
+    expect(b.get_by_role("button", name="Confirm permanent deletion")).to_be_visible()
+    expect(b.get_by_role("link", name="Cancel")).to_be_visible()

@@ -39,7 +39,7 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pli.crypto import SoftwareKey
 from pli.identifiers import IdentifierError, format_identifier, parse_identifier
@@ -662,13 +662,26 @@ def move_view(request: HttpRequest, message_id: str) -> HttpResponse:
     return HttpResponseRedirect(_folder_url(copy.mailbox.address, before))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
+@never_cache
 def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
+    """To the trash at once (it can come back); from the trash, only once confirmed.
+
+    Deleting from the trash cannot be undone: the button leads to a page that asks
+    (GET), and only its explicit confirmation (``confirm=1``) deletes. A POST
+    without it, from an old page or a second click, gets the same question.
+    Without script (CSP): a page of its own, usable by keyboard and screen reader.
+    """
     found = _copy(request, message_id)
     if isinstance(found, HttpResponse):
         return found
     copy, before = found, found.folder
+    confirmed = request.method == "POST" and request.POST.get("confirm") == "1"
+    if copy.folder == Folder.TRASH and not confirmed:
+        return _confirm_delete(request, copy)
+    if request.method != "POST":
+        return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
     result = do_delete_message(signed_in_user(request), copy, request)
     messages.success(
         request,
@@ -677,6 +690,27 @@ def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
         else _("Message mis à la corbeille."),
     )
     return HttpResponseRedirect(_folder_url(copy.mailbox.address, before))
+
+
+def _confirm_delete(request: HttpRequest, copy: MessageCopy) -> HttpResponse:
+    """The question before deleting for good: which message (routing metadata only), and
+    an explicit confirmation or a way back."""
+    message = copy.message
+    known = identities([message.sender_address]).get(message.sender_address.lower())
+    return render(
+        request,
+        "webmail/delete_confirm.html",
+        {
+            "sidebar": _sidebar(signed_in_user(request), copy.mailbox, copy.folder),
+            "copy": copy,
+            "message": message,
+            "sender": known,
+            "action_url": reverse("webmail:delete", args=[message.public_id])
+            + "?"
+            + urlencode({"boite": copy.mailbox.address}),
+            "cancel_url": _message_url(message.public_id, copy.mailbox.address),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- directory helpers
