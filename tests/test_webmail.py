@@ -23,6 +23,7 @@ from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from pli.client.castore import CaDirectory
@@ -493,6 +494,37 @@ def test_recipients_must_be_active_mailboxes_of_the_directory(world: World) -> N
     assert "no_recipient" in codes(nobody)
     not_mine = compose(a, sender=B, confirm=())
     assert not_mine.status_code == 400 and "De" in not_mine.content.decode()
+    assert stored() == (0, 0, 0)
+
+
+def test_recipients_without_a_valid_certificate_are_named_before_and_on_send(
+    world: World,
+) -> None:
+    """The check box flags them as the sender types (one certificate query for all the
+    recipients); a send to them is refused naming them."""
+    a = unlocked(world.a)
+    MailboxCertificate.objects.filter(mailbox__address=B).update(revoked_at=timezone.now())
+    with CaptureQueriesContext(connection) as queries:
+        fragment = a.get("/messagerie/destinataires/", {"de": A, "a": f"{B}, {D}, {E}"})
+    html = fragment.content.decode()
+    flagged = re.findall(
+        r'data-address="([^"]+)">(?:(?!</li>).)*data-code="recipient_without_certificate"',
+        html,
+        re.S,
+    )
+    assert flagged == [B]
+    assert "Cette boîte n'a pas de certificat valide" in html
+    certificate_queries = [q for q in queries if "directory_mailboxcertificate" in q["sql"]]
+    assert len(certificate_queries) == 1, certificate_queries
+
+    refused = compose(a, to=f"{B}, {D}", confirm=(B, D))
+    assert refused.status_code == 400
+    assert "recipient_without_certificate" in codes(refused)
+    page = refused.content.decode()
+    assert (
+        "Ces boîtes n&#x27;ont pas de certificat valide, le message ne peut pas leur être "
+        f"chiffré : {B}."
+    ) in page
     assert stored() == (0, 0, 0)
 
 

@@ -12,9 +12,11 @@ import re
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from pli.server.accounts.models import User
+from pli.server.directory.models import MailboxCertificate
 from pli.server.messaging.models import MessageCopy
 from tests.test_webmail import (  # noqa: F401 - fixtures, used by name
     A,
@@ -107,3 +109,27 @@ def test_deleting_a_message_says_delete_in_english(people: dict[str, User], tab:
     expect(b.get_by_role("heading", level=1)).to_have_text("Delete this message permanently?")
     expect(b.get_by_role("button", name="Confirm permanent deletion")).to_be_visible()
     expect(b.get_by_role("link", name="Cancel")).to_be_visible()
+
+
+def test_a_recipient_without_a_valid_certificate_is_flagged_before_sending_and_named(
+    people: dict[str, User], tab: Any
+) -> None:
+    MailboxCertificate.objects.filter(mailbox__address=B).update(revoked_at=timezone.now())
+    a = tab(unlocked(people["a"])).page
+    a.goto("/messagerie/nouveau/")
+    recipients = a.get_by_label("À", exact=True)
+    recipients.fill(B)
+    recipients.press("Tab")  # the page checks the recipients as they are typed
+    check = a.get_by_role("region", name="Vérification des destinataires")
+    expect(check).to_contain_text("Dr Alice Durand")
+    expect(check).to_contain_text("Cette boîte n'a pas de certificat valide")
+    a.get_by_role("checkbox", name=re.compile("Dr Alice Durand")).check()
+    a.get_by_label("Objet").fill(SUBJECT)
+    a.get_by_role("button", name="Signer, chiffrer et envoyer").click()
+    refused = a.get_by_role("alert")
+    expect(refused).to_contain_text(
+        "Ces boîtes n'ont pas de certificat valide, le message ne peut pas leur être "
+        f"chiffré : {B}."
+    )
+    # Without the script, the page as answered says it in the check box too.
+    expect(check).to_contain_text("Cette boîte n'a pas de certificat valide")
