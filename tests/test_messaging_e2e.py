@@ -30,6 +30,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import (
@@ -127,6 +128,30 @@ def test_a_read_receipt_is_an_rfc_8098_report_that_reads_back() -> None:
     inner = parse_inner_message(data)
     assert inner.references == ["<racine@hopital-a.pli.test>", "<lettre.1@hopital-a.pli.test>"]
     assert inner.body_text == notice.text and inner.attachments == []
+
+
+def test_a_read_receipt_gives_the_original_date_in_the_zone_it_is_told_naming_it() -> None:
+    late = dt.datetime(2026, 11, 23, 23, 3, tzinfo=dt.UTC)
+    paris = parse_mdn(
+        build_mdn(
+            from_address=B,
+            to=A,
+            original_message_id="<lettre.1@hopital-a.pli.test>",
+            original_subject=SUBJECT,
+            original_date=late,
+            zone=ZoneInfo("Europe/Paris"),
+        )
+    )
+    assert f"Le message « {SUBJECT} » du 24 novembre 2026 à 00:03 (Europe/Paris)" in paris.text
+    utc = parse_mdn(
+        build_mdn(
+            from_address=B,
+            to=A,
+            original_message_id="<lettre.1@hopital-a.pli.test>",
+            original_date=late,
+        )
+    )
+    assert "Le message du 23 novembre 2026 à 23:03 (UTC) adressé à" in utc.text
 
 
 def test_a_notification_from_another_agent_is_read_as_the_rfc_writes_it() -> None:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -936,3 +937,27 @@ def test_a_workstation_custody_user_is_sent_to_the_client(world: World) -> None:
     assert "workstation_custody" in codes(e.get(COMPOSE))
     # Someone else's message still answers as a missing one.
     assert e.get(f"/messagerie/message/{message_id}/repondre/?boite={B}").status_code == 404
+
+
+# --------------------------------------------------------------------------- read receipts
+
+
+def test_a_read_receipt_gives_the_original_date_in_the_servers_zone_named(
+    world: World, settings: Settings
+) -> None:
+    settings.TIME_ZONE = "Europe/Paris"
+    a, b = unlocked(world.a), unlocked(world.b)
+    message_id = sent_id(compose(a))
+    b.get(message_url(message_id, B))  # the first reading sends the receipt
+    receipt = Message.objects.get(sender_address=B, in_reply_to__public_id=message_id)
+    sent = MessageCopy.objects.get(message__public_id=message_id, mailbox__address=A)
+    original = parse_inner_message(
+        open_envelope(read_envelope(sent), vault_key(world.a), trust(world.ca)).mime
+    )
+    local = original.date.astimezone(ZoneInfo("Europe/Paris"))
+    months = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août"]
+    months += ["septembre", "octobre", "novembre", "décembre"]
+    said = f"{local.day} {months[local.month - 1]} {local.year} à {local:%H:%M} (Europe/Paris)"
+    html = a.get(message_url(receipt.public_id, A)).content.decode()
+    assert f"du {said} adressé à {B} a été affiché par son destinataire." in html
+    assert " UTC" not in html

@@ -133,3 +133,36 @@ def test_a_recipient_without_a_valid_certificate_is_flagged_before_sending_and_n
     )
     # Without the script, the page as answered says it in the check box too.
     expect(check).to_contain_text("Cette boîte n'a pas de certificat valide")
+
+
+def test_a_read_receipt_is_labelled_so_in_the_thread_and_the_folder(
+    people: dict[str, User], tab: Any
+) -> None:
+    a_client, b_client = unlocked(people["a"]), unlocked(people["b"])
+    message_id = sent_id(compose(a_client))
+    b_client.get(f"/messagerie/message/{message_id}/?boite={B}")  # read: a receipt goes to A
+    path = f"/messagerie/message/{message_id}/repondre/?boite={B}"
+    sent_id(compose(b_client, sender=B, to=A, confirm=(), subject=f"RE : {SUBJECT}", path=path))
+
+    a = tab(a_client).page
+    a.goto(f"/messagerie/message/{message_id}/?boite={A}")
+    thread = a.get_by_role("region", name="Dans le même fil")
+    entries = thread.get_by_role("listitem")
+    expect(entries).to_have_count(2)
+    expect(entries.nth(0)).to_contain_text(
+        re.compile(r"^Accusé de lecture — De : Dr Alice Durand — ")
+    )
+    expect(entries.nth(1)).to_contain_text(
+        re.compile(rf"^RE : {re.escape(SUBJECT)} — De : Dr Alice Durand — ")
+    )
+    expect(thread.get_by_role("link", name="Accusé de lecture")).to_have_count(1)
+    expect(thread).not_to_contain_text("Message de")
+
+    a.goto("/messagerie/")
+    rows = a.get_by_role("table").get_by_role("row")
+    receipt = rows.filter(has_text="Accusé de lecture :")
+    expect(receipt.locator(".tag")).to_have_text("Accusé de lecture")
+    # A regular expression is case-sensitive: "lectuRE : Avis" is not the reply.
+    reply = rows.filter(has_text=re.compile(f"RE : {re.escape(SUBJECT)}"))
+    expect(reply).to_have_count(1)
+    expect(reply.locator(".tag")).to_have_count(0)

@@ -67,7 +67,13 @@ from pli.server.messaging.actions import (
     max_recipients,
     read_envelope,
 )
-from pli.server.messaging.models import Delivery, DeliveryState, Folder, MessageCopy
+from pli.server.messaging.models import (
+    Delivery,
+    DeliveryState,
+    Folder,
+    Message,
+    MessageCopy,
+)
 from pli.server.messaging.uploads import max_attachment_bytes, open_message_blob
 from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
@@ -246,6 +252,8 @@ class Row:
     status_text: str = ""
     attachments: int = 0
     states: list[str] = field(default_factory=list)
+    #: A read receipt, labelled so (opening.OpenedCopy.receipt).
+    receipt: bool = False
 
 
 def _delivery_summary(deliveries: Sequence[Delivery]) -> list[str]:
@@ -367,6 +375,7 @@ def _rows(
                 row.status = result.signature.code
                 if result.message is not None:
                     row.subject = result.message.subject
+                    row.receipt = result.receipt
                     row.attachments = len(result.message.attachments)
         if row.status and row.status != "valid":
             row.status_text = Signature(row.status).reason
@@ -450,10 +459,10 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     read_at=d.read_at,
                 )
             )
-    thread = (
+    thread = list(
         MessageCopy.objects.filter(mailbox=copy.mailbox, message__thread_id=message.thread_id)
         .exclude(pk=copy.pk)
-        .select_related("message")
+        .select_related("message", "mailbox")
         .order_by("created_at")
     )
     parent_visible = message.in_reply_to_id is not None and any(
@@ -497,15 +506,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                 }
                 for index, part in enumerate(inner.external_parts if inner else [])
             ],
-            "thread": [
-                {
-                    "url": _message_url(c.message.public_id, copy.mailbox.address),
-                    "date": c.created_at,
-                    "from": c.message.sender_address,
-                    "parent": c.message_id == message.in_reply_to_id,
-                }
-                for c in thread
-            ],
+            "thread": _thread(request, user, message, thread, keys),
             "parent_visible": parent_visible,
             "folder_label": Folder(copy.folder).label,
             "folder_url": _folder_url(copy.mailbox.address, copy.folder),
@@ -521,6 +522,82 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
             "html_only": inner is not None and not inner.body_text and inner.body_html,
         },
     )
+
+
+#: The most recent thread entries, opened for their kind (read receipt or message) and
+#: subject; the older ones, in a longer thread, are listed by sender and date only.
+THREAD_OPENED = 50
+
+
+@dataclass(frozen=True)
+class ThreadEntry:
+    url: str
+    date: Any
+    #: The sending mailbox's name in the directory, or its address.
+    sender: str
+    #: The message this one answers.
+    parent: bool
+    #: A read receipt (None: not opened, its kind unknown).
+    receipt: bool | None = None
+    subject: str | None = None
+
+
+def _thread(
+    request: HttpRequest,
+    user: User,
+    message: Message,
+    copies: Sequence[MessageCopy],
+    keys: Sequence[SoftwareKey],
+) -> list[ThreadEntry]:
+    """The other messages of the thread in this mailbox, each said for what it is.
+
+    A read receipt joins the thread of the message read (RFC 8098, In-Reply-To),
+    from the reader's mailbox: only its signed content tells it from a reply, so
+    the nearest entries are opened in memory, as a folder page opens its rows,
+    and traced alike (REQ-TRACE).
+    """
+    names = identities(c.message.sender_address for c in copies)
+    opened_kinds: dict[int, OpenedCopy] = {}
+    nearest = list(copies[-THREAD_OPENED:])
+    if keys and nearest:
+        try:
+            trust = trust_store()
+        except TrustUnavailable:
+            nearest = []
+        loaded = envelopes_in_database(c.message for c in nearest) if nearest else {}
+        for c in nearest:
+            try:
+                envelope = read_envelope(c, loaded=loaded)
+            except MessagingError:
+                continue
+            opened_kinds[c.pk] = open_copy(c, envelope, keys, trust=trust)
+        if opened_kinds:
+            with transaction.atomic():
+                for c in nearest:
+                    if c.pk in opened_kinds:
+                        do_record_event(
+                            AuditAction.MESSAGES_OPENED,
+                            actor=user,
+                            request=request,
+                            target=f"message:{c.message.public_id}",
+                            detail={"mailbox": c.mailbox_id},
+                        )
+    entries = []
+    for c in copies:
+        known = names.get(c.message.sender_address.lower())
+        result = opened_kinds.get(c.pk)
+        inner = result.message if result is not None else None
+        entries.append(
+            ThreadEntry(
+                url=_message_url(c.message.public_id, c.mailbox.address),
+                date=c.created_at,
+                sender=known.name if known else c.message.sender_address,
+                parent=c.message_id == message.in_reply_to_id,
+                receipt=result.receipt if result is not None and inner is not None else None,
+                subject=inner.subject if inner is not None else None,
+            )
+        )
+    return entries
 
 
 def safe_filename(name: str) -> str:
