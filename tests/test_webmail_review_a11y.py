@@ -238,7 +238,7 @@ def test_a_message_is_written_and_sent_with_the_keyboard_alone(
     check = a.get_by_role("region", name="Vérification des destinataires")
     expect(check).to_contain_text("Dr Alice Duroc, Infirmier")
     confirmation = a.get_by_role(
-        "checkbox", name="J'ai vérifié que Dr Alice Duroc est le bon destinataire"
+        "checkbox", name="J'ai vérifié : Dr Alice Duroc est bien le destinataire voulu"
     )
     tab_to(a, confirmation)
     a.keyboard.press("Space")

@@ -166,3 +166,41 @@ def test_a_read_receipt_is_labelled_so_in_the_thread_and_the_folder(
     reply = rows.filter(has_text=re.compile(f"RE : {re.escape(SUBJECT)}"))
     expect(reply).to_have_count(1)
     expect(reply.locator(".tag")).to_have_count(0)
+
+
+@pytest.mark.parametrize(
+    ("locale", "confirmation", "sealing"),
+    [
+        (
+            "fr-FR",
+            "J'ai vérifié : Dr Alice Durand est bien le destinataire voulu",
+            (
+                "Le serveur signe le message avec votre clé, déverrouillée pour cette session, et "
+                "le chiffre pour la boîte de chaque destinataire et pour la boîte d'envoi avant de "
+                "l'enregistrer : seuls les titulaires de ces boîtes pourront le lire (vous, vos "
+                "destinataires et, pour une boîte de structure, ses membres). Il n'en garde jamais "
+                "de copie en clair."
+            ),
+        ),
+        (
+            "en-GB",
+            "I have checked: Dr Alice Durand is the intended recipient",
+            (
+                "The server signs the message with your key, unlocked for this session, and "
+                "encrypts it for each recipient's mailbox and for the sending mailbox before "
+                "storing it: only the holders of these mailboxes can read it (you, your "
+                "recipients and, for an organisation's mailbox, its members). It never keeps "
+                "an unencrypted copy."
+            ),
+        ),
+    ],
+    ids=["fr", "en"],
+)
+def test_the_compose_page_says_who_can_read_and_asks_to_confirm_whatever_the_name(
+    people: dict[str, User], tab: Any, locale: str, confirmation: str, sealing: str
+) -> None:
+    a = tab(unlocked(people["a"]), locale).page
+    a.goto(f"/messagerie/nouveau/?a={B}")
+    expect(a.get_by_text(sealing, exact=True)).to_be_visible()
+    # No "que" before the name: "qu'Agnès", "qu'Hélène" never need eliding.
+    expect(a.get_by_role("checkbox", name=confirmation, exact=True)).to_be_visible()
