@@ -27,6 +27,7 @@ from pli.identifiers import (
     IdentifierError,
     IdentifierKind,
     find_identifiers,
+    format_identifier,
     parse_adeli,
     parse_any,
     parse_finess,
@@ -998,3 +999,33 @@ def test_cli_refuses_an_unknown_kind(runner: CliRunner) -> None:
     result = runner.invoke(main, ["id", "check", "10001234565", "--kind", "siret"])
     assert result.exit_code == 2
     assert "siret" in result.stderr
+
+
+# --- display -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "shown"),
+    [
+        ("nir", "185057800608491", "NIR 1 85 05 78 006 084 91"),
+        ("nir", "255082A01234592", "NIR 2 55 08 2A 012 345 92"),
+        ("niss", "85073003328", "NISS 85.07.30-033.28"),
+        ("nihii", "12345625004", "NIHII 1-23456-25-004"),
+        ("rpps", "10003456786", "RPPS 10003456786"),
+        ("finess", "2A0001236", "FINESS 2A0001236"),
+    ],
+)
+def test_identifiers_are_shown_in_the_groups_people_read(kind: str, value: str, shown: str) -> None:
+    identifier = parse_identifier(value, kind)
+    assert format_identifier(identifier) == shown
+    # What is shown reads back as the same identifier.
+    assert parse_identifier(shown.partition(" ")[2], kind) == identifier
+
+
+@pytest.mark.parametrize("spec", ALL_KINDS)
+@given(data=st.data())
+def test_every_shown_identifier_reads_back(spec: KindSpec, data: st.DataObject) -> None:
+    identifier = spec.parse(data.draw(spec.valid))
+    label, _, grouped = format_identifier(identifier).partition(" ")
+    assert label == identifier.kind.value.upper()
+    assert parse_identifier(grouped, identifier.kind) == identifier

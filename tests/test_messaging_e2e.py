@@ -30,6 +30,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import (
@@ -127,6 +128,30 @@ def test_a_read_receipt_is_an_rfc_8098_report_that_reads_back() -> None:
     inner = parse_inner_message(data)
     assert inner.references == ["<racine@hopital-a.pli.test>", "<lettre.1@hopital-a.pli.test>"]
     assert inner.body_text == notice.text and inner.attachments == []
+
+
+def test_a_read_receipt_gives_the_original_date_in_the_zone_it_is_told_naming_it() -> None:
+    late = dt.datetime(2026, 11, 23, 23, 3, tzinfo=dt.UTC)
+    paris = parse_mdn(
+        build_mdn(
+            from_address=B,
+            to=A,
+            original_message_id="<lettre.1@hopital-a.pli.test>",
+            original_subject=SUBJECT,
+            original_date=late,
+            zone=ZoneInfo("Europe/Paris"),
+        )
+    )
+    assert f"Le message « {SUBJECT} » du 24 novembre 2026 à 00:03 (Europe/Paris)" in paris.text
+    utc = parse_mdn(
+        build_mdn(
+            from_address=B,
+            to=A,
+            original_message_id="<lettre.1@hopital-a.pli.test>",
+            original_date=late,
+        )
+    )
+    assert "Le message du 23 novembre 2026 à 23:03 (UTC) adressé à" in utc.text
 
 
 def test_a_notification_from_another_agent_is_read_as_the_rfc_writes_it() -> None:
@@ -314,7 +339,8 @@ def b_reads_in_the_web_mail(b: Page, a: Persona, tmp_path: Path) -> None:
     expect(signature).to_contain_text(A)
     expect(signature.get_by_role("note")).to_have_count(0)  # no warning (identity, revocation)
     expect(b.locator("pre.body")).to_have_text(LETTER)
-    expect(b.locator("dl.headers")).to_contain_text(f"nir:{NIR}")
+    # As people read it (NIR is 185057800608491).
+    expect(b.locator("dl.headers")).to_contain_text("NIR 1 85 05 78 006 084 91")
     with b.expect_download() as download_info:
         b.get_by_role("link", name="compte-rendu.pdf").click()
     download = download_info.value
@@ -523,7 +549,14 @@ def c_gets_404_everywhere(c: Outsider, ids: list[str], blobs: list[str]) -> None
 def c_gets_the_web_mails_404(c: Outsider, ids: list[str]) -> None:
     """The web mail: the same page for each, whatever mailbox is named."""
     reference = without_tokens_text(c.get(f"/messagerie/message/{MISSING}/"))
-    pages = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/", "/pieces-jointes/1/"]
+    pages = [
+        "/",
+        "/repondre/",
+        "/transferer/",
+        "/pieces-jointes/0/",
+        "/pieces-jointes/1/",
+        "/supprimer/",
+    ]
     posts: list[tuple[str, dict[str, str | float | bool]]] = [
         ("/deplacer/", {"folder": "archive"}),
         ("/supprimer/", {}),

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -23,6 +24,7 @@ from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from pli.client.castore import CaDirectory
@@ -497,6 +499,37 @@ def test_recipients_must_be_active_mailboxes_of_the_directory(world: World) -> N
     assert stored() == (0, 0, 0)
 
 
+def test_recipients_without_a_valid_certificate_are_named_before_and_on_send(
+    world: World,
+) -> None:
+    """The check box flags them as the sender types (one certificate query for all the
+    recipients); a send to them is refused naming them."""
+    a = unlocked(world.a)
+    MailboxCertificate.objects.filter(mailbox__address=B).update(revoked_at=timezone.now())
+    with CaptureQueriesContext(connection) as queries:
+        fragment = a.get("/messagerie/destinataires/", {"de": A, "a": f"{B}, {D}, {E}"})
+    html = fragment.content.decode()
+    flagged = re.findall(
+        r'data-address="([^"]+)">(?:(?!</li>).)*data-code="recipient_without_certificate"',
+        html,
+        re.S,
+    )
+    assert flagged == [B]
+    assert "Cette boîte n'a pas de certificat valide" in html
+    certificate_queries = [q for q in queries if "directory_mailboxcertificate" in q["sql"]]
+    assert len(certificate_queries) == 1, certificate_queries
+
+    refused = compose(a, to=f"{B}, {D}", confirm=(B, D))
+    assert refused.status_code == 400
+    assert "recipient_without_certificate" in codes(refused)
+    page = refused.content.decode()
+    assert (
+        "Ces boîtes n&#x27;ont pas de certificat valide, le message ne peut pas leur être "
+        f"chiffré : {B}."
+    ) in page
+    assert stored() == (0, 0, 0)
+
+
 # --------------------------------------------------------------------------- reply and forward
 
 
@@ -705,7 +738,13 @@ def test_archive_restore_and_delete_act_on_the_readers_copy(world: World) -> Non
     assert MessageCopy.objects.get(pk=copy.pk).folder == "trash"
     trash = b.get(f"{INBOX}?boite={B}&dossier=trash").content.decode()
     assert "Avis cardiologique" in trash
-    b.post(f"{url}/supprimer/?boite={B}")
+    # From the trash, for good: only once confirmed (a question first, by GET or POST alike).
+    for asked in (b.get(f"{url}/supprimer/?boite={B}"), b.post(f"{url}/supprimer/?boite={B}")):
+        assert asked.status_code == 200
+        assert "Supprimer définitivement ce message ?" in asked.content.decode()
+        assert 'name="confirm" value="1"' in asked.content.decode()
+        assert MessageCopy.objects.filter(pk=copy.pk, folder="trash").exists()
+    b.post(f"{url}/supprimer/?boite={B}", {"confirm": "1"})
     assert not MessageCopy.objects.filter(pk=copy.pk).exists()
     assert b.get(message_url(message_id, B)).status_code == 404
     # A's copy and the delivery state stay.
@@ -724,10 +763,11 @@ def test_a_colleague_and_an_outsider_get_404_for_every_message_url(world: World)
     message_id = sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
     missing = "msg_" + "0" * 32
     base = f"/messagerie/message/{message_id}"
-    gets = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/"]
+    gets = ["/", "/repondre/", "/transferer/", "/pieces-jointes/0/", "/supprimer/"]
     posts: list[tuple[str, dict[str, str]]] = [
         ("/deplacer/", {"folder": "archive"}),
         ("/supprimer/", {}),
+        ("/supprimer/", {"confirm": "1"}),
         ("/repondre/", {"sender": D, "recipients": A, "subject": "x", "action": "send"}),
     ]
     for user in (world.d, world.e):
@@ -925,3 +965,27 @@ def test_a_workstation_custody_user_is_sent_to_the_client(world: World) -> None:
     assert "workstation_custody" in codes(e.get(COMPOSE))
     # Someone else's message still answers as a missing one.
     assert e.get(f"/messagerie/message/{message_id}/repondre/?boite={B}").status_code == 404
+
+
+# --------------------------------------------------------------------------- read receipts
+
+
+def test_a_read_receipt_gives_the_original_date_in_the_servers_zone_named(
+    world: World, settings: Settings
+) -> None:
+    settings.TIME_ZONE = "Europe/Paris"
+    a, b = unlocked(world.a), unlocked(world.b)
+    message_id = sent_id(compose(a))
+    b.get(message_url(message_id, B))  # the first reading sends the receipt
+    receipt = Message.objects.get(sender_address=B, in_reply_to__public_id=message_id)
+    sent = MessageCopy.objects.get(message__public_id=message_id, mailbox__address=A)
+    original = parse_inner_message(
+        open_envelope(read_envelope(sent), vault_key(world.a), trust(world.ca)).mime
+    )
+    local = original.date.astimezone(ZoneInfo("Europe/Paris"))
+    months = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août"]
+    months += ["septembre", "octobre", "novembre", "décembre"]
+    said = f"{local.day} {months[local.month - 1]} {local.year} à {local:%H:%M} (Europe/Paris)"
+    html = a.get(message_url(receipt.public_id, A)).content.decode()
+    assert f"du {said} adressé à {B} a été affiché par son destinataire." in html
+    assert " UTC" not in html

@@ -164,7 +164,7 @@ def a_writes_to_b(a: Page) -> str:
     expect(suggestion).to_have_count(0)
     expect(a.get_by_label("À", exact=True)).to_have_value(B)
     # REQ-VERIFY-RECIPIENT: the first message to B asks to confirm who B is.
-    confirmation = a.get_by_label("J'ai vérifié que Dr Alice Durand est le bon destinataire")
+    confirmation = a.get_by_label("J'ai vérifié : Dr Alice Durand est bien le destinataire voulu")
     expect(confirmation).to_be_visible()
     confirmation.check()
     a.get_by_label("Objet").fill("Avis cardiologique réf. 2026-117")
@@ -283,7 +283,7 @@ def test_a_confirmation_ticked_while_a_check_is_on_its_way_stays_ticked(
     recipients = a.get_by_label("À", exact=True)
     recipients.fill(B)
     recipients.press("Tab")  # its change checks it now, not when the box is clicked
-    confirmation = a.get_by_label("J'ai vérifié que Dr Alice Durand est le bon destinataire")
+    confirmation = a.get_by_label("J'ai vérifié : Dr Alice Durand est bien le destinataire voulu")
     expect(confirmation).to_be_visible()
     a.wait_for_load_state("networkidle")
     a.evaluate("document.querySelector('#recipient-check input[name=confirm]').dataset.old = '1'")

@@ -238,7 +238,7 @@ def test_a_message_is_written_and_sent_with_the_keyboard_alone(
     check = a.get_by_role("region", name="Vérification des destinataires")
     expect(check).to_contain_text("Dr Alice Duroc, Infirmier")
     confirmation = a.get_by_role(
-        "checkbox", name="J'ai vérifié que Dr Alice Duroc est le bon destinataire"
+        "checkbox", name="J'ai vérifié : Dr Alice Duroc est bien le destinataire voulu"
     )
     tab_to(a, confirmation)
     a.keyboard.press("Space")
@@ -402,6 +402,11 @@ def test_a_message_is_read_forwarded_archived_and_deleted_with_the_keyboard(
         )
         b.goto(f"/messagerie/message/{message_id}/?boite={B}")
     tab_to(b, b.get_by_role("button", name="Supprimer définitivement"))
+    press_and_load(b)
+    # Irreversible: a question first, its confirmation reached by keys.
+    expect(b.get_by_role("heading", level=1)).to_have_text("Supprimer définitivement ce message ?")
+    assert MessageCopy.objects.filter(mailbox__address=B, message__public_id=message_id)
+    tab_to(b, b.get_by_role("button", name="Confirmer la suppression définitive"))
     press_and_load(b)
     expect(b.get_by_role("status")).to_have_text("Message supprimé définitivement.")
     assert not MessageCopy.objects.filter(mailbox__address=B, message__public_id=message_id)

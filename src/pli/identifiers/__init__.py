@@ -33,6 +33,7 @@ __all__ = [
     "IdentifierError",
     "IdentifierKind",
     "find_identifiers",
+    "format_identifier",
     "luhn_complete",
     "luhn_is_valid",
     "parse_adeli",
@@ -237,6 +238,39 @@ def parse_nihii(text: str) -> Identifier:
     if check not in (97 - number % 97, 89 - number % 89):
         raise IdentifierError("bad_check_digit", kind, "the check digits do not match")
     return Identifier(kind, compact)
+
+
+#: How people write each kind's characters: group lengths and what goes before each
+#: group but the first. NIR / INS as on the carte Vitale and INSEE's documents
+#: ("1 85 05 78 006 084 91"); NISS as on the Belgian identity card
+#: ("85.07.30-033.28"); NIHII / INAMI as the Belgian institute writes it
+#: ("1-23456-25-004"). The other kinds are written in one block.
+_GROUPS: dict[IdentifierKind, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    IdentifierKind.NIR: ((1, 2, 2, 2, 3, 3, 2), (" ",) * 6),
+    IdentifierKind.NISS: ((2, 2, 2, 3, 2), (".", ".", "-", ".")),
+    IdentifierKind.NIHII: ((1, 5, 2, 3), ("-",) * 3),
+}
+#: The name people read before the number; a NIR-based INS is the NIR itself.
+_LABELS = {kind: kind.value.upper() for kind in IdentifierKind}
+
+
+def format_identifier(identifier: Identifier) -> str:
+    """The identifier as a person reads it: its kind, then its characters in their groups.
+
+    ``NIR 1 85 05 78 006 084 91``, ``NISS 85.07.30-033.28``, ``RPPS 10003456786``.
+    For display only: parse what a person types back with the parsers, which
+    take these separators.
+    """
+    value = identifier.value
+    groups = _GROUPS.get(identifier.kind)
+    if groups is not None and len(value) == sum(groups[0]):
+        lengths, separators = groups
+        parts, start = [], 0
+        for length in lengths:
+            parts.append(value[start : start + length])
+            start += length
+        value = parts[0] + "".join(s + p for s, p in zip(separators, parts[1:], strict=True))
+    return f"{_LABELS[identifier.kind]} {value}"
 
 
 PARSERS = {

@@ -167,11 +167,39 @@ class DispositionNotification:
     text: str = ""
 
 
+_MONTHS = (
+    "janvier",
+    "février",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "septembre",
+    "octobre",
+    "novembre",
+    "décembre",
+)
+
+
+def _when(sent_at: dt.datetime, zone: dt.tzinfo | None) -> str:
+    """``24 novembre 2026 à 00:03 (Europe/Paris)``: the date as the web mail shows its
+    dates, in ``zone`` (UTC without one), the zone named (a reader elsewhere knows which)."""
+    local = sent_at.astimezone(zone or dt.UTC)
+    name = getattr(zone, "key", None) or local.tzname() or "UTC"
+    return f"{local.day} {_MONTHS[local.month - 1]} {local.year} à {local:%H:%M} ({name})"
+
+
 def _default_text(
-    disposition: Disposition, final_recipient: str, subject: str, sent_at: dt.datetime | None
+    disposition: Disposition,
+    final_recipient: str,
+    subject: str,
+    sent_at: dt.datetime | None,
+    zone: dt.tzinfo | None = None,
 ) -> str:
     what = f"Le message « {subject} »" if subject else "Le message"
-    when = f" du {sent_at.astimezone(dt.UTC):%d/%m/%Y à %H:%M} UTC" if sent_at else ""
+    when = f" du {_when(sent_at, zone)}" if sent_at else ""
     return (
         f"{what}{when} adressé à {final_recipient} {_DONE[disposition.disposition_type]}.\n"
         "Cet accusé ne garantit pas que le message a été lu ni compris.\n"
@@ -195,6 +223,7 @@ def build_mdn(
     text: str | None = None,
     message_id: str | None = None,
     date: dt.datetime | None = None,
+    zone: dt.tzinfo | None = None,
 ) -> bytes:
     """The inner message of a read receipt (canonical CRLF), ready to be signed and sealed.
 
@@ -203,6 +232,8 @@ def build_mdn(
     ``to``: the original's sending mailbox. ``final_recipient`` defaults to
     ``from_address``. ``references``: the original's References (its id is
     appended). ``reporting_ua``: ``"name; product"`` of the agent (§3.2.1).
+    ``zone``: the time zone in which the default text gives the original's date
+    (named in it; UTC without one). The default text is French, whoever reads it.
     The result is parsed back with :func:`parse_mdn`, so it is always valid.
     """
     disposition = disposition or Disposition()
@@ -233,7 +264,7 @@ def build_mdn(
     if disposition.sending_mode == "MDN-sent-automatically":
         message["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5: not written by a person
     if text is None:
-        text = _default_text(disposition, recipient, original_subject, original_date)
+        text = _default_text(disposition, recipient, original_subject, original_date, zone)
     message.set_content(text, cte="quoted-printable")
     message.make_mixed()
     message.set_type("multipart/report")

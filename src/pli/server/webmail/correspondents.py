@@ -19,6 +19,7 @@ from django.utils.translation import gettext as _
 from pli.server.directory.actions import BadAddress, normalise_address
 from pli.server.directory.models import Activity, Mailbox, MailboxType
 from pli.server.directory.queries import SearchError, resolve_address, search_directory
+from pli.server.messaging.actions import current_certificates
 from pli.server.messaging.models import Delivery, MessageCopy
 
 #: How many suggestions the compose page offers at a time.
@@ -123,6 +124,9 @@ class RecipientCheck:
     #: No earlier exchange between the sending mailbox and this one: confirm explicitly.
     first_time: bool
     confirmed: bool
+    #: The mailbox has a current certificate: a message can be encrypted to it (a send
+    #: to one without is refused, recipient_without_certificate: say so before).
+    certified: bool = True
 
 
 def active_mailbox(address: str) -> Mailbox | None:
@@ -167,6 +171,8 @@ def check_recipients(
         rows.append((given, key, mailbox))
     targets = [mailbox for _given, _key, mailbox in rows if mailbox is not None]
     known = known_correspondents(sender, targets) if sender is not None else set()
+    # One query for every recipient, the lookup the send makes (sending._sealed_for).
+    certificates = current_certificates(targets)
     checks = []
     for given, key, mailbox in rows:
         first = mailbox is not None and mailbox.pk not in known
@@ -177,6 +183,7 @@ def check_recipients(
                 identity=identity_of(mailbox) if mailbox else None,
                 first_time=first,
                 confirmed=first and key in agreed,
+                certified=mailbox is None or bool(certificates[mailbox.pk]),
             )
         )
     return checks

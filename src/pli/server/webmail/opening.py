@@ -43,7 +43,7 @@ from pli.crypto import (
     load_crl,
     open_envelope,
 )
-from pli.mime import ExternalPart, InnerMessage, MimeError, parse_inner_message
+from pli.mime import ExternalPart, InnerMessage, MimeError, is_mdn, parse_inner_message
 from pli.server.messaging.models import MessageCopy
 from pli.server.webmail.correspondents import Identity, identities
 
@@ -234,6 +234,9 @@ class OpenedCopy:
     copy: MessageCopy
     signature: Signature
     message: InnerMessage | None = None
+    #: A read receipt (RFC 8098 MDN, its signed content says so: ``multipart/report;
+    #: report-type=disposition-notification``), shown as such, never as a reply.
+    receipt: bool = False
 
     @property
     def readable(self) -> bool:
@@ -300,4 +303,4 @@ def open_copy(
         signed_at=opened.signed_at,
         warnings=tuple(warnings),
     )
-    return OpenedCopy(copy, signature, inner)
+    return OpenedCopy(copy, signature, inner, receipt=is_mdn(opened.mime))

@@ -13,6 +13,11 @@ with every check of a send (docs/api/messaging.md, ``POST …/read``): the web
 mail and the workstation client (``pli.client.Client.read``) send the same
 receipts.
 
+Its text for people is :func:`pli.mime.build_mdn`'s, in French whatever the
+reader's language (the receipt is written once, by the reader's side, for a
+sender whose language it does not know), with the original's date in the
+server's time zone (``settings.TIME_ZONE``, named), as the web mail shows dates.
+
 No receipt answers a receipt (RFC 8098), nor goes from a Sent copy. A
 receipt that cannot go (the sending mailbox left the directory or has no
 certificate, the vault cannot sign) never keeps a message unread: the copy
@@ -25,6 +30,7 @@ import logging
 from collections.abc import Sequence
 
 from django.http import HttpRequest
+from django.utils import timezone
 
 from pli import __version__
 from pli.crypto import (
@@ -112,6 +118,8 @@ def _sealed_receipt(
         original_date=inner.date,
         references=inner.references,
         reporting_ua=f"{request.get_host()}; Pli web mail {__version__}",
+        # The original's date as the web mail shows dates: the server's zone, named.
+        zone=timezone.get_default_timezone(),
     )
     return seal(
         notification,

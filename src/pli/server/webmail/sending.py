@@ -237,7 +237,11 @@ def _sealed_for(sender: Mailbox, targets: Sequence[Mailbox]) -> list[Certificate
     if without:
         raise _refuse(
             "recipient_without_certificate",
-            _("Ces boîtes n'ont pas de certificat valide : le message ne peut leur être chiffré."),
+            _(
+                "Ces boîtes n'ont pas de certificat valide, le message ne peut pas leur être "
+                "chiffré : %(addresses)s."
+            )
+            % {"addresses": ", ".join(without)},
             addresses=without,
         )
     return [

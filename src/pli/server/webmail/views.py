@@ -39,9 +39,10 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pli.crypto import SoftwareKey
+from pli.identifiers import IdentifierError, format_identifier, parse_identifier
 from pli.mime import Attachment, InnerMessage
 from pli.mime.types import HEAD_BYTES
 from pli.server.accounts.custody import CustodyError, personal_mailbox, vault_keys_for
@@ -67,7 +68,13 @@ from pli.server.messaging.actions import (
     max_recipients,
     read_envelope,
 )
-from pli.server.messaging.models import Delivery, DeliveryState, Folder, MessageCopy
+from pli.server.messaging.models import (
+    Delivery,
+    DeliveryState,
+    Folder,
+    Message,
+    MessageCopy,
+)
 from pli.server.messaging.uploads import max_attachment_bytes, open_message_blob
 from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
@@ -246,6 +253,8 @@ class Row:
     status_text: str = ""
     attachments: int = 0
     states: list[str] = field(default_factory=list)
+    #: A read receipt, labelled so (opening.OpenedCopy.receipt).
+    receipt: bool = False
     #: Too large to open for a listing: its subject shows when it is opened.
     deferred: bool = False
 
@@ -388,6 +397,7 @@ def _rows(
                 row.status = result.signature.code
                 if result.message is not None:
                     row.subject = result.message.subject
+                    row.receipt = result.receipt
                     row.attachments = len(result.message.attachments)
         if row.status and row.status != "valid":
             row.status_text = Signature(row.status).reason
@@ -407,6 +417,21 @@ def _rows(
 
 
 # --------------------------------------------------------------------------- one message
+
+
+def patient_text(tagged: str | None) -> str:
+    """A message's patient (``nir:…``, ``niss:…``) as people read it: ``NIR 1 85 05 78 006 084 91``.
+
+    As signed, should it not parse (an older or foreign client's form): what it is
+    is shown rather than hidden.
+    """
+    if not tagged:
+        return ""
+    kind, _separator, value = tagged.partition(":")
+    try:
+        return format_identifier(parse_identifier(value, kind))
+    except IdentifierError:
+        return tagged
 
 
 @dataclass(frozen=True)
@@ -456,10 +481,10 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     read_at=d.read_at,
                 )
             )
-    thread = (
+    thread = list(
         MessageCopy.objects.filter(mailbox=copy.mailbox, message__thread_id=message.thread_id)
         .exclude(pk=copy.pk)
-        .select_related("message")
+        .select_related("message", "mailbox")
         .order_by("created_at")
     )
     parent_visible = message.in_reply_to_id is not None and any(
@@ -474,6 +499,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
             "copy": copy,
             "message": message,
             "inner": inner,
+            "patient": patient_text(inner.patient_id if inner else None),
             "signature": opened.signature,
             "sender": names.get(message.sender_address.lower()),
             "deliveries": deliveries,
@@ -502,15 +528,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                 }
                 for index, part in enumerate(inner.external_parts if inner else [])
             ],
-            "thread": [
-                {
-                    "url": _message_url(c.message.public_id, copy.mailbox.address),
-                    "date": c.created_at,
-                    "from": c.message.sender_address,
-                    "parent": c.message_id == message.in_reply_to_id,
-                }
-                for c in thread
-            ],
+            "thread": _thread(request, user, message, thread, keys),
             "parent_visible": parent_visible,
             "folder_label": Folder(copy.folder).label,
             "folder_url": _folder_url(copy.mailbox.address, copy.folder),
@@ -526,6 +544,85 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
             "html_only": inner is not None and not inner.body_text and inner.body_html,
         },
     )
+
+
+#: The most recent thread entries, opened for their kind (read receipt or message) and
+#: subject; the older ones, in a longer thread, are listed by sender and date only. Fewer
+#: than a folder page (each opening costs milliseconds and is traced), and only envelopes a
+#: listing would open (list_open_bytes): a thread of ten-MB messages costs no more to show.
+THREAD_OPENED = 20
+
+
+@dataclass(frozen=True)
+class ThreadEntry:
+    url: str
+    date: Any
+    #: The sending mailbox's name in the directory, or its address.
+    sender: str
+    #: The message this one answers.
+    parent: bool
+    #: A read receipt (None: not opened, its kind unknown).
+    receipt: bool | None = None
+    subject: str | None = None
+
+
+def _thread(
+    request: HttpRequest,
+    user: User,
+    message: Message,
+    copies: Sequence[MessageCopy],
+    keys: Sequence[SoftwareKey],
+) -> list[ThreadEntry]:
+    """The other messages of the thread in this mailbox, each said for what it is.
+
+    A read receipt joins the thread of the message read (RFC 8098, In-Reply-To),
+    from the reader's mailbox: only its signed content tells it from a reply, so
+    the nearest entries are opened in memory, as a folder page opens its rows,
+    and traced alike (REQ-TRACE).
+    """
+    names = identities(c.message.sender_address for c in copies)
+    opened_kinds: dict[int, OpenedCopy] = {}
+    largest = list_open_bytes()
+    nearest = [c for c in copies[-THREAD_OPENED:] if c.message.size <= largest]
+    if keys and nearest:
+        try:
+            trust = trust_store()
+        except TrustUnavailable:
+            nearest = []
+        loaded = envelopes_in_database(c.message for c in nearest) if nearest else {}
+        for c in nearest:
+            try:
+                envelope = read_envelope(c, loaded=loaded)
+            except MessagingError:
+                continue
+            opened_kinds[c.pk] = open_copy(c, envelope, keys, trust=trust)
+        if opened_kinds:
+            with transaction.atomic():
+                for c in nearest:
+                    if c.pk in opened_kinds:
+                        do_record_event(
+                            AuditAction.MESSAGES_OPENED,
+                            actor=user,
+                            request=request,
+                            target=f"message:{c.message.public_id}",
+                            detail={"mailbox": c.mailbox_id},
+                        )
+    entries = []
+    for c in copies:
+        known = names.get(c.message.sender_address.lower())
+        result = opened_kinds.get(c.pk)
+        inner = result.message if result is not None else None
+        entries.append(
+            ThreadEntry(
+                url=_message_url(c.message.public_id, c.mailbox.address),
+                date=c.created_at,
+                sender=known.name if known else c.message.sender_address,
+                parent=c.message_id == message.in_reply_to_id,
+                receipt=result.receipt if result is not None and inner is not None else None,
+                subject=inner.subject if inner is not None else None,
+            )
+        )
+    return entries
 
 
 def safe_filename(name: str) -> str:
@@ -667,13 +764,26 @@ def move_view(request: HttpRequest, message_id: str) -> HttpResponse:
     return HttpResponseRedirect(_folder_url(copy.mailbox.address, before))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
+@never_cache
 def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
+    """To the trash at once (it can come back); from the trash, only once confirmed.
+
+    Deleting from the trash cannot be undone: the button leads to a page that asks
+    (GET), and only its explicit confirmation (``confirm=1``) deletes. A POST
+    without it, from an old page or a second click, gets the same question.
+    Without script (CSP): a page of its own, usable by keyboard and screen reader.
+    """
     found = _copy(request, message_id)
     if isinstance(found, HttpResponse):
         return found
     copy, before = found, found.folder
+    confirmed = request.method == "POST" and request.POST.get("confirm") == "1"
+    if copy.folder == Folder.TRASH and not confirmed:
+        return _confirm_delete(request, copy)
+    if request.method != "POST":
+        return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
     result = do_delete_message(signed_in_user(request), copy, request)
     messages.success(
         request,
@@ -682,6 +792,27 @@ def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
         else _("Message mis à la corbeille."),
     )
     return HttpResponseRedirect(_folder_url(copy.mailbox.address, before))
+
+
+def _confirm_delete(request: HttpRequest, copy: MessageCopy) -> HttpResponse:
+    """The question before deleting for good: which message (routing metadata only), and
+    an explicit confirmation or a way back."""
+    message = copy.message
+    known = identities([message.sender_address]).get(message.sender_address.lower())
+    return render(
+        request,
+        "webmail/delete_confirm.html",
+        {
+            "sidebar": _sidebar(signed_in_user(request), copy.mailbox, copy.folder),
+            "copy": copy,
+            "message": message,
+            "sender": known,
+            "action_url": reverse("webmail:delete", args=[message.public_id])
+            + "?"
+            + urlencode({"boite": copy.mailbox.address}),
+            "cancel_url": _message_url(message.public_id, copy.mailbox.address),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- directory helpers
@@ -872,7 +1003,7 @@ def _compose_response(
             "forwarded": forwarded,
             "forwarded_large": forwarded_large,
             "forward_patient": (
-                original.message.patient_id if original and original.forward else None
+                patient_text(original.message.patient_id) if original and original.forward else ""
             ),
             "original_copy": state.original_copy,
             "inline_limit": inline_limit(),
