@@ -48,14 +48,18 @@ from pli.server.accounts.models import User, UserSession
 from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import (
     ENROLLING,
+    LOGIN_NEXT,
     begin_second_factor,
     client_address,
     complete_login,
     current_record,
     do_revoke_session,
+    local_url,
     mark_reauthenticated,
+    next_page_after_login,
     pending_user,
     recently_authenticated,
+    remember_next_page,
 )
 from pli.server.audit.actions import do_record_event
 
@@ -120,6 +124,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
     form = LoginForm(request.POST or None)
     error: dict[str, str] | None = None
     ended = request.GET.get("ended", "")
+    # The page asked for (?next= from login_required), carried by the form's hidden field.
+    wanted = local_url(request, request.POST.get("next") or request.GET.get("next"))
     if request.method == "POST" and form.is_valid():
         login = form.cleaned_data["username"].strip().lower()
         keys = (throttle.account_key(login), throttle.address_key(client_address(request)))
@@ -140,9 +146,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 # Enrolment was left half-way: the passphrase proves the activation.
                 request.session.cycle_key()
                 request.session[ENROLLING] = {"user": user.pk, "at": int(time.time())}
+                remember_next_page(request, wanted)
                 return redirect("accounts:enrol-totp")
             else:
                 begin_second_factor(request, user, "passphrase")
+                remember_next_page(request, wanted)
                 response = redirect("accounts:second-factor")
                 # The passphrase is in hand once: derive the vault key now (one Argon2id
                 # run), for the browser's cookie; it opens nothing before the second factor.
@@ -152,7 +160,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/login.html",
-        {"form": form, "error": error, "ended": ended},
+        {"form": form, "error": error, "ended": ended, "next": wanted},
         status=status,
     )
 
@@ -170,7 +178,7 @@ def second_factor_view(request: HttpRequest) -> HttpResponse:
             error = _locked()
         elif factors.check_totp(user, form.cleaned_data["code"]):
             complete_login(request, user, f"{method}+totp")
-            return redirect(_next_page(request))
+            return redirect(next_page_after_login(request, user))
         else:
             error = _fail(request, keys, user, "totp")
     return render(
@@ -202,6 +210,9 @@ def recovery_view(request: HttpRequest) -> HttpResponse:
             do_record_event(
                 "accounts.recovery_code_used", actor=user, request=request, target=f"user:{user.pk}"
             )
+            # Not the page asked for: whoever needs a recovery code has probably lost the
+            # authenticator, and the factors page is where to replace it.
+            request.session.pop(LOGIN_NEXT, None)
             return redirect("accounts:factors")
         else:
             error = _fail(request, keys, user, "recovery")
@@ -211,10 +222,6 @@ def recovery_view(request: HttpRequest) -> HttpResponse:
         {"form": form, "error": error},
         status=400 if error else 200,
     )
-
-
-def _next_page(request: HttpRequest) -> str:
-    return reverse("directory-search")
 
 
 @require_POST
@@ -392,7 +399,7 @@ def _charter_page(request: HttpRequest, user: User, *, enrolling: bool) -> HttpR
         except AccountError as failure:
             error = _error(failure.code, failure.message)
         else:
-            return redirect(_next_page(request))
+            return redirect(next_page_after_login(request, user))
     lang = getattr(request, "LANGUAGE_CODE", "fr")
     text = ""
     if charter is not None:
