@@ -123,14 +123,17 @@ def vault_unlock_view(request: HttpRequest) -> HttpResponse:
                 error = _error(failure.code, failure.message)
         if error is None:
             return response
+    # Already unlocked: the page says so and offers the way back, not a form to fill
+    # again (one state at a time; the key locks itself at logout or session end).
+    unlocked = request.method == "GET" and not choosing and vault_unlocked(request)
     return render(
         request,
         _TEMPLATE,
         {
-            "mode": "choose" if choosing else "enter",
+            "mode": "unlocked" if unlocked else "choose" if choosing else "enter",
             "form": form,
             "error": error,
-            "unlocked": request.method == "GET" and vault_unlocked(request),
+            "back": _next_url(request),
             "separate": needs_unlock_passphrase(user),
         },
         status=400 if error or (request.method == "POST" and not form.is_valid()) else 200,

@@ -1,0 +1,138 @@
+"""The account pages as a person sees them, in headless Chromium (Playwright).
+
+What the UI review of the demo found: the key-unlock page said "unlocked" over a
+form to unlock; the locked-key notice of the inbox looked like a success; the
+header's logout button dropped to a second line as a grey native button; the
+account pages were unstyled; there was no way to switch language. Set
+``PLI_SCREENSHOT_DIR`` to keep a PNG of each page checked, at each width.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, ViewportSize, expect
+
+from pli.server.accounts.models import User
+from tests.accounts_support import PASSPHRASE
+from tests.test_accounts_browser import (  # noqa: F401 - fixtures, used by name
+    CSP_WATCH,
+    Watched,
+    base_url,
+    browser,
+    next_code,
+)
+from tests.test_webmail import (  # noqa: F401 - fixtures, used by name
+    A,
+    ca_directory,
+    key_pool,
+    operator,
+    vault_account,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+#: pli.css: --brand, the colour of every button of the web mail and the account pages.
+BRAND = "rgb(18, 53, 91)"
+#: pli.css: .notice.warning and .notice.success.
+WARNING_BACKGROUND = "rgb(255, 248, 225)"
+SUCCESS_BACKGROUND = "rgb(238, 246, 238)"
+
+
+def screenshot(page: Page, name: str) -> None:
+    """For the reviewer's eyes (not asserted): PLI_SCREENSHOT_DIR/<name>-<width>.png."""
+    directory = os.environ.get("PLI_SCREENSHOT_DIR")
+    if directory:
+        width = page.viewport_size["width"] if page.viewport_size else 0
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=f"{directory}/{name}-{width}.png", full_page=True)
+
+
+def new_page(chromium: Browser, url: str, viewport: ViewportSize) -> Watched:
+    context = chromium.new_context(locale="fr-FR", base_url=url, viewport=viewport)
+    context.add_init_script(CSP_WATCH)
+    page = context.new_page()
+    watched = Watched(page=page, context=context)
+    page.on(
+        "console",
+        lambda message: (
+            watched.errors.append(message.text)
+            if "CSP violation" in message.text or "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    return watched
+
+
+@pytest.fixture
+def desktop(browser: Browser, base_url: str) -> Iterator[Watched]:  # noqa: F811
+    watched = new_page(browser, base_url, DESKTOP)
+    yield watched
+    watched.context.close()
+
+
+@pytest.fixture
+def phone(browser: Browser, base_url: str) -> Iterator[Watched]:  # noqa: F811
+    watched = new_page(browser, base_url, PHONE)
+    yield watched
+    watched.context.close()
+
+
+def professional() -> tuple[User, str]:
+    """An enrolled professional whose mailbox key is in the server's vault."""
+    return vault_account(A, organisation="Hôpital A", last_name="Martin", profession="Médecin")
+
+
+def log_in(page: Page, user: User, secret: str) -> None:
+    page.goto("/compte/connexion/")
+    screenshot(page, "login")
+    page.get_by_label("Adresse de messagerie").fill(user.username)
+    page.get_by_label("Phrase secrète").fill(PASSPHRASE)
+    page.get_by_role("button", name="Continuer").click()
+    page.wait_for_url("**/compte/connexion/second-facteur/")
+    screenshot(page, "second-factor")
+    page.get_by_label("Code à 6 chiffres").fill(next_code(secret))
+    page.get_by_role("button", name="Valider").click()
+    page.wait_for_url("**/messagerie/")
+
+
+def test_the_unlock_page_shows_one_state_and_the_locked_notice_warns(desktop: Watched) -> None:
+    page = desktop.page
+    user, secret = professional()
+    log_in(page, user, secret)  # the login passphrase unlocks the key
+
+    page.goto("/compte/cle/deverrouiller/")
+    screenshot(page, "unlock-unlocked")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ma clé de messagerie")
+    notice = page.locator("[data-code=vault_unlocked]")
+    expect(notice).to_have_text("Votre clé est déverrouillée pour cette session.")
+    expect(notice).to_have_css("background-color", SUCCESS_BACKGROUND)
+    # Nothing to fill in: no passphrase field, no unlock button.
+    expect(page.get_by_role("button", name="Déverrouiller")).to_have_count(0)
+    expect(page.locator("input[type=password]")).to_have_count(0)
+    page.get_by_role("link", name="Retour à la messagerie").click()
+    page.wait_for_url("**/messagerie/")
+
+    # The key's cookie gone (as in another browser window): the inbox warns, not congratulates.
+    page.context.clear_cookies(name="pli_vault")
+    page.reload()
+    locked = page.locator("[data-code=vault_locked]")
+    expect(locked).to_contain_text("Votre clé est verrouillée")
+    expect(locked).to_have_css("background-color", WARNING_BACKGROUND)
+    screenshot(page, "inbox-locked")
+
+    locked.get_by_role("link", name="Déverrouiller ma clé").click()
+    page.wait_for_url("**/compte/cle/deverrouiller/?next=*")
+    screenshot(page, "unlock-locked")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Déverrouiller ma clé de messagerie")
+    expect(page.locator("[data-code=vault_unlocked]")).to_have_count(0)
+    page.get_by_label("Phrase secrète de connexion").fill(PASSPHRASE)
+    page.get_by_role("button", name="Déverrouiller").click()
+    page.wait_for_url("**/messagerie/**")
+    expect(page.locator("[data-code=vault_locked]")).to_have_count(0)
+    desktop.assert_clean()
