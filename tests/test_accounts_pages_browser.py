@@ -136,3 +136,72 @@ def test_the_unlock_page_shows_one_state_and_the_locked_notice_warns(desktop: Wa
     page.wait_for_url("**/messagerie/**")
     expect(page.locator("[data-code=vault_locked]")).to_have_count(0)
     desktop.assert_clean()
+
+
+def _header_on_one_line(page: Page) -> None:
+    header = page.locator("body > header")
+    logout = page.get_by_role("button", name="Se déconnecter")
+    brand = header.locator(".brand")
+    header_box, logout_box, brand_box = (
+        header.bounding_box(),
+        logout.bounding_box(),
+        brand.bounding_box(),
+    )
+    assert header_box and logout_box and brand_box
+    # One line: the logout button sits level with the brand, the header no taller than it.
+    assert (
+        abs(
+            (logout_box["y"] + logout_box["height"] / 2)
+            - (brand_box["y"] + brand_box["height"] / 2)
+        )
+        < brand_box["height"] / 2
+    ), (logout_box, brand_box)
+    assert header_box["height"] < 2.5 * brand_box["height"], header_box
+
+
+def _logout_reads_as_a_link(page: Page) -> None:
+    logout = page.get_by_role("button", name="Se déconnecter")
+    expect(logout).to_be_visible()
+    expect(logout).to_have_css("background-color", "rgba(0, 0, 0, 0)")
+    expect(logout).to_have_css("color", "rgb(255, 255, 255)")
+    expect(logout).to_have_css("border-top-width", "0px")
+
+
+def _styled_like_the_mailbox(page: Page, button: str) -> None:
+    expect(page.get_by_role("button", name=button).first).to_have_css("background-color", BRAND)
+    for field in page.locator("main input[type=password], main input[type=text]").all():
+        expect(field).to_have_css("border-radius", "4px")
+
+
+@pytest.mark.parametrize("width", ["desktop", "phone"])
+def test_the_header_and_the_account_pages_are_laid_out_at_each_width(
+    width: str, request: pytest.FixtureRequest
+) -> None:
+    watched: Watched = request.getfixturevalue(width)
+    page = watched.page
+    user, secret = professional()
+
+    page.goto("/compte/connexion/")
+    _styled_like_the_mailbox(page, "Continuer")
+    log_in(page, user, secret)
+    screenshot(page, "inbox")
+    _logout_reads_as_a_link(page)
+    if width == "desktop":
+        _header_on_one_line(page)
+
+    for path, name, button in [
+        ("/compte/facteurs/", "factors", "Générer de nouveaux codes"),
+        ("/compte/sessions/", "sessions", "Fermer"),
+    ]:
+        page.goto(path)
+        screenshot(page, name)
+        _logout_reads_as_a_link(page)
+        _styled_like_the_mailbox(page, button)
+        if width == "desktop":
+            _header_on_one_line(page)
+        # Nothing wider than the screen (no sideways scrolling on a phone).
+        viewport = page.viewport_size
+        assert viewport is not None
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    expect(page.locator("table.sessions")).to_be_visible()
+    watched.assert_clean()
