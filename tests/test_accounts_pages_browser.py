@@ -10,6 +10,7 @@ account pages were unstyled; there was no way to switch language. Set
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +206,32 @@ def test_the_header_and_the_account_pages_are_laid_out_at_each_width(
         assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     expect(page.locator("table.sessions")).to_be_visible()
     watched.assert_clean()
+
+
+def test_the_footer_switches_the_language_and_the_choice_stays(desktop: Watched) -> None:
+    page = desktop.page
+    page.goto("/compte/connexion/?next=/messagerie/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Connexion")
+    assert page.locator("html").get_attribute("lang") == "fr"
+    switch = page.get_by_role("group", name="Langue :")
+    expect(switch.get_by_role("button")).to_have_text(["English"])  # French is the current one
+
+    switch.get_by_role("button", name="English").click()
+    # Back on the same page, query string included, now in English.
+    page.wait_for_url("**/compte/connexion/?next=/messagerie/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Login")
+    assert page.locator("html").get_attribute("lang") == "en"
+    screenshot(page, "login-english")
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "pli_language"]
+    assert cookie["value"] == "en" and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert cookie["expires"] > time.time() + 300 * 86400  # kept beyond this browser session
+
+    # The next page too, although the browser still asks for French.
+    page.goto("/compte/inscription/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Request access")
+    page.get_by_role("group", name="Language:").get_by_role("button", name="Français").click()
+    page.wait_for_url("**/compte/inscription/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Demander un accès")
+    page.goto("/compte/connexion/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Connexion")
+    desktop.assert_clean()
