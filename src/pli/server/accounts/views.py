@@ -61,6 +61,7 @@ from pli.server.accounts.sessions import (
     recently_authenticated,
     remember_next_page,
 )
+from pli.server.accounts.user_agents import describe_user_agent
 from pli.server.audit.actions import do_record_event
 
 #: How long an activated, unfinished enrolment stays open in the browser.
@@ -456,7 +457,20 @@ def _sessions_context(
     sessions = UserSession.objects.filter(user=user, revoked_at__isnull=True).order_by(
         "-last_seen_at"
     )
-    return {"sessions": sessions, "current": current.pk if current else None, "error": error}
+    rows = [(session, device_label(session.user_agent)) for session in sessions]
+    return {"rows": rows, "current": current.pk if current else None, "error": error}
+
+
+def device_label(user_agent: str) -> str:
+    """What a person recognises of a session's User-Agent string: "Chrome sur Linux"."""
+    device = describe_user_agent(user_agent)
+    if device.browser and device.system:
+        return _("%(browser)s sur %(system)s") % device._asdict()
+    if device.browser:
+        return device.browser
+    if device.system:
+        return _("Navigateur inconnu sur %(system)s") % {"system": device.system}
+    return _("Navigateur inconnu")
 
 
 @login_required
