@@ -234,4 +234,13 @@ def test_the_footer_switches_the_language_and_the_choice_stays(desktop: Watched)
     expect(page.get_by_role("heading", level=1)).to_have_text("Demander un accès")
     page.goto("/compte/connexion/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Connexion")
+
+    # A 404 does not echo the path it was asked (the same page for every path): the
+    # switch goes back by the Referer, which Pli's same-origin policy sends.
+    desktop.allow_failed_request("/nulle-part/")
+    page.goto("/nulle-part/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Page introuvable")
+    page.get_by_role("button", name="English").click()
+    page.wait_for_url("**/nulle-part/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Page not found")
     desktop.assert_clean()
