@@ -229,7 +229,7 @@ def test_enrolment_from_the_invitation_then_login_with_totp(watched: Watched) ->
     page.get_by_label("J'ai pris connaissance de la charte").check()
     page.get_by_role("button", name="Valider").click()
 
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
     expect(page.get_by_role("button", name="Se déconnecter")).to_be_visible()
     user = User.objects.get(username=address)
     assert user.enrolled_at is not None
@@ -241,7 +241,7 @@ def test_enrolment_from_the_invitation_then_login_with_totp(watched: Watched) ->
     expect(page.get_by_role("button", name="Utiliser ma clé de sécurité")).to_have_count(0)
     page.get_by_label("Code à 6 chiffres").fill(next_code(secret))
     page.get_by_role("button", name="Valider").click()
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
     assert UserSession.objects.filter(user=user, method="passphrase+totp").exists()
     watched.assert_clean()
 
@@ -255,7 +255,7 @@ def test_a_passkey_registered_from_the_factors_page_logs_in(watched: Watched) ->
     log_in_with_passphrase(page, user.username)
     page.get_by_label("Code à 6 chiffres").fill(next_code(secret))
     page.get_by_role("button", name="Valider").click()
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
 
     age_the_authentication(page.context)
     page.get_by_role("link", name="Sécurité").click()
@@ -284,7 +284,7 @@ def test_a_passkey_registered_from_the_factors_page_logs_in(watched: Watched) ->
     log_out(page)
     log_in_with_passphrase(page, user.username)
     page.get_by_role("button", name="Utiliser ma clé de sécurité").click()
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
     assert UserSession.objects.filter(user=user, method="passphrase+webauthn").exists()
     assert WebAuthnCredential.objects.get(pk=row.pk).last_used_at is not None
     watched.assert_clean()
@@ -308,7 +308,7 @@ def test_a_wrong_or_unknown_key_is_refused(watched: Watched) -> None:
     log_in_with_passphrase(page, user.username)
     page.get_by_label("Code à 6 chiffres").fill(next_code(secret))
     page.get_by_role("button", name="Valider").click()
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
     age_the_authentication(page.context)
     page.goto("/compte/facteurs/cles-de-securite/ajouter/")
     page.get_by_label("Phrase secrète").fill(PASSPHRASE)

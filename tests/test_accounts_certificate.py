@@ -253,7 +253,7 @@ def test_a_card_passed_by_the_trusted_proxy_logs_its_holder_in(configured: CardP
     card = configured.card(user.professional.national_id)
     client = Client()
     response = _through_proxy(client, card)
-    assert response.status_code == 302 and response["Location"] == "/annuaire/"
+    assert response.status_code == 302 and response["Location"] == "/messagerie/"
     assert _signed_in_as(client) == "alice.card@hopital.pli.test"
     # The card alone is strong authentication: no second factor was asked.
     assert UserSession.objects.get(user=user).method == "certificate"

@@ -234,7 +234,7 @@ def test_an_enrolled_professional_signs_in_with_the_card(
 
     expect(page.get_by_role("heading", level=1)).to_have_text("Connexion")
     page.get_by_role("button", name=BUTTON).click()
-    page.wait_for_url(re.compile(r"/annuaire/$"))
+    page.wait_for_url(re.compile(r"/messagerie/$"))
     expect(page.get_by_role("button", name="Se déconnecter")).to_be_visible()
     # One factor asked of the person: the card (and its PIN) is strong authentication.
     assert UserSession.objects.get(user=user).method == "certificate"

@@ -139,7 +139,7 @@ def test_a_professional_logs_in_through_the_national_identity_provider(
     assert verifier not in start["Location"]
 
     response = client.get(_callback_path(_at_provider(start["Location"])))
-    assert response.status_code == 302 and response["Location"] == "/annuaire/"
+    assert response.status_code == 302 and response["Location"] == "/messagerie/"
     assert _signed_in_as(client) == "alice.oidc@hopital.pli.test"
     assert provider.token_requests == 1 and provider.token_refusals == []
     # The flow's secrets are gone; nothing of the tokens is kept.

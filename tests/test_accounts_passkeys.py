@@ -245,7 +245,7 @@ def test_a_key_added_from_the_factors_page_logs_in_after_the_passphrase() -> Non
     assert options["rpId"] == RP_ID
     assert [d["id"] for d in options["allowCredentials"]] == [b64url(authenticator.credential_id)]
     response = post_json(client, LOGIN_VERIFY, {"credential": authenticator.get(options)})
-    assert response.status_code == 200 and response.json() == {"redirect": "/annuaire/"}
+    assert response.status_code == 200 and response.json() == {"redirect": "/messagerie/"}
     assert client.get("/api/accounts/me").status_code == 200
     assert UserSession.objects.get(user=user, method="passphrase+webauthn")
     used = WebAuthnCredential.objects.get(pk=row.pk)

@@ -139,7 +139,7 @@ def log_in(page: Page, address: str, secret: str) -> None:
     page.wait_for_url("**/compte/connexion/second-facteur/")
     page.get_by_label("Code à 6 chiffres").fill(pyotp.TOTP(secret).at(time.time() + 30))
     page.get_by_role("button", name="Valider").click()
-    page.wait_for_url("**/annuaire/")
+    page.wait_for_url("**/messagerie/")
 
 
 def a_writes_to_b(a: Page) -> str:

@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/", api.urls),
     path("admin/", admin.site.urls),
     path("compte/", include("pli.server.accounts.urls")),
+    # The footer's language switch: Django's set_language (a POST with its CSRF token).
+    path("i18n/", include("django.conf.urls.i18n")),
     path("fhir/", include("pli.server.directory.fhir_urls")),
     path("messagerie/", include("pli.server.webmail.urls")),
     path("", directory_views.home, name="home"),

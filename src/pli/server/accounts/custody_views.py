@@ -15,7 +15,6 @@ from django.contrib.auth.hashers import check_password
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -33,7 +32,7 @@ from pli.server.accounts.custody import (
 )
 from pli.server.accounts.models import Custody, User
 from pli.server.accounts.session_auth import signed_in_user
-from pli.server.accounts.sessions import client_address
+from pli.server.accounts.sessions import client_address, local_url
 
 _TEMPLATE = "accounts/custody/unlock.html"
 
@@ -83,12 +82,8 @@ def _error(code: str, message: str) -> dict[str, str]:
 
 
 def _next_url(request: HttpRequest) -> str:
-    target = request.GET.get("next", "")
-    if target.startswith("/") and url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return reverse("directory-search")
+    # The web mail sends here with ?next= (the page that needed the key); else the mailbox.
+    return local_url(request, request.GET.get("next")) or reverse("webmail:folder")
 
 
 def _keys(request: HttpRequest, user: User) -> tuple[str, str]:
@@ -128,14 +123,17 @@ def vault_unlock_view(request: HttpRequest) -> HttpResponse:
                 error = _error(failure.code, failure.message)
         if error is None:
             return response
+    # Already unlocked: the page says so and offers the way back, not a form to fill
+    # again (one state at a time; the key locks itself at logout or session end).
+    unlocked = request.method == "GET" and not choosing and vault_unlocked(request)
     return render(
         request,
         _TEMPLATE,
         {
-            "mode": "choose" if choosing else "enter",
+            "mode": "unlocked" if unlocked else "choose" if choosing else "enter",
             "form": form,
             "error": error,
-            "unlocked": request.method == "GET" and vault_unlocked(request),
+            "back": _next_url(request),
             "separate": needs_unlock_passphrase(user),
         },
         status=400 if error or (request.method == "POST" and not form.is_valid()) else 200,

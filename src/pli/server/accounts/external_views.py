@@ -28,8 +28,13 @@ from pli.server.accounts.certificate_login import (
 from pli.server.accounts.errors import AccountError
 from pli.server.accounts.forms import LoginForm
 from pli.server.accounts.models import User
-from pli.server.accounts.sessions import client_address, complete_login
-from pli.server.accounts.views import _next_page
+from pli.server.accounts.sessions import (
+    client_address,
+    complete_login,
+    local_url,
+    next_page_after_login,
+    remember_next_page,
+)
 from pli.server.audit.actions import do_record_event
 
 logger = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ def _refused(
             "form": LoginForm(),
             "error": {"code": error.code, "message": error.message},
             "ended": "",
+            "next": local_url(request, request.POST.get("next") or request.GET.get("next")),
         },
         status=status,
     )
@@ -113,6 +119,8 @@ def oidc_start_view(request: HttpRequest) -> HttpResponse:
         raise Http404
     if (locked := _address_locked(request)) is not None:
         return _refused(request, locked, factor="oidc", user=None)
+    # Kept in the session until the provider sends the browser back (the callback).
+    remember_next_page(request, request.GET.get("next"))
     try:
         return redirect(oidc.begin_authentication(request))
     except oidc.OidcError as error:
@@ -131,7 +139,7 @@ def oidc_callback_view(request: HttpRequest) -> HttpResponse:
     except oidc.OidcError as error:
         return _refused(request, error, factor="oidc", user=error.user)
     complete_login(request, user, "oidc")
-    return redirect(_next_page(request))
+    return redirect(next_page_after_login(request, user))
 
 
 # --- TLS client certificate ----------------------------------------------------------------------
@@ -169,5 +177,6 @@ def certificate_login_view(request: HttpRequest) -> HttpResponse:
         return _refused(
             request, error, factor="certificate", user=error.user, fingerprint=error.fingerprint
         )
+    remember_next_page(request, request.POST.get("next"))
     complete_login(request, user, "certificate")
-    return redirect(_next_page(request))
+    return redirect(next_page_after_login(request, user))

@@ -28,10 +28,11 @@ from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import (
     client_address,
     complete_login,
+    next_page_after_login,
     pending_user,
     recently_authenticated,
 )
-from pli.server.accounts.views import _enrolling, _error, _fail, _locked, _next_page
+from pli.server.accounts.views import _enrolling, _error, _fail, _locked
 
 #: The largest answer a browser sends (an attestation object with a certificate chain).
 MAX_BODY = 64 * 1024
@@ -140,7 +141,7 @@ def login_verify_view(request: HttpRequest) -> HttpResponse:
         error = _webauthn_failed(_fail(request, keys, user, "webauthn"))
         return _refused(error, _status(error))
     complete_login(request, user, f"{method}+webauthn")
-    return _json({"redirect": _next_page(request)})
+    return _json({"redirect": next_page_after_login(request, user)})
 
 
 # --- registration ----------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from django.db.models import BooleanField, Exists, ExpressionWrapper, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from pli.server.accounts import throttle
-from pli.server.accounts.models import Charter, CharterAcknowledgement, User, UserSession
+from pli.server.accounts.models import Charter, CharterAcknowledgement, Role, User, UserSession
 from pli.server.accounts.session_auth import BACKEND, loaded_record
 from pli.server.accounts.tokens import session_key_hash
 from pli.server.audit.actions import do_record_event
@@ -33,6 +34,7 @@ from pli.server.audit.actions import do_record_event
 PENDING = "pli_pending"  # first factor passed: {"user": id, "at": epoch, "method": str}
 ENROLLING = "pli_enrolling"  # activation code accepted, enrolment in progress: user id
 AUTH_AT = "pli_auth_at"  # epoch of the last full authentication (re-authentication)
+LOGIN_NEXT = "pli_login_next"  # the page asked for before the login, until it completes
 
 #: How long a passed first factor waits for the second one.
 PENDING_SECONDS = 300
@@ -65,6 +67,49 @@ def client_address(request: HttpRequest) -> str | None:
         return str(ipaddress.ip_address(candidate))
     except ValueError:
         return peer
+
+
+#: Longer "next" values are not pages of Pli's (its longest query strings are well under).
+_NEXT_MAX_LENGTH = 2000
+
+
+def local_url(request: HttpRequest, target: str | None) -> str | None:
+    """*target* if it is a page of this site (a path), else None: never an open redirect.
+
+    Only a path is accepted: ``//evil.example`` (scheme-relative), ``/\\evil.example``
+    (which browsers read alike), an absolute URL even to this host, and control
+    characters are all refused.
+    """
+    if not target or len(target) > _NEXT_MAX_LENGTH or not target.startswith("/"):
+        return None
+    if target.startswith(("//", "/\\")) or not target.isprintable():
+        return None
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return None
+    return target
+
+
+def remember_next_page(request: HttpRequest, target: str | None) -> None:
+    """Keep the page asked for through the login's steps (each may be another request)."""
+    wanted = local_url(request, target)
+    if wanted is None:
+        request.session.pop(LOGIN_NEXT, None)  # nothing stale from an earlier attempt
+    else:
+        request.session[LOGIN_NEXT] = wanted
+
+
+def next_page_after_login(request: HttpRequest, user: User) -> str:
+    """Where a completed login goes: the page asked for, else the user's home page.
+
+    A professional logs in to read mail: the mailbox. The operator's staff have no
+    mailbox of their own: the directory.
+    """
+    wanted = local_url(request, request.session.pop(LOGIN_NEXT, None))
+    if wanted is not None:
+        return wanted
+    return reverse("webmail:folder" if user.role == Role.PROFESSIONAL else "directory-search")
 
 
 def begin_second_factor(request: HttpRequest, user: User, method: str) -> None:

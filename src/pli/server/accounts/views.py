@@ -48,15 +48,20 @@ from pli.server.accounts.models import User, UserSession
 from pli.server.accounts.session_auth import signed_in_user
 from pli.server.accounts.sessions import (
     ENROLLING,
+    LOGIN_NEXT,
     begin_second_factor,
     client_address,
     complete_login,
     current_record,
     do_revoke_session,
+    local_url,
     mark_reauthenticated,
+    next_page_after_login,
     pending_user,
     recently_authenticated,
+    remember_next_page,
 )
+from pli.server.accounts.user_agents import describe_user_agent
 from pli.server.audit.actions import do_record_event
 
 #: How long an activated, unfinished enrolment stays open in the browser.
@@ -120,6 +125,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
     form = LoginForm(request.POST or None)
     error: dict[str, str] | None = None
     ended = request.GET.get("ended", "")
+    # The page asked for (?next= from login_required), carried by the form's hidden field.
+    wanted = local_url(request, request.POST.get("next") or request.GET.get("next"))
     if request.method == "POST" and form.is_valid():
         login = form.cleaned_data["username"].strip().lower()
         keys = (throttle.account_key(login), throttle.address_key(client_address(request)))
@@ -140,9 +147,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 # Enrolment was left half-way: the passphrase proves the activation.
                 request.session.cycle_key()
                 request.session[ENROLLING] = {"user": user.pk, "at": int(time.time())}
+                remember_next_page(request, wanted)
                 return redirect("accounts:enrol-totp")
             else:
                 begin_second_factor(request, user, "passphrase")
+                remember_next_page(request, wanted)
                 response = redirect("accounts:second-factor")
                 # The passphrase is in hand once: derive the vault key now (one Argon2id
                 # run), for the browser's cookie; it opens nothing before the second factor.
@@ -152,7 +161,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/login.html",
-        {"form": form, "error": error, "ended": ended},
+        {"form": form, "error": error, "ended": ended, "next": wanted},
         status=status,
     )
 
@@ -170,7 +179,7 @@ def second_factor_view(request: HttpRequest) -> HttpResponse:
             error = _locked()
         elif factors.check_totp(user, form.cleaned_data["code"]):
             complete_login(request, user, f"{method}+totp")
-            return redirect(_next_page(request))
+            return redirect(next_page_after_login(request, user))
         else:
             error = _fail(request, keys, user, "totp")
     return render(
@@ -202,6 +211,9 @@ def recovery_view(request: HttpRequest) -> HttpResponse:
             do_record_event(
                 "accounts.recovery_code_used", actor=user, request=request, target=f"user:{user.pk}"
             )
+            # Not the page asked for: whoever needs a recovery code has probably lost the
+            # authenticator, and the factors page is where to replace it.
+            request.session.pop(LOGIN_NEXT, None)
             return redirect("accounts:factors")
         else:
             error = _fail(request, keys, user, "recovery")
@@ -211,10 +223,6 @@ def recovery_view(request: HttpRequest) -> HttpResponse:
         {"form": form, "error": error},
         status=400 if error else 200,
     )
-
-
-def _next_page(request: HttpRequest) -> str:
-    return reverse("directory-search")
 
 
 @require_POST
@@ -392,7 +400,7 @@ def _charter_page(request: HttpRequest, user: User, *, enrolling: bool) -> HttpR
         except AccountError as failure:
             error = _error(failure.code, failure.message)
         else:
-            return redirect(_next_page(request))
+            return redirect(next_page_after_login(request, user))
     lang = getattr(request, "LANGUAGE_CODE", "fr")
     text = ""
     if charter is not None:
@@ -449,7 +457,20 @@ def _sessions_context(
     sessions = UserSession.objects.filter(user=user, revoked_at__isnull=True).order_by(
         "-last_seen_at"
     )
-    return {"sessions": sessions, "current": current.pk if current else None, "error": error}
+    rows = [(session, device_label(session.user_agent)) for session in sessions]
+    return {"rows": rows, "current": current.pk if current else None, "error": error}
+
+
+def device_label(user_agent: str) -> str:
+    """What a person recognises of a session's User-Agent string: "Chrome sur Linux"."""
+    device = describe_user_agent(user_agent)
+    if device.browser and device.system:
+        return _("%(browser)s sur %(system)s") % device._asdict()
+    if device.browser:
+        return device.browser
+    if device.system:
+        return _("Navigateur inconnu sur %(system)s") % {"system": device.system}
+    return _("Navigateur inconnu")
 
 
 @login_required
