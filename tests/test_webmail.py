@@ -675,6 +675,38 @@ def test_a_folder_page_does_not_open_an_envelope_too_large_to_list(
         b.get(INBOX)
 
 
+def test_a_message_page_does_not_open_a_thread_entry_too_large_to_list(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread under a message is opened (to tell read receipts from replies) only for
+    envelopes a folder page would open: a thread of ten-MB answers costs no more."""
+    a, b = unlocked(world.a), unlocked(world.b)
+    original = sent_id(compose(a, subject="Avis court"))
+    scan = b"%PDF-1.7\n" + os.urandom(40_000)
+    sent_id(
+        compose(
+            b,
+            sender=B,
+            to=A,
+            confirm=(),
+            subject="RE : Avis court",
+            body="Le scanner est joint.\n",
+            path=f"/messagerie/message/{original}/repondre/?boite={B}",
+            files=(("scan.pdf", scan, "application/pdf"),),
+        )
+    )
+    small, big = Message.objects.order_by("pk").values_list("size", flat=True)
+
+    def opened_on_view(limit: int) -> int:
+        monkeypatch.setenv("PLI_WEBMAIL_LIST_OPEN_BYTES", str(limit))
+        before = AuditEvent.objects.filter(action=AuditAction.MESSAGES_OPENED).count()
+        assert a.get(message_url(original, A)).status_code == 200
+        return AuditEvent.objects.filter(action=AuditAction.MESSAGES_OPENED).count() - before
+
+    assert opened_on_view(big) == 2  # the message, and its answer in the thread
+    assert opened_on_view(small) == 1  # the message only
+
+
 def test_a_reply_joins_the_thread_of_the_original(world: World) -> None:
     a, b = unlocked(world.a), unlocked(world.b)
     original_id = sent_id(compose(a))
