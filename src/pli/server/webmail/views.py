@@ -402,18 +402,23 @@ def _rows(
         if row.status and row.status != "valid":
             row.status_text = Signature(row.status).reason
         rows.append(row)
-    if opened:
-        # REQ-TRACE: each envelope opened for display, as the API's envelope download.
-        with transaction.atomic():
-            for copy in opened:
-                do_record_event(
-                    AuditAction.MESSAGES_OPENED,
-                    actor=user,
-                    request=request,
-                    target=f"message:{copy.message.public_id}",
-                    detail={"mailbox": copy.mailbox_id},
-                )
+    _trace_opened(request, user, opened)
     return rows
+
+
+def _trace_opened(request: HttpRequest, user: User, opened: Sequence[MessageCopy]) -> None:
+    """REQ-TRACE: each envelope opened for display, as the API's envelope download."""
+    if not opened:
+        return
+    with transaction.atomic():
+        for copy in opened:
+            do_record_event(
+                AuditAction.MESSAGES_OPENED,
+                actor=user,
+                request=request,
+                target=f"message:{copy.message.public_id}",
+                detail={"mailbox": copy.mailbox_id},
+            )
 
 
 # --------------------------------------------------------------------------- one message
@@ -596,17 +601,7 @@ def _thread(
             except MessagingError:
                 continue
             opened_kinds[c.pk] = open_copy(c, envelope, keys, trust=trust)
-        if opened_kinds:
-            with transaction.atomic():
-                for c in nearest:
-                    if c.pk in opened_kinds:
-                        do_record_event(
-                            AuditAction.MESSAGES_OPENED,
-                            actor=user,
-                            request=request,
-                            target=f"message:{c.message.public_id}",
-                            detail={"mailbox": c.mailbox_id},
-                        )
+        _trace_opened(request, user, [c for c in nearest if c.pk in opened_kinds])
     entries = []
     for c in copies:
         known = names.get(c.message.sender_address.lower())
