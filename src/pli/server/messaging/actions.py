@@ -1153,15 +1153,27 @@ def envelope_intact(message: Message, data: bytes) -> bool:
 def do_open_envelope(user: User, copy: MessageCopy, request: HttpRequest | None = None) -> bytes:
     """The envelope for the client to open; traced as ``messages.opened``."""
     data = read_envelope(copy)
-    with transaction.atomic():
-        do_record_event(
-            AuditAction.MESSAGES_OPENED,
-            actor=user,
-            request=request,
-            target=f"message:{copy.message.public_id}",
-            detail={"mailbox": copy.mailbox_id},
-        )
+    do_record_opened(user, [copy], request)
     return data
+
+
+def do_record_opened(
+    user: User, copies: Sequence[MessageCopy], request: HttpRequest | None = None
+) -> None:
+    """REQ-TRACE: ``messages.opened`` for each of these copies, in one transaction: an
+    envelope handed to a client, or opened by the web mail to show it (a folder page, a
+    thread)."""
+    if not copies:
+        return
+    with transaction.atomic():
+        for copy in copies:
+            do_record_event(
+                AuditAction.MESSAGES_OPENED,
+                actor=user,
+                request=request,
+                target=f"message:{copy.message.public_id}",
+                detail={"mailbox": copy.mailbox_id},
+            )
 
 
 @dataclass(frozen=True)

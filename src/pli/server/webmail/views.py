@@ -24,7 +24,6 @@ from urllib.parse import quote, urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.db.models import Count, Prefetch
 from django.http import (
     HttpRequest,
@@ -48,8 +47,6 @@ from pli.mime.types import HEAD_BYTES
 from pli.server.accounts.custody import CustodyError, personal_mailbox, vault_keys_for
 from pli.server.accounts.models import Custody, User
 from pli.server.accounts.session_auth import signed_in_user
-from pli.server.audit.actions import do_record_event
-from pli.server.audit.models import AuditAction
 from pli.server.config import positive_setting
 from pli.server.directory.models import Mailbox
 from pli.server.messaging.access import (
@@ -63,6 +60,7 @@ from pli.server.messaging.actions import (
     do_delete_message,
     do_move_message,
     do_open_envelope,
+    do_record_opened,
     envelopes_in_database,
     home_folder,
     max_recipients,
@@ -402,23 +400,8 @@ def _rows(
         if row.status and row.status != "valid":
             row.status_text = Signature(row.status).reason
         rows.append(row)
-    _trace_opened(request, user, opened)
+    do_record_opened(user, opened, request)
     return rows
-
-
-def _trace_opened(request: HttpRequest, user: User, opened: Sequence[MessageCopy]) -> None:
-    """REQ-TRACE: each envelope opened for display, as the API's envelope download."""
-    if not opened:
-        return
-    with transaction.atomic():
-        for copy in opened:
-            do_record_event(
-                AuditAction.MESSAGES_OPENED,
-                actor=user,
-                request=request,
-                target=f"message:{copy.message.public_id}",
-                detail={"mailbox": copy.mailbox_id},
-            )
 
 
 # --------------------------------------------------------------------------- one message
@@ -601,7 +584,7 @@ def _thread(
             except MessagingError:
                 continue
             opened_kinds[c.pk] = open_copy(c, envelope, keys, trust=trust)
-        _trace_opened(request, user, [c for c in nearest if c.pk in opened_kinds])
+        do_record_opened(user, [c for c in nearest if c.pk in opened_kinds], request)
     entries = []
     for c in copies:
         known = names.get(c.message.sender_address.lower())
