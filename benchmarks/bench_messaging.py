@@ -179,6 +179,7 @@ def child_setup(work: Path) -> JSON:
         seal,
     )
     from pli.mime import Draft, build_inner_message  # noqa: PLC0415
+    from pli.server.accounts.actions import do_set_send_limits  # noqa: PLC0415
     from pli.server.accounts.models import (  # noqa: PLC0415
         Custody,
     )
@@ -201,7 +202,11 @@ def child_setup(work: Path) -> JSON:
         certify(bench_mailbox(address, n + 1), recipient_key)
         for n, address in enumerate(RECIPIENTS)
     ]
-    _user, secret = enrolled_account(sender_box, Custody.WORKSTATION)
+    sender, secret = enrolled_account(sender_box, Custody.WORKSTATION)
+    # The sender is practice software (a laboratory's system) that sends far more than a
+    # person's default daily limits: its operator gives it its own, as `pli accounts
+    # send-limits` does. The limits are still checked and counted at every send.
+    do_set_send_limits(None, sender.username, messages=10_000_000, size=1024**4)
 
     identity = work / "sender.p12"
     identity.write_bytes(

@@ -486,6 +486,24 @@ def test_a_message_about_an_opposed_patient_is_refused_with_the_advice(world: Wo
     assert refusals() == ['{"code":"patient_opposed"}', '{"code":"bad_patient_id"}']
 
 
+def test_past_the_daily_limit_the_compose_page_says_so_and_stores_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLI_DAILY_SEND_MESSAGES", "1")
+    a = unlocked(world.a)
+    sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
+    before = stored()
+    refused = compose(a, confirm=(), files=(("cr.pdf", REPORT, "application/pdf"),))
+    assert refused.status_code == 400
+    assert "daily_limit_reached" in codes(refused)
+    page = refused.content.decode()
+    assert "Limite d&#x27;envoi du jour atteinte" in page or "Limite d'envoi du jour" in page
+    # What was typed is kept for tomorrow (or for the administrator's new limit).
+    assert "Avis cardiologique réf. 2026-117" in page
+    assert stored() == before
+    assert refusals() == ['{"code":"daily_limit_reached"}']
+
+
 def test_recipients_must_be_active_mailboxes_of_the_directory(world: World) -> None:
     a = unlocked(world.a)
     unknown = compose(a, to="nobody@nowhere.pli.test", confirm=())

@@ -32,7 +32,7 @@ import difflib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import click
 
@@ -239,6 +239,29 @@ class PositiveInteger(click.ParamType[int, Any]):
             if not (text.isascii() and text.isdigit()):
                 self.fail(_("« {value} » n'est pas un nombre entier", value=value), param, ctx)
             number = int(text)
+        if number < 1:
+            self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
+        return number
+
+
+class ByteSize(click.ParamType[int, Any]):
+    """A number of bytes from 1, in bytes or with a binary unit: ``500M``, ``5G`` (GiB)."""
+
+    name = "SIZE"
+    _UNITS: ClassVar[dict[str, int]] = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip().upper()
+            unit = text[-1:] if text[-1:] in self._UNITS else ""
+            digits = text[: len(text) - len(unit)]
+            if not (digits.isascii() and digits.isdigit()):
+                self.fail(
+                    _("« {value} » n'est pas une taille (ex. 500M, 5G)", value=value), param, ctx
+                )
+            number = int(digits) * self._UNITS[unit]
         if number < 1:
             self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
         return number

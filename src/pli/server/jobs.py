@@ -167,6 +167,27 @@ def _upload_cleanup(now: dt.datetime, dry_run: bool) -> JobSummary:
     return upload_cleanup_job(now, dry_run)
 
 
+def _send_usage(now: dt.datetime, dry_run: bool) -> JobSummary:
+    """The daily send counters of past days go (pli.server.messaging.allowance): only
+    today's count; yesterday's is kept, so that a run just after midnight in another
+    time zone than the server's never removes the day still counting."""
+    from pli.server.messaging.models import SendUsage  # noqa: PLC0415
+
+    before = timezone.localdate(now) - dt.timedelta(days=1)
+    past = SendUsage.objects.filter(day__lt=before)
+    if dry_run:
+        count = past.count()
+        return JobSummary(
+            _("seraient supprimés : %(rows)s compteur(s) d'envois passés") % {"rows": count},
+            {"rows": count},
+        )
+    deleted, _counts = past.delete()
+    return JobSummary(
+        _("supprimés : %(rows)s compteur(s) d'envois passés") % {"rows": deleted},
+        {"rows": deleted},
+    )
+
+
 def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
     """A fresh CRL every day: readers fail closed once it expires (RFC 5280 section 5.1.2.5)."""
     from pli.server.accounts import operator_ca  # noqa: PLC0415
@@ -201,6 +222,10 @@ DAILY_JOBS: tuple[DailyJob, ...] = (
     DailyJob(
         "upload_cleanup",
         _upload_cleanup,
+    ),
+    DailyJob(
+        "send_usage",
+        _send_usage,
     ),
     DailyJob(
         "operator_crl",

@@ -34,6 +34,7 @@ JOB_HELP = {
     "upload_cleanup": N_(
         "Retirer les dépôts de pièces jointes expirés et inachevés, et leurs octets."
     ),
+    "send_usage": N_("Supprimer les compteurs d'envois quotidiens des jours passés."),
     "operator_crl": N_(
         "Publier une nouvelle liste de révocation de l'autorité de l'opérateur avant que"
         " l'actuelle n'expire."

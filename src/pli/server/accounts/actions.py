@@ -149,6 +149,47 @@ def invite_with_code(
 
 
 @transaction.atomic
+def do_set_send_limits(
+    actor: User | None,
+    login: str,
+    *,
+    messages: int | None,
+    size: int | None,
+    request: HttpRequest | None = None,
+) -> User:
+    """Set an account's own daily send limits (``pli.server.messaging.allowance``).
+
+    ``messages`` / ``size``: the most messages and bytes the account may send
+    per day; None returns that limit to the operator's default
+    (``PLI_DAILY_SEND_*``). For practice software that sends more than a person
+    does (a laboratory's results), or to hold back one account. Audited with the
+    new values (counts, never content). *actor* is None only for the operator's
+    command on the server itself; otherwise an operator admin.
+    """
+    if actor is not None and actor.role != Role.OPERATOR_ADMIN:
+        raise AccountError(
+            "not_allowed", _("Seul un administrateur peut modifier les limites d'envoi.")
+        )
+    for value in (messages, size):
+        if value is not None and value < 1:
+            raise AccountError("bad_limit", _("Une limite d'envoi est un nombre entier positif."))
+    user = User.objects.select_for_update().filter(username=login.strip().lower()).first()
+    if user is None:
+        raise AccountError("not_found", _("Aucun compte ne porte cet identifiant."))
+    user.daily_send_messages = messages
+    user.daily_send_bytes = size
+    user.save(update_fields=["daily_send_messages", "daily_send_bytes"])
+    do_record_event(
+        "accounts.send_limits_changed",
+        actor=actor,
+        request=request,
+        target=f"user:{user.pk}",
+        detail={"messages": messages or 0, "bytes": size or 0},
+    )
+    return user
+
+
+@transaction.atomic
 def do_request_access(address: str, request: HttpRequest | None) -> None:
     """A professional asks for access; the code goes to the directory's address only.
 

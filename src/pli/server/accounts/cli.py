@@ -5,13 +5,20 @@ from __future__ import annotations
 import click
 
 from pli.client.i18n import N_, _
-from pli.client.usage import Choice, LocalizedCommand, LocalizedGroup, option
+from pli.client.usage import (
+    ByteSize,
+    Choice,
+    LocalizedCommand,
+    LocalizedGroup,
+    PositiveInteger,
+    option,
+)
 
 #: accounts.models.Role's values (the models cannot be imported before Django is set up).
 ROLES = ("professional", "operator_admin", "dpo", "support")
 
 
-@click.group("accounts", cls=LocalizedGroup, help=N_("Les comptes : invitations."))
+@click.group("accounts", cls=LocalizedGroup, help=N_("Les comptes : invitations, limites d'envoi."))
 def accounts_group() -> None:
     pass
 
@@ -51,3 +58,74 @@ def invite_command(address: str, role: str) -> None:
         )
     )
     click.echo(_("code d'activation : {code}  (valable 72 h, sur /compte/activation/)", code=code))
+
+
+@accounts_group.command(
+    "send-limits",
+    cls=LocalizedCommand,
+    help=N_(
+        "Les limites d'envoi quotidiennes du compte LOGIN, et ses envois du jour. Sans option,"
+        " les affiche ; --messages et --bytes les fixent pour ce compte (un logiciel de"
+        " laboratoire qui envoie beaucoup), --default le rend aux limites de l'opérateur"
+        " (PLI_DAILY_SEND_MESSAGES, PLI_DAILY_SEND_BYTES)."
+    ),
+)
+@click.argument("login")
+@option("--messages", type=PositiveInteger(), help=N_("Messages par jour, au plus."))
+@option(
+    "--bytes",
+    "size",
+    type=ByteSize(),
+    help=N_("Octets par jour, au plus (chiffrés : enveloppes et pièces jointes ; ex. 20G)."),
+)
+@option(
+    "--default",
+    "to_default",
+    is_flag=True,
+    help=N_("Revenir aux limites de l'opérateur pour ce compte."),
+)
+def send_limits_command(
+    login: str, messages: int | None, size: int | None, to_default: bool
+) -> None:
+    from pli.server.commands import ensure_data_dir, prepare_database, setup_django  # noqa: PLC0415
+
+    if to_default and (messages is not None or size is not None):
+        raise click.UsageError(_("--default ne se combine pas avec --messages ou --bytes"))
+    ensure_data_dir()
+    setup_django()
+    prepare_database()
+    from pli.server.accounts.actions import do_set_send_limits  # noqa: PLC0415
+    from pli.server.accounts.errors import AccountError  # noqa: PLC0415
+    from pli.server.accounts.models import User  # noqa: PLC0415
+    from pli.server.messaging.allowance import limits_for, usage_of  # noqa: PLC0415
+
+    if to_default or messages is not None or size is not None:
+        current = User.objects.filter(username=login.strip().lower()).first()
+        if not to_default and current is not None:
+            # An option left out keeps the account's current value.
+            messages = messages or current.daily_send_messages
+            size = size or current.daily_send_bytes
+        user = do_set_send_limits(None, login, messages=messages, size=size)
+    else:
+        found = User.objects.filter(username=login.strip().lower()).first()
+        if found is None:
+            raise AccountError("not_found", _("aucun compte ne porte cet identifiant"))
+        user = found
+    limits, used = limits_for(user), usage_of(user)
+    own = user.daily_send_messages is not None or user.daily_send_bytes is not None
+    click.echo(
+        _(
+            "{login} : {messages} messages et {bytes} octets par jour au plus ({origin})",
+            login=user.get_username(),
+            messages=limits.messages,
+            bytes=limits.bytes,
+            origin=_("limites du compte") if own else _("limites de l'opérateur"),
+        )
+    )
+    click.echo(
+        _(
+            "envoyés aujourd'hui : {messages} messages, {bytes} octets",
+            messages=used.messages,
+            bytes=used.bytes,
+        )
+    )

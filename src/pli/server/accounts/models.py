@@ -53,6 +53,14 @@ class User(AbstractUser):
     inactivity_warned_at = models.DateTimeField(null=True, blank=True)
     #: Set when the enrolment (passphrase, factor, recovery codes, charter) is complete.
     enrolled_at = models.DateTimeField(_("inscription terminée"), null=True, blank=True)
+    #: This account's daily send limits (pli.server.messaging.allowance), set by the
+    #: operator for practice software that sends more; None: PLI_DAILY_SEND_*.
+    daily_send_messages = models.PositiveIntegerField(
+        _("messages envoyés par jour, au plus"), null=True, blank=True
+    )
+    daily_send_bytes = models.PositiveBigIntegerField(
+        _("octets envoyés par jour, au plus"), null=True, blank=True
+    )
 
     class Meta:
         verbose_name = _("compte")

@@ -44,6 +44,10 @@ class AuditAction(models.TextChoices):
     ACCOUNTS_FACTOR_REMOVED = "accounts.factor_removed", _("Facteur d'authentification retiré")
     ACCOUNTS_RECOVERY_CODE_USED = "accounts.recovery_code_used", _("Code de secours utilisé")
     ACCOUNTS_SESSION_REVOKED = "accounts.session_revoked", _("Session révoquée")
+    ACCOUNTS_SEND_LIMITS_CHANGED = (
+        "accounts.send_limits_changed",
+        _("Limites d'envoi quotidiennes d'un compte modifiées"),
+    )
     # Inactive accounts (REQ-INACTIVE-DELETE): the warning, then the deletion.
     LIFECYCLE_WARNED = "lifecycle.warned", _("Avertissement d'inactivité")
     LIFECYCLE_DELETED = "lifecycle.deleted", _("Compte inactif supprimé")

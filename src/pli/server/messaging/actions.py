@@ -72,6 +72,16 @@ from pli.server.messaging.access import (
     sending_mailbox,
     visible_copies,
 )
+from pli.server.messaging.allowance import (
+    Allowance,
+    Usage,
+    limits_for,
+    record_parameters,
+    record_statement,
+    record_usage,
+    usage_parameters,
+    usage_subquery,
+)
 from pli.server.messaging.models import (
     Delivery,
     DeliveryState,
@@ -99,6 +109,7 @@ STATUS = {
     "mailbox_ambiguous": 409,
     "envelope_too_large": 413,
     "envelope_unavailable": 503,
+    "daily_limit_reached": 429,
 }
 
 
@@ -206,8 +217,12 @@ _Certificates = dict[int, list[str]]
 _OPPOSED = "opposed"
 
 
+#: The ``part`` of :func:`_routing_query`'s row that gives the person's usage of the day.
+_USAGE = "usage"
+
+
 @cache
-def _routing_query(count: int, patients: int = 0) -> str:
+def _routing_query(count: int, patients: int = 0, *, usage: bool = False) -> str:
     """The mailboxes the person reaches (to choose the sending one), the active mailboxes
     of ``count`` addresses (the recipients), each with its valid certificates, and which
     of ``patients`` patient keys an active opposition names (REQ-OPPOSITION): one query.
@@ -215,7 +230,9 @@ def _routing_query(count: int, patients: int = 0) -> str:
     Rows ``(part, id, address, active, pem, certificate id)``: ``part`` is
     how the person reaches a mailbox of theirs (:func:`reachable_subquery`), NULL for
     a recipient; the certificates of each mailbox in :func:`current_certificates`'s order.
-    An opposed key comes as ``(_OPPOSED, NULL, key, NULL, NULL, NULL)``.
+    An opposed key comes as ``(_OPPOSED, NULL, key, NULL, NULL, NULL)``; with ``usage``,
+    the person's sends of the day as ``(_USAGE, messages, NULL, NULL, NULL, bytes)``
+    (:mod:`~pli.server.messaging.allowance`).
     """
     quote = connection.ops.quote_name
     mailbox, certificate = quote(Mailbox._meta.db_table), quote(MailboxCertificate._meta.db_table)
@@ -238,6 +255,7 @@ def _routing_query(count: int, patients: int = 0) -> str:
             if patients
             else ""
         )
+        + (f" UNION ALL {usage_subquery()}" if usage else "")
         + ") AS u ORDER BY u.id, u.not_after DESC, u.certificate"
     )
 
@@ -249,6 +267,8 @@ class _Routing:
     recipients: dict[str, Mailbox]
     #: Their valid certificates (PEM), and the sender's, by mailbox id.
     certificates: _Certificates
+    #: What the person may still send today; None for a send that is not counted.
+    allowance: Allowance | None = None
 
 
 @dataclass(frozen=True)
@@ -263,10 +283,12 @@ class _RoutingRows:
     pems: dict[int, dict[int, str]]
     #: Of the patient keys asked, those an active opposition names.
     opposed: set[str]
+    #: The person's sends of the day, when asked (daily limits).
+    usage: Usage | None = None
 
 
 def _routing_rows(
-    user: User, addresses: Sequence[str], patient_keys: Iterable[str] = ()
+    user: User, addresses: Sequence[str], patient_keys: Iterable[str] = (), *, usage: bool = False
 ) -> _RoutingRows:
     """The mailboxes the person reaches (to choose a sending one), the recipients' active
     directory mailboxes (REQ-DIRECTORY), the certificates of all of them, and which of
@@ -281,8 +303,14 @@ def _routing_rows(
     keys = sorted(set(patient_keys))
     with connection.cursor() as cursor:
         cursor.execute(
-            _routing_query(len(addresses), len(keys)),
-            [*reachable_parameters(user), now, now, now, now, True, *addresses, *keys],
+            _routing_query(len(addresses), len(keys), usage=usage),
+            [
+                *reachable_parameters(user),
+                *(now, now, now, now, True),
+                *addresses,
+                *keys,
+                *(usage_parameters(user) if usage else ()),
+            ],
         )
         rows = cursor.fetchall()
     reachable: dict[tuple[int, str], tuple[int, str, bool, str]] = {}
@@ -291,7 +319,11 @@ def _routing_rows(
     # A mailbox both reached and named as a recipient comes in both halves of the
     # query: its certificates are kept once.
     pems: dict[int, dict[int, str]] = {}
+    used: Usage | None = None
     for part, pk, address, active, pem, certificate_id in rows:
+        if part == _USAGE:
+            used = Usage(int(pk), int(certificate_id))
+            continue
         if part == _OPPOSED:
             opposed.add(address)
         elif part is not None:
@@ -303,10 +335,16 @@ def _routing_rows(
             )
         if pem is not None:
             pems.setdefault(pk, {}).setdefault(certificate_id, pem)
-    return _RoutingRows(list(reachable.values()), recipients, pems, opposed)
+    return _RoutingRows(list(reachable.values()), recipients, pems, opposed, used)
 
 
-def _route(rows: _RoutingRows, from_address: str, addresses: Sequence[str]) -> _Routing:
+def _route(
+    rows: _RoutingRows,
+    from_address: str,
+    addresses: Sequence[str],
+    *,
+    allowance: Allowance | None = None,
+) -> _Routing:
     """The sending mailbox (REQ-CITY-HOSPITAL: owner, member or substitute), chosen as
     :func:`~pli.server.messaging.access.sending_mailbox` chooses it, and who can
     open what, for one send of ``addresses``."""
@@ -320,7 +358,7 @@ def _route(rows: _RoutingRows, from_address: str, addresses: Sequence[str]) -> _
         pk: list(rows.pems.get(pk, {}).values())
         for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
     }
-    return _Routing(sender, recipients, certificates)
+    return _Routing(sender, recipients, certificates, allowance)
 
 
 @lru_cache(maxsize=1024)
@@ -428,6 +466,7 @@ def do_send_message(
     blobs: Sequence[str] = (),
     store: BlobStore | None = None,
     within_transaction: bool = False,
+    counted: bool = True,
 ) -> Message:
     """Store a message sealed by the client and deliver it to local mailboxes.
 
@@ -435,13 +474,15 @@ def do_send_message(
     receipt, :func:`do_mark_read`); the envelope is then kept in the database
     whatever its size, so that it goes with everything else if that
     transaction rolls back (a file written before it would stay behind).
+    ``counted``: the send counts against the person's daily limits
+    (:mod:`~pli.server.messaging.allowance`); read receipts do not.
 
     Checks, in this order (docs/api/messaging.md): ``envelope_too_large``,
     ``not_allowed_sender``, ``no_recipient``, ``too_many_recipients``,
     ``recipient_is_sender``, ``recipient_not_in_directory``, ``bad_patient_id``,
     ``patient_opposed``, ``in_reply_to_not_found``, ``blob_not_found``,
     ``envelope_malformed``, ``recipient_without_certificate``,
-    ``unsupported_algorithm``, ``not_encrypted_to_recipient``.
+    ``unsupported_algorithm``, ``not_encrypted_to_recipient``, ``daily_limit_reached``.
     """
     try:
         return _send(
@@ -454,6 +495,7 @@ def do_send_message(
                 in_reply_to,
                 blobs,
                 within_transaction,
+                counted,
             ),
             request,
             store or blob_store(),
@@ -473,6 +515,7 @@ class _SendRequest:
     in_reply_to: str | None
     blobs: Sequence[str]
     within_transaction: bool = False
+    counted: bool = True
 
 
 def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
@@ -480,9 +523,12 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
 
     def routing(from_address: str, addresses: Sequence[str]) -> _Routing:
         # The opposition register is asked in the directory's query (one round trip).
-        rows = _routing_rows(asked.user, addresses, patients.keys.values())
+        rows = _routing_rows(asked.user, addresses, patients.keys.values(), usage=asked.counted)
         patients.opposed = rows.opposed
-        return _route(rows, from_address, addresses)
+        allowance = (
+            Allowance(limits_for(asked.user), rows.usage) if rows.usage is not None else None
+        )
+        return _route(rows, from_address, addresses, allowance=allowance)
 
     checked = _check_send(asked, routing, patients.check)
     (message,) = _store_checked(
@@ -502,6 +548,8 @@ class _Checked:
     parent: Message | None
     #: Complete uploads of the sender, to claim in the send's transaction (decision 0003).
     blobs: list[str]
+    #: The bytes it adds to the person's usage of the day; None: not counted (a receipt).
+    counted: int | None = None
 
 
 def _check_send(
@@ -559,9 +607,21 @@ def _check_send(
     parent = _parent(user, asked.in_reply_to)
     # Streamed attachments (decision 0003): complete uploads of this person, claimed
     # under a lock in the transaction that stores the send (uploads.attach_uploads).
-    blobs = check_uploads(user, asked.blobs) if asked.blobs else []
+    blobs = check_uploads(user, asked.blobs) if asked.blobs else {}
     _check_envelope(envelope_der, [sender, *targets], certificates)
-    return _Checked(sender, targets, envelope_der, hashed_patient, parent, blobs)
+    # Last: a send that is wrong is told so first, whatever the day's usage.
+    size = len(envelope_der) + sum(blobs.values())
+    if routed.allowance is not None:
+        routed.allowance.take(size)
+    return _Checked(
+        sender,
+        targets,
+        envelope_der,
+        hashed_patient,
+        parent,
+        list(blobs),
+        size if routed.allowance is not None else None,
+    )
 
 
 def _store_checked(
@@ -593,13 +653,17 @@ def _store_checked(
         # transaction is then its own transaction.
         at_once = not any(checked.blobs for checked in sends) and defers_events()
         if at_once and len(sends) == 1:
-            messages = [_store_one(user, sends[0], kept[0], request, at_once=True)]
+            # Counted by the send's own statement.
+            messages = [_store_one(user, sends[0], kept[0], request, at_once=True, count=True)]
         else:
             with transaction.atomic():
                 messages = [
                     _store_one(user, checked, stored, request, at_once=at_once)
                     for checked, stored in zip(sends, kept, strict=True)
                 ]
+                counted = [checked.counted for checked in sends if checked.counted is not None]
+                if counted:
+                    record_usage(user, len(counted), sum(counted))
     except BaseException:
         # No half-stored state: the blobs go with the rows that would have named them.
         for stored, _in_database in kept:
@@ -620,10 +684,15 @@ def _store_one(
     request: HttpRequest | None,
     *,
     at_once: bool,
+    count: bool = False,
 ) -> Message:
     stored, in_database = kept
     # Streamed attachments are claimed under a lock in the transaction (never at once).
-    write = _store_message_at_once if at_once else partial(_store_message, blobs=checked.blobs)
+    write = (
+        partial(_store_message_at_once, counted=checked.counted if count else None)
+        if at_once
+        else partial(_store_message, blobs=checked.blobs)
+    )
     return write(
         user,
         checked.sender,
@@ -747,8 +816,10 @@ def do_send_messages(
         }
     )
     patients = _Patients(outgoing.patient_id for outgoing in messages)
-    rows = _routing_rows(user, addresses, patients.keys.values())
+    rows = _routing_rows(user, addresses, patients.keys.values(), usage=True)
     patients.opposed = rows.opposed
+    # One allowance for the batch: each message is taken in turn.
+    allowance = Allowance(limits_for(user), rows.usage or Usage())
     checked: list[_Checked] = []
     refusals: list[tuple[int, MessagingError]] = []
     for index, outgoing in enumerate(messages):
@@ -762,7 +833,9 @@ def do_send_messages(
             (),
         )
         try:
-            checked.append(_check_send(asked, partial(_route, rows), patients.check))
+            checked.append(
+                _check_send(asked, partial(_route, rows, allowance=allowance), patients.check)
+            )
         except MessagingError as error:
             refusals.append((index, error))
     if refusals:
@@ -907,9 +980,10 @@ def _delivered(message: Message, mailbox: Mailbox, pk: int) -> Delivery:
 
 
 @cache
-def _store_at_once_query(*, with_envelope: bool) -> str:
-    """The message, its deliveries, the copies, the journal's two events and, when it is
-    kept in the database, the envelope: one statement.
+def _store_at_once_query(*, with_envelope: bool, counted: bool = False) -> str:
+    """The message, its deliveries, the copies, the journal's two events, when it is
+    kept in the database the envelope, and when ``counted`` the person's usage of the day
+    (:mod:`~pli.server.messaging.allowance`): one statement.
 
     PostgreSQL only (data-modifying ``WITH``): outside any transaction, one
     statement is one transaction, so the send is still all or nothing, in one
@@ -926,6 +1000,7 @@ def _store_at_once_query(*, with_envelope: bool) -> str:
         if with_envelope
         else ""
     )
+    usage = f" q AS ({record_statement()})," if counted else ""
     return (
         f"WITH m AS (INSERT INTO {message} (public_id, sender_mailbox_id, sender_address,"  # noqa: S608 - our names
         " sender_user_id, sender_person, created_at, size, envelope_blob, envelope_sha256,"
@@ -940,7 +1015,7 @@ def _store_at_once_query(*, with_envelope: bool) -> str:
         " created_at)"
         " SELECT m.id, %s, NULL, %s, true, false, %s FROM m"
         " UNION ALL SELECT m.id, d.recipient_mailbox_id, d.id, %s, false, false, %s FROM m, d),"
-        f"{envelope} a AS ({events})"
+        f"{envelope}{usage} a AS ({events})"
         " SELECT m.id, d.id, d.recipient_mailbox_id FROM m, d ORDER BY d.id"
     )
 
@@ -955,6 +1030,7 @@ def _store_message_at_once(
     hashed_patient: str,
     parent: Message | None,
     request: HttpRequest | None,
+    counted: int | None = None,
 ) -> Message:
     message = _new_message(user, sender, stored, hashed_patient, parent)
     now = message.created_at
@@ -967,7 +1043,9 @@ def _store_message_at_once(
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            _store_at_once_query(with_envelope=in_database is not None),
+            _store_at_once_query(
+                with_envelope=in_database is not None, counted=counted is not None
+            ),
             [
                 message.public_id,
                 sender.pk,
@@ -991,6 +1069,7 @@ def _store_message_at_once(
                 Folder.INBOX,
                 now,
                 *([] if in_database is None else [in_database]),
+                *([] if counted is None else record_parameters(user, 1, counted)),
                 *(value for fields in events for value in (now, *fields)),
             ],
         )
@@ -1236,6 +1315,8 @@ def _mark_read(
                     in_reply_to=locked.message.public_id,
                     request=request,
                     within_transaction=True,
+                    # Bounded by the messages received: not against the reader's limits.
+                    counted=False,
                 )
             except MessagingError as error:
                 raise _ReceiptRefused(error) from None

@@ -319,6 +319,7 @@ _ERRORS: dict[int, type[ErrorOut]] = {
     409: ErrorOut,
     413: ErrorOut,
     422: ErrorOut,
+    429: ErrorOut,
     503: ErrorOut,
 }
 

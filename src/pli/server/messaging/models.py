@@ -179,6 +179,42 @@ class MessageCopy(models.Model):
         return f"{self.message_id} @ {self.mailbox_id} ({self.folder})"
 
 
+class SendUsage(models.Model):
+    """What a person sent on one day: messages and bytes, for the daily limits.
+
+    Counted by the send's own statement (:mod:`pli.server.messaging.allowance`):
+    a row per person, day and *shard*. On PostgreSQL the shard is the database
+    connection's (its backend's process id, modulo
+    :data:`~pli.server.messaging.allowance.SHARDS`), so that concurrent sends of
+    one person (practice software on several connections) do not queue on one
+    row's lock until each commits; the day's usage is the sum of its shards.
+    The daily job removes past days (``send_usage``).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    #: The server's local date (``TIME_ZONE``): the limits start again at midnight.
+    day = models.DateField(_("jour"))
+    shard = models.PositiveSmallIntegerField(default=0)
+    messages = models.PositiveIntegerField(_("messages"), default=0)
+    #: Envelopes and streamed attachments, as stored (ciphertext).
+    bytes = models.PositiveBigIntegerField(_("octets"), default=0)
+
+    class Meta:
+        verbose_name = _("envois du jour")
+        verbose_name_plural = _("envois du jour")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "day", "shard"], name="messaging_send_usage_shard"
+            ),
+        ]
+        indexes = [models.Index(fields=["day"], name="messaging_send_usage_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day} #{self.shard}"
+
+
 # Large attachments: their models live with their logic in uploads.py; imported here,
 # after the models they refer to, so that Django's app registry (and migrations) know them.
 from pli.server.messaging.uploads import MessageBlob, Upload  # noqa: E402, F401

@@ -638,22 +638,23 @@ def do_delete_upload(user: User, public_id: str) -> None:
 # --------------------------------------------------------------------------- sending
 
 
-def check_uploads(user: User, public_ids: Sequence[str]) -> list[str]:
-    """The distinct upload ids of a send, each a complete upload of the caller (``blob_not_found``).
+def check_uploads(user: User, public_ids: Sequence[str]) -> dict[str, int]:
+    """The distinct upload ids of a send, each a complete upload of the caller
+    (``blob_not_found``), in order, with their sizes (the daily limits count them).
 
     Read only: the send checks in its documented order; :func:`attach_uploads`
     claims them, under a lock, in the send's transaction.
     """
     wanted = list(dict.fromkeys(public_ids))
-    found = set(
+    found = dict(
         _live(user)
         .filter(public_id__in=wanted, state=UploadState.COMPLETE)
-        .values_list("public_id", flat=True)
+        .values_list("public_id", "size")
     )
     missing = [public_id for public_id in wanted if public_id not in found]
     if missing:
         raise _blob_not_found(missing)
-    return wanted
+    return {public_id: found[public_id] for public_id in wanted}
 
 
 def _blob_not_found(missing: Sequence[str]) -> MessagingError:
