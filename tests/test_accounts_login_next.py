@@ -11,10 +11,17 @@ import pyotp
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from pli.server.accounts import factors
-from pli.server.accounts.models import Role, User
-from tests.accounts_support import PASSPHRASE, ensure_charter, make_account, make_professional
+from pli.server.accounts.models import Role, User, UserSession
+from tests.accounts_support import (
+    PASSPHRASE,
+    ensure_charter,
+    make_account,
+    make_professional,
+    signed_in,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +153,26 @@ def test_a_recovery_code_login_goes_to_the_factors_page_whatever_was_asked() -> 
     )
     response = client.post("/compte/connexion/secours/", {"code": code})
     assert response.status_code == 302 and response["Location"] == "/compte/facteurs/"
+
+
+def test_after_an_idle_timeout_the_login_returns_to_the_page_the_person_was_on() -> None:
+    user, secret = make_account("dr.next.idle@cabinet.pli.test")
+    client = signed_in(user)
+    assert client.get("/compte/sessions/").status_code == 200
+    UserSession.objects.filter(user=user).update(
+        last_seen_at=timezone.now() - dt.timedelta(minutes=16)
+    )
+    ended = client.get(MAILBOX + "?dossier=archive")
+    assert ended.status_code == 302
+    assert ended["Location"] == LOGIN + "?ended=idle&next=%2Fmessagerie%2F%3Fdossier%3Darchive"
+    page = html.unescape(client.get(ended["Location"]).content.decode())
+    assert '<input type="hidden" name="next" value="/messagerie/?dossier=archive">' in page
+    response = _log_in(client, user.username, secret, "/messagerie/?dossier=archive")
+    assert response["Location"] == "/messagerie/?dossier=archive"
+
+    # A form sent after the timeout returns to nothing: its target may answer only a POST.
+    UserSession.objects.filter(user=user).update(
+        last_seen_at=timezone.now() - dt.timedelta(minutes=16)
+    )
+    posted = client.post("/compte/sessions/", {"session": "1"})
+    assert posted["Location"] == LOGIN + "?ended=idle"

@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import time
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import login, logout
@@ -236,6 +237,21 @@ def do_revoke_session(user: User, session_id: int, request: HttpRequest | None) 
     return True
 
 
+def _to_login(request: HttpRequest, ended: str) -> HttpResponse:
+    """The login page, saying why the session ended; after a timeout (idle, expired),
+    then back to the page the person was on (a page asked for: GET).
+
+    A form sent (POST) returns to nothing: its target may answer only a POST, and
+    what it carried is not kept. The login accepts only a path of this site
+    (:func:`local_url`). A revoked session, or one whose professional left the
+    directory, is not resumed.
+    """
+    query = {"ended": ended}
+    if ended in ("idle", "expired") and request.method in ("GET", "HEAD"):
+        query["next"] = request.get_full_path()
+    return HttpResponseRedirect(reverse("accounts:login") + "?" + urlencode(query))
+
+
 class SessionGuardMiddleware:
     """Ends sessions that are revoked, idle or too old (runs after AuthenticationMiddleware)."""
 
@@ -252,7 +268,7 @@ class SessionGuardMiddleware:
                     from django.http import JsonResponse  # noqa: PLC0415
 
                     return JsonResponse({"code": "session_ended", "detail": str(ended)}, status=401)
-                return HttpResponseRedirect(reverse("accounts:login") + f"?ended={ended}")
+                return _to_login(request, ended)
         return self.get_response(request)
 
     def _check(self, request: HttpRequest) -> str | None:
