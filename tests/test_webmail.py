@@ -52,6 +52,7 @@ from pli.server.directory.models import Mailbox, MailboxCertificate, Organisatio
 from pli.server.messaging.actions import do_send_message, read_envelope
 from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
 from pli.server.messaging.uploads import MessageBlob, Upload
+from pli.server.webmail import views as webmail_views
 from tests.accounts_support import PASSPHRASE, make_account, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -723,6 +724,44 @@ def test_a_message_page_does_not_open_a_thread_entry_too_large_to_list(
 
     assert opened_on_view(big) == 2  # the message, and its answer in the thread
     assert opened_on_view(small) == 1  # the message only
+
+
+def test_a_message_page_lists_only_the_most_recent_entries_of_a_long_thread(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may answer in a thread as often as the daily limits allow: the page lists
+    the most recent entries and counts the others, in French and in English."""
+    monkeypatch.setattr(webmail_views, "THREAD_LISTED", 3)
+    a, b = unlocked(world.a), unlocked(world.b)
+    original = sent_id(compose(a, subject="Avis court"))
+    for n in range(1, 6):
+        sent_id(
+            compose(
+                b,
+                sender=B,
+                to=A,
+                confirm=(),
+                subject=f"Réponse n° {n}",
+                path=f"/messagerie/message/{original}/repondre/?boite={B}",
+            )
+        )
+    page = a.get(message_url(original, A)).content.decode()
+    listed = re.findall(r"Réponse n° (\d)", page)
+    assert listed == ["3", "4", "5"]  # the three most recent, oldest first
+    assert 'data-older="2"' in page
+    assert "Et 2 messages plus anciens dans ce fil, non affichés." in page
+    english = a.get(message_url(original, A), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "And 2 older messages in this thread, not shown." in english
+    # Opened from the newest reply, which A's reading answers with a receipt: listed are
+    # replies 3 and 4 and that receipt; the original and replies 1 and 2 are counted.
+    newest = Message.objects.order_by("-pk").values_list("public_id", flat=True)[0]
+    one_more = a.get(message_url(newest, A)).content.decode()
+    thread_part = one_more[one_more.index('id="thread-title"') :]
+    assert re.findall(r"Réponse n° (\d)", thread_part) == ["3", "4"]
+    assert 'data-kind="receipt"' in thread_part
+    assert 'data-older="3"' in thread_part
+    monkeypatch.setattr(webmail_views, "THREAD_LISTED", 100)
+    assert "data-older" not in a.get(message_url(original, A)).content.decode()
 
 
 def test_a_reply_joins_the_thread_of_the_original(world: World) -> None:

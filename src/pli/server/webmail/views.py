@@ -469,15 +469,17 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                     read_at=d.read_at,
                 )
             )
+    in_thread = MessageCopy.objects.filter(
+        mailbox=copy.mailbox, message__thread_id=message.thread_id
+    ).exclude(pk=copy.pk)
+    # The most recent entries only: anyone in the directory can answer in a thread as
+    # often as the daily limits let them, and this page is read by every member.
     thread = list(
-        MessageCopy.objects.filter(mailbox=copy.mailbox, message__thread_id=message.thread_id)
-        .exclude(pk=copy.pk)
-        .select_related("message", "mailbox")
-        .order_by("created_at")
-    )
-    parent_visible = message.in_reply_to_id is not None and any(
-        c.message_id == message.in_reply_to_id for c in thread
-    )
+        in_thread.select_related("message", "mailbox").order_by("-created_at", "-pk")[
+            :THREAD_LISTED
+        ]
+    )[::-1]
+    thread_older = in_thread.count() - len(thread) if len(thread) == THREAD_LISTED else 0
     inner = opened.message
     return render(
         request,
@@ -517,7 +519,7 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
                 for index, part in enumerate(inner.external_parts if inner else [])
             ],
             "thread": _thread(request, user, message, thread, keys),
-            "parent_visible": parent_visible,
+            "thread_older": thread_older,
             "folder_label": Folder(copy.folder).label,
             "folder_url": _folder_url(copy.mailbox.address, copy.folder),
             "home_folder": home_folder(copy),
@@ -539,6 +541,8 @@ def message_view(request: HttpRequest, message_id: str) -> HttpResponse:
 #: than a folder page (each opening costs milliseconds and is traced), and only envelopes a
 #: listing would open (list_open_bytes): a thread of ten-MB messages costs no more to show.
 THREAD_OPENED = 20
+#: The most recent thread entries listed on a message's page; the older ones are counted.
+THREAD_LISTED = 100
 
 
 @dataclass(frozen=True)
