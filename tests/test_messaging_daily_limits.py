@@ -29,7 +29,8 @@ from pli.server.accounts.models import Role, User
 from pli.server.audit.models import AuditEvent
 from pli.server.jobs import DAILY_JOBS, run_job
 from pli.server.messaging import allowance
-from pli.server.messaging.models import SendUsage
+from pli.server.messaging.actions import RECEIPT_MAX_BYTES
+from pli.server.messaging.models import Message, SendUsage
 from tests.accounts_support import make_account
 from tests.conftest import Pki
 from tests.test_messaging_api import (
@@ -158,9 +159,10 @@ def test_a_batch_past_the_limit_is_refused_from_its_first_message_over_it(
     refused = batch(alice, [envelope] * 3)
     assert refused.status_code == 422, refused.content
     assert refused.json()["code"] == "batch_refused"
-    assert [(r["index"], r["code"]) for r in refused.json()["details"]["refused"]] == [
-        (2, "daily_limit_reached")
-    ]
+    (over,) = refused.json()["details"]["refused"]
+    assert (over["index"], over["code"]) == (2, "daily_limit_reached")
+    # Counted with the batch's own messages before it (none of which was stored).
+    assert over["details"]["sent_messages"] == 3
     assert stored_state(world.blob_dir) == before
     assert usage(world.a) == (1, len(envelope))
 
@@ -186,8 +188,39 @@ def test_read_receipts_are_not_counted_nor_refused(
     receipt = seal(letter(B, [A], subject="Lu : avis"), world.b_key, [world.a_key.certificate])
     read = post_json(bob, f"{MESSAGES}/{first}/read", {"receipt": encoded(receipt)})
     assert read.status_code == 200, read.content
-    assert read.json()["receipt"]
+    receipt_id = read.json()["receipt"]
+    assert Message.objects.get(public_id=receipt_id).receipt
     assert usage(world.b) == (1, len(to_a))
+
+    # A receipt is not acknowledged in turn: A reads B's receipt, its own receipt is
+    # ignored (otherwise two mailboxes could answer each other's receipts without end).
+    again = seal(letter(A, [B], subject="Lu : Lu : avis"), world.a_key, [world.b_key.certificate])
+    messages = Message.objects.count()
+    read_back = post_json(alice, f"{MESSAGES}/{receipt_id}/read", {"receipt": encoded(again)})
+    assert read_back.status_code == 200, read_back.content
+    assert read_back.json()["receipt"] is None and read_back.json()["read"] is True
+    assert Message.objects.count() == messages
+
+
+@pytest.mark.django_db
+def test_a_receipt_larger_than_a_receipt_can_be_is_refused_and_the_read_too(
+    world: World,
+) -> None:
+    alice, bob = world.client(world.a), world.client(world.b)
+    first = send(alice, A, [B], a_to_b(world)).json()["id"]
+    padded = seal(
+        letter(B, [A], subject="Lu : avis", body="x" * (RECEIPT_MAX_BYTES + 1)),
+        world.b_key,
+        [world.a_key.certificate],
+    )
+    assert len(padded) > RECEIPT_MAX_BYTES
+    before = stored_state(world.blob_dir)
+    refused = post_json(bob, f"{MESSAGES}/{first}/read", {"receipt": encoded(padded)})
+    assert (refused.status_code, refused.json()["code"]) == (413, "receipt_too_large")
+    assert refused.json()["details"]["limit"] == RECEIPT_MAX_BYTES
+    assert stored_state(world.blob_dir) == before
+    assert bob.get(f"{MESSAGES}/{first}").json()["read"] is False
+    assert refused_codes() == ["receipt_too_large"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -223,8 +256,8 @@ def test_the_operator_sets_an_accounts_own_limits_and_it_is_audited(
     runner = CliRunner()
     raised = runner.invoke(main, ["accounts", "send-limits", A, "--messages", "3", "--bytes", "1M"])
     assert raised.exit_code == 0, raised.output
-    assert "3 messages et 1048576 octets par jour au plus (limites du compte)" in raised.output
-    assert "envoyés aujourd'hui : 1 messages" in raised.output
+    assert "par jour au plus, messages : 3, octets : 1048576 (limites du compte)" in raised.output
+    assert "envoyés aujourd'hui, messages : 1, octets : " in raised.output
     world.a.refresh_from_db()
     assert (world.a.daily_send_messages, world.a.daily_send_bytes) == (3, 1024**2)
     assert send(world.client(world.a), A, [B], envelope).status_code == 201
@@ -234,7 +267,7 @@ def test_the_operator_sets_an_accounts_own_limits_and_it_is_audited(
     world.a.refresh_from_db()
     assert (world.a.daily_send_messages, world.a.daily_send_bytes) == (5, 1024**2)
     shown = runner.invoke(main, ["accounts", "send-limits", A])
-    assert "envoyés aujourd'hui : 2 messages" in shown.output
+    assert "envoyés aujourd'hui, messages : 2, octets : " in shown.output
 
     back = runner.invoke(main, ["accounts", "send-limits", A, "--default"])
     assert "(limites de l'opérateur)" in back.output
@@ -250,8 +283,16 @@ def test_the_operator_sets_an_accounts_own_limits_and_it_is_audited(
     ]
     assert {e.target for e in changes} == {f"user:{world.a.pk}"}
 
-    # Refusals: a bad size, both ways at once, an unknown account, a professional.
+    # Refusals: a bad size, beyond the columns' range, both ways at once, an unknown
+    # account, a professional.
     assert runner.invoke(main, ["accounts", "send-limits", A, "--bytes", "5X"]).exit_code == 2
+    huge = runner.invoke(main, ["accounts", "send-limits", A, "--bytes", "99999999T"])
+    assert huge.exit_code == 2 and "dépasse 9223372036854775807" in huge.output
+    many = ["accounts", "send-limits", A, "--messages", str(2**31)]
+    assert runner.invoke(main, many).exit_code == 2
+    with pytest.raises(AccountError) as too_many:
+        do_set_send_limits(None, A, messages=2**31, size=None)
+    assert too_many.value.code == "bad_limit"
     both = runner.invoke(main, ["accounts", "send-limits", A, "--default", "--messages", "2"])
     assert both.exit_code == 2
     unknown = runner.invoke(main, ["accounts", "send-limits", "nobody@nowhere.pli.test"])

@@ -227,9 +227,12 @@ class Choice(click.Choice[str]):
 
 
 class PositiveInteger(click.ParamType[int, Any]):
-    """A whole number from 1 (a page)."""
+    """A whole number from 1 (a page), up to ``maximum`` when given."""
 
     name = "N"
+
+    def __init__(self, maximum: int | None = None) -> None:
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -241,6 +244,10 @@ class PositiveInteger(click.ParamType[int, Any]):
             number = int(text)
         if number < 1:
             self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
+        if self.maximum is not None and number > self.maximum:
+            self.fail(
+                _("{value} dépasse {maximum}", value=number, maximum=self.maximum), param, ctx
+            )
         return number
 
 
@@ -249,6 +256,9 @@ class ByteSize(click.ParamType[int, Any]):
 
     name = "SIZE"
     _UNITS: ClassVar[dict[str, int]] = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+    def __init__(self, maximum: int | None = None) -> None:
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -264,6 +274,10 @@ class ByteSize(click.ParamType[int, Any]):
             number = int(digits) * self._UNITS[unit]
         if number < 1:
             self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
+        if self.maximum is not None and number > self.maximum:
+            self.fail(
+                _("{value} dépasse {maximum}", value=number, maximum=self.maximum), param, ctx
+            )
         return number
 
 

@@ -170,9 +170,13 @@ def do_set_send_limits(
         raise AccountError(
             "not_allowed", _("Seul un administrateur peut modifier les limites d'envoi.")
         )
-    for value in (messages, size):
-        if value is not None and value < 1:
-            raise AccountError("bad_limit", _("Une limite d'envoi est un nombre entier positif."))
+    # The columns' ranges: an integer, and a 64-bit one for bytes (PostgreSQL's types).
+    for value, most in ((messages, 2**31 - 1), (size, 2**63 - 1)):
+        if value is not None and not 1 <= value <= most:
+            raise AccountError(
+                "bad_limit",
+                _("Une limite d'envoi est un nombre entier de 1 à %(most)s.") % {"most": most},
+            )
     user = User.objects.select_for_update().filter(username=login.strip().lower()).first()
     if user is None:
         raise AccountError("not_found", _("Aucun compte ne porte cet identifiant."))

@@ -14,6 +14,9 @@ from pli.client.usage import (
     option,
 )
 
+#: The largest limits the database's columns hold (pli.server.accounts.actions.do_set_send_limits).
+MOST_MESSAGES = 2**31 - 1
+MOST_BYTES = 2**63 - 1
 #: accounts.models.Role's values (the models cannot be imported before Django is set up).
 ROLES = ("professional", "operator_admin", "dpo", "support")
 
@@ -71,11 +74,15 @@ def invite_command(address: str, role: str) -> None:
     ),
 )
 @click.argument("login")
-@option("--messages", type=PositiveInteger(), help=N_("Messages par jour, au plus."))
+@option(
+    "--messages",
+    type=PositiveInteger(maximum=MOST_MESSAGES),
+    help=N_("Messages par jour, au plus."),
+)
 @option(
     "--bytes",
     "size",
-    type=ByteSize(),
+    type=ByteSize(maximum=MOST_BYTES),
     help=N_("Octets par jour, au plus (chiffrés : enveloppes et pièces jointes ; ex. 20G)."),
 )
 @option(
@@ -115,7 +122,7 @@ def send_limits_command(
     own = user.daily_send_messages is not None or user.daily_send_bytes is not None
     click.echo(
         _(
-            "{login} : {messages} messages et {bytes} octets par jour au plus ({origin})",
+            "{login} : par jour au plus, messages : {messages}, octets : {bytes} ({origin})",
             login=user.get_username(),
             messages=limits.messages,
             bytes=limits.bytes,
@@ -124,7 +131,7 @@ def send_limits_command(
     )
     click.echo(
         _(
-            "envoyés aujourd'hui : {messages} messages, {bytes} octets",
+            "envoyés aujourd'hui, messages : {messages}, octets : {bytes}",
             messages=used.messages,
             bytes=used.bytes,
         )

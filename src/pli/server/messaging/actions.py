@@ -101,6 +101,9 @@ MAX_ENVELOPE_BYTES_DEFAULT = 10 * 1024 * 1024
 ENVELOPE_IN_DATABASE_BYTES_DEFAULT = 64 * 1024
 #: The most messages in one batch (do_send_messages).
 MAX_BATCH_MESSAGES_DEFAULT = 100
+#: The largest read receipt: a signed notification of a few KB, sealed for two or three
+#: certificates. Receipts are outside the daily limits: their size is bounded here.
+RECEIPT_MAX_BYTES = 64 * 1024
 #: The HTTP status of each refusal code (the API's table; codes are stable).
 STATUS = {
     "not_found": 404,
@@ -108,6 +111,7 @@ STATUS = {
     "patient_opposed": 403,
     "mailbox_ambiguous": 409,
     "envelope_too_large": 413,
+    "receipt_too_large": 413,
     "envelope_unavailable": 503,
     "daily_limit_reached": 429,
 }
@@ -466,7 +470,7 @@ def do_send_message(
     blobs: Sequence[str] = (),
     store: BlobStore | None = None,
     within_transaction: bool = False,
-    counted: bool = True,
+    receipt: bool = False,
 ) -> Message:
     """Store a message sealed by the client and deliver it to local mailboxes.
 
@@ -474,8 +478,9 @@ def do_send_message(
     receipt, :func:`do_mark_read`); the envelope is then kept in the database
     whatever its size, so that it goes with everything else if that
     transaction rolls back (a file written before it would stay behind).
-    ``counted``: the send counts against the person's daily limits
-    (:mod:`~pli.server.messaging.allowance`); read receipts do not.
+    ``receipt``: a read receipt (:func:`do_mark_read`): stored as one (never
+    acknowledged in turn), and not counted against the person's daily limits
+    (:mod:`~pli.server.messaging.allowance`); its size is bounded instead.
 
     Checks, in this order (docs/api/messaging.md): ``envelope_too_large``,
     ``not_allowed_sender``, ``no_recipient``, ``too_many_recipients``,
@@ -495,7 +500,7 @@ def do_send_message(
                 in_reply_to,
                 blobs,
                 within_transaction,
-                counted,
+                receipt,
             ),
             request,
             store or blob_store(),
@@ -515,7 +520,7 @@ class _SendRequest:
     in_reply_to: str | None
     blobs: Sequence[str]
     within_transaction: bool = False
-    counted: bool = True
+    receipt: bool = False
 
 
 def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) -> Message:
@@ -523,7 +528,7 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
 
     def routing(from_address: str, addresses: Sequence[str]) -> _Routing:
         # The opposition register is asked in the directory's query (one round trip).
-        rows = _routing_rows(asked.user, addresses, patients.keys.values(), usage=asked.counted)
+        rows = _routing_rows(asked.user, addresses, patients.keys.values(), usage=not asked.receipt)
         patients.opposed = rows.opposed
         allowance = (
             Allowance(limits_for(asked.user), rows.usage) if rows.usage is not None else None
@@ -550,6 +555,7 @@ class _Checked:
     blobs: list[str]
     #: The bytes it adds to the person's usage of the day; None: not counted (a receipt).
     counted: int | None = None
+    receipt: bool = False
 
 
 def _check_send(
@@ -621,6 +627,7 @@ def _check_send(
         parent,
         list(blobs),
         size if routed.allowance is not None else None,
+        asked.receipt,
     )
 
 
@@ -688,10 +695,11 @@ def _store_one(
 ) -> Message:
     stored, in_database = kept
     # Streamed attachments are claimed under a lock in the transaction (never at once).
+    # A receipt is written inside its reader's transaction (never at once), and marked.
     write = (
         partial(_store_message_at_once, counted=checked.counted if count else None)
-        if at_once
-        else partial(_store_message, blobs=checked.blobs)
+        if at_once and not checked.receipt
+        else partial(_store_message, blobs=checked.blobs, receipt=checked.receipt)
     )
     return write(
         user,
@@ -910,7 +918,13 @@ def _send_events(
 
 
 def _new_message(
-    user: User, sender: Mailbox, stored: StoredBlob, hashed_patient: str, parent: Message | None
+    user: User,
+    sender: Mailbox,
+    stored: StoredBlob,
+    hashed_patient: str,
+    parent: Message | None,
+    *,
+    receipt: bool = False,
 ) -> Message:
     """The message's row as a send stores it (not saved yet): routing metadata only."""
     return Message(
@@ -926,6 +940,7 @@ def _new_message(
         thread_id=parent.thread_id if parent else new_thread_id(),
         in_reply_to=parent,
         patient_key=hashed_patient,
+        receipt=receipt,
     )
 
 
@@ -1098,8 +1113,8 @@ def _insert_rows(
         cursor.execute(
             f"INSERT INTO {quote(Message._meta.db_table)} (public_id, sender_mailbox_id,"  # noqa: S608 - our names
             " sender_address, sender_user_id, sender_person, created_at, size, envelope_blob,"
-            " envelope_sha256, thread_id, in_reply_to_id, patient_key)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " envelope_sha256, thread_id, in_reply_to_id, patient_key, receipt)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             [
                 message.public_id,
                 sender.pk,
@@ -1113,6 +1128,7 @@ def _insert_rows(
                 message.thread_id,
                 message.in_reply_to_id,
                 message.patient_key,
+                message.receipt,
             ],
         )
         row = cursor.fetchone()
@@ -1165,8 +1181,9 @@ def _store_message(
     parent: Message | None,
     request: HttpRequest | None,
     blobs: Sequence[str] = (),
+    receipt: bool = False,
 ) -> Message:
-    message = _new_message(user, sender, stored, hashed_patient, parent)
+    message = _new_message(user, sender, stored, hashed_patient, parent, receipt=receipt)
     deliveries = _insert_rows(message, sender, targets, in_database)
     attached = attach_uploads(user, message, blobs)
     do_record_events(
@@ -1305,7 +1322,19 @@ def _mark_read(
             return ReadResult(locked, changed=False, receipt=None)
         now = timezone.now()
         receipt_message = None
-        if receipt is not None and locked.delivery_id is not None:
+        # A receipt is not acknowledged in turn: one for a receipt is ignored, as one
+        # after the first read is (two mailboxes would otherwise answer each other's
+        # receipts without end, outside the daily limits).
+        if receipt is not None and locked.delivery_id is not None and not locked.message.receipt:
+            if len(receipt) > RECEIPT_MAX_BYTES:
+                raise _ReceiptRefused(
+                    _error(
+                        "receipt_too_large",
+                        _("L'accusé de lecture dépasse la taille admise (%(limit)s octets).")
+                        % {"limit": RECEIPT_MAX_BYTES},
+                        limit=RECEIPT_MAX_BYTES,
+                    )
+                )
             try:
                 receipt_message = do_send_message(
                     user,
@@ -1315,8 +1344,7 @@ def _mark_read(
                     in_reply_to=locked.message.public_id,
                     request=request,
                     within_transaction=True,
-                    # Bounded by the messages received: not against the reader's limits.
-                    counted=False,
+                    receipt=True,
                 )
             except MessagingError as error:
                 raise _ReceiptRefused(error) from None

@@ -20,8 +20,9 @@ audited. Past a limit a send is refused with ``daily_limit_reached`` (HTTP
 429), nothing stored, and the refusal audited as every refused send is.
 
 Read receipts are not counted: the reader's software writes them when a
-message is opened, one per message received, so they are bounded by what
-others sent.
+message is opened. They are bounded otherwise (``do_mark_read``): one per
+message received, at most ``RECEIPT_MAX_BYTES`` each, and none for a receipt,
+which would let two mailboxes answer each other's receipts without end.
 
 Counted by the send's own statement, checked against what was committed
 before it: the sends of one person that are in flight at the same moment (at
@@ -40,7 +41,7 @@ from functools import cache
 from django.db import connection
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
-from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from pli.server.accounts.models import User
 from pli.server.config import positive_setting
@@ -165,11 +166,16 @@ def daily_limit_reached(limits: Limits, used: Usage) -> MessagingError:
     resets_at = next_midnight()
     return MessagingError(
         "daily_limit_reached",
-        _(
+        ngettext(
+            "Limite d'envoi du jour atteinte pour ce compte : %(messages)s message et"
+            " %(size)s par jour au plus. Les envois reprennent à minuit ; si votre"
+            " activité l'exige, demandez à l'administrateur de la messagerie de relever"
+            " cette limite.",
             "Limite d'envoi du jour atteinte pour ce compte : %(messages)s messages et"
             " %(size)s par jour au plus. Les envois reprennent à minuit ; si votre"
             " activité l'exige, demandez à l'administrateur de la messagerie de relever"
-            " cette limite."
+            " cette limite.",
+            limits.messages,
         )
         % {"messages": limits.messages, "size": filesizeformat(limits.bytes)},
         {
@@ -180,9 +186,3 @@ def daily_limit_reached(limits: Limits, used: Usage) -> MessagingError:
             "resets_at": resets_at.isoformat(),
         },
     )
-
-
-def purge_usage(before: dt.date) -> int:
-    """Remove the usage of the days before ``before`` (the daily job ``send_usage``)."""
-    deleted, _counts = SendUsage.objects.filter(day__lt=before).delete()
-    return deleted

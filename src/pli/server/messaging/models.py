@@ -78,6 +78,10 @@ class Message(models.Model):
     )
     #: HMAC-SHA-256 of the normalised patient identifier (REQ-OPPOSITION), or empty.
     patient_key = models.CharField(max_length=64, blank=True)
+    #: A read receipt, stored by its reader's ``POST …/read``: not acknowledged in turn
+    #: (two mailboxes could otherwise answer each other's receipts without end, outside
+    #: the daily limits). ``db_default``: the send's own INSERT statements may leave it out.
+    receipt = models.BooleanField(_("accusé de lecture"), default=False, db_default=False)
 
     class Meta:
         verbose_name = _("message")
