@@ -629,6 +629,56 @@ def test_what_a_forward_carries_and_a_new_file_together_may_pass_the_envelope(
     assert blob.size > len(carried)
 
 
+def test_a_forward_past_the_daily_limit_copies_no_large_attachment(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward's large parts are copied before the send: past the daily limits they are
+    not copied at all (the send would refuse them, after gigabytes of copying)."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(300 * 1024))  # about 26 KiB inline
+    a, b = unlocked(world.a), unlocked(world.b)
+    scan = b"%PDF-1.7\n" + os.urandom(60_000)
+    original = sent_id(compose(a, files=(("scan.pdf", scan, "application/pdf"),)))
+    assert MessageBlob.objects.count() == 1
+    # B's day allows one more small message, not one carrying the scan again.
+    monkeypatch.setenv("PLI_DAILY_SEND_BYTES", "40000")
+    copies: list[object] = []
+
+    def copy_blob(*args: object, **kwargs: object) -> None:
+        copies.append(args)
+        pytest.fail("a large attachment was copied past the daily limit")
+
+    monkeypatch.setattr("pli.server.webmail.sending.do_copy_message_blob", copy_blob)
+    before = (stored(), sorted(blob_files(world.blob_dir)))
+    refused = compose(
+        b,
+        sender=B,
+        to=E,
+        confirm=(E,),
+        subject="TR : avis",
+        path=f"/messagerie/message/{original}/transferer/?boite={B}",
+        keep_large="0",
+        patient_consent="on",
+    )
+    assert "daily_limit_reached" in codes(refused)
+    assert copies == []
+    assert (stored(), sorted(blob_files(world.blob_dir))) == before
+    assert not Upload.objects.exists()
+    assert refusals() == ['{"code":"daily_limit_reached"}']
+    # Without the scan, the same forward fits.
+    sent_id(
+        compose(
+            b,
+            sender=B,
+            to=E,
+            confirm=(E,),
+            subject="TR : avis",
+            path=f"/messagerie/message/{original}/transferer/?boite={B}",
+            keep_large="",
+            patient_consent="on",
+        )
+    )
+
+
 @pytest.mark.requirement("REQ-AFTER-SEND")
 @pytest.mark.requirement("REQ-OPPOSITION")
 def test_a_forward_keeps_the_patient_and_its_opposition_check(world: World) -> None:

@@ -162,6 +162,13 @@ class Allowance:
         self.bytes += size
 
 
+def check_room(user: User, size: int) -> None:
+    """``daily_limit_reached`` now if one more message of ``size`` bytes would pass the
+    account's limits: for work done before the send that would be wasted (the web
+    mail copies a forward's large attachments). The send checks again, as always."""
+    Allowance(limits_for(user), usage_of(user)).take(size)
+
+
 def daily_limit_reached(limits: Limits, used: Usage) -> MessagingError:
     resets_at = next_midnight()
     return MessagingError(

@@ -47,6 +47,7 @@ from pli.server.messaging.actions import (
     patient_key,
     record_refused_send,
 )
+from pli.server.messaging.allowance import check_room
 from pli.server.messaging.models import Message, MessageCopy
 from pli.server.messaging.uploads import (
     allowed_attachment_types,
@@ -335,8 +336,21 @@ def _seal_and_send(
             record_refused_send(user, request, error.code)
         raise
     # A forward's large parts: the new message needs blobs of its own (copies).
+    forwarded = original.forwarded_parts() if original is not None else []
+    if forwarded:
+        # Copying gigabytes that the send would refuse is not done at all.
+        try:
+            check_room(
+                user,
+                len(envelope)
+                + sum(part.size for part in forwarded)
+                + sum(attachment.part.size for attachment in streamed),
+            )
+        except MessagingError as error:
+            record_refused_send(user, request, error.code)
+            raise
     copies: list[str] = []
-    for part in original.forwarded_parts() if original is not None else []:
+    for part in forwarded:
         assert original is not None  # noqa: S101 - forwarded_parts is empty otherwise
         copies.append(do_copy_message_blob(user, original.copy, part.blob_id, request).public_id)
         made.append(copies[-1])
