@@ -238,10 +238,7 @@ class PositiveInteger(click.ParamType[int, Any]):
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
         else:
-            text = str(value).strip()
-            if not (text.isascii() and text.isdigit()):
-                self.fail(_("« {value} » n'est pas un nombre entier", value=value), param, ctx)
-            number = int(text)
+            number = self.parse(str(value), param, ctx)
         if number < 1:
             self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
         if self.maximum is not None and number > self.maximum:
@@ -250,35 +247,26 @@ class PositiveInteger(click.ParamType[int, Any]):
             )
         return number
 
+    def parse(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            self.fail(_("« {value} » n'est pas un nombre entier", value=value), param, ctx)
+        return int(text)
 
-class ByteSize(click.ParamType[int, Any]):
+
+class ByteSize(PositiveInteger):
     """A number of bytes from 1, in bytes or with a binary unit: ``500M``, ``5G`` (GiB)."""
 
     name = "SIZE"
     _UNITS: ClassVar[dict[str, int]] = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
-    def __init__(self, maximum: int | None = None) -> None:
-        self.maximum = maximum
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        else:
-            text = str(value).strip().upper()
-            unit = text[-1:] if text[-1:] in self._UNITS else ""
-            digits = text[: len(text) - len(unit)]
-            if not (digits.isascii() and digits.isdigit()):
-                self.fail(
-                    _("« {value} » n'est pas une taille (ex. 500M, 5G)", value=value), param, ctx
-                )
-            number = int(digits) * self._UNITS[unit]
-        if number < 1:
-            self.fail(_("{value} est inférieur à 1", value=number), param, ctx)
-        if self.maximum is not None and number > self.maximum:
-            self.fail(
-                _("{value} dépasse {maximum}", value=number, maximum=self.maximum), param, ctx
-            )
-        return number
+    def parse(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = value.strip().upper()
+        unit = text[-1:] if text[-1:] in self._UNITS else ""
+        digits = text[: len(text) - len(unit)]
+        if not (digits.isascii() and digits.isdigit()):
+            self.fail(_("« {value} » n'est pas une taille (ex. 500M, 5G)", value=value), param, ctx)
+        return int(digits) * self._UNITS[unit]
 
 
 # --- commands whose help and usage errors follow PLI_LANGUAGE ------------------------------------

@@ -106,18 +106,15 @@ def send_limits_command(
     from pli.server.accounts.models import User  # noqa: PLC0415
     from pli.server.messaging.allowance import limits_for, usage_of  # noqa: PLC0415
 
+    user = User.objects.filter(username=login.strip().lower()).first()
+    if user is None:
+        raise AccountError("not_found", _("aucun compte ne porte cet identifiant"))
     if to_default or messages is not None or size is not None:
-        current = User.objects.filter(username=login.strip().lower()).first()
-        if not to_default and current is not None:
+        if not to_default:
             # An option left out keeps the account's current value.
-            messages = messages or current.daily_send_messages
-            size = size or current.daily_send_bytes
+            messages = messages or user.daily_send_messages
+            size = size or user.daily_send_bytes
         user = do_set_send_limits(None, login, messages=messages, size=size)
-    else:
-        found = User.objects.filter(username=login.strip().lower()).first()
-        if found is None:
-            raise AccountError("not_found", _("aucun compte ne porte cet identifiant"))
-        user = found
     limits, used = limits_for(user), usage_of(user)
     own = user.daily_send_messages is not None or user.daily_send_bytes is not None
     click.echo(
