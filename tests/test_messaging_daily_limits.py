@@ -73,6 +73,7 @@ def batch(client: Client, envelopes: list[bytes]) -> Any:
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_past_the_daily_message_limit_a_send_is_refused_and_nothing_is_stored(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,6 +115,7 @@ def test_past_the_daily_message_limit_a_send_is_refused_and_nothing_is_stored(
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_the_byte_limit_counts_envelopes_and_streamed_attachments(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,6 +149,7 @@ def test_the_byte_limit_counts_envelopes_and_streamed_attachments(
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_a_batch_past_the_limit_is_refused_from_its_first_message_over_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +176,7 @@ def test_a_batch_past_the_limit_is_refused_from_its_first_message_over_it(
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_read_receipts_are_not_counted_nor_refused(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +207,7 @@ def test_read_receipts_are_not_counted_nor_refused(
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_a_receipt_larger_than_a_receipt_can_be_is_refused_and_the_read_too(
     world: World,
 ) -> None:
@@ -224,6 +229,7 @@ def test_a_receipt_larger_than_a_receipt_can_be_is_refused_and_the_read_too(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_a_send_outside_any_transaction_counts_in_its_own_statement(
     pki: Pki, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +250,8 @@ def test_a_send_outside_any_transaction_counts_in_its_own_statement(
 
 
 @pytest.mark.django_db
+@pytest.mark.requirement("REQ-RESILIENCE")
+@pytest.mark.requirement("REQ-TRACE")
 def test_the_operator_sets_an_accounts_own_limits_and_it_is_audited(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

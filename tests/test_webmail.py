@@ -487,6 +487,7 @@ def test_a_message_about_an_opposed_patient_is_refused_with_the_advice(world: Wo
     assert refusals() == ['{"code":"patient_opposed"}', '{"code":"bad_patient_id"}']
 
 
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_past_the_daily_limit_the_compose_page_says_so_and_stores_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -629,6 +630,7 @@ def test_what_a_forward_carries_and_a_new_file_together_may_pass_the_envelope(
     assert blob.size > len(carried)
 
 
+@pytest.mark.requirement("REQ-RESILIENCE")
 def test_a_forward_past_the_daily_limit_copies_no_large_attachment(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
