@@ -51,6 +51,7 @@ from pli.server.config import ConfigurationError
 from pli.server.directory.models import Mailbox, MailboxCertificate, Organisation
 from pli.server.messaging.actions import do_send_message, read_envelope
 from pli.server.messaging.models import Delivery, Message, MessageCopy, MessageEnvelope
+from pli.server.messaging.storage import do_set_mailbox_quota, storage_of
 from pli.server.messaging.uploads import MessageBlob, Upload
 from pli.server.webmail import views as webmail_views
 from tests.accounts_support import PASSPHRASE, make_account, signed_in
@@ -216,6 +217,11 @@ def sent_id(response: Any) -> str:
 
 def codes(response: Any) -> list[str]:
     return re.findall(r'data-code="([a-z_]+)"', response.content.decode())
+
+
+def stored_bytes(address: str) -> int:
+    pk = Mailbox.objects.get(address=address).pk
+    return storage_of([pk])[pk].used
 
 
 def stored() -> tuple[int, int, int]:
@@ -504,6 +510,36 @@ def test_past_the_daily_limit_the_compose_page_says_so_and_stores_nothing(
     assert "Avis cardiologique réf. 2026-117" in page
     assert stored() == before
     assert refusals() == ['{"code":"daily_limit_reached"}']
+
+
+@pytest.mark.requirement("REQ-RESILIENCE")
+def test_a_full_mailbox_is_shown_to_its_holders_and_named_to_its_senders(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = unlocked(world.a), unlocked(world.b)
+    sent_id(compose(a, files=(("cr.pdf", REPORT, "application/pdf"),)))
+    page = b.get("/messagerie/").content.decode()
+    assert "Espace utilisé : " in page and " sur 20,0" in page
+    assert "Boîte pleine" not in page and "presque pleine" not in page
+
+    # B's mailbox holds more than its quota: its holder is told, its senders refused.
+    do_set_mailbox_quota(None, B, 1000)
+    page = b.get("/messagerie/").content.decode()
+    assert "Boîte pleine : elle ne reçoit plus de messages." in page
+    before = stored()
+    refused = compose(a, confirm=(), files=(("cr.pdf", REPORT, "application/pdf"),))
+    assert refused.status_code == 400
+    assert "recipient_mailbox_full" in codes(refused)
+    text = refused.content.decode()
+    assert "La boîte de ces destinataires est pleine" in text
+    assert "Avis cardiologique réf. 2026-117" in text  # what was typed is kept
+    assert stored() == before
+    assert refusals() == ['{"code":"recipient_mailbox_full"}']
+
+    # Nearly full: a warning before the refusals begin.
+    do_set_mailbox_quota(None, B, stored_bytes(B) + stored_bytes(B) // 20)
+    page = b.get("/messagerie/").content.decode()
+    assert "Boîte presque pleine" in page
 
 
 def test_recipients_must_be_active_mailboxes_of_the_directory(world: World) -> None:

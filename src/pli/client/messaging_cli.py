@@ -365,11 +365,13 @@ def logout_command(server: str | None, session_file: Path | None) -> None:
 def mailboxes_command(server: str | None, session_file: Path | None) -> None:
     for mailbox in _client(server, session_file).mailboxes():
         line = _(
-            "{address}  {kind} {part}  non lus : {unread}",
+            "{address}  {kind} {part}  non lus : {unread}  espace : {used} / {quota} octets",
             address=mailbox.address,
             kind=mailbox.kind,
             part=_label(_PARTS, mailbox.part),
             unread=mailbox.unread,
+            used=mailbox.used_bytes,
+            quota=mailbox.quota_bytes,
         )
         click.echo(line if mailbox.active else line + _(" (inactive)"))
 

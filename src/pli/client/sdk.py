@@ -275,13 +275,17 @@ class RefusedMessage:
 @dataclass(frozen=True)
 class Mailbox:
     """A mailbox the caller reaches: ``kind`` (``PER``, ``ORG``, ``APP``, ``CAB``), ``part``
-    (``owner``, ``member``, ``manager``, ``substitute``), ``unread`` messages in its inbox."""
+    (``owner``, ``member``, ``manager``, ``substitute``), ``unread`` messages in its inbox;
+    ``used_bytes`` what it holds (as stored, encrypted) and ``quota_bytes`` its quota: past
+    it, senders are refused with ``recipient_mailbox_full``."""
 
     address: str
     kind: str
     part: str
     active: bool
     unread: int
+    used_bytes: int = 0
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -1232,6 +1236,8 @@ class Client:
                 part=m.text("part"),
                 active=m.flag("active"),
                 unread=m.integer("unread"),
+                used_bytes=m.integer("used_bytes"),
+                quota_bytes=m.integer("quota_bytes"),
             )
             for m in self._call("GET", "/api/mailboxes").objects()
         ]

@@ -27,7 +27,7 @@ from pli.server.accounts.cli import accounts_group
 from pli.server.audit.cli import audit_group
 from pli.server.config import data_dir, setting
 from pli.server.lifecycle_cli import jobs_group, lifecycle_group
-from pli.server.messaging.cli import envelopes_group
+from pli.server.messaging.cli import envelopes_group, storage_group
 
 
 def setup_django() -> None:
@@ -224,4 +224,5 @@ SERVER_COMMANDS = [
     jobs_group,
     lifecycle_group,
     envelopes_group,
+    storage_group,
 ]

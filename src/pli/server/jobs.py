@@ -188,6 +188,24 @@ def _send_usage(now: dt.datetime, dry_run: bool) -> JobSummary:
     )
 
 
+def _mailbox_storage(now: dt.datetime, dry_run: bool) -> JobSummary:
+    """Every mailbox's storage counted again from its copies (pli.server.messaging.storage):
+    any drift of the counts kept by sends and deletions is corrected."""
+    from pli.server.messaging.storage import recount_storage  # noqa: PLC0415
+
+    del now
+    recount = recount_storage(dry_run=dry_run)
+    data = {"mailboxes": recount.mailboxes, "corrected": recount.corrected}
+    if dry_run:
+        return JobSummary(
+            _("%(mailboxes)s boîte(s) comptée(s), %(corrected)s seraient corrigée(s)") % data,
+            data,
+        )
+    return JobSummary(
+        _("%(mailboxes)s boîte(s) comptée(s), %(corrected)s corrigée(s)") % data, data
+    )
+
+
 def _operator_crl(now: dt.datetime, dry_run: bool) -> JobSummary:
     """A fresh CRL every day: readers fail closed once it expires (RFC 5280 section 5.1.2.5)."""
     from pli.server.accounts import operator_ca  # noqa: PLC0415
@@ -226,6 +244,11 @@ DAILY_JOBS: tuple[DailyJob, ...] = (
     DailyJob(
         "send_usage",
         _send_usage,
+    ),
+    DailyJob(
+        "mailbox_storage",
+        _mailbox_storage,
+        own_transactions=True,
     ),
     DailyJob(
         "operator_crl",

@@ -35,6 +35,10 @@ JOB_HELP = {
         "Retirer les dépôts de pièces jointes expirés et inachevés, et leurs octets."
     ),
     "send_usage": N_("Supprimer les compteurs d'envois quotidiens des jours passés."),
+    "mailbox_storage": N_(
+        "Recompter l'espace utilisé par chaque boîte depuis ses messages, et corriger les"
+        " compteurs."
+    ),
     "operator_crl": N_(
         "Publier une nouvelle liste de révocation de l'autorité de l'opérateur avant que"
         " l'actuelle n'expire."

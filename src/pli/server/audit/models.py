@@ -68,6 +68,10 @@ class AuditAction(models.TextChoices):
     MESSAGES_MOVED = "messages.moved", _("Message déplacé")
     MESSAGES_FLAGGED = "messages.flagged", _("Suivi d'un message modifié")
     MESSAGES_DELETED = "messages.deleted", _("Message supprimé")
+    MESSAGING_MAILBOX_QUOTA_CHANGED = (
+        "messaging.mailbox_quota_changed",
+        _("Quota d'une boîte modifié"),
+    )
     # Operation (REQ-DATA-ADMIN): the admin console, the directory, the trail itself.
     ADMIN_CHANGE = "admin.change", _("Modification dans la console d'administration")
     DIRECTORY_IMPORT = "directory.import", _("Import de l'annuaire")

@@ -86,9 +86,19 @@ from pli.server.messaging.models import (
     Delivery,
     DeliveryState,
     Folder,
+    MailboxStorage,
     Message,
     MessageCopy,
     MessageEnvelope,
+)
+from pli.server.messaging.storage import (
+    ROOM,
+    Rooms,
+    at_once_statement,
+    record_storage,
+    room_parameters,
+    room_subquery,
+    stored_size,
 )
 from pli.server.messaging.uploads import attach_uploads, blob_ids_of, check_uploads
 
@@ -114,6 +124,7 @@ STATUS = {
     "receipt_too_large": 413,
     "envelope_unavailable": 503,
     "daily_limit_reached": 429,
+    "recipient_mailbox_full": 409,
 }
 
 
@@ -236,7 +247,9 @@ def _routing_query(count: int, patients: int = 0, *, usage: bool = False) -> str
     a recipient; the certificates of each mailbox in :func:`current_certificates`'s order.
     An opposed key comes as ``(_OPPOSED, NULL, key, NULL, NULL, NULL)``; with ``usage``,
     the person's sends of the day as ``(_USAGE, messages, NULL, NULL, NULL, bytes)``
-    (:mod:`~pli.server.messaging.allowance`).
+    (:mod:`~pli.server.messaging.allowance`), and the room left in each recipient's
+    mailbox as ``(ROOM, mailbox id, NULL, NULL, NULL, bytes)``
+    (:mod:`~pli.server.messaging.storage`).
     """
     quote = connection.ops.quote_name
     mailbox, certificate = quote(Mailbox._meta.db_table), quote(MailboxCertificate._meta.db_table)
@@ -259,7 +272,7 @@ def _routing_query(count: int, patients: int = 0, *, usage: bool = False) -> str
             if patients
             else ""
         )
-        + (f" UNION ALL {usage_subquery()}" if usage else "")
+        + (f" UNION ALL {usage_subquery()} UNION ALL {room_subquery(count)}" if usage else "")
         + ") AS u ORDER BY u.id, u.not_after DESC, u.certificate"
     )
 
@@ -273,6 +286,8 @@ class _Routing:
     certificates: _Certificates
     #: What the person may still send today; None for a send that is not counted.
     allowance: Allowance | None = None
+    #: The room left in the recipients' mailboxes; None for a send that is not checked.
+    rooms: Rooms | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +304,8 @@ class _RoutingRows:
     opposed: set[str]
     #: The person's sends of the day, when asked (daily limits).
     usage: Usage | None = None
+    #: The room left in the recipients' mailboxes, by mailbox id, when the usage is asked.
+    rooms: dict[int, int] | None = None
 
 
 def _routing_rows(
@@ -313,7 +330,7 @@ def _routing_rows(
                 *(now, now, now, now, True),
                 *addresses,
                 *keys,
-                *(usage_parameters(user) if usage else ()),
+                *((*usage_parameters(user), *room_parameters(addresses)) if usage else ()),
             ],
         )
         rows = cursor.fetchall()
@@ -324,9 +341,13 @@ def _routing_rows(
     # query: its certificates are kept once.
     pems: dict[int, dict[int, str]] = {}
     used: Usage | None = None
+    rooms: dict[int, int] | None = {} if usage else None
     for part, pk, address, active, pem, certificate_id in rows:
         if part == _USAGE:
             used = Usage(int(pk), int(certificate_id))
+            continue
+        if part == ROOM and rooms is not None:
+            rooms[pk] = int(certificate_id)
             continue
         if part == _OPPOSED:
             opposed.add(address)
@@ -339,7 +360,7 @@ def _routing_rows(
             )
         if pem is not None:
             pems.setdefault(pk, {}).setdefault(certificate_id, pem)
-    return _RoutingRows(list(reachable.values()), recipients, pems, opposed, used)
+    return _RoutingRows(list(reachable.values()), recipients, pems, opposed, used, rooms)
 
 
 def _route(
@@ -348,6 +369,7 @@ def _route(
     addresses: Sequence[str],
     *,
     allowance: Allowance | None = None,
+    rooms: Rooms | None = None,
 ) -> _Routing:
     """The sending mailbox (REQ-CITY-HOSPITAL: owner, member or substitute), chosen as
     :func:`~pli.server.messaging.access.sending_mailbox` chooses it, and who can
@@ -362,7 +384,7 @@ def _route(
         pk: list(rows.pems.get(pk, {}).values())
         for pk in (sender_pk, *(mailbox.pk for mailbox in recipients.values()))
     }
-    return _Routing(sender, recipients, certificates, allowance)
+    return _Routing(sender, recipients, certificates, allowance, rooms)
 
 
 @lru_cache(maxsize=1024)
@@ -533,7 +555,8 @@ def _send(asked: _SendRequest, request: HttpRequest | None, store: BlobStore) ->
         allowance = (
             Allowance(limits_for(asked.user), rows.usage) if rows.usage is not None else None
         )
-        return _route(rows, from_address, addresses, allowance=allowance)
+        rooms = Rooms(rows.rooms) if rows.rooms is not None else None
+        return _route(rows, from_address, addresses, allowance=allowance, rooms=rooms)
 
     checked = _check_send(asked, routing, patients.check)
     (message,) = _store_checked(
@@ -556,6 +579,8 @@ class _Checked:
     #: The bytes it adds to the person's usage of the day; None: not counted (a receipt).
     counted: int | None = None
     receipt: bool = False
+    #: The bytes each of its copies adds to its mailbox's storage (storage.stored_size).
+    size: int = 0
 
 
 def _check_send(
@@ -615,8 +640,11 @@ def _check_send(
     # under a lock in the transaction that stores the send (uploads.attach_uploads).
     blobs = check_uploads(user, asked.blobs) if asked.blobs else {}
     _check_envelope(envelope_der, [sender, *targets], certificates)
-    # Last: a send that is wrong is told so first, whatever the day's usage.
+    # Last: a send that is wrong is told so first, whatever the recipients' room and
+    # the day's usage.
     size = len(envelope_der) + sum(blobs.values())
+    if routed.rooms is not None:
+        routed.rooms.take(targets, size)
     if routed.allowance is not None:
         routed.allowance.take(size)
     return _Checked(
@@ -628,6 +656,7 @@ def _check_send(
         list(blobs),
         size if routed.allowance is not None else None,
         asked.receipt,
+        size,
     )
 
 
@@ -660,17 +689,22 @@ def _store_checked(
         # transaction is then its own transaction.
         at_once = not any(checked.blobs for checked in sends) and defers_events()
         if at_once and len(sends) == 1:
-            # Counted by the send's own statement.
+            # Counted by the send's own statement; a receipt in its reader's transaction.
             messages = [_store_one(user, sends[0], kept[0], request, at_once=True, count=True)]
+            if sends[0].receipt:
+                record_storage(_storage_changes(sends))
         else:
             with transaction.atomic():
                 messages = [
                     _store_one(user, checked, stored, request, at_once=at_once)
                     for checked, stored in zip(sends, kept, strict=True)
                 ]
+                # The daily usage first, then the mailboxes: the order of the locks of the
+                # send's single statement (storage.at_once_statement).
                 counted = [checked.counted for checked in sends if checked.counted is not None]
                 if counted:
                     record_usage(user, len(counted), sum(counted))
+                record_storage(_storage_changes(sends))
     except BaseException:
         # No half-stored state: the blobs go with the rows that would have named them.
         for stored, _in_database in kept:
@@ -682,6 +716,15 @@ def _store_checked(
         # window, with the other sends of that window (decision 0010).
         sequence_after_commit()
     return messages
+
+
+def _storage_changes(sends: Sequence[_Checked]) -> dict[int, int]:
+    """What the sends add to each mailbox they give a copy (storage.record_storage)."""
+    changes: dict[int, int] = {}
+    for checked in sends:
+        for mailbox in (checked.sender, *checked.targets):
+            changes[mailbox.pk] = changes.get(mailbox.pk, 0) + checked.size
+    return changes
 
 
 def _store_one(
@@ -697,7 +740,11 @@ def _store_one(
     # Streamed attachments are claimed under a lock in the transaction (never at once).
     # A receipt is written inside its reader's transaction (never at once), and marked.
     write = (
-        partial(_store_message_at_once, counted=checked.counted if count else None)
+        partial(
+            _store_message_at_once,
+            counted=checked.counted if count else None,
+            size=checked.size,
+        )
         if at_once and not checked.receipt
         else partial(_store_message, blobs=checked.blobs, receipt=checked.receipt)
     )
@@ -828,6 +875,7 @@ def do_send_messages(
     patients.opposed = rows.opposed
     # One allowance for the batch: each message is taken in turn.
     allowance = Allowance(limits_for(user), rows.usage or Usage())
+    rooms = Rooms(rows.rooms or {})
     checked: list[_Checked] = []
     refusals: list[tuple[int, MessagingError]] = []
     for index, outgoing in enumerate(messages):
@@ -842,7 +890,9 @@ def do_send_messages(
         )
         try:
             checked.append(
-                _check_send(asked, partial(_route, rows, allowance=allowance), patients.check)
+                _check_send(
+                    asked, partial(_route, rows, allowance=allowance, rooms=rooms), patients.check
+                )
             )
         except MessagingError as error:
             refusals.append((index, error))
@@ -1015,7 +1065,13 @@ def _store_at_once_query(*, with_envelope: bool, counted: bool = False) -> str:
         if with_envelope
         else ""
     )
-    usage = f" q AS ({record_statement()})," if counted else ""
+    # The person's usage of the day, then (after it: the locks' order of a send in a
+    # transaction) the storage of every mailbox the message goes to.
+    usage = (
+        f" q AS ({record_statement()} RETURNING 1), s AS ({at_once_statement('q')}),"
+        if counted
+        else ""
+    )
     return (
         f"WITH m AS (INSERT INTO {message} (public_id, sender_mailbox_id, sender_address,"  # noqa: S608 - our names
         " sender_user_id, sender_person, created_at, size, envelope_blob, envelope_sha256,"
@@ -1046,6 +1102,7 @@ def _store_message_at_once(
     parent: Message | None,
     request: HttpRequest | None,
     counted: int | None = None,
+    size: int = 0,
 ) -> Message:
     message = _new_message(user, sender, stored, hashed_patient, parent)
     now = message.created_at
@@ -1084,7 +1141,15 @@ def _store_message_at_once(
                 Folder.INBOX,
                 now,
                 *([] if in_database is None else [in_database]),
-                *([] if counted is None else record_parameters(user, 1, counted)),
+                *(
+                    []
+                    if counted is None
+                    else [
+                        *record_parameters(user, 1, counted),
+                        size,
+                        sorted([sender.pk, *(mailbox.pk for mailbox in targets)]),
+                    ]
+                ),
                 *(value for fields in events for value in (now, *fields)),
             ],
         )
@@ -1475,7 +1540,11 @@ def do_delete_message(
             copy.folder = Folder.TRASH
             permanent = False
         else:
+            # What the copy counted in its mailbox's quota, read before the message's
+            # rows may go with it.
+            freed = stored_size(copy.message)
             MessageCopy.objects.filter(pk=copy.pk).delete()
+            record_storage({copy.mailbox_id: -freed})
             _remove_unreferenced([copy.message_id])
             permanent = True
         do_record_event(
@@ -1503,5 +1572,6 @@ def delete_mailbox_content(mailbox: Mailbox) -> int:
         touched |= set(deliveries.values_list("message_id", flat=True))
         removed = copies.delete()[1].get(MessageCopy._meta.label, 0)
         deliveries.delete()
+        MailboxStorage.objects.filter(mailbox=mailbox).delete()
         _remove_unreferenced(touched)
     return removed

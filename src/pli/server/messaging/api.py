@@ -50,6 +50,7 @@ from pli.server.messaging.actions import (
     record_refused_send,
 )
 from pli.server.messaging.models import Delivery, Folder, Message, MessageCopy
+from pli.server.messaging.storage import storage_of
 from pli.server.validation import StrictSchema, field_errors, whole_number
 
 router = Router(tags=["messaging"], auth=django_auth)
@@ -153,6 +154,10 @@ class MailboxOut(_Strict):
     part: str
     active: bool
     unread: int
+    #: What the mailbox holds (envelopes and streamed attachments, as stored) and its
+    #: quota, in bytes (pli.server.messaging.storage).
+    used_bytes: int
+    quota_bytes: int
 
 
 class MessageOut(_Strict):
@@ -339,6 +344,7 @@ def list_mailboxes(request: HttpRequest) -> list[MailboxOut]:
         .annotate(count=Count("pk"))
         .values_list("mailbox_id", "count")
     )
+    storage = storage_of(r.mailbox.pk for r in reachable)
     return [
         MailboxOut(
             address=r.mailbox.address,
@@ -346,6 +352,8 @@ def list_mailboxes(request: HttpRequest) -> list[MailboxOut]:
             part=r.part,
             active=r.mailbox.active,
             unread=unread.get(r.mailbox.pk, 0),
+            used_bytes=storage[r.mailbox.pk].used,
+            quota_bytes=storage[r.mailbox.pk].quota,
         )
         for r in reachable
     ]

@@ -219,6 +219,52 @@ class SendUsage(models.Model):
         return f"{self.user_id} {self.day} #{self.shard}"
 
 
+class MailboxStorage(models.Model):
+    """What a mailbox holds, in bytes as stored: its quota's measure.
+
+    The sum of the sizes of the messages it has a copy of (envelope and streamed
+    attachments, ciphertext), kept by each send and each deletion for good
+    (:mod:`pli.server.messaging.storage`) rather than summed at every send. A
+    row per mailbox and *shard*, as :class:`SendUsage`: on PostgreSQL each
+    database connection adds to its own row, so that concurrent sends to one
+    mailbox (a laboratory's, a ward's) do not queue on one row's lock; the
+    mailbox's usage is the sum of its rows. A row may be negative (a deletion
+    counted on another connection's shard). The daily job ``mailbox_storage``
+    counts every mailbox again from its copies.
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+", db_index=False)
+    shard = models.PositiveSmallIntegerField(default=0)
+    bytes = models.BigIntegerField(_("octets"), default=0)
+
+    class Meta:
+        verbose_name = _("espace utilisé")
+        verbose_name_plural = _("espace utilisé")
+        constraints = [
+            models.UniqueConstraint(fields=["mailbox", "shard"], name="messaging_storage_shard"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} #{self.shard}"
+
+
+class MailboxQuota(models.Model):
+    """A mailbox's own quota, set by the operator (``pli storage quota``); without one,
+    ``PLI_MAILBOX_QUOTA_BYTES`` applies."""
+
+    mailbox = models.OneToOneField(
+        Mailbox, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    bytes = models.PositiveBigIntegerField(_("octets"))
+
+    class Meta:
+        verbose_name = _("quota de boîte")
+        verbose_name_plural = _("quotas de boîte")
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id}: {self.bytes}"
+
+
 # Large attachments: their models live with their logic in uploads.py; imported here,
 # after the models they refer to, so that Django's app registry (and migrations) know them.
 from pli.server.messaging.uploads import MessageBlob, Upload  # noqa: E402, F401

@@ -73,6 +73,7 @@ from pli.server.messaging.models import (
     Message,
     MessageCopy,
 )
+from pli.server.messaging.storage import Storage, storage_of
 from pli.server.messaging.uploads import max_attachment_bytes, open_message_blob
 from pli.server.validation import whole_number
 from pli.server.webmail.correspondents import (
@@ -199,6 +200,8 @@ class MailboxEntry:
     address: str
     part: str
     folders: list[FolderLink]
+    #: What it holds and its quota (pli.server.messaging.storage).
+    storage: Storage
 
 
 def _sidebar(user: User, current: Mailbox | None, folder: str) -> list[MailboxEntry]:
@@ -211,6 +214,7 @@ def _sidebar(user: User, current: Mailbox | None, folder: str) -> list[MailboxEn
         .annotate(count=Count("pk"))
         .values_list("mailbox_id", "count")
     )
+    storage = storage_of(r.mailbox.pk for r in reachable)
     entries = []
     for r in reachable:
         here = current is not None and current.pk == r.mailbox.pk
@@ -227,6 +231,7 @@ def _sidebar(user: User, current: Mailbox | None, folder: str) -> list[MailboxEn
                     )
                     for f in FOLDER_ORDER
                 ],
+                storage=storage[r.mailbox.pk],
             )
         )
     return entries
