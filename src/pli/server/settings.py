@@ -57,6 +57,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# No file part is kept from any request but the compose views', which install their
+# own handler (pli/server/file_uploads.py): the CSRF check parses every POST's body.
+FILE_UPLOAD_HANDLERS = ["pli.server.file_uploads.RefuseFiles"]
+
 ROOT_URLCONF = "pli.server.urls"
 WSGI_APPLICATION = "pli.server.wsgi.application"
 
