@@ -188,7 +188,11 @@ def test_flag_move_and_delete_from_the_command_line(
 
     assert shell.run("delete", sent.id).stdout == f"Message {sent.id} moved to the trash\n"
     assert sent.id in shell.run("inbox", "--folder", "trash").stdout
-    gone = shell.run("delete", sent.id)
+    # Repeated, it stays in the trash: deleting for good is asked for explicitly.
+    again = shell.run("delete", sent.id)
+    assert again.stdout == f"Message {sent.id} moved to the trash\n", again.output
+    assert sent.id in shell.run("inbox", "--folder", "trash").stdout
+    gone = shell.run("delete", sent.id, "--permanent")
     assert gone.stdout == f"Message {sent.id} deleted for good\n", gone.output
     assert error_line(shell.run("read", sent.id, *shell.key_options())).startswith(
         "pli: error: not_found: "

@@ -742,7 +742,7 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
     assert (unknown.status_code, unknown.json()["code"]) == (422, "bad_request")
 
     assert bob.delete(base).json() == {"id": message_id, "deleted": False, "folder": "trash"}
-    assert bob.delete(base).json()["deleted"] is True
+    assert bob.delete(f"{base}?permanent=true").json()["deleted"] is True
     assert bob.get(base).status_code == 404
     # Alice's Sent copy and Bob's delivery state remain.
     assert alice.get(base).json()["deliveries"][0]["recipient"] == B
@@ -750,7 +750,7 @@ def test_move_flag_and_delete_act_on_the_callers_copy_only(
     assert kept.startswith("database:") == (envelope_storage == "database")
     assert alice.delete(base).json()["deleted"] is False
     with django_capture_on_commit_callbacks(execute=True):
-        assert alice.delete(base).json()["deleted"] is True
+        assert alice.delete(f"{base}?permanent=true").json()["deleted"] is True
     assert Message.objects.count() == 0 and Delivery.objects.count() == 0
     assert envelopes_kept(world.blob_dir) == []
     assert [e.detail for e in events("messages.deleted")] == [
@@ -777,12 +777,12 @@ def test_a_copy_restored_meanwhile_goes_to_the_trash_not_away_for_good(world: Wo
     MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.TRASH)
     stale = MessageCopy.objects.select_related("message").get(pk=copy.pk)
     MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.INBOX)  # another member
-    result = do_delete_message(world.b, stale)
+    result = do_delete_message(world.b, stale, for_good=True)
     assert result.permanent is False
     assert MessageCopy.objects.get(pk=copy.pk).folder == Folder.TRASH
     MessageCopy.objects.filter(pk=copy.pk).delete()  # and deleted for good meanwhile
     with pytest.raises(MessagingError) as gone:
-        do_delete_message(world.b, stale)
+        do_delete_message(world.b, stale, for_good=True)
     assert gone.value.code == "not_found"
 
 

@@ -73,8 +73,8 @@ def a_to_b_and_ward(world: World) -> bytes:
 
 
 def delete_for_good(client: Client, message_id: str, mailbox: str) -> None:
-    for _step in ("to the trash", "from the trash"):
-        answer = client.delete(f"{MESSAGES}/{message_id}?mailbox={mailbox}")
+    for query in ("", "&permanent=true"):  # to the trash, then for good
+        answer = client.delete(f"{MESSAGES}/{message_id}?mailbox={mailbox}{query}")
         assert answer.status_code == 200, answer.content
 
 
@@ -104,7 +104,7 @@ def test_each_copy_counts_in_its_mailbox_and_a_deletion_for_good_takes_it_off(
     bob = world.client(world.b)
     assert bob.delete(f"{MESSAGES}/{message_id}?mailbox={B}").status_code == 200
     assert used(B) == size + len(small)
-    assert bob.delete(f"{MESSAGES}/{message_id}?mailbox={B}").status_code == 200
+    assert bob.delete(f"{MESSAGES}/{message_id}?mailbox={B}&permanent=true").status_code == 200
     assert (used(A), used(B)) == (size + len(small), size)
     first = sent.json()["id"]
     delete_for_good(bob, first, B)

@@ -421,7 +421,7 @@ def test_a_message_deleted_by_everyone_takes_its_blobs(world: World, envelope_st
     for user in (world.a, world.b):
         client = world.client(user)
         client.delete(f"{MESSAGES}/{message_id}")
-        client.delete(f"{MESSAGES}/{message_id}")
+        client.delete(f"{MESSAGES}/{message_id}?permanent=true")
     assert not Message.objects.exists() and not MessageBlob.objects.exists()
     assert kept(world) == []
 

@@ -805,17 +805,27 @@ def flag_command(
 @_command(
     "delete",
     help=N_(
-        "Mettre la copie d'un message à la corbeille ; depuis la corbeille, la supprimer"
-        " définitivement (les copies des autres boîtes restent)."
+        "Mettre la copie d'un message à la corbeille ; avec --permanent, supprimer"
+        " définitivement une copie qui est dans la corbeille (les copies des autres boîtes"
+        " restent)."
     ),
 )
 @click.argument("message_id")
 @_server_options
 @_mailbox_option
+@option(
+    "--permanent",
+    is_flag=True,
+    help=N_("Supprimer définitivement (la copie doit être dans la corbeille)."),
+)
 def delete_command(
-    message_id: str, server: str | None, session_file: Path | None, mailbox: str | None
+    message_id: str,
+    server: str | None,
+    session_file: Path | None,
+    mailbox: str | None,
+    permanent: bool,
 ) -> None:
-    if _client(server, session_file).delete(message_id, mailbox):
+    if _client(server, session_file).delete(message_id, mailbox, permanent=permanent):
         click.echo(_("Message {id} supprimé définitivement", id=message_id))
     else:
         click.echo(_("Message {id} mis à la corbeille", id=message_id))

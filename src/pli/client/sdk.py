@@ -1285,14 +1285,19 @@ class Client:
         answer = self._call("POST", path, query=_mailbox(mailbox), body={"flagged": flagged})
         return MessageSummary._from_answer(answer.object())
 
-    def delete(self, message_id: str, mailbox: str | None = None) -> bool:
-        """Move the copy to the trash; from the trash, delete it for good.
+    def delete(
+        self, message_id: str, mailbox: str | None = None, *, permanent: bool = False
+    ) -> bool:
+        """Move the copy to the trash; with ``permanent``, delete a copy that is in the
+        trash for good (a copy elsewhere goes to the trash: never gone in one step).
 
         Returns ``True`` when the copy is gone for good (the other mailboxes'
-        copies are not touched; the sender still sees the delivery state).
+        copies are not touched; the sender still sees the delivery state). Safe to
+        repeat: without ``permanent``, a copy already in the trash stays there.
         """
         path = self._message_path(message_id)
-        answer = self._call("DELETE", path, query=_mailbox(mailbox)).object()
+        query = {**_mailbox(mailbox), **({"permanent": "true"} if permanent else {})}
+        answer = self._call("DELETE", path, query=query).object()
         return answer.flag("deleted")
 
     def _message_path(self, message_id: str, suffix: str = "") -> str:

@@ -1381,8 +1381,11 @@ def _mark_read(
         locked = (
             MessageCopy.objects.select_for_update(of=("self",))
             .select_related("message", "mailbox", "delivery")
-            .get(pk=copy.pk)
+            .filter(pk=copy.pk)
+            .first()
         )
+        if locked is None:  # deleted for good since it was found: as if never there
+            raise not_found()
         if locked.read:
             return ReadResult(locked, changed=False, receipt=None)
         now = timezone.now()
@@ -1449,6 +1452,8 @@ def do_move_message(
         )
     with transaction.atomic():
         moved = MessageCopy.objects.filter(pk=copy.pk).exclude(folder=folder).update(folder=folder)
+        if not moved and not MessageCopy.objects.filter(pk=copy.pk).exists():
+            raise not_found()  # deleted for good since it was found
         if moved:
             do_record_event(
                 AuditAction.MESSAGES_MOVED,
@@ -1468,6 +1473,8 @@ def do_flag_message(
         changed = (
             MessageCopy.objects.filter(pk=copy.pk).exclude(flagged=flagged).update(flagged=flagged)
         )
+        if not changed and not MessageCopy.objects.filter(pk=copy.pk).exists():
+            raise not_found()  # deleted for good since it was found
         if changed:
             do_record_event(
                 AuditAction.MESSAGES_FLAGGED,
@@ -1519,9 +1526,21 @@ class DeleteResult:
 
 
 def do_delete_message(
-    user: User, copy: MessageCopy, request: HttpRequest | None = None
+    user: User,
+    copy: MessageCopy,
+    request: HttpRequest | None = None,
+    *,
+    for_good: bool = False,
 ) -> DeleteResult:
-    """To the trash; from the trash, the mailbox's copy is deleted for good."""
+    """To the trash; with ``for_good``, a copy in the trash is deleted for good.
+
+    The caller says which it means, and the folder is read under the row's lock:
+    a request repeated (a double click, a retried ``DELETE`` whose answer was lost)
+    or two members of a shared mailbox deleting at once never turn "to the trash"
+    into a deletion nobody confirmed (found by a review). A copy already in the
+    trash without ``for_good`` stays there; one outside it goes to the trash, even
+    with ``for_good`` (restored meanwhile by another member).
+    """
     with transaction.atomic():
         # The folder as committed, under the row's lock: in a shared mailbox another
         # member may have restored the copy since it was read, and a restored copy
@@ -1535,6 +1554,8 @@ def do_delete_message(
         if folder is None:  # deleted for good meanwhile
             raise not_found()
         copy.folder = folder
+        if copy.folder == Folder.TRASH and not for_good:
+            return DeleteResult(False, copy)  # already there: nothing to do, nothing traced
         if copy.folder != Folder.TRASH:
             MessageCopy.objects.filter(pk=copy.pk).update(folder=Folder.TRASH)
             copy.folder = Folder.TRASH

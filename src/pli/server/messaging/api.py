@@ -610,14 +610,14 @@ def flag_message(
 @router.delete(
     "/messages/{message_id}",
     response={200: DeleteOut, **_ERRORS},
-    summary="Mettre à la corbeille ; depuis la corbeille, supprimer",
+    summary="Mettre à la corbeille ; depuis la corbeille, avec permanent=true, supprimer",
 )
 def delete_message(
-    request: HttpRequest, message_id: str, mailbox: str = ""
+    request: HttpRequest, message_id: str, mailbox: str = "", permanent: bool = False
 ) -> Status[DeleteOut] | Status[ErrorOut]:
     try:
         copy = _copy(request, message_id, mailbox)
-        result = do_delete_message(signed_in_user(request), copy, request)
+        result = do_delete_message(signed_in_user(request), copy, request, for_good=permanent)
     except MessagingError as error:
         return _refusal(error)
     return Status(

@@ -70,11 +70,17 @@ def mark_read_with_receipt(
         try:
             return do_mark_read(user, copy, receipt=receipt, request=request).receipt
         except MessagingError as error:
+            if error.code == "not_found":
+                return None  # deleted for good meanwhile (another member): nothing to mark
             # Refused as a send (its audit event says why): the reading stands all the same.
             logger.warning(
                 "webmail: read receipt for %s refused (%s)", copy.message.public_id, error.code
             )
-    do_mark_read(user, copy, request=request)
+    try:
+        do_mark_read(user, copy, request=request)
+    except MessagingError as error:
+        if error.code != "not_found":
+            raise
     return None
 
 

@@ -771,7 +771,11 @@ def delete_view(request: HttpRequest, message_id: str) -> HttpResponse:
         return _confirm_delete(request, copy)
     if request.method != "POST":
         return HttpResponseRedirect(_message_url(copy.message.public_id, copy.mailbox.address))
-    result = do_delete_message(signed_in_user(request), copy, request)
+    # For good only what was confirmed in the trash: a second click that finds the copy
+    # moved meanwhile by the first does not delete it (do_delete_message decides under lock).
+    result = do_delete_message(
+        signed_in_user(request), copy, request, for_good=copy.folder == Folder.TRASH and confirmed
+    )
     messages.success(
         request,
         _("Message supprimé définitivement.")
