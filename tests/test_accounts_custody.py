@@ -45,7 +45,7 @@ from pli.crypto import (
 )
 from pli.crypto import keystore as crypto_keystore
 from pli.mime import Draft, build_inner_message, parse_inner_message
-from pli.server.accounts import factors, operator_ca
+from pli.server.accounts import custody, factors, operator_ca
 from pli.server.accounts.actions import do_invite_account
 from pli.server.accounts.custody import (
     CustodyError,
@@ -558,6 +558,41 @@ def ward() -> Ward:
     Membership.objects.create(user=alice, mailbox=mailbox, role="manager")
     Membership.objects.create(user=bob, mailbox=mailbox, role="member")
     return Ward(mailbox, alice, bob, carol)
+
+
+@pytest.mark.requirement("REQ-E2E")
+def test_a_member_added_while_the_key_rotates_stops_the_rotation_and_nothing_changes(
+    operator: CaDirectory, ward: Ward, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new key is made outside the transaction (a key pair takes a while): a change
+    of the members meanwhile refuses the removal rather than leave a member without the
+    key, or a removed one with it (found by a review)."""
+    admin, _ = make_account("admin@operator.pli.test", role=Role.OPERATOR_ADMIN)
+    first = do_create_mailbox_key(ward.mailbox, actor=admin)
+    make_new_key = custody._new_shared_key
+
+    def carol_added_meanwhile(mailbox: Mailbox, members: Any) -> Any:
+        made = make_new_key(mailbox, members)
+        Membership.objects.create(user=ward.carol, mailbox=ward.mailbox, role="member")
+        return made
+
+    monkeypatch.setattr(custody, "_new_shared_key", carol_added_meanwhile)
+    with pytest.raises(CustodyError) as changed:
+        do_remove_mailbox_member(ward.mailbox, ward.bob, actor=ward.alice)
+    assert changed.value.code == "membership_changed"
+    assert Membership.objects.filter(user=ward.bob, mailbox=ward.mailbox).exists()
+    valid = MailboxCertificate.objects.filter(mailbox=ward.mailbox, revoked_at__isnull=True)
+    assert [row.pk for row in valid] == [first.pk]
+    assert MailboxKey.objects.filter(user=ward.bob, mailbox=ward.mailbox).exists()
+
+    # Run again with the members as they now are: the new key reaches Carol too.
+    monkeypatch.setattr(custody, "_new_shared_key", make_new_key)
+    second = do_remove_mailbox_member(ward.mailbox, ward.bob, actor=ward.alice)
+    assert second is not None
+    holders = MailboxKey.objects.filter(
+        mailbox=ward.mailbox, certificate_fingerprint=second.fingerprint
+    )
+    assert {row.user_id for row in holders} == {ward.alice.pk, ward.carol.pk}
 
 
 @pytest.mark.requirement("REQ-E2E")

@@ -901,6 +901,7 @@ def do_remove_mailbox_member(
         if issued is not None:
             guard.enter_context(issued)  # withdrawn from the CA if the transaction fails
         with transaction.atomic():
+            _unchanged_since(mailbox, user, remaining, old)
             Membership.objects.filter(user=user, mailbox=mailbox).delete()
             removed = MailboxKey.objects.filter(user=user, mailbox=mailbox).delete()[0]
             do_record_event(
@@ -924,6 +925,41 @@ def do_remove_mailbox_member(
             if issued is not None:
                 issued.published = True
     return published
+
+
+def _unchanged_since(
+    mailbox: Mailbox,
+    leaving: User,
+    remaining: Sequence[User],
+    old: Sequence[MailboxCertificate],
+) -> None:
+    """In the removal's transaction, under the mailbox row's lock: the members and the
+    certificates are still those the new key was made for, outside the transaction
+    (a key pair takes a while to make).
+
+    Otherwise two changes of one mailbox at once could wrap the new key to a member
+    the other one removes, or revoke a certificate the other one just made (found
+    by a review): ``membership_changed``, nothing changed, the new certificate
+    withdrawn from the CA; the caller runs it again.
+    """
+    # Rotations of one mailbox wait for each other here (SQLite: one writer anyway).
+    list(Mailbox.objects.select_for_update().filter(pk=mailbox.pk).values_list("pk", flat=True))
+    if not Membership.objects.filter(user=leaving, mailbox=mailbox).exists():
+        raise _not_found()  # removed meanwhile: as if never a member
+    members = set(
+        Membership.objects.filter(mailbox=mailbox)
+        .exclude(user=leaving)
+        .values_list("user_id", flat=True)
+    )
+    current = [row.pk for row in _valid_certificates(mailbox)]
+    if members != {member.pk for member in remaining} or current != [row.pk for row in old]:
+        raise CustodyError(
+            "membership_changed",
+            _(
+                "Les membres ou les clés de cette boîte ont changé pendant l'opération :"
+                " recommencez."
+            ),
+        )
 
 
 def _revoke(
