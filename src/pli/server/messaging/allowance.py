@@ -102,12 +102,17 @@ def usage_parameters(user: User) -> list[int | str | None]:
     return [user.pk, connection.ops.adapt_datefield_value(today())]
 
 
+def shard_sql(vendor: str) -> str:
+    """The shard of the connection's own counter rows (SendUsage, MailboxStorage): on
+    PostgreSQL its backend's, so that no two connections wait on each other's lock;
+    SQLite has one writer at a time anyway (decision 0012)."""
+    return f"pg_backend_pid() %% {SHARDS}" if vendor == "postgresql" else "0"
+
+
 @cache
 def _record_statement(vendor: str) -> str:
     table = connection.ops.quote_name(SendUsage._meta.db_table)
-    # The connection's own row of the day (see SendUsage): no two connections wait on
-    # each other's lock. SQLite has one writer at a time anyway (decision 0012).
-    shard = f"pg_backend_pid() %% {SHARDS}" if vendor == "postgresql" else "0"
+    shard = shard_sql(vendor)
     return (
         f"INSERT INTO {table} (user_id, day, shard, messages, bytes)"  # noqa: S608 - our names
         f" VALUES (%s, %s, {shard}, %s, %s)"

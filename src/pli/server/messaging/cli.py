@@ -21,6 +21,7 @@ from pli.client.usage import (
     PositiveInteger,
     option,
 )
+from pli.server.accounts.cli import MOST_BYTES
 
 
 @click.group(
@@ -97,9 +98,6 @@ def move_command(to: str, dry_run: bool, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- storage
-
-#: The largest quota the database's column holds (pli.server.messaging.storage).
-MOST_BYTES = 2**63 - 1
 
 
 @click.group(

@@ -50,7 +50,7 @@ from pli.server.audit.actions import do_record_event
 from pli.server.config import positive_setting
 from pli.server.directory.models import Mailbox
 from pli.server.messaging.access import MessagingError
-from pli.server.messaging.allowance import SHARDS
+from pli.server.messaging.allowance import shard_sql
 from pli.server.messaging.models import (
     MailboxQuota,
     MailboxStorage,
@@ -103,12 +103,6 @@ def room_parameters(addresses: Iterable[str]) -> list[int | str]:
     return [quota_default(), *addresses]
 
 
-def _shard(vendor: str) -> str:
-    # The connection's own row (see MailboxStorage); SQLite has one writer at a time
-    # anyway (decision 0012).
-    return f"pg_backend_pid() %% {SHARDS}" if vendor == "postgresql" else "0"
-
-
 def _add_on_conflict(storage: str) -> str:
     return (
         f" ON CONFLICT (mailbox_id, shard) DO UPDATE SET bytes = {storage}.bytes + excluded.bytes"
@@ -118,7 +112,7 @@ def _add_on_conflict(storage: str) -> str:
 @cache
 def _record_statement(vendor: str, count: int) -> str:
     _mailbox, storage, _quota = _tables()
-    row = f"(%s, {_shard(vendor)}, %s)"
+    row = f"(%s, {shard_sql(vendor)}, %s)"
     return (
         f"INSERT INTO {storage} (mailbox_id, shard, bytes) VALUES "  # noqa: S608 - our names
         + ", ".join([row] * count)
@@ -152,7 +146,7 @@ def at_once_statement(after: str) -> str:
     _mailbox, storage, _quota = _tables()
     return (
         f"INSERT INTO {storage} (mailbox_id, shard, bytes)"  # noqa: S608 - our names
-        f" SELECT r.mailbox, {_shard('postgresql')}, %s FROM unnest(%s::bigint[]) AS r (mailbox)"
+        f" SELECT r.mailbox, {shard_sql('postgresql')}, %s FROM unnest(%s::bigint[]) AS r (mailbox)"
         f" WHERE EXISTS (SELECT 1 FROM {after}) ORDER BY r.mailbox" + _add_on_conflict(storage)
     )
 
