@@ -34,7 +34,8 @@ from tests.test_messaging_api import (
     send,
 )
 
-pytestmark = pytest.mark.django_db
+# Integrity of what the professionals keep (REQ-RESILIENCE), in shared mailboxes too.
+pytestmark = [pytest.mark.django_db, pytest.mark.requirement("REQ-RESILIENCE")]
 
 
 @pytest.fixture
