@@ -10,6 +10,7 @@ a PKCS#12 file, the only place the SDK reads it from (DESIGN "Key custody").
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import stat
 import time
@@ -18,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pyotp
 import pytest
@@ -28,6 +30,7 @@ from pytest_django.fixtures import Settings
 
 from pli.client import ApiError, AuthenticationRequired, Client, ClientError, PolicyRefused
 from pli.client.castore import CaDirectory
+from pli.client.sdk import workstation_zone
 from pli.crypto import (
     PrivateKey,
     SenderMismatch,
@@ -504,3 +507,21 @@ def test_members_read_an_organisational_mailbox_from_their_workstations(
             outside.mailbox_keys(address)
         answers.append((refused.value.status, refused.value.code))
     assert answers == [(404, "mailbox_not_found")] * 2
+
+
+def test_a_workstation_receipt_names_the_workstations_own_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A receipt's text gives the original's date as its reader saw it (pli.mime.mdn).
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    assert workstation_zone() == ZoneInfo("Europe/Paris")
+    monkeypatch.setenv("TZ", ":America/Montreal")  # POSIX allows the leading colon
+    assert workstation_zone() == ZoneInfo("America/Montreal")
+    for utc in ("UTC", "Etc/UTC"):
+        monkeypatch.setenv("TZ", utc)
+        assert workstation_zone() is dt.UTC  # named "UTC", as the server's text does
+    # A name the zone database does not know: the offset the system gives now.
+    monkeypatch.setenv("TZ", "Nowhere/Atlantis")
+    fallback = workstation_zone()
+    assert not isinstance(fallback, ZoneInfo)
+    assert fallback.utcoffset(None) == dt.datetime.now().astimezone().utcoffset()

@@ -152,6 +152,14 @@ def test_a_read_receipt_gives_the_original_date_in_the_zone_it_is_told_naming_it
         )
     )
     assert "Le message du 23 novembre 2026 à 23:03 (UTC) adressé à" in utc.text
+    # Then the same in English: the reader's agent does not know the sender's language.
+    assert (
+        f"The message “{SUBJECT}” of 24 November 2026 at 00:03 (Europe/Paris) sent to {B}"
+        " was displayed by its recipient." in paris.text
+    )
+    assert "The message of 23 November 2026 at 23:03 (UTC) sent to" in utc.text
+    french, english = paris.text.split("\n\n")
+    assert "ne garantit pas" in french and "does not guarantee" in english
 
 
 def test_a_notification_from_another_agent_is_read_as_the_rfc_writes_it() -> None:

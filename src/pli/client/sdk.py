@@ -47,6 +47,7 @@ from email.message import Message as EmailHeaders
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any, BinaryIO, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pli import __version__
 from pli.client.castore import write_atomically
@@ -2162,6 +2163,9 @@ class Client:
             references=inner.references,
             disposition=disposition,
             reporting_ua=f"Pli SDK; pli {__version__}",
+            # The original's date in the workstation's own zone, named, as its reader
+            # would see it (the web mail uses the server's).
+            zone=workstation_zone(),
         )
         return seal(notification, signer, sealed_to or [signer.certificate], chain=self._chain)
 
@@ -2506,3 +2510,26 @@ def _mailbox(address: str | None) -> dict[str, str]:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+#: The names the time zone database gives to UTC itself.
+_UTC_NAMES = frozenset(
+    {"UTC", "UCT", "Zulu", "Universal", "Etc/UTC", "Etc/UCT", "Etc/Zulu", "Etc/Universal"}
+)
+
+
+def workstation_zone() -> dt.tzinfo:
+    """This workstation's time zone: by its IANA name when ``TZ`` or ``/etc/localtime``
+    gives one (``Europe/Paris``, with its summer time), else the system's offset now."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    if not name:
+        with contextlib.suppress(OSError):
+            target = os.path.realpath("/etc/localtime")
+            if "/zoneinfo/" in target:
+                name = target.split("/zoneinfo/", 1)[1]
+    if name in _UTC_NAMES:
+        return dt.UTC  # named "UTC" in the text, not "Etc/UTC"
+    if name:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo(name)
+    return dt.datetime.now().astimezone().tzinfo or dt.UTC

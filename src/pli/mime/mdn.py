@@ -85,6 +85,13 @@ _DONE = {
     "deleted": "a été supprimé sans être affiché",
     "dispatched": "a été transmis ailleurs sans être affiché",
 }
+#: The same, for the English paragraph that follows the French one.
+_DONE_EN = {
+    "displayed": "was displayed by its recipient",
+    "processed": "was processed (without being displayed)",
+    "deleted": "was deleted without being displayed",
+    "dispatched": "was sent on elsewhere without being displayed",
+}
 
 
 def _canonical(value: str, allowed: Sequence[str], what: str) -> str:
@@ -183,11 +190,30 @@ _MONTHS = (
 )
 
 
-def _when(sent_at: dt.datetime, zone: dt.tzinfo | None) -> str:
+_MONTHS_EN = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+def _when(sent_at: dt.datetime, zone: dt.tzinfo | None, *, english: bool = False) -> str:
     """``24 novembre 2026 à 00:03 (Europe/Paris)``: the date as the web mail shows its
-    dates, in ``zone`` (UTC without one), the zone named (a reader elsewhere knows which)."""
+    dates, in ``zone`` (UTC without one), the zone named (a reader elsewhere knows which);
+    ``24 November 2026 at 00:03 (Europe/Paris)`` in English."""
     local = sent_at.astimezone(zone or dt.UTC)
     name = getattr(zone, "key", None) or local.tzname() or "UTC"
+    if english:
+        return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year} at {local:%H:%M} ({name})"
     return f"{local.day} {_MONTHS[local.month - 1]} {local.year} à {local:%H:%M} ({name})"
 
 
@@ -198,11 +224,21 @@ def _default_text(
     sent_at: dt.datetime | None,
     zone: dt.tzinfo | None = None,
 ) -> str:
+    # French first (DESIGN: the users are French-speaking first), then English: the
+    # receipt is written once, by the reader's agent, and read by a sender whose
+    # language that agent does not know; the fields of the second part are the
+    # machine-readable ones (RFC 8098 §3.1).
+    kind = disposition.disposition_type
     what = f"Le message « {subject} »" if subject else "Le message"
     when = f" du {_when(sent_at, zone)}" if sent_at else ""
+    what_en = f"The message “{subject}”" if subject else "The message"
+    when_en = f" of {_when(sent_at, zone, english=True)}" if sent_at else ""
     return (
-        f"{what}{when} adressé à {final_recipient} {_DONE[disposition.disposition_type]}.\n"
+        f"{what}{when} adressé à {final_recipient} {_DONE[kind]}.\n"
         "Cet accusé ne garantit pas que le message a été lu ni compris.\n"
+        "\n"
+        f"{what_en}{when_en} sent to {final_recipient} {_DONE_EN[kind]}.\n"
+        "This receipt does not guarantee that the message was read or understood.\n"
     )
 
 
@@ -233,7 +269,8 @@ def build_mdn(
     ``from_address``. ``references``: the original's References (its id is
     appended). ``reporting_ua``: ``"name; product"`` of the agent (§3.2.1).
     ``zone``: the time zone in which the default text gives the original's date
-    (named in it; UTC without one). The default text is French, whoever reads it.
+    (named in it; UTC without one). The default text is in French, then in English:
+    the reader's agent does not know the sender's language.
     The result is parsed back with :func:`parse_mdn`, so it is always valid.
     """
     disposition = disposition or Disposition()
