@@ -717,6 +717,41 @@ def test_a_forward_past_the_daily_limit_copies_no_large_attachment(
     )
 
 
+@pytest.mark.requirement("REQ-RESILIENCE")
+def test_a_forward_to_a_full_mailbox_copies_no_large_attachment(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nor when the recipient's mailbox has no room for it: refused before the copies."""
+    monkeypatch.setenv("PLI_MAX_ENVELOPE_BYTES", str(300 * 1024))  # about 26 KiB inline
+    a, b = unlocked(world.a), unlocked(world.b)
+    scan = b"%PDF-1.7\n" + os.urandom(60_000)
+    original = sent_id(compose(a, files=(("scan.pdf", scan, "application/pdf"),)))
+    # E's mailbox has room for a small message, not for one carrying the scan again.
+    monkeypatch.setenv("PLI_MAILBOX_QUOTA_BYTES", "40000")
+
+    def copy_blob(*args: object, **kwargs: object) -> None:
+        pytest.fail("a large attachment was copied for a mailbox without room for it")
+
+    monkeypatch.setattr("pli.server.webmail.sending.do_copy_message_blob", copy_blob)
+    before = (stored(), sorted(blob_files(world.blob_dir)))
+    forward = {
+        "sender": B,
+        "to": E,
+        "confirm": (E,),
+        "subject": "TR : avis",
+        "path": f"/messagerie/message/{original}/transferer/?boite={B}",
+        "patient_consent": "on",
+    }
+    refused = compose(b, keep_large="0", **forward)  # type: ignore[arg-type]
+    assert "recipient_mailbox_full" in codes(refused)
+    assert E in refused.content.decode()  # who has no room, named
+    assert (stored(), sorted(blob_files(world.blob_dir))) == before
+    assert not Upload.objects.exists()
+    assert refusals() == ['{"code":"recipient_mailbox_full"}']
+    # Without the scan, the same forward fits.
+    sent_id(compose(b, keep_large="", **forward))  # type: ignore[arg-type]
+
+
 @pytest.mark.requirement("REQ-AFTER-SEND")
 @pytest.mark.requirement("REQ-OPPOSITION")
 def test_a_forward_keeps_the_patient_and_its_opposition_check(world: World) -> None:

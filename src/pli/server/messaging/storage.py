@@ -223,6 +223,16 @@ def mailbox_full(addresses: list[str]) -> MessagingError:
     )
 
 
+def check_mailbox_room(mailboxes: Iterable[Mailbox], size: int) -> None:
+    """``recipient_mailbox_full`` now if a message of ``size`` stored bytes would take one
+    of ``mailboxes`` past its quota: for work done before the send that would be wasted
+    (the web mail copies a forward's large attachments). The send checks again, in its
+    transaction, as always."""
+    targets = list(mailboxes)
+    storage = storage_of(m.pk for m in targets)
+    Rooms({pk: s.quota - s.used for pk, s in storage.items()}).take(targets, size)
+
+
 # --------------------------------------------------------------------------- the operator
 
 

@@ -49,6 +49,7 @@ from pli.server.messaging.actions import (
 )
 from pli.server.messaging.allowance import check_room
 from pli.server.messaging.models import Message, MessageCopy
+from pli.server.messaging.storage import check_mailbox_room
 from pli.server.messaging.uploads import (
     allowed_attachment_types,
     do_copy_message_blob,
@@ -338,14 +339,16 @@ def _seal_and_send(
     # A forward's large parts: the new message needs blobs of its own (copies).
     forwarded = original.forwarded_parts() if original is not None else []
     if forwarded:
-        # Copying gigabytes that the send would refuse is not done at all.
+        # Copying gigabytes that the send would refuse is not done at all: the sender's
+        # daily limits, and the room left in the recipients' mailboxes.
+        size = (
+            len(envelope)
+            + sum(part.size for part in forwarded)
+            + sum(attachment.part.size for attachment in streamed)
+        )
         try:
-            check_room(
-                user,
-                len(envelope)
-                + sum(part.size for part in forwarded)
-                + sum(attachment.part.size for attachment in streamed),
-            )
+            check_room(user, size)
+            check_mailbox_room(targets, size)
         except MessagingError as error:
             record_refused_send(user, request, error.code)
             raise
