@@ -1459,21 +1459,26 @@ class Client:
         return keys
 
     def _open(self, envelope: bytes, mailbox: str) -> OpenedMessage:
-        """Open with the workstation's key, or with the shared mailbox's keys it holds."""
+        """Open with the key of ``mailbox``: the workstation's own when its certificate
+        names it, else the organisational mailbox's keys this member holds.
+
+        The key that opens the envelope proves the mailbox the server says the copy
+        is in: a copy said to be in another mailbox than the key's is not opened, so
+        that a receipt or a reply never goes out from, and sealed to, a mailbox the
+        server chose (DESIGN: the server never reads a message).
+        """
         key = self._identity()
         trust = self._trust_store()
-        try:
+        address = mailbox.strip().lower()
+        if address in certificate_emails(key.certificate):
             return open_envelope(envelope, key, trust)
-        except NotARecipient:
-            if mailbox.strip().lower() in certificate_emails(key.certificate):
-                raise
         try:
-            held = self.mailbox_keys(mailbox)
+            held = self.mailbox_keys(address)
         except ApiError as error:
             if error.status != 404:
                 raise
             held = []  # not a member of a shared mailbox of that address
-        for shared in held:
+        for shared in held:  # each names the mailbox (mailbox_keys checks it)
             try:
                 return open_envelope(envelope, shared, trust)
             except NotARecipient:
@@ -2036,6 +2041,16 @@ class Client:
         that is not genuine; the copy is then not marked read.
         """
         summary = self.message(message_id, mailbox)
+        if mailbox is not None and summary.mailbox.lower() != mailbox.strip().lower():
+            raise ClientError(
+                "routing_mismatch",
+                translate(
+                    self.language,
+                    "le serveur a répondu pour la boîte {other}, pas pour {mailbox}",
+                    other=summary.mailbox,
+                    mailbox=mailbox,
+                ),
+            )
         at = _mailbox(summary.mailbox)
         envelope = self._call(
             "GET",
@@ -2044,10 +2059,15 @@ class Client:
             accept="application/pkcs7-mime",
         ).body
         opened = self._open(envelope, summary.mailbox)
-        # The signed From / Sender name the signer (open_envelope); the server's routing
-        # must name them too, or a genuine letter is being replayed by someone else.
+        inner = parse_inner_message(opened.mime)
+        # The signed From / Sender name the signer (open_envelope). The server's routing
+        # must be the signed one: its From the signed From, its sending person the signer
+        # or that mailbox; otherwise a genuine letter is being replayed by someone else,
+        # and a receipt or a reply would go where the server chose.
         routing = {summary.from_.lower(), summary.sender_person.lower()}
-        if not routing.intersection(opened.signer.emails):
+        if inner.from_address.lower() != summary.from_.lower() or not routing.intersection(
+            opened.signer.emails
+        ):
             raise SenderMismatch(
                 translate(
                     self.language,
@@ -2056,7 +2076,13 @@ class Client:
                     sender=summary.from_,
                 )
             )
-        inner = parse_inner_message(opened.mime)
+        warnings = list(opened.warnings)
+        if summary.from_.lower() != summary.mailbox.lower() and not _addressed(
+            summary.mailbox, inner
+        ):
+            # Genuine, but re-encrypted for this mailbox by someone it was not addressed
+            # to (surreptitious forwarding, RFC 8551 §3.7 discussion), as pli open says.
+            warnings.append("not_addressed_to_you")
         # Asked before the copy is marked read: a failure here leaves it unread.
         allowed = self.limits().allowed_types if inner.attachments or inner.external_parts else ()
         receipt_id = receipt_error = None
@@ -2077,7 +2103,7 @@ class Client:
                 signed_at=opened.signed_at,
                 revocation_checked=opened.details.revocation_checked,
                 chain=list(opened.details.chain),
-                warnings=list(opened.warnings),
+                warnings=warnings,
             ),
             from_address=inner.from_address,
             sender=inner.sender,
@@ -2150,11 +2176,13 @@ class Client:
         own = certificate_emails(signer.certificate)
         reader = summary.mailbox.strip().lower()
         sealed_to: list[Certificate] = []
-        for address in (summary.from_, reader):
+        # To the signed From (read() checked the server's routing names it) and to the
+        # reading mailbox, proven by the key that opened the copy (_open).
+        for address in (inner.from_address, reader):
             sealed_to += self._validated_certificates(address) or []
         notification = build_mdn(
             from_address=reader,
-            to=summary.from_,
+            to=inner.from_address,
             # Reading an organisational mailbox's copy: the reader signs, as Sender.
             sender=own[0] if own and reader not in own else None,
             original_message_id=inner.message_id,
@@ -2185,10 +2213,16 @@ class Client:
         """
         original = self.read(message_id, mailbox, mark_read=False)
         summary = original.summary
-        if summary.from_.lower() == summary.mailbox.lower():
-            to = summary.recipients  # answering our own sent message: its recipients again
+        # From the mailbox whose key opened the original (read() proved it), to whom the
+        # signed headers name: never to an address only the server gives, but for the
+        # recipients of our own group send, which its signed headers do not list
+        # (REQ-FEW-RECIPIENTS: the recipients of a group send do not see each other).
+        if original.from_address.lower() == summary.mailbox.lower():
+            signed = fold_recipients([*original.to, *original.cc])
+            blind = set(signed) <= {summary.mailbox.lower()}
+            to = summary.recipients if blind else signed
         else:
-            to = [summary.from_]
+            to = [original.from_address]
         subject = original.subject
         if not subject.lower().startswith("re:"):
             subject = f"Re: {subject}"
@@ -2533,3 +2567,11 @@ def workstation_zone() -> dt.tzinfo:
         with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
             return ZoneInfo(name)
     return dt.datetime.now().astimezone().tzinfo or dt.UTC
+
+
+def _addressed(mailbox: str, message: InnerMessage) -> bool:
+    """Whether the signed headers name ``mailbox`` (as the web mail decides it). A group
+    send from Pli names only its sending mailbox in ``To`` (REQ-FEW-RECIPIENTS): that
+    counts as addressed."""
+    named = {a.lower() for a in (*message.to, *message.cc)}
+    return mailbox.lower() in named or named <= {message.from_address.lower()}
