@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pli.client import Client, sdk
+from pli.client import Client, ClientError, sdk
 from pli.client.castore import CaDirectory
 from pli.crypto import RevocationUnknown, SignerRevoked
 from pli.server.accounts import operator_ca
 from pli.server.directory.models import MailboxCertificate
+from pli.server.messaging.models import Message
 from tests.accounts_support import PASSPHRASE
 from tests.test_client_sdk import (
     IDENTITY_PASSPHRASE,
@@ -141,3 +142,23 @@ def test_a_server_that_publishes_no_list_gets_the_lenient_reading(
     opened = without_crl(server, bob, "bob").read(sent.id)
     assert not opened.signature.revocation_checked
     assert opened.signature.warnings == ["revocation_not_checked"]
+
+
+@pytest.mark.requirement("REQ-E2E")
+def test_a_server_that_publishes_no_list_gets_no_mail_sealed_without_one(
+    server: Server, alice: Persona, bob: Persona
+) -> None:
+    """Sealing fails closed: a server withholding its list (with a stolen, revoked key of
+    a recipient) would otherwise go on receiving new mail for that key, unseen."""
+    (server.ca.path / "crl.pem").unlink()
+    sender = without_crl(server, alice, "alice")
+    stored = Message.objects.count()
+    with pytest.raises(ClientError) as refused:
+        sender.send(A, [B], "Avis", "Bonjour.\n", NIR)
+    assert refused.value.code == "recipient_revocation_unknown"
+    assert B in str(refused.value)
+    assert Message.objects.count() == stored  # nothing went to the server
+    # A caller who accepts it knowingly (unchecked_revocation=True) may send.
+    sender.unchecked_revocation = True
+    sender.send(A, [B], "Avis", "Bonjour.\n", NIR)
+    assert Message.objects.count() == stored + 1

@@ -525,3 +525,26 @@ def test_a_workstation_receipt_names_the_workstations_own_time_zone(
     fallback = workstation_zone()
     assert not isinstance(fallback, ZoneInfo)
     assert fallback.utcoffset(None) == dt.datetime.now().astimezone().utcoffset()
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://pli.example.org", True),
+        ("http://10.0.0.5:8000", True),
+        ("https://pli.example.org", False),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://[::1]:8000", False),
+    ],
+)
+def test_a_server_is_spoken_to_in_clear_only_on_this_machine(
+    url: str, refused: bool, tmp_path: Path
+) -> None:
+    # The passphrase, the TOTP code and the session would cross the network in clear.
+    if refused:
+        with pytest.raises(ClientError) as error:
+            Client(url, session_file=tmp_path / "s.json")
+        assert error.value.code == "insecure_server_url"
+    else:
+        assert Client(url, session_file=tmp_path / "s.json").base_url == url

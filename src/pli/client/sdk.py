@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import http.client
 import io
+import ipaddress
 import json
 import mimetypes
 import os
@@ -881,12 +882,16 @@ class Client:
         allowed_types: Sequence[str] | None = None,
         work_dir: PathLike | None = None,
         fetch_crl: bool = True,
+        unchecked_revocation: bool = False,
     ) -> None:
         #: Of the server's messages (Accept-Language) and of this SDK's errors' detail.
         self.language = language
         #: Without ``crl=``, fetch the operator CA's CRL from the server (kept only if the
         #: trust anchors signed it) and require revocation checks against it.
         self.fetch_crl = fetch_crl
+        #: Seal for recipients' certificates whose revocation could not be checked (no
+        #: CRL given, none published): refused unless the caller accepts it knowingly.
+        self.unchecked_revocation = unchecked_revocation
         try:
             parsed = urllib.parse.urlsplit(base_url)
         except ValueError:  # "http://[::1": an unclosed IPv6 bracket
@@ -895,6 +900,19 @@ class Client:
             raise ClientError(
                 "bad_server_url",
                 translate(language, "ce n'est pas une URL http(s) : {url!r}", url=base_url),
+            )
+        if parsed.scheme == "http" and not _loopback(parsed.hostname or ""):
+            # The passphrase, the TOTP code, the session and every answer the routing
+            # checks rely on would cross the network in clear: only this machine's own
+            # server (the demo) is spoken to without TLS.
+            raise ClientError(
+                "insecure_server_url",
+                translate(
+                    language,
+                    "le serveur {url} n'est pas joint en https : seul un serveur de ce"
+                    " poste (127.0.0.1, localhost) peut l'être en http",
+                    url=base_url,
+                ),
             )
         self.base_url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         #: Django checks the Origin of unsafe requests against its own host (CSRF, over HTTPS).
@@ -1540,7 +1558,7 @@ class Client:
                     ),
                 )
             try:
-                trust.verify_signer(certificate)
+                checked = trust.verify_signer(certificate)
             except CryptoError as error:
                 raise ClientError(
                     "recipient_certificate_untrusted",
@@ -1553,6 +1571,19 @@ class Client:
                         detail=reason(self.language, error.code, error.detail, error),
                     ),
                 ) from None
+            if not checked.revocation_checked and not self.unchecked_revocation:
+                # A server that withholds its CRL must not get new mail sealed for a
+                # revoked (stolen) key: sealing fails closed, as reading reports it.
+                raise ClientError(
+                    "recipient_revocation_unknown",
+                    translate(
+                        self.language,
+                        "la révocation du certificat de {address} n'a pas pu être vérifiée :"
+                        " le serveur ne publie pas de liste de révocation ; indiquez celle"
+                        " de l'autorité de l'opérateur (--crl)",
+                        address=address,
+                    ),
+                )
         return found
 
     # --- sending ---------------------------------------------------------------------------------
@@ -2575,3 +2606,13 @@ def _addressed(mailbox: str, message: InnerMessage) -> bool:
     counts as addressed."""
     named = {a.lower() for a in (*message.to, *message.cc)}
     return mailbox.lower() in named or named <= {message.from_address.lower()}
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
