@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from click.testing import CliRunner
 
 from pli.client import Client, ClientError
 from pli.client.castore import CaDirectory
+from pli.client.cli import main
 from pli.crypto import (
     NotARecipient,
     SenderMismatch,
@@ -277,3 +279,24 @@ def test_a_letter_re_encrypted_for_someone_it_was_not_addressed_to_is_flagged(
     read = lying.client.read(MESSAGE_ID, mark_read=False)
     assert read.signature.warnings == ["not_addressed_to_you"]
     assert lying.posted == []
+
+
+def test_no_escape_sequence_of_the_server_reaches_the_terminal(
+    lying: Lying, pki: Pki, tmp_path: Path
+) -> None:
+    # An unknown folder code is printed as it comes: "\x1b[8m" would hide every line
+    # after it (the warnings included) on a terminal.
+    lying.serve(letter(lying.keys, to=[B], sealed_for=[B, A]), folder="\x1b[8minbox")
+    env = {
+        "PLI_SERVER": lying.client.base_url,
+        "PLI_SESSION_FILE": str(tmp_path / "session.json"),
+        "PLI_IDENTITY": str(pki.identity),
+        "PLI_PASSPHRASE": PASSPHRASE,
+        "PLI_TRUST": str(pki.ca_dir / "ca.pem"),
+        "PLI_CRL": str(pki.ca_dir / "crl.pem"),
+        "PLI_LANGUAGE": "fr",
+    }
+    result = CliRunner().invoke(main, ["read", MESSAGE_ID], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert SUBJECT in result.output and "[8minbox" in result.output
+    assert "\x1b" not in result.output

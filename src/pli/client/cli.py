@@ -93,7 +93,7 @@ class PliGroup(LocalizedGroup):
         except BrokenPipeError as error:
             if not _stdout_closed():
                 # Another pipe (an output file that is a FIFO…): an error like any other.
-                click.echo(f"pli: error: {_error_line(error)}", err=True)
+                click.echo(f"pli: error: {printable(_error_line(error))}", err=True)
                 ctx.exit(1)
             # The reader went away (`pli inbox | head`): nothing to tell it, as click does.
             # Standard output is pointed at /dev/null so that Python's flush at exit
@@ -104,7 +104,7 @@ class PliGroup(LocalizedGroup):
         except Exception as error:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"pli: error: {_error_line(error)}", err=True)
+            click.echo(f"pli: error: {printable(_error_line(error))}", err=True)
             ctx.exit(1)
 
 

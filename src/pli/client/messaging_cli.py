@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,15 @@ from pli.client.sdk import (
     SignatureStatus,
     UploadInterrupted,
 )
-from pli.client.usage import Choice, LocalizedCommand, LocalizedPath, PositiveInteger, option, warn
+from pli.client.sealing import printable
+from pli.client.usage import (
+    Choice,
+    LocalizedCommand,
+    LocalizedPath,
+    PositiveInteger,
+    option,
+    warn,
+)
 
 _FILE = LocalizedPath(exists=True, dir_okay=False, path_type=Path)
 
@@ -52,15 +59,19 @@ def _command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Comma
 
 def _printable_line(text: str) -> str:
     """One line of someone else's text: no control, format (bidi) or line characters."""
-    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+    return printable(text)
 
 
 def _printable_body(text: str) -> str:
     """A body for the terminal: lines and tabs kept, escape sequences and bidi controls not
     (a message could otherwise rewrite what the screen shows, signature line included)."""
-    return "".join(
-        c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
-    )
+    return printable(text, lines=True)
+
+
+def _echo(text: str) -> None:
+    """Print output: whatever the sender or the server put in it (an attachment's type,
+    a mailbox, an unknown state), no escape sequence reaches the terminal."""
+    click.echo(_printable_body(text))
 
 
 def read_text(path: Path) -> str:
@@ -279,9 +290,9 @@ def _report_sent(result: SendResult) -> None:
     for finding in result.warnings:
         warn(finding.code.value, finding.message(cli_language()))
     # The id stays the second word in both languages (scripts pick it up).
-    click.echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
+    _echo(_("Message {id} envoyé (fil {thread})", id=result.id, thread=result.thread))
     for delivery in result.deliveries:
-        click.echo(_delivery_line(delivery))
+        _echo(_delivery_line(delivery))
 
 
 def _delivery_line(delivery: Delivery) -> str:
@@ -336,7 +347,7 @@ def login_command(
         )
 
     result = client.login(username, passphrase, second_factor)
-    click.echo(
+    _echo(
         _(
             "Connecté en tant que {username} ({method}) sur {server}",
             username=result.username,
@@ -351,7 +362,7 @@ def login_command(
 def logout_command(server: str | None, session_file: Path | None) -> None:
     client = _client(server, session_file)
     client.logout()
-    click.echo(_("Déconnecté de {server}", server=client.base_url))
+    _echo(_("Déconnecté de {server}", server=client.base_url))
 
 
 @_command(
@@ -373,7 +384,7 @@ def mailboxes_command(server: str | None, session_file: Path | None) -> None:
             used=mailbox.used_bytes,
             quota=mailbox.quota_bytes,
         )
-        click.echo(line if mailbox.active else line + _(" (inactive)"))
+        _echo(line if mailbox.active else line + _(" (inactive)"))
 
 
 @_command(
@@ -473,7 +484,7 @@ def inbox_command(
 ) -> None:
     listing = _client(server, session_file).inbox(mailbox, folder, page)
     if not listing.results:
-        click.echo(_("Le dossier « {folder} » est vide.", folder=_label(_FOLDERS, folder)))
+        _echo(_("Le dossier « {folder} » est vide.", folder=_label(_FOLDERS, folder)))
     for item in listing.results:
         mark = " " if item.read else "*"
         other = ", ".join(item.recipients) if folder == "sent" else item.from_
@@ -486,9 +497,9 @@ def inbox_command(
             size=item.size,
         )
         line += _("  (réponse)") if item.in_reply_to else ""
-        click.echo(line + (_("  [suivi]") if item.flagged else ""))
+        _echo(line + (_("  [suivi]") if item.flagged else ""))
     if listing.has_next:
-        click.echo(
+        _echo(
             _(
                 "Suite : pli inbox --folder {folder} --page {page}",
                 folder=folder,
@@ -533,7 +544,7 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
         if entry.identifier_type:
             who.append(entry.identifier_type.upper())
         who.append(_("identifiant national {national_id}", national_id=entry.national_id))
-    click.echo(_("Annuaire : {who}", who=_printable_line(", ".join(who))))
+    _echo(_("Annuaire : {who}", who=_printable_line(", ".join(who))))
     if entry.national_id and signature.national_id and entry.national_id != signature.national_id:
         warn(
             "signer_directory_mismatch",
@@ -548,12 +559,12 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
 
 def _show_deliveries(deliveries: list[Delivery]) -> None:
     """On the sending mailbox's copy: each recipient's state, and when they read it."""
-    click.echo(_("Distribution :"))
+    _echo(_("Distribution :"))
     for delivery in deliveries:
         line = _delivery_line(delivery)
         if delivery.read_at:
             line += _(", lu le {date}", date=f"{delivery.read_at.astimezone():%Y-%m-%d %H:%M}")
-        click.echo(line)
+        _echo(line)
 
 
 def _show(
@@ -565,17 +576,17 @@ def _show(
     refusals: list[RefusedAttachment],
 ) -> None:
     signature = message.signature
-    click.echo(_("De : {address}", address=_printable_line(message.from_address)))
+    _echo(_("De : {address}", address=_printable_line(message.from_address)))
     if message.sender:
-        click.echo(_("Envoyé par : {address}", address=_printable_line(message.sender)))
-    click.echo(_("À : {addresses}", addresses=_printable_line(", ".join(message.to))))
+        _echo(_("Envoyé par : {address}", address=_printable_line(message.sender)))
+    _echo(_("À : {addresses}", addresses=_printable_line(", ".join(message.to))))
     if message.cc:
-        click.echo(_("Cc : {addresses}", addresses=_printable_line(", ".join(message.cc))))
-    click.echo(_("Date : {date}", date=message.date.isoformat()))
-    click.echo(_("Objet : {subject}", subject=_printable_line(message.subject)))
+        _echo(_("Cc : {addresses}", addresses=_printable_line(", ".join(message.cc))))
+    _echo(_("Date : {date}", date=message.date.isoformat()))
+    _echo(_("Objet : {subject}", subject=_printable_line(message.subject)))
     if message.patient_id:
-        click.echo(_("Patient : {patient}", patient=message.patient_id))
-    click.echo(
+        _echo(_("Patient : {patient}", patient=message.patient_id))
+    _echo(
         _(
             "Message : {id} dans {mailbox} ({folder})",
             id=message.id,
@@ -583,25 +594,23 @@ def _show(
             folder=_label(_FOLDERS, message.summary.folder),
         )
     )
-    click.echo(
+    _echo(
         _(
             "Signature : {status}, signée par {signers}",
             status=_label(_SIGNATURE_STATUSES, signature.status),
             signers=", ".join(signature.signer_emails),
         )
     )
-    click.echo(
+    _echo(
         _(
             "Signataire : {name}, identifiant national {national_id}",
             name=_printable_line(signature.common_name or "-"),
             national_id=signature.national_id or "-",
         )
     )
-    click.echo(
-        _("Empreinte SHA-256 du certificat : {fingerprint}", fingerprint=signature.fingerprint)
-    )
+    _echo(_("Empreinte SHA-256 du certificat : {fingerprint}", fingerprint=signature.fingerprint))
     if signature.signed_at:
-        click.echo(_("Signé le : {date}", date=signature.signed_at.isoformat()))
+        _echo(_("Signé le : {date}", date=signature.signed_at.isoformat()))
     _show_signer(signature, signer)
     if not signature.revocation_checked:
         warn(
@@ -609,7 +618,7 @@ def _show(
             _("aucune liste de révocation ne couvre le signataire (--crl)"),
         )
     for index, attachment in enumerate(message.attachments):
-        click.echo(
+        _echo(
             _(
                 "Pièce jointe : {name} ({content_type}, {size} octets)",
                 name=_printable_line(attachment.filename),
@@ -620,7 +629,7 @@ def _show(
         )
     for index, part in enumerate(message.external_parts, start=len(message.attachments)):
         # Streamed (decision 0003): fetched and decrypted only by --save-attachments.
-        click.echo(
+        _echo(
             _(
                 "Pièce jointe volumineuse : {name} ({content_type}, {size} octets)",
                 name=_printable_line(part.filename),
@@ -638,7 +647,7 @@ def _show(
             ),
         )
     if message.external_parts and not saving:
-        click.echo(
+        _echo(
             _(
                 "(les pièces volumineuses restent sur le serveur :"
                 " --save-attachments DOSSIER les télécharge et les déchiffre)"
@@ -646,8 +655,8 @@ def _show(
         )
     if message.summary.deliveries is not None:
         _show_deliveries(message.summary.deliveries)
-    click.echo("")
-    click.echo(_printable_body(message.body))
+    _echo("")
+    _echo(_printable_body(message.body))
 
 
 @_command(
@@ -775,7 +784,7 @@ def move_command(
     message_id: str, folder: str, server: str | None, session_file: Path | None, mailbox: str | None
 ) -> None:
     summary = _client(server, session_file).move(message_id, folder, mailbox)
-    click.echo(
+    _echo(
         _(
             "Message {id} rangé dans « {folder} »",
             id=summary.id,
@@ -797,9 +806,9 @@ def flag_command(
 ) -> None:
     summary = _client(server, session_file).flag(message_id, not off, mailbox)
     if summary.flagged:
-        click.echo(_("Message {id} marqué à suivre", id=summary.id))
+        _echo(_("Message {id} marqué à suivre", id=summary.id))
     else:
-        click.echo(_("Message {id} : marque ôtée", id=summary.id))
+        _echo(_("Message {id} : marque ôtée", id=summary.id))
 
 
 @_command(
@@ -826,9 +835,9 @@ def delete_command(
     permanent: bool,
 ) -> None:
     if _client(server, session_file).delete(message_id, mailbox, permanent=permanent):
-        click.echo(_("Message {id} supprimé définitivement", id=message_id))
+        _echo(_("Message {id} supprimé définitivement", id=message_id))
     else:
-        click.echo(_("Message {id} mis à la corbeille", id=message_id))
+        _echo(_("Message {id} mis à la corbeille", id=message_id))
 
 
 MESSAGING_COMMANDS = [

@@ -46,9 +46,16 @@ from pli.mime import (
 LARGE_CONTENT_THRESHOLD = 10 * 1024 * 1024
 
 
-def printable(text: str) -> str:
-    """Text from a certificate or a message, without control, format (bidi) or line characters."""
-    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+def printable(text: str, *, lines: bool = False) -> str:
+    """Text from a certificate, a message or a server, without control, format (bidi) or
+    line-separator characters (``lines``: newlines and tabs kept). Such a text must not
+    reach the terminal with an escape sequence, which could hide or rewrite what is
+    printed after it."""
+    return "".join(
+        c
+        for c in text
+        if (lines and c in "\n\t") or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
+    )
 
 
 #: UTF-8 bytes a file name is cut to: file systems hold 255, and ``name (999).ext`` needs room.

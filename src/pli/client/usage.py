@@ -37,6 +37,7 @@ from typing import IO, Any, ClassVar
 import click
 
 from pli.client.i18n import N_, _
+from pli.client.sealing import printable
 
 __all__ = [
     "Choice",
@@ -67,7 +68,7 @@ class CliError(Exception):
 
 def warn(code: str, detail: str) -> None:
     """``warning: <code>: <detail>``: the prefix and code stay, like ``pli: error:``."""
-    click.echo(f"warning: {code}: {detail}", err=True)
+    click.echo(f"warning: {printable(code)}: {printable(detail)}", err=True)
 
 
 class UsageProblem(click.UsageError):
