@@ -25,7 +25,7 @@ from typing import Any, cast
 import pytest
 from click.testing import CliRunner
 
-from pli.client import Client, ClientError
+from pli.client import Client, ClientError, sdk
 from pli.client.castore import CaDirectory
 from pli.client.cli import main
 from pli.crypto import (
@@ -300,3 +300,17 @@ def test_no_escape_sequence_of_the_server_reaches_the_terminal(
     assert result.exit_code == 0, result.output
     assert SUBJECT in result.output and "[8minbox" in result.output
     assert "\x1b" not in result.output
+
+
+def test_an_endless_answer_is_not_read_into_memory(
+    lying: Lying, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envelope = letter(lying.keys, to=[B], sealed_for=[B, A])
+    monkeypatch.setattr(sdk, "MAX_ANSWER_BYTES", len(envelope) - 1)  # one byte short
+    lying.serve(envelope)
+    with pytest.raises(ClientError) as refused:
+        lying.client.read(MESSAGE_ID)
+    assert refused.value.code == "answer_too_large"
+    assert lying.posted == []
+    monkeypatch.setattr(sdk, "MAX_ANSWER_BYTES", len(envelope))  # just enough
+    assert lying.client.read(MESSAGE_ID).subject == SUBJECT

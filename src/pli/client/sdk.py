@@ -842,6 +842,14 @@ class OutgoingLetter:
         object.__setattr__(self, "patient_names", tuple(self.patient_names))
 
 
+#: The largest answer the SDK reads into memory (an envelope or a JSON document), unless
+#: the server's own envelope limit (``GET /api/uploads/limits``) asks for more; a large
+#: attachment is streamed to disk, never read whole.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: The largest error answer read: a code and a sentence, with room to spare.
+MAX_ERROR_ANSWER_BYTES = 1024 * 1024
+
+
 class Client:
     """A Pli server's messaging API, with the cryptography done on this workstation.
 
@@ -1051,9 +1059,11 @@ class Client:
         request = self._request(method, path, query=query, body=body, accept=accept, raw=raw)
         try:
             with self._opener.open(request, timeout=self.timeout) as answer:
-                response = _Response(answer.status, answer.headers, answer.read())
+                data = self._read_capped(answer, self._answer_cap(), method, path)
+                response = _Response(answer.status, answer.headers, data)
         except urllib.error.HTTPError as error:
-            response = _Response(error.code, error.headers, error.read())
+            data = self._read_capped(error, MAX_ERROR_ANSWER_BYTES, method, path)
+            response = _Response(error.code, error.headers, data)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise self._unreachable(error) from None
         response.request = f"{method} {path}"
@@ -1061,6 +1071,32 @@ class Client:
         if self._absorb_cookies(response.headers):
             self._save_session()
         return response
+
+    def _answer_cap(self) -> int:
+        """The largest answer read into memory: an envelope at the server's limit, with
+        room for its JSON; at least :data:`MAX_ANSWER_BYTES`."""
+        limits = self._limits
+        return max(MAX_ANSWER_BYTES, 2 * limits.max_envelope_bytes if limits else 0)
+
+    def _read_capped(self, answer: Any, cap: int, method: str, path: str) -> bytes:
+        """The body of ``answer``, refused past ``cap`` bytes: a server (or whoever answers
+        in its place) cannot exhaust this workstation's memory with an endless body."""
+        declared = answer.headers.get("Content-Length") if answer.headers else None
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            data = b""
+        else:
+            data = answer.read(cap + 1)
+            if len(data) <= cap:
+                return bytes(data)
+        raise ClientError(
+            "answer_too_large",
+            translate(
+                self.language,
+                "la réponse du serveur à {request} dépasse {size} octets",
+                request=f"{method} {path}",
+                size=cap,
+            ),
+        )
 
     def _unreachable(self, error: Exception) -> ClientError:
         reason = getattr(error, "reason", error)
@@ -1123,7 +1159,8 @@ class Client:
         try:
             answer = self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as error:
-            failed = _Response(error.code, error.headers, error.read())
+            data = self._read_capped(error, MAX_ERROR_ANSWER_BYTES, "GET", path)
+            failed = _Response(error.code, error.headers, data)
             self._absorb_cookies(failed.headers)
             raise self._error(failed) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
