@@ -56,6 +56,7 @@ class Workstation:
         env = {
             "PLI_SESSION_FILE": str(self.session),
             "PLI_PASSPHRASE": passphrase,
+            "PLI_ACCOUNT_PASSPHRASE": passphrase,
             "PLI_LANGUAGE": language,
         }
         return self.runner.invoke(main, list(args), env=env, catch_exceptions=False)

@@ -235,7 +235,12 @@ def test_the_language_is_english_only_when_asked() -> None:
 
 def pli(*args: str, language: str | None) -> Result:
     """``pli ARGS`` in a clean environment; ``language`` None: PLI_LANGUAGE unset."""
-    env = {"PLI_LANGUAGE": language, "PLI_PASSPHRASE": None, "PLI_SERVER": None}
+    env = {
+        "PLI_LANGUAGE": language,
+        "PLI_PASSPHRASE": None,
+        "PLI_ACCOUNT_PASSPHRASE": None,
+        "PLI_SERVER": None,
+    }
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False, prog_name="pli")
 
 

@@ -51,7 +51,12 @@ def pdf(size: int) -> bytes:
 
 def run_cli(session: Path, *args: str) -> Result:
     """``pli ARGS`` with its own session file, no workstation needed."""
-    env = {"PLI_SESSION_FILE": str(session), "PLI_PASSPHRASE": "x", "PLI_LANGUAGE": "en"}
+    env = {
+        "PLI_SESSION_FILE": str(session),
+        "PLI_PASSPHRASE": "x",
+        "PLI_ACCOUNT_PASSPHRASE": "x",
+        "PLI_LANGUAGE": "en",
+    }
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 

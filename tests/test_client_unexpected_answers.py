@@ -118,6 +118,7 @@ def pli(fake: FakeServer, tmp_path: Path, *args: str, language: str | None = Non
         "PLI_LANGUAGE": language,
         "PLI_SESSION_FILE": str(tmp_path / "session.json"),
         "PLI_PASSPHRASE": "x",
+        "PLI_ACCOUNT_PASSPHRASE": "x",
         "PLI_SERVER": fake.url,
     }
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
@@ -303,3 +304,22 @@ def test_an_answer_of_the_right_shape_is_listed(fake: FakeServer, tmp_path: Path
     assert f"  {MESSAGE_ID}  " in result.stdout and "4096 o  (réponse)" in result.stdout
     page = Client(fake.url, session_file=tmp_path / "sdk.json").inbox(MAILBOX)
     assert [item.id for item in page.results] == [MESSAGE_ID] and page.results[0].read
+
+
+def test_pli_login_never_sends_the_identity_files_passphrase(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    # A script holds PLI_PASSPHRASE for its key file; its session expires; `pli login`
+    # must not send that secret to the server as the account's passphrase.
+    env = {
+        "PLI_LANGUAGE": "en",
+        "PLI_SESSION_FILE": str(tmp_path / "session.json"),
+        "PLI_PASSPHRASE": SECRET,
+        "PLI_ACCOUNT_PASSPHRASE": None,
+        "PLI_SERVER": fake.url,
+    }
+    result = CliRunner().invoke(main, ["login", MAILBOX], env=env, catch_exceptions=False)
+    assert error_line(result) == (
+        "pli: error: passphrase_missing: give --passphrase-file FILE or set PLI_ACCOUNT_PASSPHRASE"
+    )
+    assert [a for a in fake.server.asked if a.startswith("POST")] == []

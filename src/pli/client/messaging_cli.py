@@ -7,7 +7,10 @@ into one line with their stable code by ``PliGroup`` (``pli.client.cli``).
 Secrets never come from an argument (``ps``, shell history): the account
 passphrase (``pli login``) and the identity's passphrase (``send``, ``read``,
 ``reply``, as ``pli seal`` / ``pli open``) come from ``--passphrase-file``,
-``PLI_PASSPHRASE`` or a hidden prompt. The TOTP code is short-lived: ``--code``
+a variable or a hidden prompt: ``PLI_ACCOUNT_PASSPHRASE`` for the account's,
+``PLI_PASSPHRASE`` for the identity's. Two variables, so that a script holding
+the identity's never sends it to the server as the account's (the key's
+passphrase never leaves the machine). The TOTP code is short-lived: ``--code``
 is for scripts, otherwise a hidden prompt asks for it once the passphrase is
 accepted.
 
@@ -88,19 +91,24 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def _secret(passphrase_file: Path | None, what: str) -> str:
+#: The account's passphrase (``pli login``), sent to the server: never the variable that
+#: opens the identity file (``PLI_PASSPHRASE``), whose secret must not leave the machine.
+LOGIN_VARIABLE = "PLI_ACCOUNT_PASSPHRASE"
+
+
+def _secret(passphrase_file: Path | None, what: str, variable: str = "PLI_PASSPHRASE") -> str:
     if passphrase_file is not None:
         # The first line, without its line ending; other separators are part of it.
         text = read_text(passphrase_file)
         value = text.split("\n", 1)[0].removesuffix("\r")
-    elif os.environ.get("PLI_PASSPHRASE"):
-        value = os.environ["PLI_PASSPHRASE"]
+    elif os.environ.get(variable):
+        value = os.environ[variable]
     elif sys.stdin.isatty():
         value = click.prompt(what, hide_input=True, prompt_suffix="")
     else:
         raise ClientError(
             "passphrase_missing",
-            _("indiquez --passphrase-file FICHIER ou définissez PLI_PASSPHRASE"),
+            _("indiquez --passphrase-file FICHIER ou définissez {variable}", variable=variable),
         )
     if not value:
         raise ClientError("passphrase_missing", _("la phrase secrète est vide"))
@@ -317,7 +325,8 @@ def _delivery_line(delivery: Delivery) -> str:
     "--passphrase-file",
     type=_FILE,
     help=N_(
-        "Fichier dont la première ligne est la phrase secrète du compte (sinon PLI_PASSPHRASE)."
+        "Fichier dont la première ligne est la phrase secrète du compte"
+        " (sinon PLI_ACCOUNT_PASSPHRASE)."
     ),
 )
 @option("--code", default=None, help=N_("Le code TOTP ou le code de secours, pour les scripts."))
@@ -335,7 +344,7 @@ def login_command(
                 "username_missing", _("indiquez USERNAME (votre adresse de messagerie)")
             )
         username = str(click.prompt(_("Adresse : "), prompt_suffix=""))
-    passphrase = _secret(passphrase_file, _("Phrase secrète : "))
+    passphrase = _secret(passphrase_file, _("Phrase secrète : "), LOGIN_VARIABLE)
 
     def second_factor() -> str:
         if code:
