@@ -60,21 +60,10 @@ def _command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Comma
     return click.command(name, cls=LocalizedCommand, help=help)
 
 
-def _printable_line(text: str) -> str:
-    """One line of someone else's text: no control, format (bidi) or line characters."""
-    return printable(text)
-
-
-def _printable_body(text: str) -> str:
-    """A body for the terminal: lines and tabs kept, escape sequences and bidi controls not
-    (a message could otherwise rewrite what the screen shows, signature line included)."""
-    return printable(text, lines=True)
-
-
 def _echo(text: str) -> None:
     """Print output: whatever the sender or the server put in it (an attachment's type,
     a mailbox, an unknown state), no escape sequence reaches the terminal."""
-    click.echo(_printable_body(text))
+    click.echo(printable(text, lines=True))
 
 
 def read_text(path: Path) -> str:
@@ -306,7 +295,7 @@ def _report_sent(result: SendResult) -> None:
 def _delivery_line(delivery: Delivery) -> str:
     return "  " + _(
         "{recipient} : {state}",
-        recipient=_printable_line(delivery.recipient),
+        recipient=printable(delivery.recipient),
         state=_label(_DELIVERY_STATES, delivery.state),
     )
 
@@ -502,7 +491,7 @@ def inbox_command(
             mark=mark,
             id=item.id,
             date=f"{item.received_at.astimezone():%Y-%m-%d %H:%M}",
-            other=_printable_line(other),
+            other=printable(other),
             size=item.size,
         )
         line += _("  (réponse)") if item.in_reply_to else ""
@@ -543,7 +532,7 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
             "signer_not_in_directory",
             _(
                 "{address} n'a pas (ou plus) de boîte active dans l'annuaire",
-                address=_printable_line(signer),
+                address=printable(signer),
             ),
         )
         return
@@ -553,7 +542,7 @@ def _show_signer(signature: SignatureStatus, entry: DirectoryEntry | ClientError
         if entry.identifier_type:
             who.append(entry.identifier_type.upper())
         who.append(_("identifiant national {national_id}", national_id=entry.national_id))
-    _echo(_("Annuaire : {who}", who=_printable_line(", ".join(who))))
+    _echo(_("Annuaire : {who}", who=printable(", ".join(who))))
     if entry.national_id and signature.national_id and entry.national_id != signature.national_id:
         warn(
             "signer_directory_mismatch",
@@ -585,14 +574,14 @@ def _show(
     refusals: list[RefusedAttachment],
 ) -> None:
     signature = message.signature
-    _echo(_("De : {address}", address=_printable_line(message.from_address)))
+    _echo(_("De : {address}", address=printable(message.from_address)))
     if message.sender:
-        _echo(_("Envoyé par : {address}", address=_printable_line(message.sender)))
-    _echo(_("À : {addresses}", addresses=_printable_line(", ".join(message.to))))
+        _echo(_("Envoyé par : {address}", address=printable(message.sender)))
+    _echo(_("À : {addresses}", addresses=printable(", ".join(message.to))))
     if message.cc:
-        _echo(_("Cc : {addresses}", addresses=_printable_line(", ".join(message.cc))))
+        _echo(_("Cc : {addresses}", addresses=printable(", ".join(message.cc))))
     _echo(_("Date : {date}", date=message.date.isoformat()))
-    _echo(_("Objet : {subject}", subject=_printable_line(message.subject)))
+    _echo(_("Objet : {subject}", subject=printable(message.subject)))
     if message.patient_id:
         _echo(_("Patient : {patient}", patient=message.patient_id))
     _echo(
@@ -613,7 +602,7 @@ def _show(
     _echo(
         _(
             "Signataire : {name}, identifiant national {national_id}",
-            name=_printable_line(signature.common_name or "-"),
+            name=printable(signature.common_name or "-"),
             national_id=signature.national_id or "-",
         )
     )
@@ -630,7 +619,7 @@ def _show(
         _echo(
             _(
                 "Pièce jointe : {name} ({content_type}, {size} octets)",
-                name=_printable_line(attachment.filename),
+                name=printable(attachment.filename),
                 content_type=attachment.content_type,
                 size=len(attachment.data),
             )
@@ -641,7 +630,7 @@ def _show(
         _echo(
             _(
                 "Pièce jointe volumineuse : {name} ({content_type}, {size} octets)",
-                name=_printable_line(part.filename),
+                name=printable(part.filename),
                 content_type=part.content_type,
                 size=part.plaintext_size,
             )
@@ -665,7 +654,7 @@ def _show(
     if message.summary.deliveries is not None:
         _show_deliveries(message.summary.deliveries)
     _echo("")
-    _echo(_printable_body(message.body))
+    _echo(message.body)  # _echo keeps its lines, drops escape sequences
 
 
 @_command(

@@ -2145,8 +2145,8 @@ class Client:
                 )
             )
         warnings = list(opened.warnings)
-        if summary.from_.lower() != summary.mailbox.lower() and not _addressed(
-            summary.mailbox, inner
+        if summary.from_.lower() != summary.mailbox.lower() and not inner.addressed_to(
+            summary.mailbox
         ):
             # Genuine, but re-encrypted for this mailbox by someone it was not addressed
             # to (surreptitious forwarding, RFC 8551 §3.7 discussion), as pli open says.
@@ -2635,14 +2635,6 @@ def workstation_zone() -> dt.tzinfo:
         with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
             return ZoneInfo(name)
     return dt.datetime.now().astimezone().tzinfo or dt.UTC
-
-
-def _addressed(mailbox: str, message: InnerMessage) -> bool:
-    """Whether the signed headers name ``mailbox`` (as the web mail decides it). A group
-    send from Pli names only its sending mailbox in ``To`` (REQ-FEW-RECIPIENTS): that
-    counts as addressed."""
-    named = {a.lower() for a in (*message.to, *message.cc)}
-    return mailbox.lower() in named or named <= {message.from_address.lower()}
 
 
 def _loopback(host: str) -> bool:

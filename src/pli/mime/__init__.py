@@ -123,6 +123,14 @@ class InnerMessage:
     attachments: list[Attachment] = field(default_factory=list)
     external_parts: list[ExternalPart] = field(default_factory=list)
 
+    def addressed_to(self, mailbox: str) -> bool:
+        """Whether the signed To and Cc name ``mailbox``: a genuine message re-encrypted
+        for someone it was not addressed to reads as such (surreptitious forwarding,
+        RFC 8551 §3.7 discussion). A group send from Pli names only its sending mailbox
+        in ``To`` (REQ-FEW-RECIPIENTS): that counts as addressed."""
+        named = {a.lower() for a in (*self.to, *self.cc)}
+        return mailbox.lower() in named or named <= {self.from_address.lower()}
+
 
 _MSGID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 

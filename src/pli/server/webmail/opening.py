@@ -243,16 +243,6 @@ class OpenedCopy:
         return self.message is not None
 
 
-def _addressed(copy: MessageCopy, message: InnerMessage) -> bool:
-    """Whether the signed headers name the reader's mailbox (surreptitious forwarding, RFC 8551).
-
-    A group send from Pli names only its sending mailbox in ``To`` (recipients
-    do not see each other, REQ-FEW-RECIPIENTS): that counts as addressed.
-    """
-    named = {a.lower() for a in (*message.to, *message.cc)}
-    return copy.mailbox.address.lower() in named or named <= {message.from_address.lower()}
-
-
 def open_copy(
     copy: MessageCopy, envelope: bytes, keys: Sequence[SoftwareKey], *, trust: TrustStore
 ) -> OpenedCopy:
@@ -285,7 +275,7 @@ def open_copy(
     if not routed:
         return OpenedCopy(copy, Signature("routing_mismatch", signer=signer_identity))
     warnings = list(opened.warnings)
-    if not copy.is_sender_copy and not _addressed(copy, inner):
+    if not copy.is_sender_copy and not inner.addressed_to(copy.mailbox.address):
         warnings.append("not_addressed_to_you")
     national = certificate_national_id(opened.signer.certificate)
     if (
