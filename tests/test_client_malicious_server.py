@@ -37,6 +37,7 @@ from pli.crypto import (
     dump_pkcs12,
     generate_private_key,
     seal,
+    wrap_private_key_to,
 )
 from pli.crypto.smime import decrypt_envelope
 from pli.mime import Draft, build_inner_message
@@ -45,6 +46,7 @@ A = "dr.martin@hopital-a.pli.test"
 B = "dr.durand@clinique-b.pli.test"
 EVE = "eve@hopital-a.pli.test"
 C = "dr.petit@clinique-b.pli.test"
+WARD = "secretariat@clinique-b.pli.test"
 MESSAGE_ID = "msg_" + "0123456789abcdef" * 2
 PASSPHRASE = "correct horse battery staple"
 SUBJECT = "Avis cardiologique"
@@ -83,6 +85,8 @@ class _Server(http.server.ThreadingHTTPServer):
     summary: dict[str, Any]
     envelope: bytes
     certificates: dict[str, str]
+    #: An organisational mailbox's keys as the server hands them to B, by address.
+    shared_keys: dict[str, list[dict[str, Any]]]
     #: (method, path, JSON body) of every POST.
     posted: list[tuple[str, str, dict[str, Any]]]
 
@@ -117,6 +121,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif parts.path == "/api/directory/certificates":
             pem = server.certificates.get(query.get("address", ""))
             self._json(200, {"certificates": [{"pem": pem}] if pem else []})
+        elif (
+            parts.path == "/api/accounts/keys/shared" and query.get("address") in server.shared_keys
+        ):
+            self._json(200, {"keys": server.shared_keys[query["address"]]})
         elif parts.path == f"/api/messages/{MESSAGE_ID}":
             self._json(200, server.summary)
         elif parts.path == f"/api/messages/{MESSAGE_ID}/envelope":
@@ -195,6 +203,7 @@ class Lying:
 def lying(pki: Pki, tmp_path: Path) -> Iterator[Lying]:
     server = _Server(("127.0.0.1", 0), _Handler)
     server.certificates = {a: certificate_pem(k.certificate).decode() for a, k in pki.keys.items()}
+    server.shared_keys = {}
     server.posted = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -314,3 +323,45 @@ def test_an_endless_answer_is_not_read_into_memory(
     assert lying.posted == []
     monkeypatch.setattr(sdk, "MAX_ANSWER_BYTES", len(envelope))  # just enough
     assert lying.client.read(MESSAGE_ID).subject == SUBJECT
+
+
+def test_an_older_mailbox_key_the_operator_did_not_issue_proves_nothing(
+    lying: Lying, pki: Pki, tmp_path: Path
+) -> None:
+    # B is a member of the secretariat's mailbox. The server hands B its genuine current
+    # key and, as an "older" one, a key of the server's own making that names the
+    # mailbox; a copy sealed for that key would pass for one in the secretariat's
+    # mailbox, and the reply would go out from it.
+    ca = CaDirectory.open(pki.ca_dir, PASSPHRASE)
+    rogue = CaDirectory.create(tmp_path / "rogue", "Pli test CA", PASSPHRASE)  # same name
+    ward: dict[str, SoftwareKey] = {}
+    for name, issuer in (("genuine", ca), ("rogue", rogue)):
+        private = generate_private_key()
+        request = build_certificate_request(private, email=WARD, common_name="Secrétariat")
+        ward[name] = SoftwareKey(private, issuer.issue(request))
+    b = pki.keys[B].certificate
+    lying.server.shared_keys[WARD] = [
+        {
+            "certificate": certificate_pem(key.certificate).decode(),
+            "wrapped_key": base64.b64encode(wrap_private_key_to(key.private_key, b)).decode(),
+            "current": name == "genuine",
+        }
+        for name, key in ward.items()
+    ]
+    sealed_for = {"genuine": ward["genuine"].certificate, "rogue": ward["rogue"].certificate}
+
+    def letter_for(name: str) -> bytes:
+        inner = build_inner_message(
+            Draft(from_address=A, to=[WARD], subject=SUBJECT, body_text="Compte rendu.\n")
+        )
+        return seal(inner, pki.keys[A], [sealed_for[name]])
+
+    lying.serve(letter_for("genuine"), mailbox=WARD, recipients=[WARD])
+    assert lying.client.read(MESSAGE_ID, mark_read=False).subject == SUBJECT
+    assert [k.certificate for k in lying.client.mailbox_keys(WARD)] == [sealed_for["genuine"]]
+    lying.serve(letter_for("rogue"), mailbox=WARD, recipients=[WARD])
+    with pytest.raises(NotARecipient):
+        lying.client.read(MESSAGE_ID)
+    with pytest.raises(NotARecipient):
+        lying.client.reply(MESSAGE_ID, "Réponse du secrétariat.\n")
+    assert lying.posted == []

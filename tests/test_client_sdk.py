@@ -508,6 +508,18 @@ def test_members_read_an_organisational_mailbox_from_their_workstations(
         answers.append((refused.value.status, refused.value.code))
     assert answers == [(404, "mailbox_not_found")] * 2
 
+    # Alice leaves: the key rotates and its old certificate is revoked. What was sealed
+    # for the old key still opens on Carol's workstation (a fresh client: nothing
+    # cached), with the older key, which chains to the operator's CA as issued.
+    from pli.server.accounts.custody import do_remove_mailbox_member
+
+    do_remove_mailbox_member(ward, alice.user, actor=admin)
+    nurse = server.client(carol, "infirmiere.petit")  # the same login, another process
+    assert len(nurse.mailbox_keys(ward_address)) == 2
+    assert nurse.read(sent.id, mailbox=ward_address, mark_read=False).body == (
+        "Dossier ci-joint.\n"
+    )
+
 
 def test_a_workstation_receipt_names_the_workstations_own_time_zone(
     monkeypatch: pytest.MonkeyPatch,

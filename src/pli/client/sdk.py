@@ -1467,8 +1467,10 @@ class Client:
         The server keeps them wrapped to the member's own certificates
         (``GET /api/accounts/keys/shared``); they are opened here with the
         workstation's key, and each must belong to a certificate that names the
-        mailbox and chains to this workstation's trust anchors. The current key
-        comes first; older ones open the mail sealed before a rotation.
+        mailbox and chains to this workstation's trust anchors: the current one
+        now (``mailbox_certificate_untrusted`` otherwise), an older one as it was
+        when issued (one that does not is left out). The current key comes first;
+        older ones open the mail sealed before a rotation.
         """
         address = address.strip().lower()
         cached = self._shared_keys.get(address)
@@ -1502,6 +1504,15 @@ class Client:
                             code=error.code,
                         ),
                     ) from None
+            else:
+                # An older key: its certificate was revoked at the rotation, and may have
+                # expired; it must still have been issued by the operator, or a server
+                # could slip in a key of its own making, and a copy it sealed for that
+                # key would pass for one in this mailbox (_open: the key proves it).
+                try:
+                    trust.verify_issued(certificate)
+                except CryptoError:
+                    continue
             wrapped = item.text("wrapped_key")
             try:
                 key = unwrap_private_key_from(

@@ -198,6 +198,25 @@ class TrustStore:
             self._cache[key] = (result, since, until)
         return result
 
+    def verify_issued(
+        self, certificate: Certificate, intermediates: Sequence[Certificate] = ()
+    ) -> list[Certificate]:
+        """The path of ``certificate`` to an anchor as it was when it was issued; its
+        revocation not checked.
+
+        For a key kept only to open what was sealed for it before, such as an
+        organisational mailbox's keys before a rotation, which revokes their
+        certificates: the question is whether the operator issued it, not whether
+        it may still be used. :meth:`verify_signer` answers the latter.
+        """
+        check_peer_public_key(certificate)
+        verifier = self._builder.time(certificate.not_valid_before_utc).build_client_verifier()
+        try:
+            verified = verifier.verify(certificate, list(intermediates))
+        except verification.VerificationError as error:
+            raise SignerUntrusted(f"no valid path to a trust anchor: {error}") from None
+        return list(verified.chain)
+
     def _check_revocation(
         self, chain: list[Certificate], at: dt.datetime
     ) -> tuple[bool, list[dt.datetime], bool]:
