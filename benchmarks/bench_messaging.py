@@ -997,6 +997,9 @@ def run_attachment(
         )
     down |= sampler.figures()
     (work / "scan.pdf").unlink(missing_ok=True)
+    if not down["identical"]:
+        # A transfer that lost or changed a byte must not pass for a fast one.
+        raise RuntimeError("attachment: the file downloaded is not the file uploaded")
     for phase in (up, down):
         # What the transfer added to the server at its peak: whether memory grows with the
         # attachment's size (issue 5, item 5), apart from what the idle server already holds.

@@ -970,7 +970,15 @@ _STATUS = {
 @pytest.mark.requirement("REQ-DIRECTORY")
 @pytest.mark.requirement("REQ-FEW-RECIPIENTS")
 @pytest.mark.requirement("REQ-E2E")
-@pytest.mark.parametrize("case", sorted(_refusal_cases()))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.requirement("REQ-OPPOSITION"))
+        if case.startswith("patient_opposed")
+        else case
+        for case in sorted(_refusal_cases())
+    ],
+)
 def test_a_refused_send_has_a_stable_code_and_stores_nothing(
     world: World, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

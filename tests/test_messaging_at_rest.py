@@ -1,19 +1,23 @@
 """REQ-AT-REST: what rests on the server holds no subject, body or patient identifier in clear.
 
-A message with distinctive phrases in its subject and body, and a patient
-identifier both inside the message and declared for the opposition check, is
-sent, delivered, read and answered through the API. Then everything the
-server keeps is searched for those phrases: the whole SQLite database as a
-file (``VACUUM INTO``), every table read back through SQL (on SQLite and on
-PostgreSQL), and every byte of the blob directory. Nothing may be found. The
-same search finds the routing metadata (the sender's address), and the
-envelope opens to the phrases, so the search is known to look at the right
-data.
+A message with distinctive phrases in its subject, its body, an attachment
+sealed inside it and a large attachment streamed beside it (issue 5: "a
+phrase inside the attachment"), and a patient identifier both inside the
+message and declared for the opposition check, is sent, delivered, read and
+answered through the API. Then everything the server keeps is searched for
+those phrases: the whole SQLite database as a file (copied page for page by
+SQLite's backup API, free pages included), every table read back through
+SQL (on SQLite and on PostgreSQL), and every byte of the blob directory.
+Nothing may be found. The same search finds the routing metadata (the
+sender's address), the envelope opens to the phrases and the stored blob
+decrypts to its phrase, so the search is known to look at the right data.
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,16 +26,17 @@ import pytest
 from django.db import connection
 from pytest_django.fixtures import Settings
 
-from pli.crypto import open_envelope, seal
-from pli.mime import parse_inner_message
+from pli.crypto import decrypt_stream, encrypt_stream, open_envelope, seal
+from pli.mime import Attachment, Draft, ExternalPart, build_inner_message, parse_inner_message
+from pli.server.blobs import LocalBlobStore
 from pli.server.messaging.models import Message
+from pli.server.messaging.uploads import MessageBlob
 from tests.conftest import Pki
 from tests.test_messaging_api import (
     MESSAGES,
     A,
     B,
     World,
-    a_to_b,
     blob_files,
     envelope_place,
     envelopes_kept,
@@ -41,6 +46,7 @@ from tests.test_messaging_api import (
     send,
     valid_nir,
 )
+from tests.test_messaging_uploads import upload
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -51,7 +57,16 @@ pytestmark = [
 SUBJECT = "QUOKKA-ZEPHYRIN-7731 bilan"
 BODY = "Le patient XYLOPHAGE-BARTHOLOME-9953 presente une dyspnee.\n"
 REPLY_BODY = "Reponse: PANGOLIN-ISIDORE-4417 a revoir.\n"
-PHRASES = ["QUOKKA-ZEPHYRIN-7731", "XYLOPHAGE-BARTHOLOME-9953", "PANGOLIN-ISIDORE-4417"]
+#: Inside the attachment sealed in the envelope, and inside the large one streamed beside it.
+INLINE = "Conclusion: ORNITHORYNQUE-CASIMIR-2208 stable."
+STREAMED = "Scanner thoracique: AXOLOTL-PERPETUE-6650 sans anomalie."
+PHRASES = [
+    "QUOKKA-ZEPHYRIN-7731",
+    "XYLOPHAGE-BARTHOLOME-9953",
+    "PANGOLIN-ISIDORE-4417",
+    "ORNITHORYNQUE-CASIMIR-2208",
+    "AXOLOTL-PERPETUE-6650",
+]
 
 
 def forms(phrase: str) -> Iterator[bytes]:
@@ -87,10 +102,16 @@ def sql_dump() -> bytes:
 
 
 def sqlite_file(tmp_path: Path) -> bytes:
-    """The whole SQLite database as one file (the test database lives in memory)."""
+    """The whole SQLite database as one file (the test database lives in memory), copied
+    page for page by SQLite's backup API: free pages too, where a deleted row's bytes
+    could linger (``VACUUM INTO`` would leave them out)."""
     path = tmp_path / "copy.sqlite3"
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM INTO %s", [str(path)])
+    connection.ensure_connection()
+    target = sqlite3.connect(path)
+    try:
+        connection.connection.backup(target)
+    finally:
+        target.close()
     return path.read_bytes()
 
 
@@ -112,8 +133,32 @@ def conversation(world: World, envelope_storage: str) -> dict[str, Any]:
     """
     alice, bob = world.client(world.a), world.client(world.b)
     patient = valid_nir()
-    envelope = a_to_b(world, subject=SUBJECT, body=BODY, patient=patient)
-    first = send(alice, A, [B], envelope, patient_id=patient)
+    # The large attachment: encrypted as a stream on the workstation, uploaded in chunks.
+    scan = b"%PDF-1.7\n" + (b"x" * 20_000 + STREAMED.encode() + b"\n") * 3
+    ciphertext = io.BytesIO()
+    stream = encrypt_stream(io.BytesIO(scan), ciphertext)
+    upload_id = upload(alice, ciphertext.getvalue(), chunk=16_384)
+    draft = Draft(
+        from_address=A,
+        to=[B],
+        subject=SUBJECT,
+        body_text=BODY,
+        patient_id=patient,
+        attachments=[Attachment("conclusion.txt", "text/plain", INLINE.encode())],
+        external_parts=[
+            ExternalPart(
+                filename="scanner.pdf",
+                content_type="application/pdf",
+                blob_id=stream.sha256,
+                key=stream.key,
+                size=stream.size,
+                plaintext_size=stream.plaintext_size,
+                record_size=stream.record_size,
+            )
+        ],
+    )
+    envelope = seal(build_inner_message(draft), world.a_key, [world.b_key.certificate])
+    first = send(alice, A, [B], envelope, patient_id=patient, blobs=[upload_id])
     assert first.status_code == 201, first.content
     message_id = first.json()["id"]
     assert post_json(bob, f"{MESSAGES}/{message_id}/read").status_code == 200
@@ -124,7 +169,13 @@ def conversation(world: World, envelope_storage: str) -> dict[str, Any]:
     )
     answered = send(bob, B, [A], reply, in_reply_to=message_id, patient_id=patient)
     assert answered.status_code == 201, answered.content
-    return {"patient": patient, "envelopes": [envelope, reply], "id": message_id}
+    return {
+        "patient": patient,
+        "envelopes": [envelope, reply],
+        "id": message_id,
+        "stream": stream,
+        "scan": scan,
+    }
 
 
 def test_no_subject_body_or_patient_identifier_rests_in_clear(
@@ -138,6 +189,16 @@ def test_no_subject_body_or_patient_identifier_rests_in_clear(
     inner = parse_inner_message(opened.mime)
     assert SUBJECT in inner.subject and BODY.strip() in inner.body_text
     assert inner.patient_id is not None and patient in inner.patient_id
+    assert [a.data for a in inner.attachments] == [INLINE.encode()]
+    [part] = inner.external_parts
+    stream = conversation["stream"]
+    assert (part.blob_id, part.key) == (stream.sha256, stream.key)
+    # The large attachment rests in the blob store, and decrypts to its phrase.
+    [kept_blob] = MessageBlob.objects.filter(sha256=stream.sha256)
+    plain = io.BytesIO()
+    with LocalBlobStore(world.blob_dir).open(kept_blob.blob_id) as source:
+        decrypt_stream(source, plain, key=stream.key, sha256=stream.sha256)
+    assert plain.getvalue() == conversation["scan"]
 
     dump = sql_dump()
     assert A.encode() in dump and B.encode() in dump  # routing metadata is there (REQ-DIRECTORY)
@@ -148,7 +209,9 @@ def test_no_subject_body_or_patient_identifier_rests_in_clear(
         assert found(database, secrets) == []
 
     stored = blob_bytes(world.blob_dir)
-    assert len(envelopes_kept(world.blob_dir)) == Message.objects.count() == 2
+    # Two envelopes and the large attachment.
+    assert len(envelopes_kept(world.blob_dir)) == 3
+    assert (Message.objects.count(), MessageBlob.objects.count()) == (2, 1)
     # Kept as sealed, in the database (decision 0013) or in the blob store.
     kept = dump if envelope_storage == "database" else stored
     assert all(envelope in kept for envelope in conversation["envelopes"])

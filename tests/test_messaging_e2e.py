@@ -358,8 +358,9 @@ def b_reads_in_the_web_mail(b: Page, a: Persona, tmp_path: Path) -> None:
     assert saved.read_bytes() == REPORT
 
 
-def b_answers_with_an_attachment(b: Page) -> str:
-    """A wrote first: no confirmation. The page after sending is B's Sent copy, opened."""
+def b_answers_with_an_attachment(b: Page, tmp_path: Path) -> str:
+    """A wrote first: no confirmation. The page after sending is B's Sent copy, opened,
+    its attachment downloaded from it."""
     b.get_by_role("link", name="Répondre").click()
     b.wait_for_url("**/repondre/**")
     expect(b.get_by_label("À", exact=True)).to_have_value(A)
@@ -374,7 +375,11 @@ def b_answers_with_an_attachment(b: Page) -> str:
     expect(b.get_by_role("status")).to_contain_text("Message envoyé.")
     expect(b.get_by_role("region", name="Signature valide")).to_contain_text("Dr Alice Durand")
     expect(b.locator("pre.body")).to_contain_text(ANSWER_TEXT)
-    expect(b.get_by_role("link", name="bilan.txt")).to_be_visible()
+    with b.expect_download() as download_info:
+        b.get_by_role("link", name="bilan.txt").click()
+    saved = tmp_path / "b-sent-copy.txt"
+    download_info.value.save_as(saved)
+    assert saved.read_bytes() == ANSWER
     expect(b.locator(f'tr[data-recipient="{A}"]')).to_have_attribute("data-state", "delivered")
     found = MESSAGE_ID.search(b.url)
     assert found, b.url
@@ -563,6 +568,7 @@ def c_gets_the_web_mails_404(c: Outsider, ids: list[str]) -> None:
         "/transferer/",
         "/pieces-jointes/0/",
         "/pieces-jointes/1/",
+        "/pieces-volumineuses/0/",
         "/supprimer/",
     ]
     posts: list[tuple[str, dict[str, str | float | bool]]] = [
@@ -633,7 +639,7 @@ def test_a_letter_from_the_command_line_is_read_and_answered_in_the_web_mail(
         )
 
         # 3. B answers with an attachment.
-        reply_id = b_answers_with_an_attachment(b)
+        reply_id = b_answers_with_an_attachment(b, tmp_path)
         reply_url = b.url
         assert Message.objects.get(public_id=reply_id).thread_id == thread
 

@@ -226,6 +226,7 @@ def test_upload_refusals_have_stable_codes(world: World, monkeypatch: pytest.Mon
     assert too_large.status_code == 413
     assert too_large.json()["code"] == "attachment_too_large"
     assert too_large.json()["details"]["limit"] == 50
+    assert not Upload.objects.exists() and spool_files() == []  # nothing begun
     monkeypatch.delenv("PLI_MAX_ATTACHMENT_BYTES")
     for bad in ({"size": 0}, {"sha256": "X" * 64}, {"size": "12"}, {"name": "cr.pdf"}):
         answer = create(client, data, **bad)
@@ -472,6 +473,10 @@ def test_a_chunk_cut_short_by_a_broken_connection_is_not_counted(
     half_a_chunk(client, upload_id, 1000, data[1000:2000], sent=400)
     status = client._call("GET", f"{UPLOADS}/{upload_id}").json()
     assert status["received"] == 1000  # the 400 bytes that arrived are not counted
+    # Nor kept: the spool holds the first chunk exactly, and the store nothing yet.
+    spool = server.tmp / "blobs" / "uploads" / Upload.objects.get(public_id=upload_id).spool_name
+    assert spool.read_bytes() == data[:1000]
+    assert [p for p in (server.tmp / "blobs").rglob("*") if p.is_file()] == [spool]
     done = client._call(
         "PUT", f"{UPLOADS}/{upload_id}", query={"offset": "1000"}, raw=data[1000:]
     ).json()
@@ -697,8 +702,13 @@ def test_an_upload_that_gives_up_can_be_resumed_later_and_sent(
         sender.send(A, [B], "Scanner", "Images.\n", attachments=[report])
     pending = interrupted.value.pending
     assert isinstance(pending, PendingUpload) and pending.ciphertext.is_file()
-    assert Upload.objects.get(public_id=pending.upload_id).received == 64 * 1024
+    row = Upload.objects.get(public_id=pending.upload_id)
+    assert interrupted.value.code == "upload_interrupted"
+    assert row.received == 64 * 1024
     assert not Message.objects.exists()
+    # Nothing half-stored: the spool holds the one chunk the server acknowledged.
+    spool = server.tmp / "blobs" / "uploads" / row.spool_name
+    assert spool.read_bytes() == pending.ciphertext.read_bytes()[: 64 * 1024]
 
     monkeypatch.setattr(Client, "_send_request", original)
     later = streaming_client(server, alice, login=False)  # later, on the same workstation
