@@ -179,15 +179,7 @@ class TrustStore:
         cached = self._cache.get(key)
         if cached is not None and cached[1] <= at <= cached[2]:
             return cached[0]
-        verifier = self._builder.time(at).build_client_verifier()
-        try:
-            verified = verifier.verify(certificate, list(intermediates))
-        except verification.VerificationError as error:
-            message = str(error)
-            if "emailProtection" in message or "digitalSignature" in message:
-                raise SignerUsageInvalid(message) from None
-            raise SignerUntrusted(f"no valid path to a trust anchor: {message}") from None
-        chain = list(verified.chain)
+        chain = self._path(certificate, intermediates, at)
         checked, crl_until, listed = self._check_revocation(chain, at)
         result = ChainResult(chain=chain, revocation_checked=checked)
         if not listed:
@@ -210,11 +202,20 @@ class TrustStore:
         it may still be used. :meth:`verify_signer` answers the latter.
         """
         check_peer_public_key(certificate)
-        verifier = self._builder.time(certificate.not_valid_before_utc).build_client_verifier()
+        return self._path(certificate, intermediates, certificate.not_valid_before_utc)
+
+    def _path(
+        self, certificate: Certificate, intermediates: Sequence[Certificate], at: dt.datetime
+    ) -> list[Certificate]:
+        """The certificate's path to an anchor at ``at``, its usages checked."""
+        verifier = self._builder.time(at).build_client_verifier()
         try:
             verified = verifier.verify(certificate, list(intermediates))
         except verification.VerificationError as error:
-            raise SignerUntrusted(f"no valid path to a trust anchor: {error}") from None
+            message = str(error)
+            if "emailProtection" in message or "digitalSignature" in message:
+                raise SignerUsageInvalid(message) from None
+            raise SignerUntrusted(f"no valid path to a trust anchor: {message}") from None
         return list(verified.chain)
 
     def _check_revocation(
